@@ -1,0 +1,548 @@
+"""GPT-NeoX-style YAML configuration: load, merge, override, validate, derive.
+
+A config is written as flat GPT-NeoX keys (``num_layers: 2``); in code it lives in typed
+sections (``cfg.model.num_layers``). ``SECTIONS`` below is the single declaration of every key,
+its type and its default. Everything here runs before any process is spawned, so a bad config
+fails in a second on a laptop instead of minutes into a 256-GPU job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem; the message is one line that names the key (or file)."""
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass
+class ModelArgs:
+    num_layers: Optional[int] = None
+    hidden_size: Optional[int] = None
+    num_attention_heads: Optional[int] = None
+    num_kv_heads: Optional[int] = None  # None: same as num_attention_heads (no GQA)
+    intermediate_size: Optional[int] = None  # explicit, never derived from a multiplier
+    seq_length: Optional[int] = None
+    max_position_embeddings: Optional[int] = None  # None: seq_length
+    rotary_emb_base: Optional[float] = None  # required: Llemma 7B trains at 1e4, 34B at 1e6
+    norm: str = "rmsnorm"
+    rms_norm_epsilon: float = 1e-5
+    vocab_size: Optional[int] = None  # None: taken from the tokenizer (vocab_file)
+    make_vocab_size_divisible_by: int = 1  # Llemma used 1; TP divisibility is added on top
+    init_method_std: float = 0.02
+    checkpoint_activations: bool = False
+    attention_impl: str = "auto"  # auto | sdpa | flash
+
+
+@dataclass
+class ParallelArgs:
+    model_parallel_size: int = 1  # tensor parallel size
+    pipe_parallel_size: int = 0  # accepted for GPT-NeoX compatibility; only 0 or 1 supported
+    num_gpus: int = 1  # processes started on this node
+    num_nodes: int = 1
+    launcher: str = "local"
+    master_port: Optional[int] = None
+
+
+@dataclass
+class BatchArgs:
+    train_micro_batch_size_per_gpu: Optional[int] = None
+    gradient_accumulation_steps: Optional[int] = None
+    train_batch_size: Optional[int] = None  # global batch, in sequences
+
+
+@dataclass
+class OptimizerArgs:
+    optimizer: dict = field(
+        default_factory=lambda: {
+            "type": "AdamW",
+            "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8},
+        }
+    )
+    weight_decay: float = 0.1
+    gradient_clipping: float = 1.0
+    zero_optimization: dict = field(default_factory=lambda: {"stage": 1})
+    precision: str = "bf16"  # bf16 | fp32
+
+
+@dataclass
+class ScheduleArgs:
+    train_iters: Optional[int] = None
+    lr_decay_style: str = "cosine"
+    lr_decay_iters: Optional[int] = None  # None: train_iters
+    warmup_iters: int = 0
+    min_lr: float = 0.0
+
+
+@dataclass
+class DataArgs:
+    train_data_paths: list = field(default_factory=list)
+    train_data_weights: Optional[list] = None
+    valid_data_paths: list = field(default_factory=list)
+    test_data_paths: list = field(default_factory=list)
+    vocab_file: Optional[str] = None  # SentencePiece tokenizer.model
+    tokenizer_type: str = "SPMTokenizer"
+    data_cache_dir: Optional[str] = None  # where sample-index caches go (None: beside the data)
+
+
+@dataclass
+class CheckpointArgs:
+    save: Optional[str] = None
+    load: Optional[str] = None
+    checkpoint_factor: Optional[int] = None  # save every N steps (and at the end)
+    finetune: bool = False  # load weights only: step 0, fresh optimizer and data position
+
+
+@dataclass
+class LoggingArgs:
+    log_dir: str = "logs"
+    log_interval: int = 1
+    eval_interval: Optional[int] = None
+    eval_iters: int = 0
+    use_wandb: bool = False
+    wandb_project: str = "llemma-neox"
+    use_tensorboard: bool = False
+    peak_flops_per_gpu: float = 312e12  # A100 bf16 dense peak, for MFU
+
+
+@dataclass
+class MiscArgs:
+    seed: int = 1234
+
+
+SECTIONS = {
+    "model": ModelArgs,
+    "parallel": ParallelArgs,
+    "batch": BatchArgs,
+    "optim": OptimizerArgs,
+    "schedule": ScheduleArgs,
+    "data": DataArgs,
+    "checkpoint": CheckpointArgs,
+    "logging": LoggingArgs,
+    "misc": MiscArgs,
+}
+
+KEY_TO_SECTION = {f.name: sec for sec, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+REQUIRED = [
+    "num_layers", "hidden_size", "num_attention_heads", "intermediate_size", "seq_length",
+    "rotary_emb_base", "train_iters", "train_micro_batch_size_per_gpu",
+]
+PRECISIONS = {"bf16": "bf16", "bfloat16": "bf16", "fp32": "fp32", "float32": "fp32"}
+
+
+@dataclass
+class NeoXConfig:
+    model: ModelArgs
+    parallel: ParallelArgs
+    batch: BatchArgs
+    optim: OptimizerArgs
+    schedule: ScheduleArgs
+    data: DataArgs
+    checkpoint: CheckpointArgs
+    logging: LoggingArgs
+    misc: MiscArgs
+    warnings: list = field(default_factory=list)
+
+    # ---- conveniences used all over the trainer
+    @property
+    def lr(self) -> float:
+        return float(self.optim.optimizer["params"]["lr"])
+
+    @property
+    def world_size(self) -> int:
+        return self.parallel.num_gpus * self.parallel.num_nodes
+
+    @property
+    def data_parallel_size(self) -> int:
+        return self.world_size // self.parallel.model_parallel_size
+
+    @property
+    def padded_vocab_size(self) -> Optional[int]:
+        return padded_vocab_size(self.model.vocab_size, self.model.make_vocab_size_divisible_by,
+                                 self.parallel.model_parallel_size)
+
+    def to_flat(self) -> dict:
+        """The resolved config as flat, underscored GPT-NeoX keys."""
+        flat = {}
+        for sec in SECTIONS:
+            flat.update(dataclasses.asdict(getattr(self, sec)))
+        return flat
+
+    @classmethod
+    def from_flat(cls, flat: dict) -> "NeoXConfig":
+        kwargs = {sec: {} for sec in SECTIONS}
+        for key, value in flat.items():
+            kwargs[KEY_TO_SECTION[key]][key] = value
+        return cls(**{sec: SECTIONS[sec](**kw) for sec, kw in kwargs.items()})
+
+
+def padded_vocab_size(vocab: Optional[int], divisible_by: int, tp: int) -> Optional[int]:
+    """Smallest size >= vocab that divides by divisible_by * tp (pad rows never get mass)."""
+    if vocab is None:
+        return None
+    multiple = divisible_by * tp
+    return int(math.ceil(vocab / multiple) * multiple)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def normalize_key(key: str) -> str:
+    return key.replace("-", "_")
+
+
+def _normalize_tree(value):
+    if isinstance(value, dict):
+        return {normalize_key(str(k)): _normalize_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalize_tree(v) for v in value]
+    return value
+
+
+def _unknown_key_error(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(KEY_TO_SECTION), n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown key '{key}' in {where}{hint}")
+
+
+def load_yaml_files(paths: list[str]) -> tuple[dict, dict]:
+    """Merge YAML files in order; a key set in two files is an error. Returns (flat, origin)."""
+    merged, origin = {}, {}
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of keys to values")
+        for raw_key, value in data.items():
+            key = normalize_key(str(raw_key))
+            if key not in KEY_TO_SECTION:
+                raise _unknown_key_error(key, path)
+            if key in merged:
+                raise ConfigError(f"key '{key}' is set in both {origin[key]} and {path}")
+            merged[key] = _normalize_tree(value)
+            origin[key] = path
+    return merged, origin
+
+
+def apply_overrides(flat: dict, overrides: list[str]) -> dict:
+    """Apply ``key=value`` overrides; dotted keys reach into nested dicts."""
+    flat = dict(flat)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value")
+        dotted, raw = item.split("=", 1)
+        parts = [normalize_key(p) for p in dotted.strip().split(".")]
+        if parts[0] not in KEY_TO_SECTION:
+            raise _unknown_key_error(parts[0], "-o overrides")
+        value = _normalize_tree(yaml.safe_load(raw)) if raw.strip() else None
+        if len(parts) == 1:
+            flat[parts[0]] = value
+            continue
+        if parts[0] not in flat:  # start from the default of a nested key
+            flat[parts[0]] = _default_of(parts[0])
+        node = flat[parts[0]] = _deepcopy(flat[parts[0]])
+        for p in parts[1:-1]:
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{dotted}': '{p}' is not inside a mapping")
+            node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': parent is not a mapping")
+        node[parts[-1]] = value
+    return flat
+
+
+def _deepcopy(v):
+    return yaml.safe_load(yaml.safe_dump(v))
+
+
+def _default_of(key: str):
+    cls = SECTIONS[KEY_TO_SECTION[key]]
+    f = next(f for f in dataclasses.fields(cls) if f.name == key)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+# ----------------------------------------------------------------------------- types
+
+
+def _coerce(key: str, value: Any, annotation: str) -> Any:
+    """Coerce a YAML value to the field's type (YAML reads '3e-4' as a string)."""
+    if value is None:
+        if annotation.startswith("Optional"):
+            return None
+        raise ConfigError(f"key '{key}' must not be empty")
+    base = annotation.replace("Optional[", "").rstrip("]")
+    try:
+        if base == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            if isinstance(value, str):
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+            return int(value)
+        if base == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base == "bool":
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if base == "str":
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+        if base == "list":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list):
+                raise ValueError
+            return value
+        if base == "dict":
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"key '{key}' must be {base}, got {value!r}") from None
+    return value
+
+
+def _coerce_all(flat: dict) -> dict:
+    out = {}
+    for key, value in flat.items():
+        cls = SECTIONS[KEY_TO_SECTION[key]]
+        ann = next(str(f.type) for f in dataclasses.fields(cls) if f.name == key)
+        out[key] = _coerce(key, value, ann)
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _data_files(prefix: str) -> list[str]:
+    return [prefix + ".bin", prefix + ".idx"]
+
+
+def validate(cfg: NeoXConfig, dry_run: bool = False) -> NeoXConfig:
+    """Check every rule that can be checked before spawning; fill derived defaults in place.
+
+    With dry_run, missing data/checkpoint/tokenizer files become warnings (so a 256-GPU config
+    can be planned on a laptop); everything else is still an error.
+    """
+    m, p, b, o, s, d, c, lg = (cfg.model, cfg.parallel, cfg.batch, cfg.optim, cfg.schedule,
+                               cfg.data, cfg.checkpoint, cfg.logging)
+    flat = cfg.to_flat()
+    for key in REQUIRED:
+        if flat[key] is None:
+            raise ConfigError(f"key '{key}' is required")
+
+    def positive(key, value):
+        if value is not None and value <= 0:
+            raise ConfigError(f"key '{key}' must be positive, got {value}")
+
+    for key in ["num_layers", "hidden_size", "num_attention_heads", "num_kv_heads",
+                "intermediate_size", "seq_length", "max_position_embeddings", "rotary_emb_base",
+                "vocab_size", "make_vocab_size_divisible_by", "model_parallel_size", "num_gpus",
+                "num_nodes", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                "train_batch_size", "train_iters", "lr_decay_iters", "log_interval",
+                "rms_norm_epsilon", "peak_flops_per_gpu"]:
+        positive(key, flat[key])
+    if m.num_kv_heads is None:
+        m.num_kv_heads = m.num_attention_heads
+    if m.max_position_embeddings is None:
+        m.max_position_embeddings = m.seq_length
+    if m.seq_length > m.max_position_embeddings:
+        raise ConfigError(f"key 'seq_length' ({m.seq_length}) exceeds 'max_position_embeddings' "
+                          f"({m.max_position_embeddings})")
+    if m.norm != "rmsnorm":
+        raise ConfigError(f"key 'norm' must be 'rmsnorm' (Llama), got '{m.norm}'")
+    if m.attention_impl not in ("auto", "sdpa", "flash"):
+        raise ConfigError(f"key 'attention_impl' must be auto, sdpa or flash, got '{m.attention_impl}'")
+
+    tp = p.model_parallel_size
+    if m.hidden_size % m.num_attention_heads:
+        raise ConfigError(f"key 'hidden_size' ({m.hidden_size}) must be divisible by "
+                          f"'num_attention_heads' ({m.num_attention_heads})")
+    if m.num_attention_heads % m.num_kv_heads:
+        raise ConfigError(f"key 'num_attention_heads' ({m.num_attention_heads}) must be divisible "
+                          f"by 'num_kv_heads' ({m.num_kv_heads})")
+    if m.num_attention_heads % tp:
+        raise ConfigError(f"key 'num_attention_heads' ({m.num_attention_heads}) must be divisible "
+                          f"by 'model_parallel_size' ({tp})")
+    if m.num_kv_heads % tp:
+        raise ConfigError(f"key 'num_kv_heads' ({m.num_kv_heads}) must be divisible by "
+                          f"'model_parallel_size' ({tp})")
+    if m.intermediate_size % tp:
+        raise ConfigError(f"key 'intermediate_size' ({m.intermediate_size}) must be divisible by "
+                          f"'model_parallel_size' ({tp})")
+    if (m.hidden_size // m.num_attention_heads) % 2:
+        raise ConfigError("key 'hidden_size': head dimension must be even for rotary embeddings")
+    if p.pipe_parallel_size > 1:
+        raise ConfigError(f"key 'pipe_parallel_size' ({p.pipe_parallel_size}) is not supported; "
+                          "use 0 or 1 (Llemma used tensor parallelism only)")
+    if p.num_gpus % tp:
+        raise ConfigError(f"key 'num_gpus' ({p.num_gpus}) must be divisible by "
+                          f"'model_parallel_size' ({tp})")
+    if p.launcher not in ("local", "slurm"):
+        raise ConfigError(f"key 'launcher' must be 'local' or 'slurm', got '{p.launcher}'")
+
+    # the batch triple: micro x accum x data-parallel = global; one of accum/global may be derived
+    dp = cfg.data_parallel_size
+    micro = b.train_micro_batch_size_per_gpu
+    if b.gradient_accumulation_steps is None and b.train_batch_size is None:
+        b.gradient_accumulation_steps = 1
+    if b.train_batch_size is None:
+        b.train_batch_size = micro * b.gradient_accumulation_steps * dp
+    if b.gradient_accumulation_steps is None:
+        if b.train_batch_size % (micro * dp):
+            raise ConfigError(f"key 'train_batch_size' ({b.train_batch_size}) is not divisible by "
+                              f"train_micro_batch_size_per_gpu x data-parallel size ({micro} x {dp})")
+        b.gradient_accumulation_steps = b.train_batch_size // (micro * dp)
+    if micro * b.gradient_accumulation_steps * dp != b.train_batch_size:
+        raise ConfigError(
+            f"key 'train_batch_size' ({b.train_batch_size}) != train_micro_batch_size_per_gpu "
+            f"({micro}) x gradient_accumulation_steps ({b.gradient_accumulation_steps}) x "
+            f"data-parallel size ({dp} = {cfg.world_size} GPUs / TP {tp})")
+
+    # optimizer and precision
+    opt = o.optimizer
+    if not isinstance(opt.get("params"), dict) or "lr" not in opt["params"]:
+        raise ConfigError("key 'optimizer' needs params.lr (e.g. optimizer: {type: AdamW, params: {lr: 1e-4}})")
+    if str(opt.get("type", "AdamW")).lower() not in ("adam", "adamw"):
+        raise ConfigError(f"key 'optimizer.type' must be Adam or AdamW, got '{opt.get('type')}'")
+    unknown = set(opt["params"]) - {"lr", "betas", "eps"}
+    if unknown:
+        raise ConfigError(f"key 'optimizer.params' has unsupported entries {sorted(unknown)}")
+    params = opt["params"]
+    params["lr"] = _coerce("optimizer.params.lr", params["lr"], "float")
+    params["eps"] = _coerce("optimizer.params.eps", params.get("eps", 1e-8), "float")
+    betas = params.get("betas", [0.9, 0.95])
+    if not (isinstance(betas, list) and len(betas) == 2):
+        raise ConfigError(f"key 'optimizer.params.betas' must be a list of two floats, got {betas!r}")
+    params["betas"] = [_coerce("optimizer.params.betas", x, "float") for x in betas]
+    opt.setdefault("type", "AdamW")
+    if params["lr"] <= 0:
+        raise ConfigError(f"key 'optimizer.params.lr' must be positive, got {params['lr']}")
+    precision = PRECISIONS.get(str(o.precision).lower())
+    if precision is None:
+        raise ConfigError(f"key 'precision' must be bf16 or fp32, got '{o.precision}'")
+    o.precision = precision
+    stage = o.zero_optimization.get("stage", 0)
+    if stage not in (0, 1):
+        raise ConfigError(f"key 'zero_optimization.stage' must be 0 or 1, got {stage!r}")
+    if o.gradient_clipping < 0 or o.weight_decay < 0:
+        raise ConfigError("keys 'gradient_clipping' and 'weight_decay' must be >= 0")
+
+    # schedule
+    if s.lr_decay_style not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"key 'lr_decay_style' must be cosine, linear or constant, got '{s.lr_decay_style}'")
+    if s.lr_decay_iters is None:
+        s.lr_decay_iters = s.train_iters
+    if s.min_lr > params["lr"]:
+        raise ConfigError(f"key 'min_lr' ({s.min_lr}) must be <= optimizer.params.lr ({params['lr']})")
+    if s.min_lr < 0 or s.warmup_iters < 0:
+        raise ConfigError("keys 'min_lr' and 'warmup_iters' must be >= 0")
+    if s.warmup_iters >= s.lr_decay_iters:
+        raise ConfigError(f"key 'warmup_iters' ({s.warmup_iters}) must be < 'lr_decay_iters' "
+                          f"({s.lr_decay_iters})")
+
+    # data and files
+    if not d.train_data_paths:
+        raise ConfigError("key 'train_data_paths' is required (tokenized .bin/.idx prefixes)")
+    if d.train_data_weights is not None:
+        if len(d.train_data_weights) != len(d.train_data_paths):
+            raise ConfigError(f"key 'train_data_weights' has {len(d.train_data_weights)} entries "
+                              f"but 'train_data_paths' has {len(d.train_data_paths)}")
+        d.train_data_weights = [_coerce("train_data_weights", w, "float") for w in d.train_data_weights]
+        if any(w < 0 for w in d.train_data_weights) or sum(d.train_data_weights) <= 0:
+            raise ConfigError("key 'train_data_weights' must be non-negative with a positive sum")
+    if d.tokenizer_type not in ("SPMTokenizer", "SentencePieceTokenizer"):
+        raise ConfigError(f"key 'tokenizer_type' must be SPMTokenizer, got '{d.tokenizer_type}'")
+    if lg.eval_interval is not None and lg.eval_interval <= 0:
+        raise ConfigError(f"key 'eval_interval' must be positive, got {lg.eval_interval}")
+    if c.checkpoint_factor is not None and c.checkpoint_factor <= 0:
+        raise ConfigError(f"key 'checkpoint_factor' must be positive, got {c.checkpoint_factor}")
+    if c.finetune and not c.load:
+        raise ConfigError("key 'finetune' is true but 'load' is not set (which checkpoint to start from?)")
+
+    missing = []
+    for key in ("train_data_paths", "valid_data_paths", "test_data_paths"):
+        for prefix in getattr(d, key):
+            missing += [(key, f) for f in _data_files(prefix) if not os.path.isfile(f)]
+    if d.vocab_file is None:
+        if m.vocab_size is None:
+            raise ConfigError("key 'vocab_file' is required (SentencePiece tokenizer.model)")
+    elif not os.path.isfile(d.vocab_file):
+        missing.append(("vocab_file", d.vocab_file))
+    if c.load and c.finetune and not os.path.isdir(c.load):
+        missing.append(("load", c.load))
+    for key, path in missing:
+        msg = f"key '{key}': file not found: {path}"
+        if not dry_run:
+            raise ConfigError(msg)
+        cfg.warnings.append(msg)
+
+    if m.vocab_size is None and d.vocab_file and os.path.isfile(d.vocab_file):
+        m.vocab_size = tokenizer_vocab_size(d.vocab_file)
+    return cfg
+
+
+def tokenizer_vocab_size(path: str) -> int:
+    import sentencepiece as spm
+
+    try:
+        return spm.SentencePieceProcessor(model_file=path).vocab_size()
+    except Exception as e:  # sentencepiece raises plain RuntimeError/OSError
+        raise ConfigError(f"key 'vocab_file': cannot read SentencePiece model {path}: {e}") from None
+
+
+def derived(cfg: NeoXConfig) -> dict:
+    from neox.flops import flops_per_token, parameter_count
+
+    g = cfg.batch.train_batch_size
+    out = {
+        "world_size": cfg.world_size,
+        "data_parallel_size": cfg.data_parallel_size,
+        "global_batch_size": g,
+        "tokens_per_step": g * cfg.model.seq_length,
+        "total_tokens": g * cfg.model.seq_length * cfg.schedule.train_iters,
+        "vocab_size": cfg.model.vocab_size,
+        "padded_vocab_size": cfg.padded_vocab_size,
+    }
+    if cfg.model.vocab_size is not None:
+        out["num_parameters"] = parameter_count(cfg)
+        out["flops_per_token"] = flops_per_token(cfg)
+    return out
+
+
+def load_config(paths: list[str], overrides: list[str] = (), dry_run: bool = False) -> NeoXConfig:
+    flat, _ = load_yaml_files(list(paths))
+    flat = apply_overrides(flat, list(overrides))
+    cfg = NeoXConfig.from_flat(_coerce_all(flat))
+    return validate(cfg, dry_run=dry_run)
+
+
+def config_from_flat(flat: dict) -> NeoXConfig:
+    """Rebuild a resolved config (e.g. the JSON deepy.py hands to train.py)."""
+    unknown = [k for k in flat if k not in KEY_TO_SECTION]
+    if unknown:
+        raise _unknown_key_error(unknown[0], "resolved config")
+    return NeoXConfig.from_flat(_coerce_all(flat))
+

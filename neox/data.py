@@ -1,0 +1,95 @@
+"""Training data: tokenized .bin/.idx files read through megatron-core's datasets.
+
+Sample order is a pure function of (seed, global sample index): update ``s`` (from 0) consumes
+global samples ``[s*G, (s+1)*G)`` (G = global batch); within an update, micro-batch ``j`` of
+data-parallel rank ``r`` takes ``micro`` consecutive samples starting at
+``s*G + j*micro*dp + r*micro``. Tensor-parallel ranks of one data-parallel replica read the same
+samples. So the samples of an update do not depend on how many ranks share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import sentencepiece as spm
+import torch
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+logging.getLogger("megatron.core.datasets").setLevel(logging.WARNING)
+
+
+class SentencePieceTokenizer:
+    """Llama-style SentencePiece tokenizer. End of document is ``</s>``: the id comes from the
+    model (``eos_id``), never from a guessed piece name (GPT-NeoX looked up ``<|endoftext|>``,
+    which Llama lacks, and silently used ``<unk>``)."""
+
+    def __init__(self, model_file: str):
+        self.sp = spm.SentencePieceProcessor(model_file=model_file)
+        self.vocab_size = self.sp.vocab_size()
+        self.eod = self.sp.eos_id()
+        self.bos = self.sp.bos_id()
+        if self.eod < 0:
+            raise ValueError(f"tokenizer {model_file} has no end-of-sentence token (</s>)")
+        self.pad = -1  # Llama has no pad token; -1 never matches a real id
+        self.eos = self.eod
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def decode(self, ids) -> str:
+        return self.sp.decode(list(ids))
+
+
+def component_name(prefix: str) -> str:
+    name = os.path.basename(prefix.rstrip("/"))
+    return name[: -len("_text_document")] if name.endswith("_text_document") else name
+
+
+def _dataset_config(cfg, tokenizer) -> dict:
+    d = cfg.data
+    cache = d.data_cache_dir or os.path.join(os.path.dirname(os.path.abspath(d.train_data_paths[0])),
+                                             "index-cache")
+    return dict(random_seed=cfg.misc.seed, sequence_length=cfg.model.seq_length,
+                path_to_cache=cache, tokenizer=tokenizer, reset_position_ids=False,
+                reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False)
+
+
+def build_train_dataset(cfg, tokenizer):
+    """A blended dataset with at least train_iters x global batch samples."""
+    d = cfg.data
+    weights = d.train_data_weights or [1.0] * len(d.train_data_paths)
+    num_samples = cfg.schedule.train_iters * cfg.batch.train_batch_size
+    config = GPTDatasetConfig(blend_per_split=[(list(d.train_data_paths), list(weights)), None, None],
+                              **_dataset_config(cfg, tokenizer))
+    train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, None, None],
+                                                lambda: True, config).build()
+    return train
+
+
+def build_eval_datasets(cfg, tokenizer, num_samples: int) -> dict:
+    """One dataset per validation component (e.g. arxiv, open-web-math, algebraic-stack)."""
+    out = {}
+    for prefix in cfg.data.valid_data_paths:
+        config = GPTDatasetConfig(blend_per_split=[None, ([prefix], None), None],
+                                  **_dataset_config(cfg, tokenizer))
+        _, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, [None, num_samples, None],
+                                                    lambda: True, config).build()
+        out[component_name(prefix)] = valid
+    return out
+
+
+def collate(samples: list[dict]) -> dict:
+    return {k: torch.stack([s[k] for s in samples]) for k in ("tokens", "labels", "loss_mask")}
+
+
+def micro_batch_indices(step: int, micro_index: int, dp_rank: int, micro: int, dp: int,
+                        global_batch: int) -> list[int]:
+    start = step * global_batch + micro_index * micro * dp + dp_rank * micro
+    return list(range(start, start + micro))
+
+
+def get_micro_batch(dataset, step, micro_index, dp_rank, micro, dp, global_batch) -> dict:
+    idx = micro_batch_indices(step, micro_index, dp_rank, micro, dp, global_batch)
+    return collate([dataset[i] for i in idx])

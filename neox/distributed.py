@@ -1,0 +1,53 @@
+"""Process groups: torch.distributed (gloo on CPU, nccl on GPU) + megatron-core's parallel_state.
+
+DeepSpeed takes an ``mpu`` object to learn the tensor- and data-parallel groups (for the ZeRO-1
+partitioning over data parallel and for counting each TP shard once in the global grad norm).
+``MegatronCoreMPU`` answers its questions from megatron-core's parallel_state.
+"""
+
+import os
+
+import torch
+from megatron.core import parallel_state as ps
+
+
+def use_cpu() -> bool:
+    return not torch.cuda.is_available()
+
+
+def init_distributed(tensor_parallel_size: int):
+    """Initialise torch.distributed from the launcher's environment and the TP/DP groups."""
+    import deepspeed
+
+    if use_cpu():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    else:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo" if use_cpu() else "nccl")
+    world = torch.distributed.get_world_size()
+    if world % tensor_parallel_size:
+        raise RuntimeError(f"world size {world} does not divide by model_parallel_size {tensor_parallel_size}")
+    if not ps.model_parallel_is_initialized():
+        ps.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel_size)
+
+
+def destroy():
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+class MegatronCoreMPU:
+    """The ``mpu`` interface DeepSpeed expects, backed by megatron-core (no pipeline parallel)."""
+
+    get_model_parallel_world_size = staticmethod(ps.get_tensor_model_parallel_world_size)
+    get_model_parallel_rank = staticmethod(ps.get_tensor_model_parallel_rank)
+    get_model_parallel_group = staticmethod(ps.get_tensor_model_parallel_group)
+    get_tensor_model_parallel_world_size = staticmethod(ps.get_tensor_model_parallel_world_size)
+    get_tensor_model_parallel_rank = staticmethod(ps.get_tensor_model_parallel_rank)
+    get_tensor_model_parallel_group = staticmethod(ps.get_tensor_model_parallel_group)
+    get_data_parallel_world_size = staticmethod(ps.get_data_parallel_world_size)
+    get_data_parallel_rank = staticmethod(ps.get_data_parallel_rank)
+    get_data_parallel_group = staticmethod(ps.get_data_parallel_group)

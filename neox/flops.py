@@ -1,0 +1,26 @@
+"""Parameter count and the MFU formula.
+
+FLOPs per trained token = 6 N + 12 L d S (N parameters, L layers, d hidden size, S sequence
+length): 6N for the matmuls of forward + backward, 12 L d S for attention scores and values.
+Activation recomputation is not counted (it is overhead, not useful work), as in the usual
+MFU definition. MFU = tokens/s x FLOPs per token / (GPUs x peak FLOP/s per GPU).
+"""
+
+
+def parameter_count(cfg, vocab_size=None) -> int:
+    m = cfg.model
+    v = vocab_size if vocab_size is not None else m.vocab_size
+    head_dim = m.hidden_size // m.num_attention_heads
+    attn = m.hidden_size * head_dim * (2 * m.num_attention_heads + 2 * m.num_kv_heads)
+    mlp = 3 * m.hidden_size * m.intermediate_size
+    norms = 2 * m.hidden_size
+    return m.num_layers * (attn + mlp + norms) + 2 * v * m.hidden_size + m.hidden_size
+
+
+def flops_per_token(cfg) -> int:
+    m = cfg.model
+    return 6 * parameter_count(cfg) + 12 * m.num_layers * m.hidden_size * m.seq_length
+
+
+def mfu(cfg, tokens_per_sec: float, num_gpus: int) -> float:
+    return tokens_per_sec * flops_per_token(cfg) / (num_gpus * cfg.logging.peak_flops_per_gpu)

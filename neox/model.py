@@ -1,0 +1,232 @@
+"""Llama / Code Llama decoder with Megatron-style tensor parallelism (megatron-core layers).
+
+Layout: activations are [batch, seq, hidden]. Each TP rank holds 1/tp of the heads, of the MLP
+intermediate features and of the vocabulary; how each weight is split is declared once in
+``neox.partition``. Normalisation and rotary tables are computed in fp32 whatever the weights'
+dtype, and the rotary tables are never stored in a module buffer (a ``.bfloat16()`` cast of the
+model must not touch them: reduced-precision RoPE tables were a known GPT-NeoX bug).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core import tensor_parallel as mtp
+from megatron.core.model_parallel_config import ModelParallelConfig
+from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from neox import partition
+
+try:  # optional GPU extra
+    from flash_attn import flash_attn_func
+except ImportError:  # pragma: no cover - depends on the install
+    flash_attn_func = None
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, x):
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight.float()).to(x.dtype)
+
+
+class Rotary:
+    """HF "rotate-half" rotary embedding; cos/sin built in fp32 and cached per (length, device)."""
+
+    def __init__(self, head_dim: int, base: float):
+        self.head_dim, self.base = head_dim, float(base)
+        self._cache = {}
+
+    def cos_sin(self, seq_len: int, device):
+        key = (seq_len, str(device))
+        if key not in self._cache:
+            exponent = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim
+            inv_freq = 1.0 / (self.base ** exponent)
+            positions = torch.arange(seq_len, dtype=torch.float32, device=device)
+            freqs = torch.outer(positions, inv_freq)
+            angles = torch.cat([freqs, freqs], dim=-1)
+            self._cache = {key: (angles.cos(), angles.sin())}  # keep one entry
+        return self._cache[key]
+
+    @staticmethod
+    def apply(x, cos, sin):
+        """x: [b, heads, s, head_dim]; rotation done in fp32, result in x's dtype."""
+        x32 = x.float()
+        half = x32.shape[-1] // 2
+        rotated = torch.cat([-x32[..., half:], x32[..., :half]], dim=-1)
+        return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+def _column(in_f, out_f, mp_config):
+    return mtp.ColumnParallelLinear(in_f, out_f, config=mp_config, init_method=nn.init.zeros_,
+                                    bias=False, gather_output=False,
+                                    tp_group=parallel_state.get_tensor_model_parallel_group())
+
+
+def _row(in_f, out_f, mp_config):
+    return mtp.RowParallelLinear(in_f, out_f, config=mp_config, init_method=nn.init.zeros_,
+                                 bias=False, input_is_parallel=True, skip_bias_add=False,
+                                 tp_group=parallel_state.get_tensor_model_parallel_group())
+
+
+class Attention(nn.Module):
+    def __init__(self, m, tp: int, mp_config, impl: str):
+        super().__init__()
+        self.head_dim = m.hidden_size // m.num_attention_heads
+        self.local_heads = m.num_attention_heads // tp
+        self.local_kv_heads = m.num_kv_heads // tp
+        self.impl = impl
+        self.q_proj = _column(m.hidden_size, m.num_attention_heads * self.head_dim, mp_config)
+        self.k_proj = _column(m.hidden_size, m.num_kv_heads * self.head_dim, mp_config)
+        self.v_proj = _column(m.hidden_size, m.num_kv_heads * self.head_dim, mp_config)
+        self.o_proj = _row(m.num_attention_heads * self.head_dim, m.hidden_size, mp_config)
+
+    def forward(self, x, cos, sin):
+        b, s, _ = x.shape
+        q = self.q_proj(x)[0].view(b, s, self.local_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x)[0].view(b, s, self.local_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x)[0].view(b, s, self.local_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+        if self._use_flash(q):
+            out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+        else:
+            gqa = self.local_heads != self.local_kv_heads
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa).transpose(1, 2)
+        return self.o_proj(out.reshape(b, s, self.local_heads * self.head_dim))[0]
+
+    def _use_flash(self, q) -> bool:
+        wanted = self.impl == "flash" or (self.impl == "auto" and flash_attn_func is not None)
+        return wanted and flash_attn_func is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, m, mp_config):
+        super().__init__()
+        self.gate_proj = _column(m.hidden_size, m.intermediate_size, mp_config)
+        self.up_proj = _column(m.hidden_size, m.intermediate_size, mp_config)
+        self.down_proj = _row(m.intermediate_size, m.hidden_size, mp_config)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)[0]) * self.up_proj(x)[0])[0]
+
+
+class Layer(nn.Module):
+    def __init__(self, m, tp, mp_config):
+        super().__init__()
+        self.input_norm = RMSNorm(m.hidden_size, m.rms_norm_epsilon)
+        self.attention = Attention(m, tp, mp_config, m.attention_impl)
+        self.post_attention_norm = RMSNorm(m.hidden_size, m.rms_norm_epsilon)
+        self.mlp = MLP(m, mp_config)
+
+    def forward(self, x, cos, sin):
+        x = x + self.attention(self.input_norm(x), cos, sin)
+        return x + self.mlp(self.post_attention_norm(x))
+
+
+class LlamaModel(nn.Module):
+    """The decoder. ``forward(tokens)`` returns this rank's vocab-parallel logits (padding rows
+    at -inf); ``forward(tokens, labels, loss_mask)`` returns the mean token loss."""
+
+    def __init__(self, cfg, dtype=torch.float32):
+        super().__init__()
+        m = cfg.model
+        self.cfg = cfg
+        self.tp = parallel_state.get_tensor_model_parallel_world_size()
+        self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        self.vocab_size = m.vocab_size
+        self.padded_vocab_size = cfg.padded_vocab_size
+        self.checkpoint_activations = m.checkpoint_activations
+        mp_config = ModelParallelConfig(
+            tensor_model_parallel_size=self.tp, use_cpu_initialization=True,
+            perform_initialization=False, params_dtype=dtype)
+        self.embed = mtp.VocabParallelEmbedding(self.padded_vocab_size, m.hidden_size,
+                                                init_method=nn.init.zeros_, config=mp_config,
+                                                tp_group=parallel_state.get_tensor_model_parallel_group())
+        self.layers = nn.ModuleList(Layer(m, self.tp, mp_config) for _ in range(m.num_layers))
+        self.final_norm = RMSNorm(m.hidden_size, m.rms_norm_epsilon)
+        self.lm_head = _column(m.hidden_size, self.padded_vocab_size, mp_config)
+        self.rotary = Rotary(m.hidden_size // m.num_attention_heads, m.rotary_emb_base)
+        for name, param in self.named_parameters():
+            dim = partition.split_dim(name)
+            # DeepSpeed reads these attributes to count each shard once in the global grad norm
+            set_tensor_model_parallel_attributes(param, dim is not None, dim if dim is not None else -1, 1)
+
+    # ---- weights
+
+    def full_shape(self, name: str) -> tuple:
+        local = tuple(self.get_parameter(name).shape)
+        dim = partition.split_dim(name)
+        if dim is None:
+            return local
+        return local[:dim] + (local[dim] * self.tp,) + local[dim + 1:]
+
+    @torch.no_grad()
+    def init_weights(self, seed: int):
+        """Random init that does not depend on TP: each full tensor comes from its own seeded
+        generator and this rank keeps its shard, so TP=1 and TP=2 start from the same model."""
+        std = self.cfg.model.init_method_std
+        out_std = std / (2 * self.cfg.model.num_layers) ** 0.5  # scaled init of residual outputs
+        for name, param in self.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+                continue
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            s = out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+            full = torch.randn(self.full_shape(name), generator=gen, dtype=torch.float32) * s
+            if name in partition.VOCAB_WEIGHTS:
+                full[self.vocab_size:] = 0.0
+            param.copy_(partition.shard(full, name, self.tp_rank, self.tp))
+
+    def weight_state(self) -> dict:
+        """This rank's weights by our names (no megatron ``_extra_state`` entries)."""
+        return {k: v for k, v in self.state_dict().items() if not k.endswith("_extra_state")}
+
+    # ---- forward
+
+    def forward(self, tokens, labels=None, loss_mask=None):
+        x = self.embed(tokens)
+        cos, sin = self.rotary.cos_sin(tokens.shape[1], tokens.device)
+        for layer in self.layers:
+            if self.checkpoint_activations and self.training:
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin)
+        logits = self.lm_head(self.final_norm(x))[0]
+        logits = self._mask_vocab_padding(logits)
+        if labels is None:
+            return logits
+        return self.loss(logits, labels, loss_mask)
+
+    def _mask_vocab_padding(self, logits):
+        local = self.padded_vocab_size // self.tp
+        first_pad = self.vocab_size - self.tp_rank * local  # local index of the first padded row
+        if first_pad >= local:
+            return logits
+        mask = torch.arange(local, device=logits.device) >= first_pad
+        return logits.masked_fill(mask, float("-inf"))
+
+    @staticmethod
+    def loss(logits, labels, loss_mask=None):
+        per_token = mtp.vocab_parallel_cross_entropy(logits.float(), labels.contiguous())
+        if loss_mask is None:
+            return per_token.mean()
+        loss_mask = loss_mask.float()
+        return (per_token * loss_mask).sum() / loss_mask.sum().clamp(min=1.0)
+
+    def gather_logits(self, logits):
+        """Full-vocabulary logits (padding stripped) from this rank's vocab-parallel logits."""
+        full = mtp.gather_from_tensor_model_parallel_region(
+            logits, group=parallel_state.get_tensor_model_parallel_group())
+        return full[..., : self.vocab_size]

@@ -1,0 +1,208 @@
+"""The training loop: megatron-core TP model on the DeepSpeed engine (ZeRO-1, bf16 or fp32)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+from megatron.core import parallel_state as ps
+
+from neox import distributed
+from neox.config import NeoXConfig, derived
+from neox.data import SentencePieceTokenizer, build_eval_datasets, build_train_dataset, get_micro_batch
+from neox.flops import mfu
+from neox.lr_schedule import lr_for_config
+from neox.metrics import MetricsLogger, format_line
+from neox.model import LlamaModel
+
+
+def is_rank0() -> bool:
+    return torch.distributed.get_rank() == 0
+
+
+def print_rank0(*args):
+    if is_rank0():
+        print(*args, flush=True)
+
+
+def deepspeed_config(cfg: NeoXConfig) -> dict:
+    bf16 = cfg.optim.precision == "bf16"
+    ds = {
+        "train_batch_size": cfg.batch.train_batch_size,
+        "train_micro_batch_size_per_gpu": cfg.batch.train_micro_batch_size_per_gpu,
+        "gradient_accumulation_steps": cfg.batch.gradient_accumulation_steps,
+        "gradient_clipping": cfg.optim.gradient_clipping,
+        "zero_optimization": dict(cfg.optim.zero_optimization),
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+    if bf16:  # Llemma: bf16 weights/activations, fp32 gradient accumulation and all-reduce
+        ds["data_types"] = {"grad_accum_dtype": "fp32"}
+    return ds
+
+
+def build_optimizer(cfg: NeoXConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on norm weights (1-D), decay on every matrix."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        (no_decay if p.dim() == 1 else decay).append(p)
+    params = cfg.optim.optimizer["params"]
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=params["lr"], betas=tuple(params["betas"]), eps=params["eps"],
+                             fused=torch.cuda.is_available() or None)
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def set_lr(engine, lr: float):
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+
+
+@torch.no_grad()
+def evaluate(engine, eval_sets: dict, cfg: NeoXConfig) -> dict:
+    """Mean token loss per validation component over a fixed set of eval_iters micro-batches."""
+    engine.eval()
+    micro, dp = cfg.batch.train_micro_batch_size_per_gpu, cfg.data_parallel_size
+    out = {}
+    for name, dataset in eval_sets.items():
+        total = torch.zeros(1)
+        for i in range(cfg.logging.eval_iters):
+            batch = get_micro_batch(dataset, 0, i, ps.get_data_parallel_rank(), micro, dp, micro * dp)
+            total += engine(batch["tokens"], batch["labels"], batch["loss_mask"]).float().cpu()
+        total = _dp_mean(total) / cfg.logging.eval_iters
+        out[f"val/{name}/loss"] = total.item()
+        out[f"val/{name}/ppl"] = math.exp(min(total.item(), 50.0))
+    engine.train()
+    return out
+
+
+def _dp_mean(t: torch.Tensor) -> torch.Tensor:
+    device = "cpu" if distributed.use_cpu() else "cuda"
+    t = t.to(device)
+    torch.distributed.all_reduce(t, group=ps.get_data_parallel_group())
+    return t.cpu() / ps.get_data_parallel_world_size()
+
+
+def train(cfg: NeoXConfig):
+    import deepspeed
+
+    distributed.init_distributed(cfg.parallel.model_parallel_size)
+    seed_everything(cfg.misc.seed)
+    print_rank0("resolved config:\n" + json.dumps({**cfg.to_flat(), "derived": derived(cfg)}, indent=1))
+
+    tokenizer = SentencePieceTokenizer(cfg.data.vocab_file)
+    model = LlamaModel(cfg)
+    model.init_weights(cfg.misc.seed)
+    optimizer = build_optimizer(cfg, model)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                           config=deepspeed_config(cfg),
+                                           mpu=distributed.MegatronCoreMPU())
+
+    start_step = 0
+    if cfg.checkpoint.load:
+        start_step = load_checkpoint(engine, cfg)
+
+    train_set = build_train_dataset(cfg, tokenizer)
+    micro, dp = cfg.batch.train_micro_batch_size_per_gpu, cfg.data_parallel_size
+    accum, global_batch = cfg.batch.gradient_accumulation_steps, cfg.batch.train_batch_size
+    eval_sets = {}
+    if cfg.data.valid_data_paths and cfg.logging.eval_iters > 0:
+        eval_sets = build_eval_datasets(cfg, tokenizer, cfg.logging.eval_iters * micro * dp)
+
+    logger = MetricsLogger(cfg) if is_rank0() else None
+    dp_rank = ps.get_data_parallel_rank()
+    tokens_per_step = global_batch * cfg.model.seq_length
+
+    if eval_sets and start_step == 0:
+        _log_eval(logger, 0, evaluate(engine, eval_sets, cfg))
+
+    for step in range(start_step, cfg.schedule.train_iters):
+        update = step + 1  # updates count from 1; update s uses lr(s)
+        lr = lr_for_config(cfg, update)
+        set_lr(engine, lr)
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros(1)
+        for j in range(accum):
+            batch = get_micro_batch(train_set, step, j, dp_rank, micro, dp, global_batch)
+            loss = engine(batch["tokens"], batch["labels"], batch["loss_mask"])
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.detach().float().cpu()
+        loss_mean = (_dp_mean(loss_sum) / accum).item()
+        grad_norm = engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        elapsed = time.perf_counter() - t0
+
+        if logger and (update % cfg.logging.log_interval == 0 or update == cfg.schedule.train_iters):
+            tps = tokens_per_step / elapsed
+            record = {"step": update, "loss": loss_mean, "lr": lr, "grad_norm": grad_norm,
+                      "tokens_per_sec": tps, "mfu": mfu(cfg, tps, cfg.world_size),
+                      "consumed_samples": update * global_batch, "step_time_s": elapsed}
+            logger.log(record)
+            print_rank0(format_line(record, cfg.schedule.train_iters))
+        if eval_sets and cfg.logging.eval_interval and update % cfg.logging.eval_interval == 0:
+            _log_eval(logger, update, evaluate(engine, eval_sets, cfg))
+        if cfg.checkpoint.save and (
+            (cfg.checkpoint.checkpoint_factor and update % cfg.checkpoint.checkpoint_factor == 0)
+            or update == cfg.schedule.train_iters
+        ):
+            save_checkpoint(engine, cfg, update)
+
+    if logger:
+        logger.close()
+    torch.distributed.barrier()
+    distributed.destroy()
+
+
+def _log_eval(logger, step: int, values: dict):
+    if logger:
+        logger.log({"step": step, **values})
+        print_rank0(f"eval at step {step}: " + " | ".join(f"{k} {v:.4f}" for k, v in values.items()))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(engine, cfg: NeoXConfig, step: int):
+    """GPT-NeoX/DeepSpeed layout: <save>/global_step<N>/mp_rank_XX_model_states.pt + ZeRO shards,
+    <save>/latest, and the resolved config beside them."""
+    state = {"step": step, "consumed_samples": step * cfg.batch.train_batch_size,
+             "neox_config": cfg.to_flat()}
+    engine.save_checkpoint(cfg.checkpoint.save, tag=f"global_step{step}", client_state=state)
+    if is_rank0():
+        with open(os.path.join(cfg.checkpoint.save, f"global_step{step}", "config.json"), "w") as f:
+            json.dump(cfg.to_flat(), f, indent=1)
+    print_rank0(f"saved checkpoint global_step{step} to {cfg.checkpoint.save}")
+
+
+def load_checkpoint(engine, cfg: NeoXConfig) -> int:
+    """finetune: weights only, start at step 0. Otherwise resume everything from <load>/latest."""
+    load = cfg.checkpoint.load
+    if not os.path.isfile(os.path.join(load, "latest")):
+        if cfg.checkpoint.finetune:
+            raise FileNotFoundError(f"finetune: no '{load}/latest' to load weights from")
+        print_rank0(f"no checkpoint in {load}: starting from scratch")
+        return 0
+    if cfg.checkpoint.finetune:
+        engine.load_checkpoint(load, load_module_only=True, load_optimizer_states=False,
+                               load_lr_scheduler_states=False)
+        print_rank0(f"finetune: loaded weights from {load}, starting at step 0")
+        return 0
+    path, state = engine.load_checkpoint(load)
+    if path is None:
+        raise RuntimeError(f"could not load checkpoint from {load}")
+    print_rank0(f"resumed from {path} at step {state['step']}")
+    return int(state["step"])

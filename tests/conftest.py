@@ -1,0 +1,45 @@
+import os
+import socket
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_flat(**overrides) -> dict:
+    """Flat config for a tiny model; data paths are fake (validated with dry_run=True)."""
+    flat = {
+        "num_layers": 2, "hidden_size": 48, "num_attention_heads": 6, "num_kv_heads": 2,
+        "intermediate_size": 96, "seq_length": 16, "rotary_emb_base": 1e6, "vocab_size": 101,
+        "model_parallel_size": 1, "num_gpus": 1, "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 1, "train_iters": 10, "warmup_iters": 2,
+        "train_data_paths": ["/nonexistent/data_text_document"], "precision": "fp32",
+    }
+    flat.update(overrides)
+    return flat
+
+
+def tiny_cfg(**overrides):
+    from neox.config import NeoXConfig, _coerce_all, validate
+
+    return validate(NeoXConfig.from_flat(_coerce_all(tiny_flat(**overrides))), dry_run=True)
+
+
+@pytest.fixture
+def single_process_group():
+    """A real gloo process group of size 1 with megatron-core parallel state at TP=1."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0",
+                      WORLD_SIZE="1", LOCAL_RANK="0")
+    from neox import distributed
+
+    distributed.init_distributed(1)
+    yield
+    distributed.destroy()
