@@ -9,6 +9,7 @@ samples. So the samples of an update do not depend on how many ranks share it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 
@@ -34,6 +35,9 @@ class SentencePieceTokenizer:
             raise ValueError(f"tokenizer {model_file} has no end-of-sentence token (</s>)")
         self.pad = -1  # Llama has no pad token; -1 never matches a real id
         self.eos = self.eod
+        with open(model_file, "rb") as f:  # megatron keys its index caches on this
+            digest = hashlib.sha256(f.read()).hexdigest()
+        self.unique_identifiers = {"class": "SentencePieceTokenizer", "model_sha256": digest}
 
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
@@ -43,8 +47,11 @@ class SentencePieceTokenizer:
 
 
 def component_name(prefix: str) -> str:
+    """'.../arxiv_validation_text_document' -> 'arxiv' (used in metric names)."""
     name = os.path.basename(prefix.rstrip("/"))
-    return name[: -len("_text_document")] if name.endswith("_text_document") else name
+    for suffix in ("_text_document", "_validation", "_valid", "_test", "_train"):
+        name = name[: -len(suffix)] if name.endswith(suffix) else name
+    return name
 
 
 def _dataset_config(cfg, tokenizer) -> dict:

@@ -43,4 +43,4 @@ class MetricsLogger:
 def format_line(r: dict, train_iters: int) -> str:
     return (f"step {r['step']:>6}/{train_iters} | loss {r['loss']:.4f} | lr {r['lr']:.3e} | "
             f"grad_norm {r['grad_norm']:.3f} | tokens/s {r['tokens_per_sec']:,.0f} | "
-            f"mfu {100 * r['mfu']:.2f}% | consumed_samples {r['consumed_samples']}")
+            f"mfu {100 * r['mfu']:.3g}% | consumed_samples {r['consumed_samples']}")

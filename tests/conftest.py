@@ -43,3 +43,13 @@ def single_process_group():
     distributed.init_distributed(1)
     yield
     distributed.destroy()
+
+
+@pytest.fixture(scope="session")
+def toy_data():
+    """The bundled toy corpus, tokenizer and tokenized data (built once, then reused)."""
+    import subprocess
+
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_toy_data.py")], check=True,
+                   cwd=REPO)
+    return os.path.join(REPO, "data", "toy")

@@ -1,0 +1,82 @@
+"""End-to-end training through deepy.py on the bundled toy data (real processes, DeepSpeed)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from neox.lr_schedule import learning_rate
+
+
+def deepy(*overrides, config="llemma_configs/smoke.yml"):
+    cmd = [sys.executable, "deepy.py", "train.py", config]
+    for o in overrides:
+        cmd += ["-o", o]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    return r
+
+
+def read_metrics(log_dir):
+    with open(os.path.join(log_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, toy_data):
+    run = tmp_path_factory.mktemp("smoke")
+    deepy(f"log_dir={run}/logs", f"save={run}/ckpt", f"data_cache_dir={run}/cache")
+    return run
+
+
+def test_smoke_lowers_loss(smoke_run):
+    train = [r for r in read_metrics(smoke_run / "logs") if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 41))
+    assert train[-1]["loss"] <= 0.9 * train[0]["loss"], (train[0], train[-1])
+    for r in train:
+        for key in ("lr", "grad_norm", "tokens_per_sec", "mfu", "consumed_samples"):
+            assert key in r
+        assert r["consumed_samples"] == 8 * r["step"]
+
+
+def test_logged_lr_is_the_closed_form_at_every_step(smoke_run):
+    train = [r for r in read_metrics(smoke_run / "logs") if "loss" in r]
+    peak = 2e-3
+    for r in train:
+        assert r["lr"] == pytest.approx(learning_rate(r["step"], peak, peak / 30, 4, 40), rel=1e-12)
+    assert train[3]["lr"] == pytest.approx(peak)  # step 4 = end of warmup
+    assert train[-1]["lr"] == pytest.approx(peak / 30)
+
+
+def test_validation_per_component_improves(smoke_run):
+    evals = [r for r in read_metrics(smoke_run / "logs") if "val/arxiv/loss" in r]
+    assert [r["step"] for r in evals] == [0, 20, 40]
+    for comp in ("arxiv", "open-web-math", "algebraic-stack"):
+        assert evals[-1][f"val/{comp}/loss"] < evals[0][f"val/{comp}/loss"]
+
+
+def test_checkpoint_layout(smoke_run):
+    ckpt = smoke_run / "ckpt"
+    assert (ckpt / "latest").read_text().strip() == "global_step40"
+    for step in (20, 40):
+        d = ckpt / f"global_step{step}"
+        assert (d / "mp_rank_00_model_states.pt").is_file() and (d / "mp_rank_01_model_states.pt").is_file()
+        assert json.loads((d / "config.json").read_text())["model_parallel_size"] == 2
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, toy_data):
+    common = ["precision=fp32", "lr_decay_iters=8", "eval_iters=0", "checkpoint_factor=4",
+              f"data_cache_dir={tmp_path}/cache"]
+    deepy(*common, "train_iters=8", f"log_dir={tmp_path}/full", f"save={tmp_path}/full_ckpt")
+    deepy(*common, "train_iters=4", f"log_dir={tmp_path}/part", f"save={tmp_path}/part_ckpt")
+    deepy(*common, "train_iters=8", f"log_dir={tmp_path}/part", f"save={tmp_path}/part_ckpt",
+          f"load={tmp_path}/part_ckpt")
+    full = read_metrics(tmp_path / "full")
+    resumed = read_metrics(tmp_path / "part")
+    assert [r["step"] for r in resumed] == list(range(1, 9))
+    for a, b in zip(full, resumed):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), (a, b)
+        assert a["lr"] == b["lr"]
