@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="llemma-neox",
+    version="0.1.0",
+    description="GPT-NeoX-style continued pretraining of Llama models on math (the Llemma recipe)",
+    packages=find_packages(include=["neox", "neox.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # CPU CI installs torch==2.13.0 first (see README); GPU users bring their own CUDA torch.
+        "torch>=2.5",
+        "deepspeed==0.19.8",
+        "megatron-core==0.16.1",
+        "sentencepiece>=0.2",
+        "transformers>=4.45",
+        "safetensors>=0.4",
+        "zstandard>=0.22",
+        "lm-dataformat>=0.0.20",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "gpu": ["flash-attn>=2.5"],
+        "tensorboard": ["tensorboard>=2.14"],
+        "wandb": ["wandb>=0.16"],
+    },
+)
