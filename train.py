@@ -18,9 +18,14 @@ def main():
     p.add_argument("--local_rank", type=int, default=None)  # passed by the DeepSpeed launcher
     args = p.parse_args()
     flat = json.loads(base64.urlsafe_b64decode(args.neox_config_b64.encode()))
+    from neox.checkpoints import CheckpointError
     from neox.training import train
 
-    train(config_from_flat(flat))
+    try:
+        train(config_from_flat(flat))
+    except CheckpointError as e:  # a named file problem: one line, not a traceback per rank
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

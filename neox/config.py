@@ -491,8 +491,8 @@ def validate(cfg: NeoXConfig, dry_run: bool = False) -> NeoXConfig:
             raise ConfigError("key 'vocab_file' is required (SentencePiece tokenizer.model)")
     elif not os.path.isfile(d.vocab_file):
         missing.append(("vocab_file", d.vocab_file))
-    if c.load and c.finetune and not os.path.isdir(c.load):
-        missing.append(("load", c.load))
+    if c.load and c.finetune and not os.path.isfile(os.path.join(c.load, "latest")):
+        missing.append(("load", os.path.join(c.load, "latest")))
     for key, path in missing:
         msg = f"key '{key}': file not found: {path}"
         if not dry_run:

@@ -226,7 +226,11 @@ class LlamaModel(nn.Module):
         return (per_token * loss_mask).sum() / loss_mask.sum().clamp(min=1.0)
 
     def gather_logits(self, logits):
-        """Full-vocabulary logits (padding stripped) from this rank's vocab-parallel logits."""
-        full = mtp.gather_from_tensor_model_parallel_region(
-            logits, group=parallel_state.get_tensor_model_parallel_group())
-        return full[..., : self.vocab_size]
+        """Full-vocabulary logits (padding stripped) from this rank's vocab-parallel logits.
+        For evaluation only (no gradient); megatron's gather assumes CUDA, this works on gloo too."""
+        if self.tp > 1:
+            parts = [torch.empty_like(logits) for _ in range(self.tp)]
+            torch.distributed.all_gather(parts, logits.contiguous(),
+                                         group=parallel_state.get_tensor_model_parallel_group())
+            logits = torch.cat(parts, dim=-1)
+        return logits[..., : self.vocab_size]

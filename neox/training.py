@@ -13,6 +13,7 @@ import torch
 from megatron.core import parallel_state as ps
 
 from neox import distributed
+from neox.checkpoints import CheckpointError, load_finetune_weights
 from neox.config import NeoXConfig, derived
 from neox.data import SentencePieceTokenizer, build_eval_datasets, build_train_dataset, get_micro_batch
 from neox.flops import mfu
@@ -106,14 +107,16 @@ def train(cfg: NeoXConfig):
     tokenizer = SentencePieceTokenizer(cfg.data.vocab_file)
     model = LlamaModel(cfg)
     model.init_weights(cfg.misc.seed)
+    resume_dir = find_resume_dir(cfg)
+    if resume_dir is None and cfg.checkpoint.finetune:
+        load_finetune_weights(model, cfg)
+        print_rank0(f"finetune: loaded weights from {cfg.checkpoint.load}; step 0, fresh optimizer")
     optimizer = build_optimizer(cfg, model)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            config=deepspeed_config(cfg),
                                            mpu=distributed.MegatronCoreMPU())
 
-    start_step = 0
-    if cfg.checkpoint.load:
-        start_step = load_checkpoint(engine, cfg)
+    start_step = resume(engine, resume_dir) if resume_dir else 0
 
     train_set = build_train_dataset(cfg, tokenizer)
     micro, dp = cfg.batch.train_micro_batch_size_per_gpu, cfg.data_parallel_size
@@ -188,21 +191,23 @@ def save_checkpoint(engine, cfg: NeoXConfig, step: int):
     print_rank0(f"saved checkpoint global_step{step} to {cfg.checkpoint.save}")
 
 
-def load_checkpoint(engine, cfg: NeoXConfig) -> int:
-    """finetune: weights only, start at step 0. Otherwise resume everything from <load>/latest."""
-    load = cfg.checkpoint.load
-    if not os.path.isfile(os.path.join(load, "latest")):
-        if cfg.checkpoint.finetune:
-            raise FileNotFoundError(f"finetune: no '{load}/latest' to load weights from")
-        print_rank0(f"no checkpoint in {load}: starting from scratch")
-        return 0
-    if cfg.checkpoint.finetune:
-        engine.load_checkpoint(load, load_module_only=True, load_optimizer_states=False,
-                               load_lr_scheduler_states=False)
-        print_rank0(f"finetune: loaded weights from {load}, starting at step 0")
-        return 0
-    path, state = engine.load_checkpoint(load)
+def find_resume_dir(cfg: NeoXConfig):
+    """Where to resume everything from, or None for a fresh start.
+
+    A run's own checkpoints (<save>/latest) win: a restarted job continues instead of starting
+    over from the base model. Otherwise a non-finetune ``load`` with a checkpoint is resumed."""
+    for d in (cfg.checkpoint.save, None if cfg.checkpoint.finetune else cfg.checkpoint.load):
+        if d and os.path.isfile(os.path.join(d, "latest")):
+            return d
+    if cfg.checkpoint.load and not cfg.checkpoint.finetune:
+        print_rank0(f"no checkpoint in {cfg.checkpoint.load}: starting from scratch")
+    return None
+
+
+def resume(engine, directory: str) -> int:
+    """Weights, optimizer state and step from <directory>/latest (data position follows the step)."""
+    path, state = engine.load_checkpoint(directory)
     if path is None:
-        raise RuntimeError(f"could not load checkpoint from {load}")
+        raise CheckpointError(f"could not load the checkpoint named by {directory}/latest")
     print_rank0(f"resumed from {path} at step {state['step']}")
     return int(state["step"])

@@ -1,0 +1,78 @@
+"""The source model's loss on a fixed reference batch, computed with transformers' own Llama layers
+streamed one at a time from disk (memory: one layer), so even a 34B model can be checked on a CPU
+node. It is recorded by the converter; the trainer's guarded start compares against it."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+# A fixed, math-flavoured reference text (written for this project).
+REFERENCE_TEXT = (
+    "Theorem 1. Let $p$ be a prime and let $a$ be an integer not divisible by $p$. "
+    "Then $a^{p-1} \\equiv 1 \\pmod{p}$.\n\nProof. The numbers $a, 2a, \\dots, (p-1)a$ are "
+    "distinct modulo $p$, so their product equals $(p-1)!$ up to a multiple of $p$. Hence "
+    "$a^{p-1}(p-1)! \\equiv (p-1)! \\pmod{p}$, and since $\\gcd((p-1)!, p) = 1$ we may cancel. $\\square$\n\n"
+    "def gcd(a, b):\n    while b:\n        a, b = b, a % b\n    return a\n\n"
+    "Example: $\\sum_{k=1}^{n} k = \\frac{n(n+1)}{2}$, so $1 + 2 + \\cdots + 100 = 5050$. "
+    "The integral $\\int_0^1 x^2 \\, dx = \\frac{1}{3}$ and $\\lim_{x \\to 0} \\frac{\\sin x}{x} = 1$."
+)
+
+
+def reference_tokens(hf_dir: str, length: int, vocab_size: int) -> list[int]:
+    """BOS + the reference text, tokenized with the model's own tokenizer, repeated to ``length``.
+    A directory without a tokenizer gets fixed pseudo-random ids (seed 0) instead."""
+    sp_path = os.path.join(hf_dir, "tokenizer.model")
+    if os.path.isfile(sp_path):
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=sp_path)
+        bos, ids = sp.bos_id(), sp.encode(REFERENCE_TEXT)
+    elif os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(hf_dir)
+        bos, ids = tok.bos_token_id, tok.encode(REFERENCE_TEXT, add_special_tokens=False)
+    else:
+        gen = torch.Generator().manual_seed(0)
+        return torch.randint(0, vocab_size, (length,), generator=gen).tolist()
+    out = ([bos] if bos is not None and bos >= 0 else []) + ids
+    while len(out) < length:
+        out += ids
+    return out[:length]
+
+
+@torch.no_grad()
+def streamed_hf_loss(weights, tokens: list[int], rope_theta: float | None = None) -> float:
+    """Mean next-token loss of the Hugging Face model in ``weights`` (an HFWeights) on ``tokens``,
+    in fp32, loading one decoder layer at a time. ``rope_theta`` overrides the model's theta."""
+    import transformers
+    from transformers.masking_utils import create_causal_mask
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
+
+    raw = dict(weights.config)
+    if rope_theta is not None:
+        raw["rope_theta"] = rope_theta
+        raw.pop("rope_parameters", None)
+    config = transformers.LlamaConfig(**{k: v for k, v in raw.items() if k not in ("architectures", "model_type")})
+    config._attn_implementation = "sdpa"
+    ids = torch.tensor([tokens])
+    hidden = weights.get("model.embed_tokens.weight").float()[ids]
+    positions = torch.arange(ids.shape[1]).unsqueeze(0)
+    cos_sin = LlamaRotaryEmbedding(config)(hidden, positions)
+    mask = create_causal_mask(config=config, inputs_embeds=hidden, attention_mask=None,
+                              past_key_values=None, position_ids=positions)
+    for i in range(config.num_hidden_layers):
+        with torch.device("meta"):
+            layer = LlamaDecoderLayer(config, i)
+        prefix = f"model.layers.{i}."
+        state = {k[len(prefix):]: weights.get(k).float() for k in weights.names() if k.startswith(prefix)}
+        layer.load_state_dict(state, assign=True, strict=True)
+        out = layer(hidden, attention_mask=mask, position_embeddings=cos_sin, position_ids=positions)
+        hidden = out[0] if isinstance(out, tuple) else out
+        del layer, state
+    norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+    norm.weight.copy_(weights.get("model.norm.weight").float())
+    logits = norm(hidden) @ weights.get("lm_head.weight").float().T
+    return torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).item()

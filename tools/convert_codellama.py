@@ -1,0 +1,209 @@
+#!/usr/bin/env python
+"""Hugging Face Llama / Code Llama directory -> trainer checkpoint sharded for tensor parallel.
+
+    python tools/convert_codellama.py --hf-dir DIR --out DIR --tp N [--rope-theta F]
+                                      [--dtype bf16|fp32] [--verify] [--force]
+
+Writes <out>/global_step0/mp_rank_<TT>_model_states.pt for each TP rank, <out>/latest, the
+tokenizer files in <out>/tokenizer/, and <out>/neox_conversion.json (source config, RoPE theta
+before and after, original and padded vocab, TP, and the source model's loss on a fixed
+reference batch). ``finetune: true`` with ``load: <out>`` starts training from it.
+
+Tensors are streamed: each rank's file is built from slices read straight out of the
+memory-mapped safetensors, so peak memory is about one output shard plus one tensor.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # verify_conversion
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from neox import partition  # noqa: E402
+from neox.checkpoints import CONVERSION_FILE, CheckpointError, HFWeights, model_file  # noqa: E402
+from neox.config import padded_vocab_size  # noqa: E402
+from neox.hf_compat import neox_model_keys_from_hf  # noqa: E402
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+TOKENIZER_FILES = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hf-dir", required=True, help="Hugging Face model directory")
+    p.add_argument("--out", required=True, help="output trainer checkpoint directory")
+    p.add_argument("--tp", type=int, required=True, help="tensor-parallel size to shard for")
+    p.add_argument("--rope-theta", type=float, default=None,
+                   help="RoPE theta to train with (Llemma 7B: 10000); default: the source model's")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--make-vocab-size-divisible-by", type=int, default=1)
+    p.add_argument("--reference-tokens", type=int, default=128,
+                   help="length of the reference batch whose loss is recorded (0: skip)")
+    p.add_argument("--verify", action="store_true",
+                   help="run tools/verify_conversion.py on the result; no output is left on failure")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs logit difference for --verify")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite a non-empty --out; keep the output even if --verify fails")
+    return p.parse_args(argv)
+
+
+def check_supported(weights: HFWeights, tp: int) -> dict:
+    """Model keys of the source, or a one-line error for anything this trainer cannot represent."""
+    c = weights.config
+    arch = c.get("architectures") or ["LlamaForCausalLM"]
+    if c.get("model_type", "llama") != "llama" or arch[0] != "LlamaForCausalLM":
+        raise CheckpointError(f"{weights.dir}/config.json: model_type {c.get('model_type')!r} / "
+                              f"{arch[0]} is not supported (Llama / Code Llama only)")
+    if c.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"{weights.dir}/config.json: hidden_act {c['hidden_act']!r} is not supported (silu)")
+    try:
+        keys = neox_model_keys_from_hf(c)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{weights.dir}/config.json: {e}") from None
+    head_dim = c.get("head_dim") or keys["hidden_size"] // keys["num_attention_heads"]
+    if head_dim * keys["num_attention_heads"] != keys["hidden_size"]:
+        raise CheckpointError(f"{weights.dir}/config.json: head_dim {head_dim} x heads != hidden_size")
+    for key in ("num_attention_heads", "num_kv_heads", "intermediate_size"):
+        if keys[key] % tp:
+            raise CheckpointError(f"--tp {tp} does not divide {key} = {keys[key]} of {weights.dir}")
+    return keys
+
+
+def rank_state(weights: HFWeights, names, rank: int, tp: int, vocab: int, padded: int, dtype) -> dict:
+    """Weights of one TP rank, read slice by slice (the vocab shard of the last rank is padded)."""
+    out = {}
+    for name in names:
+        hf = partition.to_hf_name(name)
+        dim = partition.split_dim(name)
+        shape = weights.shape(hf)
+        if name in partition.VOCAB_WEIGHTS:
+            if shape[0] != vocab:
+                raise CheckpointError(f"{weights.dir}: {hf} has {shape[0]} rows but vocab_size is {vocab}")
+            rows = padded // tp
+            start, end = rank * rows, min((rank + 1) * rows, vocab)
+            t = weights.get_slice(hf, 0, start, end) if end > start else torch.zeros((0,) + shape[1:])
+            if t.shape[0] < rows:  # padding rows: zero, and masked to -inf in the logits
+                t = torch.cat([t, t.new_zeros((rows - t.shape[0],) + shape[1:])])
+        elif dim is None:
+            t = weights.get(hf)
+        else:
+            size = shape[dim] // tp
+            t = weights.get_slice(hf, dim, rank * size, (rank + 1) * size)
+        out[name] = t.to(dtype).contiguous()
+    return out
+
+
+def convert(args) -> dict:
+    weights = HFWeights(args.hf_dir)
+    keys = check_supported(weights, args.tp)
+    expected = {partition.to_hf_name(n) for n in partition.expected_names(keys["num_layers"])}
+    missing = sorted(expected - set(weights.names()))
+    if missing:
+        raise CheckpointError(f"{args.hf_dir}: missing tensors {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+    unexpected = sorted(n for n in set(weights.names()) - expected if "rotary_emb" not in n)
+    if unexpected:
+        raise CheckpointError(f"{args.hf_dir}: unsupported tensors {unexpected[:3]} (biases? a fused layout?)")
+
+    out = os.path.abspath(args.out.rstrip("/"))
+    if os.path.exists(out) and os.listdir(out) and not args.force:
+        raise CheckpointError(f"--out {out} exists and is not empty (use --force to overwrite)")
+    vocab = keys["vocab_size"]
+    padded = padded_vocab_size(vocab, args.make_vocab_size_divisible_by, args.tp)
+    source_theta = keys["rotary_emb_base"]
+    train_theta = args.rope_theta if args.rope_theta is not None else source_theta
+    names = partition.expected_names(keys["num_layers"])
+
+    reference = None
+    if args.reference_tokens > 0:
+        from neox.reference import reference_tokens, streamed_hf_loss
+
+        length = min(args.reference_tokens, keys["max_position_embeddings"])
+        tokens = reference_tokens(args.hf_dir, length, keys["vocab_size"])
+        print(f"computing the source model's reference loss on {length} tokens (streamed, fp32)")
+        reference = {"tokens": tokens, "rope_theta": source_theta,
+                     "loss": streamed_hf_loss(weights, tokens)}
+        print(f"reference loss at theta {source_theta:g}: {reference['loss']:.6f}")
+
+    meta = {
+        "source": os.path.abspath(args.hf_dir),
+        "source_config": weights.config,
+        "tensor_parallel_size": args.tp,
+        "dtype": args.dtype,
+        "rope_theta_source": source_theta,
+        "rope_theta": train_theta,
+        "vocab_size": vocab,
+        "padded_vocab_size": padded,
+        "make_vocab_size_divisible_by": args.make_vocab_size_divisible_by,
+        "neox_model_keys": {**keys, "rotary_emb_base": train_theta,
+                            "make_vocab_size_divisible_by": args.make_vocab_size_divisible_by},
+        "reference": reference,
+    }
+
+    tmp = f"{out}.tmp-{os.getpid()}"  # written here first; renamed into place when complete
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.join(tmp, "global_step0"))
+    try:
+        bar = tqdm(total=args.tp * len(names), unit="tensor", desc="convert")
+        for rank in range(args.tp):
+            state = {}
+            for name, t in rank_state(weights, names, rank, args.tp, vocab, padded, DTYPES[args.dtype]).items():
+                state[name] = t
+                bar.update(1)
+            torch.save({"module": state, "neox_conversion": meta, "mp_world_size": args.tp,
+                        "dp_world_size": 1, "iteration": 0, "global_steps": 0, "global_samples": 0},
+                       model_file(tmp, "global_step0", rank))
+            del state
+        bar.close()
+        os.makedirs(os.path.join(tmp, "tokenizer"))
+        for name in TOKENIZER_FILES:
+            if os.path.isfile(os.path.join(args.hf_dir, name)):
+                shutil.copy2(os.path.join(args.hf_dir, name), os.path.join(tmp, "tokenizer", name))
+        with open(os.path.join(tmp, CONVERSION_FILE), "w") as f:
+            json.dump(meta, f, indent=1)
+        with open(os.path.join(tmp, "latest"), "w") as f:
+            f.write("global_step0")
+
+        if args.verify:
+            from verify_conversion import verify
+
+            diff = verify(args.hf_dir, tmp, tolerance=args.tolerance)
+            meta["verify_max_abs_logit_diff"] = diff
+            if not diff <= args.tolerance:
+                if not args.force:
+                    raise CheckpointError(f"verification failed: max abs logit diff {diff:.3e} > "
+                                          f"{args.tolerance:g}; nothing written to {out}")
+                meta["verify_failed"] = True
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {out}: TP={args.tp}, {args.dtype}, vocab {vocab} (padded {padded}), "
+          f"rope theta {source_theta:g} -> {train_theta:g}")
+    return meta
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.tp < 1:
+        print("error: --tp must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        meta = convert(args)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if meta.get("verify_failed"):
+        print("error: verification failed; output kept because of --force", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
