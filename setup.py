@@ -13,6 +13,7 @@ setup(
         "megatron-core==0.16.1",
         "sentencepiece>=0.2",
         "transformers>=4.45",
+        "protobuf>=4",  # transformers needs it to read a SentencePiece tokenizer.model
         "safetensors>=0.4",
         "zstandard>=0.22",
         "lm-dataformat>=0.0.20",

@@ -12,4 +12,4 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2, commands  # the two commands the README starts with
     ci = open(os.path.join(REPO, ".ci", "run")).read().strip().splitlines()[-1]
     assert ci == commands[1]
-    assert "smoke.yml" in commands[0]
+    assert "toy_pipeline.py" in commands[0]

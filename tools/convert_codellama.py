@@ -164,8 +164,6 @@ def convert(args) -> dict:
         for name in TOKENIZER_FILES:
             if os.path.isfile(os.path.join(args.hf_dir, name)):
                 shutil.copy2(os.path.join(args.hf_dir, name), os.path.join(tmp, "tokenizer", name))
-        with open(os.path.join(tmp, CONVERSION_FILE), "w") as f:
-            json.dump(meta, f, indent=1)
         with open(os.path.join(tmp, "latest"), "w") as f:
             f.write("global_step0")
 
@@ -179,6 +177,8 @@ def convert(args) -> dict:
                     raise CheckpointError(f"verification failed: max abs logit diff {diff:.3e} > "
                                           f"{args.tolerance:g}; nothing written to {out}")
                 meta["verify_failed"] = True
+        with open(os.path.join(tmp, CONVERSION_FILE), "w") as f:  # after verify: records its result
+            json.dump(meta, f, indent=1)
         if os.path.exists(out):
             shutil.rmtree(out)
         os.rename(tmp, out)

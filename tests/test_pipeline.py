@@ -1,0 +1,68 @@
+"""The README's toy pipeline end to end, and the finetune start's refusals."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, toy_data):
+    run_dir = tmp_path_factory.mktemp("toy")
+    r = subprocess.run([sys.executable, "tools/toy_pipeline.py", "--run-dir", str(run_dir)], cwd=REPO,
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return run_dir, r.stdout
+
+
+def test_pipeline_trains_and_exports(pipeline):
+    run_dir, stdout = pipeline
+    assert "held-out perplexity" in stdout
+    ppl = json.load(open(run_dir / "perplexity.json"))
+    for comp, before in ppl["before"].items():
+        assert ppl["after"][comp] < 0.5 * before, (comp, before, ppl["after"][comp])
+    meta = json.load(open(run_dir / "codellama-neox" / "neox_conversion.json"))
+    assert meta["rope_theta_source"] == 1e6 and meta["rope_theta"] == 1e4
+    assert meta["verify_max_abs_logit_diff"] < 1e-4
+    cfg = json.load(open(run_dir / "llemma-toy-hf" / "config.json"))
+    assert cfg["rope_theta"] == 1e4 and cfg["vocab_size"] == 3001
+    first = json.loads(open(run_dir / "logs" / "metrics.jsonl").readlines()[1])
+    assert first["step"] == 1 and first["loss"] > 7.5  # started from the (random) base model
+
+
+def test_exported_tokenizer_and_model_load(pipeline):
+    import sentencepiece as spm
+    import transformers
+
+    run_dir, _ = pipeline
+    export = str(run_dir / "llemma-toy-hf")
+    model, info = transformers.LlamaForCausalLM.from_pretrained(export, output_loading_info=True)
+    assert not any(info.values()), info
+    tok = transformers.AutoTokenizer.from_pretrained(export)
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(export, "tokenizer.model"))
+    text = "Theorem. For every prime $p$, $a^p \\equiv a \\pmod p$."
+    assert tok.encode(text, add_special_tokens=False) == sp.encode(text)
+    assert tok.bos_token_id == 1 and tok.eos_token_id == 2
+
+
+def deepy_fails(*overrides):
+    cmd = [sys.executable, "deepy.py", "train.py", "llemma_configs/smoke.yml"]
+    for o in overrides:
+        cmd += ["-o", o]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    return r.stdout + r.stderr
+
+
+def test_finetune_refuses_wrong_tp_and_theta(pipeline, tmp_path):
+    run_dir, _ = pipeline
+    ckpt = str(run_dir / "codellama-neox")
+    common = [f"load={ckpt}", "finetune=true", f"save={tmp_path}/s", f"log_dir={tmp_path}/l"]
+    out = deepy_fails(*common, "model_parallel_size=1", "num_gpus=1")
+    assert "is sharded for TP=2 but model_parallel_size=1" in out
+    out = deepy_fails(*common, "rotary_emb_base=1000000")
+    assert "checkpoint rotary_emb_base 10000.0 != config rotary_emb_base 1000000.0" in out
