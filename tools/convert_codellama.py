@@ -95,11 +95,27 @@ def rank_state(weights: HFWeights, names, rank: int, tp: int, vocab: int, padded
         else:
             size = shape[dim] // tp
             t = weights.get_slice(hf, dim, rank * size, (rank + 1) * size)
-        out[name] = t.to(dtype).contiguous()
+        t = t.to(dtype).contiguous()
+        if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            t = t.clone()  # a view of a larger tensor: torch.save would write all of it
+        out[name] = t
     return out
 
 
+def limit_heap_growth():
+    """Make glibc return freed tensor memory to the OS: with its default dynamic mmap threshold,
+    freed multi-MB buffers stay on the heap and a streamed conversion's RSS creeps up by the
+    size of the largest tensors. No-op where mallopt is unavailable."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB, fixed
+    except (OSError, AttributeError):
+        pass
+
+
 def convert(args) -> dict:
+    limit_heap_growth()
     weights = HFWeights(args.hf_dir)
     keys = check_supported(weights, args.tp)
     expected = {partition.to_hf_name(n) for n in partition.expected_names(keys["num_layers"])}
