@@ -56,6 +56,10 @@ def main(argv=None) -> int:
         print(json.dumps({**cfg.to_flat(), "derived": info}))
         return 0
 
+    if cfg.parallel.num_nodes > 1:
+        print(f"error: num_nodes={cfg.parallel.num_nodes}: deepy.py starts processes on this node only; "
+              "launch multi-node runs with the scripts in slurm/ (or -o num_nodes=1)", file=sys.stderr)
+        return 2
     env = dict(os.environ)
     import torch
 

@@ -54,12 +54,30 @@ def component_name(prefix: str) -> str:
     return name
 
 
-def _dataset_config(cfg, tokenizer) -> dict:
+def data_fingerprint(prefixes) -> str:
+    """Identity of the data files (path, size, mtime): a changed file gets a fresh index cache."""
+    h = hashlib.sha256()
+    for prefix in prefixes:
+        for ext in (".bin", ".idx"):
+            path = os.path.abspath(prefix + ext)
+            st = os.stat(path)
+            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_dir(cfg, prefixes) -> str:
+    """Index caches live under data_cache_dir (default: beside the first training file), one
+    subdirectory per data fingerprint; megatron-core keys the files inside by seed, sequence
+    length, sample counts, weights and tokenizer."""
     d = cfg.data
-    cache = d.data_cache_dir or os.path.join(os.path.dirname(os.path.abspath(d.train_data_paths[0])),
-                                             "index-cache")
+    root = d.data_cache_dir or os.path.join(os.path.dirname(os.path.abspath(d.train_data_paths[0])),
+                                            "index-cache")
+    return os.path.join(root, data_fingerprint(prefixes))
+
+
+def _dataset_config(cfg, tokenizer, prefixes) -> dict:
     return dict(random_seed=cfg.misc.seed, sequence_length=cfg.model.seq_length,
-                path_to_cache=cache, tokenizer=tokenizer, reset_position_ids=False,
+                path_to_cache=cache_dir(cfg, prefixes), tokenizer=tokenizer, reset_position_ids=False,
                 reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False)
 
 
@@ -69,7 +87,7 @@ def build_train_dataset(cfg, tokenizer):
     weights = d.train_data_weights or [1.0] * len(d.train_data_paths)
     num_samples = cfg.schedule.train_iters * cfg.batch.train_batch_size
     config = GPTDatasetConfig(blend_per_split=[(list(d.train_data_paths), list(weights)), None, None],
-                              **_dataset_config(cfg, tokenizer))
+                              **_dataset_config(cfg, tokenizer, d.train_data_paths))
     train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, None, None],
                                                 lambda: True, config).build()
     return train
@@ -80,7 +98,7 @@ def build_eval_datasets(cfg, tokenizer, num_samples: int) -> dict:
     out = {}
     for prefix in cfg.data.valid_data_paths:
         config = GPTDatasetConfig(blend_per_split=[None, ([prefix], None), None],
-                                  **_dataset_config(cfg, tokenizer))
+                                  **_dataset_config(cfg, tokenizer, [prefix]))
         _, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, [None, num_samples, None],
                                                     lambda: True, config).build()
         out[component_name(prefix)] = valid
@@ -100,3 +118,43 @@ def micro_batch_indices(step: int, micro_index: int, dp_rank: int, micro: int, d
 def get_micro_batch(dataset, step, micro_index, dp_rank, micro, dp, global_batch) -> dict:
     idx = micro_batch_indices(step, micro_index, dp_rank, micro, dp, global_batch)
     return collate([dataset[i] for i in idx])
+
+
+# ----------------------------------------------------------------------------- mixture accounting
+
+
+def component_of_sample(dataset, cfg):
+    """Per global sample, the index of its training component (an array over all samples)."""
+    import numpy as np
+
+    if hasattr(dataset, "dataset_index"):  # megatron BlendedDataset
+        return np.asarray(dataset.dataset_index)
+    return np.zeros(len(dataset), dtype=np.int16)  # a single component
+
+
+def mixture_table(dataset, cfg) -> list[dict]:
+    """Per component: tokens available, tokens the run will draw, epochs, and share of samples."""
+    import numpy as np
+
+    paths = cfg.data.train_data_paths
+    parts = dataset.datasets if hasattr(dataset, "datasets") else [dataset]
+    total = cfg.schedule.train_iters * cfg.batch.train_batch_size
+    drawn = np.bincount(component_of_sample(dataset, cfg)[:total], minlength=len(paths))
+    weights = cfg.data.train_data_weights or [1.0] * len(paths)
+    rows = []
+    for i, (prefix, part) in enumerate(zip(paths, parts)):
+        available = int(part.dataset.sequence_lengths.sum())
+        tokens = int(drawn[i]) * cfg.model.seq_length
+        rows.append({"component": component_name(prefix), "path": prefix,
+                     "weight": weights[i] / sum(weights), "tokens_available": available,
+                     "tokens_drawn": tokens, "epochs": tokens / max(available, 1),
+                     "share": int(drawn[i]) / total})
+    return rows
+
+
+def format_mixture(rows) -> str:
+    lines = [f"{'component':<20} {'weight':>7} {'available':>15} {'drawn':>15} {'epochs':>7} {'share':>7}"]
+    for r in rows:
+        lines.append(f"{r['component']:<20} {r['weight']:>7.4f} {r['tokens_available']:>15,} "
+                     f"{r['tokens_drawn']:>15,} {r['epochs']:>7.3f} {r['share']:>7.4f}")
+    return "\n".join(lines)

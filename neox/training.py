@@ -15,7 +15,8 @@ from megatron.core import parallel_state as ps
 from neox import distributed
 from neox.checkpoints import CheckpointError, load_finetune_weights
 from neox.config import NeoXConfig, derived
-from neox.data import SentencePieceTokenizer, build_eval_datasets, build_train_dataset, get_micro_batch
+from neox.data import (SentencePieceTokenizer, build_eval_datasets, build_train_dataset, component_name,
+                       component_of_sample, format_mixture, get_micro_batch, mixture_table)
 from neox.flops import mfu
 from neox.lr_schedule import lr_for_config
 from neox.metrics import MetricsLogger, format_line
@@ -126,6 +127,14 @@ def train(cfg: NeoXConfig):
         eval_sets = build_eval_datasets(cfg, tokenizer, cfg.logging.eval_iters * micro * dp)
 
     logger = MetricsLogger(cfg) if is_rank0() else None
+    if logger:
+        rows = mixture_table(train_set, cfg)
+        print_rank0("data mixture (tokens):\n" + format_mixture(rows))
+        with open(os.path.join(cfg.logging.log_dir, "mixture.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+    components = [component_name(p) for p in cfg.data.train_data_paths]
+    sample_component = component_of_sample(train_set, cfg)
+    consumed = np.bincount(sample_component[: start_step * global_batch], minlength=len(components))
     dp_rank = ps.get_data_parallel_rank()
     tokens_per_step = global_batch * cfg.model.seq_length
 
@@ -148,12 +157,15 @@ def train(cfg: NeoXConfig):
         grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         elapsed = time.perf_counter() - t0
+        consumed += np.bincount(sample_component[step * global_batch: update * global_batch],
+                                minlength=len(components))
 
         if logger and (update % cfg.logging.log_interval == 0 or update == cfg.schedule.train_iters):
             tps = tokens_per_step / elapsed
             record = {"step": update, "loss": loss_mean, "lr": lr, "grad_norm": grad_norm,
                       "tokens_per_sec": tps, "mfu": mfu(cfg, tps, cfg.world_size),
-                      "consumed_samples": update * global_batch, "step_time_s": elapsed}
+                      "consumed_samples": update * global_batch, "step_time_s": elapsed,
+                      **{f"tokens/{c}": int(n) * cfg.model.seq_length for c, n in zip(components, consumed)}}
             logger.log(record)
             print_rank0(format_line(record, cfg.schedule.train_iters))
         if eval_sets and cfg.logging.eval_interval and update % cfg.logging.eval_interval == 0:

@@ -61,10 +61,13 @@ def test_tp2_gradients_equal_tp1(tmp_path):
         assert (g1 - g2).abs().max().item() <= 1e-4 * scale + 1e-7, name
 
 
-def train_losses(tmp_path, tp, toy_data):
-    run = tmp_path / f"tp{tp}"
+def train_losses(tmp_path, tp, gpus=None, accum=2):
+    """10 fp32 steps of smoke.yml with 8 sequences per step, at the given TP and process count."""
+    gpus = gpus or tp
+    run = tmp_path / f"tp{tp}_gpus{gpus}"
     cmd = [sys.executable, "deepy.py", "train.py", "llemma_configs/smoke.yml",
-           "-o", f"model_parallel_size={tp}", "-o", f"num_gpus={tp}", "-o", "precision=fp32",
+           "-o", f"model_parallel_size={tp}", "-o", f"num_gpus={gpus}", "-o", "precision=fp32",
+           "-o", f"gradient_accumulation_steps={accum}",
            "-o", "train_iters=10", "-o", "lr_decay_iters=10", "-o", f"log_dir={run}/logs",
            "-o", f"save={run}/ckpt", "-o", "eval_iters=0", "-o", "checkpoint_factor=1000",
            "-o", f"data_cache_dir={tmp_path}/index-cache"]
@@ -74,11 +77,26 @@ def train_losses(tmp_path, tp, toy_data):
         return [json.loads(line) for line in f if '"loss"' in line]
 
 
-def test_tp2_training_losses_equal_tp1(tmp_path, toy_data):
-    """Same seed, data and global batch (8 sequences), fp32, ZeRO-1 through DeepSpeed."""
-    tp1, tp2 = train_losses(tmp_path, 1, toy_data), train_losses(tmp_path, 2, toy_data)
-    assert [r["step"] for r in tp1] == [r["step"] for r in tp2] == list(range(1, 11))
-    for a, b in zip(tp1, tp2):
+@pytest.fixture(scope="module")
+def tp1_run(tmp_path_factory, toy_data):
+    return train_losses(tmp_path_factory.mktemp("tp1"), 1)
+
+
+def assert_same_run(a_run, b_run):
+    assert [r["step"] for r in a_run] == [r["step"] for r in b_run] == list(range(1, 11))
+    for a, b in zip(a_run, b_run):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (a, b)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3), (a, b)
-    assert tp1[-1]["loss"] < tp1[0]["loss"]  # it did train
+        assert a["consumed_samples"] == b["consumed_samples"]
+    assert a_run[-1]["loss"] < a_run[0]["loss"]  # it did train
+
+
+def test_tp2_training_losses_equal_tp1(tmp_path, tp1_run):
+    """Same seed, data and global batch (8 sequences), fp32, ZeRO-1 through DeepSpeed."""
+    assert_same_run(tp1_run, train_losses(tmp_path, 2))
+
+
+def test_dp2_training_losses_equal_dp1(tmp_path, tp1_run):
+    """Two data-parallel ranks (ZeRO-1 shards the optimizer over them), one micro-batch each,
+    see the same 8 samples per step as one rank with two micro-batches: same losses."""
+    assert_same_run(tp1_run, train_losses(tmp_path, 1, gpus=2, accum=1))

@@ -40,6 +40,11 @@ def test_smoke_lowers_loss(smoke_run):
         for key in ("lr", "grad_norm", "tokens_per_sec", "mfu", "consumed_samples"):
             assert key in r
         assert r["consumed_samples"] == 8 * r["step"]
+        per_component = [r[f"tokens/{c}"] for c in ("arxiv", "open-web-math", "algebraic-stack")]
+        assert sum(per_component) == r["consumed_samples"] * 128
+    mixture = json.load(open(smoke_run / "logs" / "mixture.json"))
+    assert [m["component"] for m in mixture] == ["arxiv", "open-web-math", "algebraic-stack"]
+    assert [m["tokens_drawn"] for m in mixture] == [train[-1][f"tokens/{m['component']}"] for m in mixture]
 
 
 def test_logged_lr_is_the_closed_form_at_every_step(smoke_run):
