@@ -53,6 +53,9 @@ def main(argv=None) -> int:
     for w in cfg.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if args.dry_run:
+        from neox.planner import format_plan
+
+        print(format_plan(cfg, info), file=sys.stderr)
         print(json.dumps({**cfg.to_flat(), "derived": info}))
         return 0
 

@@ -1,5 +1,15 @@
 #!/usr/bin/env python
-"""Training entry point, started once per GPU by deepy.py (through the DeepSpeed launcher)."""
+"""Training entry point: one process per GPU.
+
+Started by deepy.py (through the DeepSpeed launcher, with the resolved config), or directly by
+a launcher that sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT (slurm/launch.sh
+under srun, or torchrun):
+
+    python train.py CONFIG.yml [MORE.yml ...] [-o KEY=VALUE ...]
+
+In the direct form the allocated GPU count decides the cluster size: data parallelism, micro
+batch and gradient accumulation are re-derived so the global batch stays exactly as configured.
+"""
 
 import argparse
 import base64
@@ -9,21 +19,46 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from neox.config import config_from_flat  # noqa: E402
+from neox.config import ConfigError, config_from_flat, fit_to_cluster, load_config  # noqa: E402
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--neox-config-b64", required=True, help="resolved config, written by deepy.py")
+def config_from_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("configs", nargs="*")
+    p.add_argument("-o", "--override", action="append", default=[])
+    p.add_argument("--neox-config-b64", help="resolved config, written by deepy.py")
     p.add_argument("--local_rank", type=int, default=None)  # passed by the DeepSpeed launcher
-    args = p.parse_args()
-    flat = json.loads(base64.urlsafe_b64decode(args.neox_config_b64.encode()))
+    args = p.parse_args(argv)
+    if args.neox_config_b64:
+        return config_from_flat(json.loads(base64.urlsafe_b64decode(args.neox_config_b64.encode())))
+    if not args.configs:
+        p.error("give config files (or start through deepy.py)")
+    cfg = load_config(args.configs, args.override)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    nodes = int(os.environ.get("NEOX_NUM_NODES") or os.environ.get("SLURM_NNODES") or
+                world // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    if world % nodes:
+        raise ConfigError(f"WORLD_SIZE {world} is not a multiple of the node count {nodes}")
+    if (nodes, world // nodes) != (cfg.parallel.num_nodes, cfg.parallel.num_gpus):
+        before = (cfg.world_size, cfg.batch.train_micro_batch_size_per_gpu, cfg.batch.gradient_accumulation_steps)
+        cfg = fit_to_cluster(cfg, nodes, world // nodes)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"cluster: {world} GPUs instead of {before[0]}: micro batch {before[1]} -> "
+                  f"{cfg.batch.train_micro_batch_size_per_gpu}, accumulation {before[2]} -> "
+                  f"{cfg.batch.gradient_accumulation_steps}, global batch {cfg.batch.train_batch_size} kept",
+                  flush=True)
+    return cfg
+
+
+def main(argv=None):
     from neox.checkpoints import CheckpointError
-    from neox.training import train
 
     try:
-        train(config_from_flat(flat))
-    except CheckpointError as e:  # a named file problem: one line, not a traceback per rank
+        cfg = config_from_args(argv)
+        from neox.training import train
+
+        train(cfg)
+    except (ConfigError, CheckpointError) as e:  # one line naming the key or file, not a traceback
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
 

@@ -116,6 +116,12 @@ class LoggingArgs:
 
 
 @dataclass
+class PlannerArgs:
+    gpu_memory_gib: float = 40.0  # A100-40GB, as Llemma; a plan above it is an error
+    planner_mfu: float = 0.35  # for the GPU-hours estimate of --dry-run
+
+
+@dataclass
 class MiscArgs:
     seed: int = 1234
 
@@ -129,6 +135,7 @@ SECTIONS = {
     "data": DataArgs,
     "checkpoint": CheckpointArgs,
     "logging": LoggingArgs,
+    "planner": PlannerArgs,
     "misc": MiscArgs,
 }
 
@@ -150,6 +157,7 @@ class NeoXConfig:
     data: DataArgs
     checkpoint: CheckpointArgs
     logging: LoggingArgs
+    planner: PlannerArgs
     misc: MiscArgs
     warnings: list = field(default_factory=list)
 
@@ -501,6 +509,21 @@ def validate(cfg: NeoXConfig, dry_run: bool = False) -> NeoXConfig:
 
     if m.vocab_size is None and d.vocab_file and os.path.isfile(d.vocab_file):
         m.vocab_size = tokenizer_vocab_size(d.vocab_file)
+    if not 0 < cfg.planner.planner_mfu <= 1:
+        raise ConfigError(f"key 'planner_mfu' must be in (0, 1], got {cfg.planner.planner_mfu}")
+    if m.vocab_size is None:
+        cfg.warnings.append("vocab size unknown (no tokenizer file): memory plan skipped")
+    else:
+        from neox.planner import memory_per_gpu
+
+        mem = memory_per_gpu(cfg)
+        if mem["total_gib"] > cfg.planner.gpu_memory_gib:
+            raise ConfigError(
+                f"plan needs {mem['total_gib']:.1f} GiB per GPU (weights {mem['weights_gib']:.1f}, gradients "
+                f"{mem['gradients_gib']:.1f}, optimizer {mem['optimizer_states_gib']:.1f}, activations "
+                f"{mem['activations_gib']:.1f}, overhead {mem['overhead_gib']:.1f}) but key 'gpu_memory_gib' is "
+                f"{cfg.planner.gpu_memory_gib:g}: raise model_parallel_size, use zero_optimization stage 1, "
+                "enable checkpoint_activations or lower train_micro_batch_size_per_gpu")
     return cfg
 
 
@@ -514,22 +537,40 @@ def tokenizer_vocab_size(path: str) -> int:
 
 
 def derived(cfg: NeoXConfig) -> dict:
-    from neox.flops import flops_per_token, parameter_count
+    from neox.planner import plan
 
     g = cfg.batch.train_batch_size
-    out = {
+    return {
         "world_size": cfg.world_size,
         "data_parallel_size": cfg.data_parallel_size,
         "global_batch_size": g,
-        "tokens_per_step": g * cfg.model.seq_length,
-        "total_tokens": g * cfg.model.seq_length * cfg.schedule.train_iters,
         "vocab_size": cfg.model.vocab_size,
         "padded_vocab_size": cfg.padded_vocab_size,
+        **plan(cfg),
     }
-    if cfg.model.vocab_size is not None:
-        out["num_parameters"] = parameter_count(cfg)
-        out["flops_per_token"] = flops_per_token(cfg)
-    return out
+
+
+def fit_to_cluster(cfg: NeoXConfig, num_nodes: int, gpus_per_node: int, dry_run: bool = False) -> NeoXConfig:
+    """Re-plan for the GPUs actually allocated, keeping the global batch (4M tokens) exact.
+
+    The micro batch stays as configured when it divides the per-rank share, else the largest
+    micro batch below it that does; gradient accumulation makes up the rest."""
+    flat = cfg.to_flat()
+    tp, g = cfg.parallel.model_parallel_size, cfg.batch.train_batch_size
+    world = num_nodes * gpus_per_node
+    if world % tp:
+        raise ConfigError(f"{world} GPUs do not divide by model_parallel_size {tp}")
+    dp = world // tp
+    if g % dp:
+        raise ConfigError(f"train_batch_size {g} cannot be split over data-parallel size {dp} "
+                          f"({world} GPUs / TP {tp}): {g * cfg.model.seq_length:,} tokens per step cannot "
+                          "be kept exactly; use a GPU count whose data-parallel size divides it")
+    per_rank = g // dp
+    micro = max(m for m in range(1, min(cfg.batch.train_micro_batch_size_per_gpu, per_rank) + 1)
+                if per_rank % m == 0)
+    flat.update(num_nodes=num_nodes, num_gpus=gpus_per_node, train_micro_batch_size_per_gpu=micro,
+                gradient_accumulation_steps=per_rank // micro, train_batch_size=g)
+    return validate(NeoXConfig.from_flat(_coerce_all(flat)), dry_run=dry_run)
 
 
 def load_config(paths: list[str], overrides: list[str] = (), dry_run: bool = False) -> NeoXConfig:

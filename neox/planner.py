@@ -1,0 +1,120 @@
+"""Pre-flight plan: parameters, memory per GPU, tokens and GPU-hours, from the config alone.
+
+Memory per GPU (bytes), for P parameters of which P_gpu live on one GPU (TP shard plus the
+replicated norms), data-parallel size D, ZeRO stage 1:
+  weights bf16 2 P_gpu + gradients bf16 2 P_gpu + (fp32 master 4 + Adam m and v 8) P_gpu / D
+  (ZeRO stage 0: the 12 bytes are not divided by D; fp32 training: 4 + 4 + 12 / D)
+Activations with per-layer checkpointing at micro batch b, sequence s, hidden h, TP t, vocab V:
+  stored layer inputs       L * s b h * 2
+  one layer recomputed      s b h * (10 + 24 / t)      (attention through SDPA/flash: no s^2 term)
+  logits and their gradient 2 * s b V / t * 4          (fp32 for the cross entropy)
+  without checkpointing every layer keeps its working set: L * s b h * (10 + 24 / t)
+plus a fixed overhead for the CUDA context, communication buffers and fragmentation.
+These are estimates to catch plans that cannot fit; they are not a guarantee.
+"""
+
+from __future__ import annotations
+
+from neox import partition
+from neox.flops import flops_per_token, parameter_count
+
+GIB = 2**30
+OVERHEAD_GIB = 2.0
+
+
+def parameters_per_gpu(cfg) -> int:
+    m, tp = cfg.model, cfg.parallel.model_parallel_size
+    head_dim = m.hidden_size // m.num_attention_heads
+    vocab = cfg.padded_vocab_size
+    shapes = {
+        "embed.weight": (vocab, m.hidden_size), "lm_head.weight": (vocab, m.hidden_size),
+        "final_norm.weight": (m.hidden_size,),
+        "layers.0.input_norm.weight": (m.hidden_size,), "layers.0.post_attention_norm.weight": (m.hidden_size,),
+        "layers.0.attention.q_proj.weight": (m.num_attention_heads * head_dim, m.hidden_size),
+        "layers.0.attention.k_proj.weight": (m.num_kv_heads * head_dim, m.hidden_size),
+        "layers.0.attention.v_proj.weight": (m.num_kv_heads * head_dim, m.hidden_size),
+        "layers.0.attention.o_proj.weight": (m.hidden_size, m.num_attention_heads * head_dim),
+        "layers.0.mlp.gate_proj.weight": (m.intermediate_size, m.hidden_size),
+        "layers.0.mlp.up_proj.weight": (m.intermediate_size, m.hidden_size),
+        "layers.0.mlp.down_proj.weight": (m.hidden_size, m.intermediate_size),
+    }
+    total = 0
+    for name, shape in shapes.items():
+        n = 1
+        for x in shape:
+            n *= x
+        if partition.split_dim(name) is not None:
+            n //= tp
+        total += n * (m.num_layers if name.startswith("layers.") else 1)
+    return total
+
+
+def memory_per_gpu(cfg) -> dict:
+    """Estimated bytes per GPU by category, and the total in GiB."""
+    m, tp = cfg.model, cfg.parallel.model_parallel_size
+    p = parameters_per_gpu(cfg)
+    dp = cfg.data_parallel_size
+    zero = cfg.optim.zero_optimization.get("stage", 0) >= 1
+    bf16 = cfg.optim.precision == "bf16"
+    weights = (2 if bf16 else 4) * p
+    grads = (2 if bf16 else 4) * p
+    optimizer = (12 if bf16 else 8) * p / (dp if zero else 1)  # (fp32 master +) Adam m, v
+    s, b, h, L = m.seq_length, cfg.batch.train_micro_batch_size_per_gpu, m.hidden_size, m.num_layers
+    act_bytes = 2 if bf16 else 4
+    layer_working = s * b * h * (10 + 24 / tp) * act_bytes / 2
+    if m.checkpoint_activations:
+        activations = L * s * b * h * act_bytes + layer_working
+    else:
+        activations = L * layer_working
+    logits = 2 * s * b * cfg.padded_vocab_size / tp * 4
+    parts = {"weights": weights, "gradients": grads, "optimizer_states": optimizer,
+             "activations": activations + logits, "overhead": OVERHEAD_GIB * GIB}
+    return {**{f"{k}_gib": v / GIB for k, v in parts.items()}, "total_gib": sum(parts.values()) / GIB,
+            "parameters_per_gpu": p}
+
+
+def gpu_hours(cfg, total_tokens: int, mfu: float) -> float:
+    return total_tokens * flops_per_token(cfg) / (mfu * cfg.logging.peak_flops_per_gpu) / 3600
+
+
+def plan(cfg) -> dict:
+    g, s = cfg.batch.train_batch_size, cfg.model.seq_length
+    total_tokens = g * s * cfg.schedule.train_iters
+    weights = cfg.data.train_data_weights or [1.0] * len(cfg.data.train_data_paths)
+    out = {
+        "tokens_per_step": g * s,
+        "total_tokens": total_tokens,
+        "normalized_data_weights": [w / sum(weights) for w in weights],
+    }
+    if cfg.model.vocab_size is not None:
+        mem = memory_per_gpu(cfg)
+        out.update({
+            "num_parameters": parameter_count(cfg),
+            "parameters_per_gpu": mem.pop("parameters_per_gpu"),
+            "memory_per_gpu_gib": mem["total_gib"],
+            "memory_breakdown_gib": {k[:-4]: v for k, v in mem.items() if k != "total_gib"},
+            "gpu_memory_gib": cfg.planner.gpu_memory_gib,
+            "flops_per_token": flops_per_token(cfg),
+            "planner_mfu": cfg.planner.planner_mfu,
+            "gpu_hours_at_mfu": gpu_hours(cfg, total_tokens, cfg.planner.planner_mfu),
+        })
+    return out
+
+
+def format_plan(cfg, p: dict) -> str:
+    rows = [("GPUs", f"{cfg.world_size} ({cfg.parallel.num_nodes} nodes x {cfg.parallel.num_gpus})"),
+            ("tensor x data parallel", f"{cfg.parallel.model_parallel_size} x {cfg.data_parallel_size}"),
+            ("micro x accum x DP = batch", f"{cfg.batch.train_micro_batch_size_per_gpu} x "
+             f"{cfg.batch.gradient_accumulation_steps} x {cfg.data_parallel_size} = {cfg.batch.train_batch_size}"),
+            ("tokens per step", f"{p['tokens_per_step']:,}"),
+            ("total tokens", f"{p['total_tokens']:,}"),
+            ("data weights", ", ".join(f"{w:.4f}" for w in p["normalized_data_weights"]))]
+    if "num_parameters" in p:
+        b = p["memory_breakdown_gib"]
+        rows += [("parameters", f"{p['num_parameters']:,} ({p['parameters_per_gpu']:,} per GPU)"),
+                 ("memory per GPU", f"{p['memory_per_gpu_gib']:.1f} GiB of {p['gpu_memory_gib']:g} "
+                  f"(weights {b['weights']:.1f}, grads {b['gradients']:.1f}, optimizer "
+                  f"{b['optimizer_states']:.1f}, activations {b['activations']:.1f}, overhead {b['overhead']:.1f})"),
+                 (f"GPU-hours at {100 * p['planner_mfu']:.1f}% MFU", f"{p['gpu_hours_at_mfu']:,.0f}")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
