@@ -66,3 +66,13 @@ def test_finetune_refuses_wrong_tp_and_theta(pipeline, tmp_path):
     assert "is sharded for TP=2 but model_parallel_size=1" in out
     out = deepy_fails(*common, "rotary_emb_base=1000000")
     assert "checkpoint rotary_emb_base 10000.0 != config rotary_emb_base 1000000.0" in out
+
+
+def test_export_of_the_trained_tp2_checkpoint_computes_the_same_logits(pipeline):
+    """The trained (ZeRO-1, bf16, TP=2) checkpoint and its Hugging Face export agree."""
+    run_dir, _ = pipeline
+    r = subprocess.run([sys.executable, "tools/verify_conversion.py", "--hf-dir", str(run_dir / "llemma-toy-hf"),
+                        "--ckpt", str(run_dir / "checkpoints")], cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert float(r.stdout.strip().splitlines()[-1].split("=")[1]) < 1e-4
