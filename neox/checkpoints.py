@@ -232,7 +232,7 @@ def load_finetune_weights(model, cfg):
     with torch.no_grad():
         for name, param in model.named_parameters():
             param.copy_(weights[name].to(param.dtype))
-    return info
+    return state.get("neox_conversion")
 
 
 def config_for_checkpoint(info: dict, tp: int, **overrides):

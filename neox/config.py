@@ -101,6 +101,8 @@ class CheckpointArgs:
     load: Optional[str] = None
     checkpoint_factor: Optional[int] = None  # save every N steps (and at the end)
     finetune: bool = False  # load weights only: step 0, fresh optimizer and data position
+    keep_last_n_checkpoints: Optional[int] = None  # None: keep all; never deletes the newest
+    reference_loss_tolerance: float = 1e-3  # guarded start: |loss - converter's loss| allowed
 
 
 @dataclass
@@ -485,6 +487,8 @@ def validate(cfg: NeoXConfig, dry_run: bool = False) -> NeoXConfig:
         raise ConfigError(f"key 'tokenizer_type' must be SPMTokenizer, got '{d.tokenizer_type}'")
     if lg.eval_interval is not None and lg.eval_interval <= 0:
         raise ConfigError(f"key 'eval_interval' must be positive, got {lg.eval_interval}")
+    if c.keep_last_n_checkpoints is not None and c.keep_last_n_checkpoints < 1:
+        raise ConfigError(f"key 'keep_last_n_checkpoints' must be >= 1, got {c.keep_last_n_checkpoints}")
     if c.checkpoint_factor is not None and c.checkpoint_factor <= 0:
         raise ConfigError(f"key 'checkpoint_factor' must be positive, got {c.checkpoint_factor}")
     if c.finetune and not c.load:

@@ -14,6 +14,8 @@ from megatron.core import parallel_state as ps
 
 from neox import distributed
 from neox.checkpoints import CheckpointError, load_finetune_weights
+from neox.resilience import (EXIT_REQUEUE, StopSignal, check_reference, config_differences,
+                             latest_complete_tag, reference_losses, restore_rng, rng_state, save_atomic)
 from neox.config import NeoXConfig, derived
 from neox.data import (SentencePieceTokenizer, build_eval_datasets, build_train_dataset, component_name,
                        component_of_sample, format_mixture, get_micro_batch, mixture_table)
@@ -108,16 +110,20 @@ def train(cfg: NeoXConfig):
     tokenizer = SentencePieceTokenizer(cfg.data.vocab_file)
     model = LlamaModel(cfg)
     model.init_weights(cfg.misc.seed)
-    resume_dir = find_resume_dir(cfg)
+    resume_dir, resume_tag = find_resume_dir(cfg)
+    reference_record = None
     if resume_dir is None and cfg.checkpoint.finetune:
-        load_finetune_weights(model, cfg)
+        conversion = load_finetune_weights(model, cfg)
         print_rank0(f"finetune: loaded weights from {cfg.checkpoint.load}; step 0, fresh optimizer")
+        if conversion and conversion.get("reference"):
+            reference_record = guarded_start(model, cfg, conversion)
+    stop = StopSignal()
     optimizer = build_optimizer(cfg, model)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            config=deepspeed_config(cfg),
                                            mpu=distributed.MegatronCoreMPU())
 
-    start_step = resume(engine, resume_dir) if resume_dir else 0
+    start_step = resume(engine, cfg, resume_dir, resume_tag) if resume_dir else 0
 
     train_set = build_train_dataset(cfg, tokenizer)
     micro, dp = cfg.batch.train_micro_batch_size_per_gpu, cfg.data_parallel_size
@@ -138,8 +144,12 @@ def train(cfg: NeoXConfig):
     dp_rank = ps.get_data_parallel_rank()
     tokens_per_step = global_batch * cfg.model.seq_length
 
+    if logger and reference_record:
+        logger.log(reference_record)
     if eval_sets and start_step == 0:
         _log_eval(logger, 0, evaluate(engine, eval_sets, cfg))
+    device = "cpu" if distributed.use_cpu() else "cuda"
+    saved_step = start_step
 
     for step in range(start_step, cfg.schedule.train_iters):
         update = step + 1  # updates count from 1; update s uses lr(s)
@@ -175,6 +185,18 @@ def train(cfg: NeoXConfig):
             or update == cfg.schedule.train_iters
         ):
             save_checkpoint(engine, cfg, update)
+            saved_step = update
+        if stop.agreed(device) and update < cfg.schedule.train_iters:
+            if cfg.checkpoint.save and saved_step != update:
+                save_checkpoint(engine, cfg, update)
+            print_rank0(f"stop requested by signal: stopped after step {update}; exit status {EXIT_REQUEUE} "
+                        "(requeue and the run resumes here)")
+            if logger:
+                logger.log({"step": update, "stopped_by_signal": True})
+                logger.close()
+            torch.distributed.barrier()
+            distributed.destroy()
+            raise SystemExit(EXIT_REQUEUE)
 
     if logger:
         logger.close()
@@ -192,34 +214,62 @@ def _log_eval(logger, step: int, values: dict):
 
 
 def save_checkpoint(engine, cfg: NeoXConfig, step: int):
-    """GPT-NeoX/DeepSpeed layout: <save>/global_step<N>/mp_rank_XX_model_states.pt + ZeRO shards,
-    <save>/latest, and the resolved config beside them."""
+    """GPT-NeoX/DeepSpeed layout, written atomically (neox.resilience): <save>/global_step<N>/
+    mp_rank_XX_model_states.pt + ZeRO shards + config.json + complete, then <save>/latest."""
     state = {"step": step, "consumed_samples": step * cfg.batch.train_batch_size,
-             "neox_config": cfg.to_flat()}
-    engine.save_checkpoint(cfg.checkpoint.save, tag=f"global_step{step}", client_state=state)
-    if is_rank0():
-        with open(os.path.join(cfg.checkpoint.save, f"global_step{step}", "config.json"), "w") as f:
-            json.dump(cfg.to_flat(), f, indent=1)
+             "neox_config": cfg.to_flat(), "rng": rng_state()}
+    save_atomic(engine, cfg.checkpoint.save, step, state, cfg.checkpoint.keep_last_n_checkpoints,
+                is_rank0(), extra_files={"config.json": json.dumps(cfg.to_flat(), indent=1)})
     print_rank0(f"saved checkpoint global_step{step} to {cfg.checkpoint.save}")
 
 
 def find_resume_dir(cfg: NeoXConfig):
-    """Where to resume everything from, or None for a fresh start.
+    """(directory, tag) to resume everything from, or (None, None) for a fresh start.
 
-    A run's own checkpoints (<save>/latest) win: a restarted job continues instead of starting
-    over from the base model. Otherwise a non-finetune ``load`` with a checkpoint is resumed."""
-    for d in (cfg.checkpoint.save, None if cfg.checkpoint.finetune else cfg.checkpoint.load):
-        if d and os.path.isfile(os.path.join(d, "latest")):
-            return d
-    if cfg.checkpoint.load and not cfg.checkpoint.finetune:
-        print_rank0(f"no checkpoint in {cfg.checkpoint.load}: starting from scratch")
-    return None
+    A run's own complete checkpoints (<save>) win: a restarted job continues instead of starting
+    over from the base model. Otherwise a non-finetune ``load`` must hold a complete checkpoint."""
+    save, load = cfg.checkpoint.save, cfg.checkpoint.load
+    if save and os.path.isdir(save):
+        tag = latest_complete_tag(save)
+        if tag:
+            return save, tag
+    if load and not cfg.checkpoint.finetune and os.path.abspath(load) != os.path.abspath(save or ""):
+        tag = latest_complete_tag(load) if os.path.isdir(load) else None
+        if tag is None:
+            raise CheckpointError(f"load: no complete checkpoint in {load} (no global_step*/complete); "
+                                  "to start from converted weights set finetune: true")
+        return load, tag
+    return None, None
 
 
-def resume(engine, directory: str) -> int:
-    """Weights, optimizer state and step from <directory>/latest (data position follows the step)."""
-    path, state = engine.load_checkpoint(directory)
+def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> int:
+    """Weights, ZeRO-1 optimizer state, step and RNG; the LR and the data position follow the step.
+    Refused when the config differs from the checkpoint's outside RESUME_MAY_CHANGE."""
+    with open(os.path.join(directory, tag, "config.json")) as f:
+        saved = json.load(f)
+    diffs = config_differences(cfg.to_flat(), saved)
+    if diffs:
+        raise CheckpointError(f"resume from {os.path.join(directory, tag)} refused: the config differs in "
+                              f"{', '.join(diffs)}; restore those values or save to a new directory")
+    path, state = engine.load_checkpoint(directory, tag=tag)
     if path is None:
-        raise CheckpointError(f"could not load the checkpoint named by {directory}/latest")
+        raise CheckpointError(f"could not load checkpoint {os.path.join(directory, tag)}")
+    restore_rng(state.get("rng"))
     print_rank0(f"resumed from {path} at step {state['step']}")
     return int(state["step"])
+
+
+def guarded_start(model, cfg: NeoXConfig, conversion: dict) -> dict:
+    """Step 0 from converted weights: the converter's reference batch must give the source model's
+    loss at the checkpoint's own RoPE theta; the loss at the training theta is logged beside it."""
+    model.eval()
+    at_source, at_train = reference_losses(model, conversion["reference"], conversion["rope_theta_source"],
+                                           cfg.model.rotary_emb_base)
+    model.train()
+    check_reference(at_source, conversion["reference"], cfg.checkpoint.reference_loss_tolerance,
+                    cfg.checkpoint.load)
+    print_rank0(f"guarded start: reference loss {at_source:.6f} at theta {conversion['rope_theta_source']:g} "
+                f"(converter: {conversion['reference']['loss']:.6f}); {at_train:.6f} at the training theta "
+                f"{cfg.model.rotary_emb_base:g}")
+    return {"step": 0, "reference_loss": at_source, "reference_loss_recorded": conversion["reference"]["loss"],
+            "reference_loss_training_theta": at_train}
