@@ -30,7 +30,8 @@ def test_pipeline_trains_and_exports(pipeline):
     assert meta["verify_max_abs_logit_diff"] < 1e-4
     cfg = json.load(open(run_dir / "llemma-toy-hf" / "config.json"))
     assert cfg["rope_theta"] == 1e4 and cfg["vocab_size"] == 3001
-    first = json.loads(open(run_dir / "logs" / "metrics.jsonl").readlines()[1])
+    rows = [json.loads(line) for line in open(run_dir / "logs" / "metrics.jsonl")]
+    first = next(r for r in rows if "loss" in r)
     assert first["step"] == 1 and first["loss"] > 7.5  # started from the (random) base model
 
 
@@ -76,3 +77,23 @@ def test_export_of_the_trained_tp2_checkpoint_computes_the_same_logits(pipeline)
                        timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert float(r.stdout.strip().splitlines()[-1].split("=")[1]) < 1e-4
+
+
+def test_guarded_start_passes_and_catches_a_corrupted_tensor(pipeline, tmp_path):
+    import shutil
+
+    import torch
+
+    run_dir, _ = pipeline
+    rows = [json.loads(line) for line in open(run_dir / "logs" / "metrics.jsonl")]
+    ref = next(r for r in rows if "reference_loss" in r)
+    assert ref["step"] == 0 and abs(ref["reference_loss"] - ref["reference_loss_recorded"]) < 1e-3
+    assert "reference_loss_training_theta" in ref  # Llemma's 1e6 -> 1e4 change, as a number
+    bad = tmp_path / "bad-ckpt"
+    shutil.copytree(run_dir / "codellama-neox", bad)
+    path = bad / "global_step0" / "mp_rank_01_model_states.pt"
+    state = torch.load(path, weights_only=False)
+    state["module"]["layers.0.mlp.up_proj.weight"] *= 3.0  # one corrupted tensor, shapes intact
+    torch.save(state, path)
+    out = deepy_fails(f"load={bad}", "finetune=true", f"save={tmp_path}/s", f"log_dir={tmp_path}/l")
+    assert "guarded start:" in out and "on the converter's reference batch" in out
