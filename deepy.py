@@ -11,13 +11,13 @@ import argparse
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from neox.config import ConfigError, derived, load_config  # noqa: E402
+from neox.ports import free_port  # noqa: E402
 
 
 def parse_args(argv):
@@ -28,12 +28,6 @@ def parse_args(argv):
                    help="override a key; dotted keys reach nested values (optimizer.params.lr=3e-4)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
     return p.parse_args(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def encode_config(flat: dict) -> str:

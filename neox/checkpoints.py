@@ -21,6 +21,8 @@ from typing import Optional
 import torch
 
 CONVERSION_FILE = "neox_conversion.json"
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+TOKENIZER_FILES = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
 
 class CheckpointError(RuntimeError):

@@ -123,7 +123,7 @@ def get_micro_batch(dataset, step, micro_index, dp_rank, micro, dp, global_batch
 # ----------------------------------------------------------------------------- mixture accounting
 
 
-def component_of_sample(dataset, cfg):
+def component_of_sample(dataset):
     """Per global sample, the index of its training component (an array over all samples)."""
     import numpy as np
 
@@ -139,7 +139,7 @@ def mixture_table(dataset, cfg) -> list[dict]:
     paths = cfg.data.train_data_paths
     parts = dataset.datasets if hasattr(dataset, "datasets") else [dataset]
     total = cfg.schedule.train_iters * cfg.batch.train_batch_size
-    drawn = np.bincount(component_of_sample(dataset, cfg)[:total], minlength=len(paths))
+    drawn = np.bincount(component_of_sample(dataset)[:total], minlength=len(paths))
     weights = cfg.data.train_data_weights or [1.0] * len(paths)
     rows = []
     for i, (prefix, part) in enumerate(zip(paths, parts)):

@@ -139,7 +139,7 @@ def train(cfg: NeoXConfig):
         with open(os.path.join(cfg.logging.log_dir, "mixture.json"), "w") as f:
             json.dump(rows, f, indent=1)
     components = [component_name(p) for p in cfg.data.train_data_paths]
-    sample_component = component_of_sample(train_set, cfg)
+    sample_component = component_of_sample(train_set)
     consumed = np.bincount(sample_component[: start_step * global_batch], minlength=len(components))
     dp_rank = ps.get_data_parallel_rank()
     tokens_per_step = global_batch * cfg.model.seq_length

@@ -1,5 +1,4 @@
 import os
-import socket
 import sys
 
 import pytest
@@ -8,10 +7,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from neox.ports import free_port  # noqa: E402,F401  (re-exported for the tests)
 
 
 def tiny_flat(**overrides) -> dict:

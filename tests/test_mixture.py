@@ -30,7 +30,7 @@ def test_blend_shares_follow_the_weights(toy_data, tmp_path, single_process_grou
     cfg = mixture_cfg(toy_data, tmp_path)
     ds = build_train_dataset(cfg, SentencePieceTokenizer(cfg.data.vocab_file))
     assert len(ds) >= 10_000
-    shares = np.bincount(component_of_sample(ds, cfg)[:10_000], minlength=3) / 10_000
+    shares = np.bincount(component_of_sample(ds)[:10_000], minlength=3) / 10_000
     assert np.abs(shares - np.array([2, 4, 1]) / 7).max() < 0.01, shares
     # the samples really come from the named component: compare with that component's own data
     s = ds[0]

@@ -11,7 +11,6 @@ just loads them, on every rank and every restart.
 
 import argparse
 import os
-import socket
 import sys
 import time
 
@@ -35,10 +34,10 @@ def main(argv=None):
     from neox.data import (SentencePieceTokenizer, build_eval_datasets, build_train_dataset, cache_dir,
                            format_mixture, mixture_table)
 
-    with socket.socket() as s:  # megatron's builder expects a process group: a world of one
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    from neox.ports import free_port
+
+    # megatron's builder expects a process group: a world of one
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     t0 = time.time()
     tokenizer = SentencePieceTokenizer(cfg.data.vocab_file)
     train = build_train_dataset(cfg, tokenizer)

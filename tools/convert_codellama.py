@@ -26,12 +26,11 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from neox import partition  # noqa: E402
-from neox.checkpoints import CONVERSION_FILE, CheckpointError, HFWeights, model_file  # noqa: E402
+from neox.checkpoints import (CONVERSION_FILE, DTYPES, TOKENIZER_FILES, CheckpointError, HFWeights,  # noqa: E402
+                              model_file)
 from neox.config import padded_vocab_size  # noqa: E402
 from neox.hf_compat import neox_model_keys_from_hf  # noqa: E402
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-TOKENIZER_FILES = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
 
 def parse_args(argv=None):

@@ -26,11 +26,10 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from neox import partition  # noqa: E402
-from neox.checkpoints import (CONVERSION_FILE, CheckpointError, checkpoint_model_info, load_rank,  # noqa: E402
+from neox.checkpoints import (CONVERSION_FILE, DTYPES, TOKENIZER_FILES, CheckpointError,  # noqa: E402
+                              checkpoint_model_info, load_rank,
                               resolve_tag, tensor_parallel_size)
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-TOKENIZER_FILES = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
 
 def hf_config(info: dict, source: dict, dtype: str) -> dict:

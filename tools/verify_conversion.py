@@ -22,16 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from neox.ports import free_port  # noqa: E402
 from neox.checkpoints import (CheckpointError, checkpoint_model_info, config_for_checkpoint,  # noqa: E402
                               load_rank, resolve_tag, tensor_parallel_size, weights_of)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ours_worker(rank, tp, port, ckpt, tag, tokens, out_path):
@@ -66,7 +59,7 @@ def run_ours(ckpt: str, tag: str, tokens: torch.Tensor) -> dict:
     tp = tensor_parallel_size(ckpt, tag)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "ours.pt")
-        mp.start_processes(_ours_worker, args=(tp, _free_port(), ckpt, tag, tokens, out), nprocs=tp,
+        mp.start_processes(_ours_worker, args=(tp, free_port(), ckpt, tag, tokens, out), nprocs=tp,
                            start_method="spawn")
         return torch.load(out)
 
