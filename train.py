@@ -52,13 +52,14 @@ def config_from_args(argv):
 
 def main(argv=None):
     from neox.checkpoints import CheckpointError
+    from neox.guard import GuardStop
 
     try:
         cfg = config_from_args(argv)
         from neox.training import train
 
         train(cfg)
-    except (ConfigError, CheckpointError) as e:  # one line naming the key or file, not a traceback
+    except (ConfigError, CheckpointError, GuardStop) as e:  # one line naming the key or file, not a traceback
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
 

@@ -124,6 +124,17 @@ class PlannerArgs:
 
 
 @dataclass
+class GuardArgs:
+    """NaN / loss-spike guard (neox.guard). A non-finite loss or gradient norm skips the update;
+    a spike or a run of bad steps rolls back to the last complete checkpoint."""
+    loss_spike_std_factor: float = 6.0  # spike: loss > running mean + k * std (0 disables)
+    loss_spike_window: int = 100  # steps in the running mean and std
+    loss_spike_min_history: int = 50  # no spike test before this many good steps
+    max_bad_steps_in_a_row: int = 3  # this many skipped steps in a row also roll back
+    max_rollbacks: int = 5  # one more rollback stops the run with an error
+
+
+@dataclass
 class MiscArgs:
     seed: int = 1234
 
@@ -138,6 +149,7 @@ SECTIONS = {
     "checkpoint": CheckpointArgs,
     "logging": LoggingArgs,
     "planner": PlannerArgs,
+    "guard": GuardArgs,
     "misc": MiscArgs,
 }
 
@@ -160,6 +172,7 @@ class NeoXConfig:
     checkpoint: CheckpointArgs
     logging: LoggingArgs
     planner: PlannerArgs
+    guard: GuardArgs
     misc: MiscArgs
     warnings: list = field(default_factory=list)
 
@@ -372,7 +385,8 @@ def validate(cfg: NeoXConfig, dry_run: bool = False) -> NeoXConfig:
                 "vocab_size", "make_vocab_size_divisible_by", "model_parallel_size", "num_gpus",
                 "num_nodes", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                 "train_batch_size", "train_iters", "lr_decay_iters", "log_interval",
-                "rms_norm_epsilon", "peak_flops_per_gpu"]:
+                "rms_norm_epsilon", "peak_flops_per_gpu", "loss_spike_window",
+                "loss_spike_min_history", "max_bad_steps_in_a_row"]:
         positive(key, flat[key])
     if m.num_kv_heads is None:
         m.num_kv_heads = m.num_attention_heads
@@ -472,6 +486,9 @@ def validate(cfg: NeoXConfig, dry_run: bool = False) -> NeoXConfig:
     if s.warmup_iters >= s.lr_decay_iters:
         raise ConfigError(f"key 'warmup_iters' ({s.warmup_iters}) must be < 'lr_decay_iters' "
                           f"({s.lr_decay_iters})")
+
+    if cfg.guard.loss_spike_std_factor < 0 or cfg.guard.max_rollbacks < 0:
+        raise ConfigError("keys 'loss_spike_std_factor' and 'max_rollbacks' must be >= 0")
 
     # data and files
     if not d.train_data_paths:

@@ -65,6 +65,28 @@ def data_fingerprint(prefixes) -> str:
     return h.hexdigest()[:16]
 
 
+def data_identity(prefixes) -> dict:
+    """What a resume checks to know the data did not change under the run: per file its size and
+    a hash of its content (all of the .idx; 1 MiB at the start, middle and end of the .bin).
+    Content, not mtime, so copying the data to another disk keeps the identity."""
+    out = {}
+    for prefix in prefixes:
+        for ext in (".idx", ".bin"):
+            path = prefix + ext
+            size = os.path.getsize(path)
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                if ext == ".idx":
+                    for chunk in iter(lambda: f.read(1 << 24), b""):
+                        h.update(chunk)
+                else:
+                    for offset in sorted({0, max(0, size // 2 - (1 << 19)), max(0, size - (1 << 20))}):
+                        f.seek(offset)
+                        h.update(f.read(1 << 20))
+            out[path] = {"size": size, "sha256": h.hexdigest()}
+    return out
+
+
 def cache_dir(cfg, prefixes) -> str:
     """Index caches live under data_cache_dir (default: beside the first training file), one
     subdirectory per data fingerprint; megatron-core keys the files inside by seed, sequence
@@ -85,7 +107,9 @@ def build_train_dataset(cfg, tokenizer):
     """A blended dataset with at least train_iters x global batch samples."""
     d = cfg.data
     weights = d.train_data_weights or [1.0] * len(d.train_data_paths)
-    num_samples = cfg.schedule.train_iters * cfg.batch.train_batch_size
+    # room for the batches the NaN/spike guard may put on its skip-list (neox.guard)
+    spare_batches = cfg.guard.max_rollbacks * cfg.guard.max_bad_steps_in_a_row
+    num_samples = (cfg.schedule.train_iters + spare_batches) * cfg.batch.train_batch_size
     config = GPTDatasetConfig(blend_per_split=[(list(d.train_data_paths), list(weights)), None, None],
                               **_dataset_config(cfg, tokenizer, d.train_data_paths))
     train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, None, None],

@@ -25,11 +25,24 @@ def init_distributed(tensor_parallel_size: int):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="gloo" if use_cpu() else "nccl")
+        if use_cpu():
+            _unlink_shm_buffer()
     world = torch.distributed.get_world_size()
     if world % tensor_parallel_size:
         raise RuntimeError(f"world size {world} does not divide by model_parallel_size {tensor_parallel_size}")
     if not ps.model_parallel_is_initialized():
         ps.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel_size)
+
+
+def _unlink_shm_buffer():
+    """On CPU DeepSpeed maps a 66 MB shared-memory buffer per rank (/dev/shm) and never removes
+    it, so every run, and every killed run, leaked RAM. Once all ranks have mapped each other's
+    buffer (the barrier) the names can go; the mappings live on until the processes exit."""
+    torch.distributed.barrier()
+    name = (f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{torch.distributed.get_rank()}")
+    if os.path.exists(name):
+        os.unlink(name)
 
 
 def destroy():

@@ -2,8 +2,9 @@
 
 Checkpoint protocol (rank 0 finishes what every rank wrote):
   1. every rank writes its files into <save>/.tmp-global_step<N> (DeepSpeed's save, no `latest`)
-  2. barrier; rank 0 fsyncs them, renames the directory to global_step<N>, writes the marker
-     global_step<N>/complete, then replaces <save>/latest atomically (temp file + rename)
+  2. barrier; rank 0 writes manifest.json (every file and its size), fsyncs everything, renames
+     the directory to global_step<N>, writes the marker global_step<N>/complete, then replaces
+     <save>/latest atomically (temp file + rename)
 A directory without the marker is never loaded, so a crash or `kill -9` at any moment leaves the
 newest complete checkpoint in place and loses at most the steps since it.
 """
@@ -11,6 +12,7 @@ newest complete checkpoint in place and loses at most the steps since it.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import random
 import re
@@ -95,12 +97,13 @@ def save_atomic(engine, save: str, step: int, client_state: dict, keep_last: int
         for name, text in (extra_files or {}).items():
             with open(os.path.join(tmp, name), "w") as f:
                 f.write(text)
+        _write_manifest(tmp)
         _fsync_tree(tmp)
-        if int(os.environ.get("NEOX_FAULT_KILL_DURING_SAVE", "-1")) == step:
-            os.kill(os.getpid(), signal.SIGKILL)  # test-only fault: die with a half-done save
+        _fault("NEOX_FAULT_KILL_DURING_SAVE", step)  # test-only: die before the rename
         if os.path.isdir(final):  # the same step saved again (e.g. after a restart)
             shutil.rmtree(final)
         os.rename(tmp, final)
+        _fault("NEOX_FAULT_KILL_AFTER_RENAME", step)  # test-only: die before the marker
         _write_atomic(os.path.join(final, COMPLETE), f"{step}\n")
         _write_atomic(os.path.join(save, "latest"), tag)
         if keep_last:
@@ -108,6 +111,53 @@ def save_atomic(engine, save: str, step: int, client_state: dict, keep_last: int
                 if old != tag:
                     shutil.rmtree(os.path.join(save, old), ignore_errors=True)
     torch.distributed.barrier()
+
+
+def _fault(variable: str, step: int):
+    if int(os.environ.get(variable, "-1")) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+MANIFEST = "manifest.json"
+
+
+def _write_manifest(directory: str):
+    sizes = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            sizes[os.path.relpath(path, directory)] = os.path.getsize(path)
+    with open(os.path.join(directory, MANIFEST), "w") as f:
+        json.dump(sizes, f, indent=1, sort_keys=True)
+
+
+def verify_manifest(directory: str):
+    """Every file the checkpoint was written with is there with its size (cheap: no reads)."""
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {directory} has no {MANIFEST}; it was not written by this trainer")
+    with open(path) as f:
+        sizes = json.load(f)
+    for name, size in sorted(sizes.items()):
+        file = os.path.join(directory, name)
+        if not os.path.isfile(file):
+            raise CheckpointError(f"checkpoint file {file} is missing")
+        actual = os.path.getsize(file)
+        if actual != size:
+            raise CheckpointError(f"checkpoint file {file} is corrupt: {actual} bytes, written with {size}")
+
+
+def find_corrupt_file(directory: str):
+    """After a failed load: the first .pt file of the checkpoint that torch cannot read, with why."""
+    for root, _, files in os.walk(directory):
+        for name in sorted(files):
+            if name.endswith(".pt"):
+                path = os.path.join(root, name)
+                try:
+                    torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+                except Exception as e:  # noqa: BLE001 - any failure to read names this file
+                    return path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None, None
 
 
 def config_differences(current: dict, saved: dict) -> list[str]:
@@ -138,8 +188,8 @@ def restore_rng(state: dict):
 
 
 class StopSignal:
-    """SIGTERM / SIGUSR1 (Slurm's pre-timeout or preemption signal) request a clean stop; every
-    rank agrees through an all-reduce at the next step boundary, so they stop at the same step."""
+    """SIGTERM / SIGUSR1 (Slurm's pre-timeout or preemption signal) request a clean stop. The flag
+    travels in the step's one all-reduce (neox.training), so every rank stops at the same step."""
 
     def __init__(self):
         self.requested = False
@@ -148,11 +198,6 @@ class StopSignal:
 
     def _handle(self, signum, frame):
         self.requested = True
-
-    def agreed(self, device) -> bool:
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
 
 
 @torch.no_grad()

@@ -14,11 +14,13 @@ from megatron.core import parallel_state as ps
 
 from neox import distributed
 from neox.checkpoints import CheckpointError, load_finetune_weights
+from neox.guard import LossGuard, fault_steps, samples_of_batch
 from neox.resilience import (EXIT_REQUEUE, StopSignal, check_reference, config_differences,
-                             latest_complete_tag, reference_losses, restore_rng, rng_state, save_atomic)
+                             find_corrupt_file, latest_complete_tag, reference_losses, restore_rng,
+                             rng_state, save_atomic, step_of, verify_manifest)
 from neox.config import NeoXConfig, derived
 from neox.data import (SentencePieceTokenizer, build_eval_datasets, build_train_dataset, component_name,
-                       component_of_sample, format_mixture, get_micro_batch, mixture_table)
+                       component_of_sample, data_identity, format_mixture, get_micro_batch, mixture_table)
 from neox.flops import mfu
 from neox.lr_schedule import lr_for_config
 from neox.metrics import MetricsLogger, format_line
@@ -111,6 +113,9 @@ def train(cfg: NeoXConfig):
     model = LlamaModel(cfg)
     model.init_weights(cfg.misc.seed)
     resume_dir, resume_tag = find_resume_dir(cfg)
+    data_files = data_identity(cfg.data.train_data_paths)
+    if resume_dir:
+        check_resumable(cfg, os.path.join(resume_dir, resume_tag), data_files)
     reference_record = None
     if resume_dir is None and cfg.checkpoint.finetune:
         conversion = load_finetune_weights(model, cfg)
@@ -123,7 +128,8 @@ def train(cfg: NeoXConfig):
                                            config=deepspeed_config(cfg),
                                            mpu=distributed.MegatronCoreMPU())
 
-    start_step = resume(engine, cfg, resume_dir, resume_tag) if resume_dir else 0
+    start_step, saved_state = resume(engine, cfg, resume_dir, resume_tag) if resume_dir else (0, {})
+    guard = LossGuard(cfg.guard, saved_state.get("guard"))
 
     train_set = build_train_dataset(cfg, tokenizer)
     micro, dp = cfg.batch.train_micro_batch_size_per_gpu, cfg.data_parallel_size
@@ -140,9 +146,11 @@ def train(cfg: NeoXConfig):
             json.dump(rows, f, indent=1)
     components = [component_name(p) for p in cfg.data.train_data_paths]
     sample_component = component_of_sample(train_set)
-    consumed = np.bincount(sample_component[: start_step * global_batch], minlength=len(components))
-    dp_rank = ps.get_data_parallel_rank()
+    consumed = consumed_counts(sample_component, start_step, guard, global_batch, len(components))
+    dp_rank, tp_rank = ps.get_data_parallel_rank(), ps.get_tensor_model_parallel_rank()
     tokens_per_step = global_batch * cfg.model.seq_length
+    nan_faults = fault_steps("NEOX_FAULT_NAN_STEP") if torch.distributed.get_rank() == 0 else set()
+    spike_faults = fault_steps("NEOX_FAULT_SPIKE_STEP")
 
     if logger and reference_record:
         logger.log(reference_record)
@@ -151,30 +159,57 @@ def train(cfg: NeoXConfig):
     device = "cpu" if distributed.use_cpu() else "cuda"
     saved_step = start_step
 
-    for step in range(start_step, cfg.schedule.train_iters):
+    step = start_step
+    while step < cfg.schedule.train_iters:
         update = step + 1  # updates count from 1; update s uses lr(s)
         lr = lr_for_config(cfg, update)
         set_lr(engine, lr)
+        batch_index = guard.batch(step)
         t0 = time.perf_counter()
-        loss_sum = torch.zeros(1)
+        loss_sum = torch.zeros(1, device=device)
         for j in range(accum):
-            batch = get_micro_batch(train_set, step, j, dp_rank, micro, dp, global_batch)
+            batch = get_micro_batch(train_set, batch_index, j, dp_rank, micro, dp, global_batch)
             loss = engine(batch["tokens"], batch["labels"], batch["loss_mask"])
+            if j == 0 and update in nan_faults:  # test-only fault: this rank's loss becomes NaN
+                nan_faults.discard(update)
+                loss = loss * float("nan")
             engine.backward(loss)
             engine.step()
-            loss_sum += loss.detach().float().cpu()
-        loss_mean = (_dp_mean(loss_sum) / accum).item()
+            loss_sum += loss.detach().float()
+        if update in spike_faults:  # test-only fault: the reported loss jumps, gradients do not
+            spike_faults.discard(update)
+            loss_sum += 100.0 * accum
+        # One all-reduce per step: the loss (counted once per data-parallel replica) and the stop flag.
+        reduced = torch.cat([loss_sum * (tp_rank == 0), torch.tensor([float(stop.requested)], device=device)])
+        torch.distributed.all_reduce(reduced)
+        loss_total, stop_flag = reduced.tolist()  # the step's one host sync (the guard needs the loss)
+        loss_mean, stop_agreed = (loss_total / dp) / accum, stop_flag > 0
         grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         elapsed = time.perf_counter() - t0
-        consumed += np.bincount(sample_component[step * global_batch: update * global_batch],
-                                minlength=len(components))
 
-        if logger and (update % cfg.logging.log_interval == 0 or update == cfg.schedule.train_iters):
+        verdict, reason = guard.check(update, loss_mean, grad_norm)
+        if verdict == "rollback":
+            step = rollback(engine, cfg, guard, update, reason, logger)
+            consumed = consumed_counts(sample_component, step, guard, global_batch, len(components))
+            saved_step = step
+            continue
+        if verdict == "skipped":
+            record = {"step": update, "skipped": True, "reason": reason, "lr": lr, "batch": batch_index,
+                      "samples": samples_of_batch(batch_index, global_batch)}
+            print_rank0(f"step {update}: update skipped on every rank: {reason}; samples "
+                        f"{record['samples'][0]}..{record['samples'][1] - 1}")
+            if logger:
+                logger.log(record)
+        else:
+            consumed += np.bincount(sample_component[batch_index * global_batch: (batch_index + 1) * global_batch],
+                                    minlength=len(components))
+        if logger and verdict == "ok" and (update % cfg.logging.log_interval == 0
+                                           or update == cfg.schedule.train_iters):
             tps = tokens_per_step / elapsed
             record = {"step": update, "loss": loss_mean, "lr": lr, "grad_norm": grad_norm,
                       "tokens_per_sec": tps, "mfu": mfu(cfg, tps, cfg.world_size),
-                      "consumed_samples": update * global_batch, "step_time_s": elapsed,
+                      "consumed_samples": update * global_batch, "batch": batch_index, "step_time_s": elapsed,
                       **{f"tokens/{c}": int(n) * cfg.model.seq_length for c, n in zip(components, consumed)}}
             logger.log(record)
             print_rank0(format_line(record, cfg.schedule.train_iters))
@@ -184,11 +219,12 @@ def train(cfg: NeoXConfig):
             (cfg.checkpoint.checkpoint_factor and update % cfg.checkpoint.checkpoint_factor == 0)
             or update == cfg.schedule.train_iters
         ):
-            save_checkpoint(engine, cfg, update)
+            save_checkpoint(engine, cfg, update, guard, data_files)
             saved_step = update
-        if stop.agreed(device) and update < cfg.schedule.train_iters:
+        step = update
+        if stop_agreed and update < cfg.schedule.train_iters:
             if cfg.checkpoint.save and saved_step != update:
-                save_checkpoint(engine, cfg, update)
+                save_checkpoint(engine, cfg, update, guard, data_files)
             print_rank0(f"stop requested by signal: stopped after step {update}; exit status {EXIT_REQUEUE} "
                         "(requeue and the run resumes here)")
             if logger:
@@ -204,6 +240,36 @@ def train(cfg: NeoXConfig):
     distributed.destroy()
 
 
+def consumed_counts(sample_component, steps: int, guard: LossGuard, global_batch: int, n: int) -> np.ndarray:
+    """Samples per component trained in the first ``steps`` steps (skipped batches left out)."""
+    if steps == 0:
+        return np.zeros(n, dtype=np.int64)
+    last = guard.batch(steps - 1)
+    counts = np.bincount(sample_component[: (last + 1) * global_batch], minlength=n)
+    for b in guard.skip_batches:
+        if b < last:
+            counts -= np.bincount(sample_component[b * global_batch: (b + 1) * global_batch], minlength=n)
+    return counts
+
+
+def rollback(engine, cfg: NeoXConfig, guard: LossGuard, update: int, reason: str, logger) -> int:
+    """Reload the newest complete checkpoint of this run; the offending batches join the skip-list.
+    Returns the step to continue from. Raises GuardStop past max_rollbacks or with no checkpoint."""
+    save = cfg.checkpoint.save
+    tag = latest_complete_tag(save) if save and os.path.isdir(save) else None
+    info = guard.plan_rollback(step_of(tag) if tag else None, save, reason)
+    info["samples"] = [samples_of_batch(b, cfg.batch.train_batch_size) for b in info["skipped_batches"]]
+    print_rank0(f"step {update}: {reason}; rolling back to {tag} and skipping batches {info['skipped_batches']} "
+                f"(samples {info['samples']}); rollback {guard.rollbacks} of at most {cfg.guard.max_rollbacks}")
+    if logger:
+        logger.log({"step": update, "rollback": info})
+    path, state = engine.load_checkpoint(save, tag=tag)
+    if path is None:
+        raise CheckpointError(f"rollback: could not load checkpoint {os.path.join(save, tag)}")
+    restore_rng(state.get("rng"))
+    return int(state["step"])
+
+
 def _log_eval(logger, step: int, values: dict):
     if logger:
         logger.log({"step": step, **values})
@@ -213,13 +279,15 @@ def _log_eval(logger, step: int, values: dict):
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(engine, cfg: NeoXConfig, step: int):
+def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_files: dict):
     """GPT-NeoX/DeepSpeed layout, written atomically (neox.resilience): <save>/global_step<N>/
     mp_rank_XX_model_states.pt + ZeRO shards + config.json + complete, then <save>/latest."""
     state = {"step": step, "consumed_samples": step * cfg.batch.train_batch_size,
-             "neox_config": cfg.to_flat(), "rng": rng_state()}
+             "neox_config": cfg.to_flat(), "rng": rng_state(),
+             "guard": guard.state()}
     save_atomic(engine, cfg.checkpoint.save, step, state, cfg.checkpoint.keep_last_n_checkpoints,
-                is_rank0(), extra_files={"config.json": json.dumps(cfg.to_flat(), indent=1)})
+                is_rank0(), extra_files={"config.json": json.dumps(cfg.to_flat(), indent=1),
+                                                  "data.json": json.dumps(data_files, indent=1)})
     print_rank0(f"saved checkpoint global_step{step} to {cfg.checkpoint.save}")
 
 
@@ -242,21 +310,42 @@ def find_resume_dir(cfg: NeoXConfig):
     return None, None
 
 
-def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> int:
-    """Weights, ZeRO-1 optimizer state, step and RNG; the LR and the data position follow the step.
-    Refused when the config differs from the checkpoint's outside RESUME_MAY_CHANGE."""
-    with open(os.path.join(directory, tag, "config.json")) as f:
+def check_resumable(cfg: NeoXConfig, checkpoint: str, data_files: dict):
+    """Before anything expensive: every file of the checkpoint is there with its size, the config
+    differs only in RESUME_MAY_CHANGE keys and the training data are the ones the run started with."""
+    verify_manifest(checkpoint)
+    with open(os.path.join(checkpoint, "config.json")) as f:
         saved = json.load(f)
     diffs = config_differences(cfg.to_flat(), saved)
     if diffs:
-        raise CheckpointError(f"resume from {os.path.join(directory, tag)} refused: the config differs in "
+        raise CheckpointError(f"resume from {checkpoint} refused: the config differs in "
                               f"{', '.join(diffs)}; restore those values or save to a new directory")
-    path, state = engine.load_checkpoint(directory, tag=tag)
+    with open(os.path.join(checkpoint, "data.json")) as f:
+        saved_files = json.load(f)
+    for path, now in data_files.items():
+        then = saved_files.get(path)
+        if then is not None and then != now:
+            raise CheckpointError(f"data file {path} changed since the run started (size {then['size']} -> "
+                                  f"{now['size']}, content hash differs): restore it, or train on the new "
+                                  "data in a new run (a different save directory)")
+
+
+def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[int, dict]:
+    """Weights, ZeRO-1 optimizer state, step, RNG and guard state (skip-list); the LR and the data
+    position follow the step. Returns (step, the checkpoint's client state)."""
+    try:
+        path, state = engine.load_checkpoint(directory, tag=tag)
+    except Exception as e:  # name the unreadable file instead of a deep torch.load traceback
+        bad, why = find_corrupt_file(os.path.join(directory, tag))
+        if bad:
+            raise CheckpointError(f"checkpoint file {bad} is corrupt ({why}); move {tag} aside to resume "
+                                  "from the previous complete checkpoint") from e
+        raise
     if path is None:
         raise CheckpointError(f"could not load checkpoint {os.path.join(directory, tag)}")
     restore_rng(state.get("rng"))
     print_rank0(f"resumed from {path} at step {state['step']}")
-    return int(state["step"])
+    return int(state["step"]), state
 
 
 def guarded_start(model, cfg: NeoXConfig, conversion: dict) -> dict:

@@ -77,3 +77,27 @@ def test_sample_order_is_deterministic_and_independent_of_dp(toy_data, tmp_path,
         dp1 = sorted(i for j in range(2) for i in micro_batch_indices(step, j, 0, 2, 1, G))
         dp2 = sorted(i for r in range(2) for i in micro_batch_indices(step, 0, r, 2, 2, G))
         assert dp1 == dp2 == list(range(step * G, (step + 1) * G))
+
+
+def test_data_identity_follows_content_not_mtime(tmp_path):
+    import os
+    import shutil
+
+    from neox.data import data_identity
+
+    prefix = tmp_path / "a" / "x_text_document"
+    prefix.parent.mkdir()
+    (tmp_path / "a" / "x_text_document.idx").write_bytes(b"index" * 100)
+    (tmp_path / "a" / "x_text_document.bin").write_bytes(bytes(range(256)) * 20000)  # 5 MB
+    before = data_identity([str(prefix)])
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # a copy (new mtimes) is the same data
+    copied = data_identity([str(tmp_path / "b" / "x_text_document")])
+    assert list(copied.values()) == list(before.values())
+    os.utime(tmp_path / "a" / "x_text_document.bin", (1, 1))
+    assert data_identity([str(prefix)]) == before
+    with open(tmp_path / "a" / "x_text_document.bin", "r+b") as f:  # one byte in the middle
+        f.seek(2_560_000)
+        f.write(b"\xaa")
+    after = data_identity([str(prefix)])
+    assert after[str(prefix) + ".bin"]["sha256"] != before[str(prefix) + ".bin"]["sha256"]
+    assert after[str(prefix) + ".idx"] == before[str(prefix) + ".idx"]

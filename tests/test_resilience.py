@@ -1,6 +1,7 @@
 """Exact resume, atomic checkpoints under kill -9, stop on SIGTERM, refusals, guarded start."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -67,7 +68,7 @@ def test_resume_is_exact(tmp_path, uninterrupted):
     assert kept == ["global_step16", "global_step20"]
 
 
-def test_kill_9_mid_run_and_during_a_checkpoint_write(tmp_path, uninterrupted):
+def test_kill_9_at_three_moments(tmp_path, uninterrupted):
     _, full = uninterrupted
     # 1. kill -9 the whole job between checkpoints (after step 6 is logged, before 8 is saved)
     p = launch(tmp_path, "k", *SCHEDULE, "train_iters=20")
@@ -85,10 +86,16 @@ def test_kill_9_mid_run_and_during_a_checkpoint_write(tmp_path, uninterrupted):
     assert "resumed from" in out and "global_step4" in out
     assert not (ckpt / "global_step12").exists() and (ckpt / ".tmp-global_step12").is_dir()
     assert (ckpt / "latest").read_text() == "global_step8"
-    # 3. restart again: resumes from the newest complete checkpoint (8) and finishes
+    # 3. restart; rank 0 dies after renaming global_step16 into place but before its marker
+    code, out = run(tmp_path, "k", *SCHEDULE, "train_iters=20", env={"NEOX_FAULT_KILL_AFTER_RENAME": "16"}, ok=False)
+    assert code != 0 and "global_step8" in out
+    assert (ckpt / "global_step16").is_dir() and not (ckpt / "global_step16" / "complete").exists()
+    assert (ckpt / "latest").read_text() == "global_step12"
+    # 4. restart again: resumes from the newest complete checkpoint (12, not the unmarked 16) and finishes
     code, out = run(tmp_path, "k", *SCHEDULE, "train_iters=20")
-    assert "global_step8" in out
+    assert "resumed from" in out and "global_step12" in out
     assert (ckpt / "global_step12" / "complete").is_file() and not (ckpt / ".tmp-global_step12").exists()
+    assert (ckpt / "global_step16" / "complete").is_file()
     final = losses(metrics(tmp_path, "k"))
     assert sorted(final) == list(range(1, 21))
     assert all(final[s] == full[s] for s in range(1, 21))
@@ -134,3 +141,91 @@ def test_load_without_a_complete_checkpoint_is_a_clear_error(tmp_path, toy_data)
     empty.mkdir()
     code, out = run(tmp_path, "x", "train_iters=2", "lr_decay_iters=2", "warmup_iters=1", f"load={empty}", ok=False)
     assert code != 0 and f"load: no complete checkpoint in {empty}" in out
+
+
+def _assert_all_finite(obj, where):
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point():
+            assert torch.isfinite(obj).all(), where
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _assert_all_finite(v, f"{where}/{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _assert_all_finite(v, f"{where}[{i}]")
+
+
+def test_nan_skip_spike_and_nan_rollbacks_then_max_rollbacks(tmp_path, toy_data):
+    import torch
+
+    guard = ["loss_spike_min_history=4", "max_bad_steps_in_a_row=2", "max_rollbacks=2"]
+    faults = {"NEOX_FAULT_NAN_STEP": "7,13,14", "NEOX_FAULT_SPIKE_STEP": "10"}
+    run(tmp_path, "g", *SCHEDULE, *guard, "train_iters=16", env=faults)
+    rows = metrics(tmp_path, "g")
+    # step 7: NaN on rank 0 only -> the update is skipped on both ranks, its samples are logged
+    skipped = [r for r in rows if r.get("skipped")]
+    assert [(r["step"], r["samples"]) for r in skipped] == [(7, [48, 56]), (13, [104, 112])]
+    # the spike at 10 rolls back to global_step8 and skips batch 9; NaN at 13 and 14 in a row
+    # rolls back to global_step12 and skips their batches (13 and 14: batch 9 is already skipped)
+    rollbacks = [r["rollback"] for r in rows if "rollback" in r]
+    assert [(r["from_step"], r["to_step"], r["skipped_batches"]) for r in rollbacks] == [
+        (10, 8, [9]), (14, 12, [13, 14])]
+    assert rollbacks[1]["samples"] == [[104, 112], [112, 120]]
+    final = {r["step"]: r for r in rows if "loss" in r}
+    assert sorted(final) == [s for s in range(1, 17) if s != 7]  # 7 trained nothing
+    assert all(math.isfinite(r["loss"]) for r in final.values())
+    assert [final[s]["batch"] for s in (8, 9, 10, 13, 16)] == [7, 8, 10, 15, 18]
+    # the replayed step 9 (same weights, same batch after the rollback) gives the same loss
+    first_9 = next(r["loss"] for r in rows if r.get("step") == 9 and "loss" in r)
+    assert final[9]["loss"] == first_9
+    ckpt = tmp_path / "g" / "ckpt"
+    for f in ckpt.rglob("*.pt"):
+        _assert_all_finite(torch.load(f, map_location="cpu", weights_only=False), str(f))
+    state = torch.load(ckpt / "global_step16" / "mp_rank_00_model_states.pt", weights_only=False)
+    assert state["guard"]["skip_batches"] == [9, 13, 14] and state["guard"]["rollbacks"] == 2
+
+    # a restart keeps the skip-list and the rollback count: step 17 trains on batch 19, and the
+    # third rollback (a spike at 18) exceeds max_rollbacks=2 and stops the run with an error
+    code, out = run(tmp_path, "g", *SCHEDULE, *guard, "train_iters=20",
+                    env={"NEOX_FAULT_SPIKE_STEP": "18"}, ok=False)
+    assert code not in (0, 75)
+    assert "2 rollbacks already (max_rollbacks 2); stopping" in out
+    assert next(r for r in metrics(tmp_path, "g") if r.get("step") == 17 and "loss" in r)["batch"] == 19
+
+
+def test_corrupt_checkpoint_and_changed_data_are_clear_errors(tmp_path, uninterrupted):
+    import shutil
+
+    full_tmp, _ = uninterrupted
+    shutil.copytree(full_tmp / "full" / "ckpt", tmp_path / "c" / "ckpt")
+    step20 = tmp_path / "c" / "ckpt" / "global_step20"
+    args = (*SCHEDULE, "train_iters=24", "keep_last_n_checkpoints=2")
+
+    # the data a run started with changed under it (recorded identity differs from the files now)
+    data_json = step20 / "data.json"
+    original = data_json.read_text()
+    recorded = json.loads(original)
+    changed = next(p for p in recorded if p.endswith("algebraic-stack_train_text_document.bin"))
+    recorded[changed]["sha256"] = "0" * 64
+    data_json.write_text(json.dumps(recorded, indent=1))  # same size: the manifest still matches
+    code, out = run(tmp_path, "c", *args, ok=False)
+    assert code != 0 and f"error: data file {changed} changed since the run started" in out, [l for l in out.splitlines() if "rror" in l]
+    data_json.write_text(original)
+
+    # a truncated file is caught from the manifest before the model is built
+    model_file = step20 / "mp_rank_01_model_states.pt"
+    intact = model_file.read_bytes()
+    model_file.write_bytes(intact[: len(intact) // 2])
+    code, out = run(tmp_path, "c", *args, ok=False)
+    assert code != 0 and f"error: checkpoint file {model_file} is corrupt: {len(intact) // 2} bytes" in out
+    model_file.write_bytes(intact)
+
+    # same size, garbage inside: the failed load names the file
+    optim_file = next(step20.glob("*optim_states.pt"))
+    data = bytearray(optim_file.read_bytes())
+    data[: len(data) // 2] = b"\xff" * (len(data) // 2)
+    optim_file.write_bytes(bytes(data))
+    code, out = run(tmp_path, "c", *args, ok=False)
+    assert code != 0 and f"error: checkpoint file {optim_file} is corrupt (" in out
