@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from megatron.core import parallel_state as ps
 
-from neox import distributed
+from neox import distributed, reshard
 from neox.checkpoints import CheckpointError, load_finetune_weights
 from neox.resilience import (EXIT_REQUEUE, StopSignal, check_reference, config_differences,
                              latest_complete_tag, reference_losses, restore_rng, rng_state, save_atomic)
@@ -244,14 +244,23 @@ def find_resume_dir(cfg: NeoXConfig):
 
 def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> int:
     """Weights, ZeRO-1 optimizer state, step and RNG; the LR and the data position follow the step.
-    Refused when the config differs from the checkpoint's outside RESUME_MAY_CHANGE."""
+    Refused when the config differs from the checkpoint's outside RESUME_MAY_CHANGE. A checkpoint
+    written at another TP/DP layout is resharded into this one (neox.reshard) when ZeRO is on."""
     with open(os.path.join(directory, tag, "config.json")) as f:
         saved = json.load(f)
-    diffs = config_differences(cfg.to_flat(), saved)
+    diffs = config_differences(cfg.to_flat(), saved, layout_may_change=reshard.supported(cfg))
     if diffs:
+        hint = ("; changing model_parallel_size at resume needs zero_optimization stage 1"
+                if any(d.startswith("model_parallel_size") for d in diffs) else "")
         raise CheckpointError(f"resume from {os.path.join(directory, tag)} refused: the config differs in "
-                              f"{', '.join(diffs)}; restore those values or save to a new directory")
-    path, state = engine.load_checkpoint(directory, tag=tag)
+                              f"{', '.join(diffs)}; restore those values or save to a new directory{hint}")
+    if reshard.needed(cfg, directory, tag):
+        tp, dp = reshard.saved_layout(directory, tag)
+        print_rank0(f"resharding {os.path.join(directory, tag)}: saved at TP={tp} x DP={dp}, resuming at "
+                    f"TP={cfg.parallel.model_parallel_size} x DP={cfg.data_parallel_size} (weights and optimizer state)")
+        path, state = os.path.join(directory, tag), reshard.load_resharded(engine, cfg, directory, tag)
+    else:
+        path, state = engine.load_checkpoint(directory, tag=tag)
     if path is None:
         raise CheckpointError(f"could not load checkpoint {os.path.join(directory, tag)}")
     restore_rng(state.get("rng"))
