@@ -49,8 +49,8 @@ ADAM_KEYS = ("exp_avg", "exp_avg_sq")
 def saved_layout(directory: str, tag: str) -> tuple[int, int | None]:
     """(TP size, DP size) a checkpoint was written at; DP is None without ZeRO optimizer files."""
     tp = tensor_parallel_size(directory, tag)
-    ranks = [OPTIM_FILE.search(os.path.basename(f)) for f in glob.glob(os.path.join(directory, tag, "*_optim_states.pt"))]
-    dps = {int(m.group(1)) for m in ranks if m}
+    files = glob.glob(os.path.join(directory, tag, "*_optim_states.pt"))
+    dps = {int(m.group(1)) for m in map(OPTIM_FILE.search, map(os.path.basename, files)) if m}
     return tp, (max(dps) + 1 if dps else None)
 
 

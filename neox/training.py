@@ -256,8 +256,8 @@ def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> int:
                               f"{', '.join(diffs)}; restore those values or save to a new directory{hint}")
     if reshard.needed(cfg, directory, tag):
         tp, dp = reshard.saved_layout(directory, tag)
-        print_rank0(f"resharding {os.path.join(directory, tag)}: saved at TP={tp} x DP={dp}, resuming at "
-                    f"TP={cfg.parallel.model_parallel_size} x DP={cfg.data_parallel_size} (weights and optimizer state)")
+        print_rank0(f"resharding {os.path.join(directory, tag)}: saved at TP={tp} x DP={dp}, resuming at TP="
+                    f"{cfg.parallel.model_parallel_size} x DP={cfg.data_parallel_size} (weights and optimizer state)")
         path, state = os.path.join(directory, tag), reshard.load_resharded(engine, cfg, directory, tag)
     else:
         path, state = engine.load_checkpoint(directory, tag=tag)
