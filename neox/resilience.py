@@ -36,6 +36,8 @@ RESUME_MAY_CHANGE = {
     "peak_flops_per_gpu", "gpu_memory_gib", "planner_mfu", "attention_impl",
     "checkpoint_activations", "reference_loss_tolerance",
 }
+# The parallel layout: may change at resume only where neox.reshard can reshard the state (ZeRO).
+LAYOUT_KEYS = {"model_parallel_size"}
 
 
 def _fsync_tree(path: str):
@@ -160,10 +162,11 @@ def find_corrupt_file(directory: str):
     return None, None
 
 
-def config_differences(current: dict, saved: dict) -> list[str]:
+def config_differences(current: dict, saved: dict, layout_may_change: bool = False) -> list[str]:
     diffs = []
+    may_change = RESUME_MAY_CHANGE | (LAYOUT_KEYS if layout_may_change else set())
     for key in sorted(set(current) | set(saved)):
-        if key in RESUME_MAY_CHANGE or key not in saved:
+        if key in may_change or key not in saved:
             continue
         if current.get(key) != saved.get(key):
             diffs.append(f"{key} ({saved.get(key)!r} -> {current.get(key)!r})")

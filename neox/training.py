@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from megatron.core import parallel_state as ps
 
-from neox import distributed
+from neox import distributed, reshard
 from neox.checkpoints import CheckpointError, load_finetune_weights
 from neox.guard import LossGuard, fault_steps, samples_of_batch
 from neox.resilience import (EXIT_REQUEUE, StopSignal, check_reference, config_differences,
@@ -312,14 +312,17 @@ def find_resume_dir(cfg: NeoXConfig):
 
 def check_resumable(cfg: NeoXConfig, checkpoint: str, data_files: dict):
     """Before anything expensive: every file of the checkpoint is there with its size, the config
-    differs only in RESUME_MAY_CHANGE keys and the training data are the ones the run started with."""
+    differs only in RESUME_MAY_CHANGE keys (and the TP/DP layout, which neox.reshard handles under
+    ZeRO) and the training data are the ones the run started with."""
     verify_manifest(checkpoint)
     with open(os.path.join(checkpoint, "config.json")) as f:
         saved = json.load(f)
-    diffs = config_differences(cfg.to_flat(), saved)
+    diffs = config_differences(cfg.to_flat(), saved, layout_may_change=reshard.supported(cfg))
     if diffs:
+        hint = ("; changing model_parallel_size at resume needs zero_optimization stage 1"
+                if any(d.startswith("model_parallel_size") for d in diffs) else "")
         raise CheckpointError(f"resume from {checkpoint} refused: the config differs in "
-                              f"{', '.join(diffs)}; restore those values or save to a new directory")
+                              f"{', '.join(diffs)}; restore those values or save to a new directory{hint}")
     with open(os.path.join(checkpoint, "data.json")) as f:
         saved_files = json.load(f)
     for path, now in data_files.items():
@@ -332,9 +335,19 @@ def check_resumable(cfg: NeoXConfig, checkpoint: str, data_files: dict):
 
 def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[int, dict]:
     """Weights, ZeRO-1 optimizer state, step, RNG and guard state (skip-list); the LR and the data
-    position follow the step. Returns (step, the checkpoint's client state)."""
+    position follow the step. A checkpoint written at another TP/DP layout is resharded into this
+    one (neox.reshard). Returns (step, the checkpoint's client state)."""
     try:
-        path, state = engine.load_checkpoint(directory, tag=tag)
+        if reshard.needed(cfg, directory, tag):
+            tp, dp = reshard.saved_layout(directory, tag)
+            print_rank0(f"resharding {os.path.join(directory, tag)}: saved at TP={tp} x DP={dp}, resuming at "
+                        f"TP={cfg.parallel.model_parallel_size} x DP={cfg.data_parallel_size} "
+                        "(weights and optimizer state)")
+            path, state = os.path.join(directory, tag), reshard.load_resharded(engine, cfg, directory, tag)
+        else:
+            path, state = engine.load_checkpoint(directory, tag=tag)
+    except CheckpointError:
+        raise
     except Exception as e:  # name the unreadable file instead of a deep torch.load traceback
         bad, why = find_corrupt_file(os.path.join(directory, tag))
         if bad:

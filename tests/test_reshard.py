@@ -1,0 +1,68 @@
+"""Resume at another parallel layout (neox.reshard): TP=2 x DP=1 -> TP=1 x DP=2, -> TP=1 x DP=1,
+and TP=1 x DP=2 -> TP=2 x DP=1, with the optimizer state; the losses continue the uninterrupted run."""
+
+import shutil
+
+import pytest
+
+from test_resilience import losses, metrics, run
+
+SCHEDULE = ["train_iters=4", "lr_decay_iters=20", "warmup_iters=4"]
+TP2 = ["model_parallel_size=2", "num_gpus=2", "gradient_accumulation_steps=2"]
+TP1_DP2 = ["model_parallel_size=1", "num_gpus=2", "gradient_accumulation_steps=1"]
+TP1_DP1 = ["model_parallel_size=1", "num_gpus=1", "gradient_accumulation_steps=2"]
+
+
+def only_step(tmp_path, name, src_run, step):
+    """A checkpoint directory holding just global_step<step> of src_run (to resume from it)."""
+    out = tmp_path / name
+    if out.exists():
+        return out
+    shutil.copytree(src_run / "ckpt" / f"global_step{step}", out / f"global_step{step}")
+    (out / "latest").write_text(f"global_step{step}")
+    return out
+
+
+def assert_continues(full, resumed, steps):
+    assert sorted(resumed) == list(steps)
+    print("loss differences to the uninterrupted run:", {s: resumed[s] - full[s] for s in steps})
+    for s in steps:
+        assert abs(resumed[s] - full[s]) < 1e-5, (s, resumed[s], full[s])
+
+
+@pytest.fixture(scope="module")
+def full_tp2(tmp_path_factory, toy_data):
+    """Uninterrupted fp32 TP=2 run of 4 steps with 8 sequences per step; checkpoints at 2 and 4."""
+    tmp = tmp_path_factory.mktemp("reshard")
+    run(tmp, "full", *SCHEDULE, *TP2, "checkpoint_factor=2")
+    return tmp, losses(metrics(tmp, "full"))
+
+
+def test_tp2_to_tp1_dp2_and_back_to_tp2(full_tp2):
+    tmp, full = full_tp2
+    src = only_step(tmp, "from_tp2_step2", tmp / "full", 2)
+    _, out = run(tmp, "tp1dp2", *SCHEDULE, *TP1_DP2, "checkpoint_factor=3", f"load={src}")
+    assert "saved at TP=2 x DP=1, resuming at TP=1 x DP=2" in out
+    assert_continues(full, losses(metrics(tmp, "tp1dp2")), range(3, 5))
+    # the reverse: the TP=1 x DP=2 checkpoint of step 3 continues at TP=2 x DP=1
+    src = only_step(tmp, "from_tp1_step3", tmp / "tp1dp2", 3)
+    _, out = run(tmp, "back", *SCHEDULE, *TP2, "checkpoint_factor=100", f"load={src}")
+    assert "saved at TP=1 x DP=2, resuming at TP=2 x DP=1" in out
+    assert_continues(full, losses(metrics(tmp, "back")), range(4, 5))
+
+
+def test_tp2_to_tp1_dp1(full_tp2):
+    tmp, full = full_tp2
+    src = only_step(tmp, "from_tp2_step2", tmp / "full", 2)
+    _, out = run(tmp, "tp1dp1", *SCHEDULE, *TP1_DP1, "checkpoint_factor=100", f"load={src}")
+    assert "saved at TP=2 x DP=1, resuming at TP=1 x DP=1" in out
+    assert_continues(full, losses(metrics(tmp, "tp1dp1")), range(3, 5))
+
+
+def test_layout_change_needs_zero():
+    from neox.resilience import config_differences
+
+    saved = {"model_parallel_size": 2, "num_gpus": 2, "seed": 1}
+    current = {"model_parallel_size": 1, "num_gpus": 1, "seed": 1}
+    assert config_differences(current, saved, layout_may_change=True) == []
+    assert config_differences(current, saved) == ["model_parallel_size (2 -> 1)"]
