@@ -182,3 +182,28 @@ def format_mixture(rows) -> str:
         lines.append(f"{r['component']:<20} {r['weight']:>7.4f} {r['tokens_available']:>15,} "
                      f"{r['tokens_drawn']:>15,} {r['epochs']:>7.3f} {r['share']:>7.4f}")
     return "\n".join(lines)
+
+
+class Prefetcher:
+    """Builds the next micro-batch on a background thread while the current one trains, so data
+    loading stays off the critical path. ``get(key, next_key)`` returns the batch for ``key`` (a
+    (batch index, micro index) pair) and starts on ``next_key``; a prefetch for a key that is not
+    asked for next (after a rollback) is dropped."""
+
+    def __init__(self, dataset, dp_rank: int, micro: int, dp: int, global_batch: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.fetch = lambda key: get_micro_batch(dataset, key[0], key[1], dp_rank, micro, dp, global_batch)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self.pending = None  # (key, future)
+
+    def get(self, key, next_key=None) -> dict:
+        if self.pending is not None and self.pending[0] == key:
+            batch = self.pending[1].result()
+        else:
+            batch = self.fetch(key)
+        self.pending = (next_key, self.pool.submit(self.fetch, next_key)) if next_key is not None else None
+        return batch
+
+    def close(self):
+        self.pool.shutdown(wait=True)

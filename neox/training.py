@@ -20,7 +20,8 @@ from neox.resilience import (EXIT_REQUEUE, StopSignal, check_reference, config_d
                              rng_state, save_atomic, step_of, verify_manifest)
 from neox.config import NeoXConfig, derived
 from neox.data import (SentencePieceTokenizer, build_eval_datasets, build_train_dataset, component_name,
-                       component_of_sample, data_identity, format_mixture, get_micro_batch, mixture_table)
+                       component_of_sample, data_identity, format_mixture, get_micro_batch, mixture_table,
+                       Prefetcher)
 from neox.flops import mfu
 from neox.lr_schedule import lr_for_config
 from neox.metrics import MetricsLogger, format_line
@@ -158,6 +159,7 @@ def train(cfg: NeoXConfig):
         _log_eval(logger, 0, evaluate(engine, eval_sets, cfg))
     device = "cpu" if distributed.use_cpu() else "cuda"
     saved_step = start_step
+    prefetch = Prefetcher(train_set, dp_rank, micro, dp, global_batch)
 
     step = start_step
     while step < cfg.schedule.train_iters:
@@ -168,7 +170,9 @@ def train(cfg: NeoXConfig):
         t0 = time.perf_counter()
         loss_sum = torch.zeros(1, device=device)
         for j in range(accum):
-            batch = get_micro_batch(train_set, batch_index, j, dp_rank, micro, dp, global_batch)
+            following = (batch_index, j + 1) if j + 1 < accum else (
+                (guard.batch(update), 0) if update < cfg.schedule.train_iters else None)
+            batch = prefetch.get((batch_index, j), following)
             loss = engine(batch["tokens"], batch["labels"], batch["loss_mask"])
             if j == 0 and update in nan_faults:  # test-only fault: this rank's loss becomes NaN
                 nan_faults.discard(update)
@@ -227,6 +231,7 @@ def train(cfg: NeoXConfig):
                 save_checkpoint(engine, cfg, update, guard, data_files)
             print_rank0(f"stop requested by signal: stopped after step {update}; exit status {EXIT_REQUEUE} "
                         "(requeue and the run resumes here)")
+            prefetch.close()
             if logger:
                 logger.log({"step": update, "stopped_by_signal": True})
                 logger.close()
@@ -234,6 +239,7 @@ def train(cfg: NeoXConfig):
             distributed.destroy()
             raise SystemExit(EXIT_REQUEUE)
 
+    prefetch.close()
     if logger:
         logger.close()
     torch.distributed.barrier()

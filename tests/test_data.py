@@ -101,3 +101,30 @@ def test_data_identity_follows_content_not_mtime(tmp_path):
     after = data_identity([str(prefix)])
     assert after[str(prefix) + ".bin"]["sha256"] != before[str(prefix) + ".bin"]["sha256"]
     assert after[str(prefix) + ".idx"] == before[str(prefix) + ".idx"]
+
+
+def test_prefetcher_returns_what_a_direct_fetch_returns():
+    import threading
+
+    import torch
+
+    from neox.data import Prefetcher, get_micro_batch
+
+    class Samples:  # sample i: tokens all equal to i; records which thread built it
+        threads = set()
+
+        def __getitem__(self, i):
+            self.threads.add(threading.current_thread().name)
+            t = torch.full((4,), i)
+            return {"tokens": t, "labels": t + 1, "loss_mask": torch.ones(4)}
+
+    data = Samples()
+    p = Prefetcher(data, dp_rank=1, micro=2, dp=2, global_batch=8)
+    keys = [(0, 0), (0, 1), (1, 0), (1, 1), (5, 0), (5, 1)]  # (5, 0): a jump, as after a rollback
+    wanted = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (5, 1)]  # (2, 0) was prefetched, (5, 0) is asked
+    for key, nxt in zip(keys, wanted[1:] + [None]):
+        got = p.get(key, nxt)
+        direct = get_micro_batch(data, key[0], key[1], 1, 2, 2, 8)
+        assert all(torch.equal(got[k], direct[k]) for k in ("tokens", "labels", "loss_mask")), key
+    p.close()
+    assert any(name.startswith("prefetch") for name in data.threads)
