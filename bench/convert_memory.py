@@ -67,6 +67,7 @@ import os, sys, torch, transformers
 sys.path.insert(0, sys.argv[3])
 from neox import partition
 from neox.config import padded_vocab_size
+from neox.hf_compat import shard_hf_weights
 src, out, tp = sys.argv[1], sys.argv[2], 2
 model = transformers.LlamaForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
 hf = model.state_dict()
@@ -75,10 +76,7 @@ vocab = model.config.vocab_size
 padded = padded_vocab_size(vocab, 1, tp)
 os.makedirs(os.path.join(out, "global_step0"), exist_ok=True)
 for rank in range(tp):
-    state = {}
-    for name in partition.expected_names(layers):
-        full = partition.pad_vocab(hf[partition.to_hf_name(name)], name, padded)
-        state[name] = partition.shard(full, name, rank, tp)
+    state = shard_hf_weights(hf, partition.expected_names(layers), vocab, padded, rank, tp)
     torch.save({"module": state}, os.path.join(out, "global_step0", f"mp_rank_{rank:02d}_model_states.pt"))
 """
 

@@ -20,6 +20,8 @@ from typing import Optional
 
 import torch
 
+from neox import partition
+
 CONVERSION_FILE = "neox_conversion.json"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 TOKENIZER_FILES = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
@@ -191,6 +193,14 @@ def weights_of(state: dict) -> dict:
     return {k: v for k, v in state["module"].items() if not k.endswith("_extra_state")}
 
 
+def unfused_hint(names) -> str:
+    """Explains a checkpoint written before q/k/v and gate/up were fused (empty if it is not one)."""
+    if any(partition.is_unfused_part(n) for n in names):
+        return (" (separate q/k/v or gate/up weights: the checkpoint predates fused qkv_proj/gate_up_proj; "
+                "re-convert it from the Hugging Face model)")
+    return ""
+
+
 def checkpoint_model_info(ckpt_dir: str, tag: str, state: dict) -> dict:
     """Model keys of a checkpoint: from a converter's metadata or a trained run's config."""
     if "neox_conversion" in state:
@@ -230,7 +240,8 @@ def load_finetune_weights(model, cfg):
     extra = sorted(set(weights) - set(own))
     if bad or missing or extra:
         detail = "; ".join(bad[:3] + [f"missing {m}" for m in missing[:3]] + [f"unexpected {e}" for e in extra[:3]])
-        raise CheckpointError(f"{model_file(load, tag, model.tp_rank)} does not fit the configured model: {detail}")
+        raise CheckpointError(f"{model_file(load, tag, model.tp_rank)} does not fit the configured model: "
+                              f"{detail}{unfused_hint(extra)}")
     with torch.no_grad():
         for name, param in model.named_parameters():
             param.copy_(weights[name].to(param.dtype))
@@ -246,6 +257,6 @@ def config_for_checkpoint(info: dict, tp: int, **overrides):
     flat.update(model_parallel_size=tp, num_gpus=tp, num_nodes=1, train_iters=1,
                 train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, train_batch_size=None,
                 train_data_paths=["unused"], precision="fp32", lr_decay_iters=None, warmup_iters=0,
-                checkpoint_activations=False, **overrides)
+                checkpoint_activations=False, checkpoint_layers=None, compile_blocks=False, **overrides)
     cfg = NeoXConfig.from_flat(_coerce_all(flat))
     return validate(cfg, dry_run=True)

@@ -40,8 +40,18 @@ class ModelArgs:
     vocab_size: Optional[int] = None  # None: taken from the tokenizer (vocab_file)
     make_vocab_size_divisible_by: int = 1  # Llemma used 1; TP divisibility is added on top
     init_method_std: float = 0.02
-    checkpoint_activations: bool = False
+    checkpoint_activations: bool = False  # recompute layer activations in backward (all layers ...)
+    checkpoint_layers: Optional[list] = None  # ... or only these layer indices (None: all)
     attention_impl: str = "auto"  # auto | sdpa | flash
+    compile_blocks: bool = False  # torch.compile each transformer block (on CPU needs a C++ compiler)
+
+    def checkpointed_layers(self) -> list:
+        """Indices of the layers whose activations are recomputed in backward."""
+        if not self.checkpoint_activations:
+            return []
+        if self.checkpoint_layers is None:
+            return list(range(self.num_layers))
+        return sorted(self.checkpoint_layers)
 
 
 @dataclass
@@ -399,6 +409,15 @@ def validate(cfg: NeoXConfig, dry_run: bool = False) -> NeoXConfig:
         raise ConfigError(f"key 'norm' must be 'rmsnorm' (Llama), got '{m.norm}'")
     if m.attention_impl not in ("auto", "sdpa", "flash"):
         raise ConfigError(f"key 'attention_impl' must be auto, sdpa or flash, got '{m.attention_impl}'")
+    if m.checkpoint_layers is not None:
+        layers = m.checkpoint_layers
+        if not m.checkpoint_activations:
+            raise ConfigError(f"key 'checkpoint_layers' ({layers}) is set but 'checkpoint_activations' is "
+                              "false; set checkpoint_activations: true to checkpoint these layers")
+        bad = [x for x in layers if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < m.num_layers]
+        if bad or not layers or len(set(layers)) != len(layers):
+            raise ConfigError(f"key 'checkpoint_layers' must be a non-empty list of distinct layer indices in "
+                              f"0..{m.num_layers - 1} (num_layers is {m.num_layers}), got {layers!r}")
 
     tp = p.model_parallel_size
     if m.hidden_size % m.num_attention_heads:

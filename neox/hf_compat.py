@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable, Optional
 
 import torch
 
@@ -32,14 +32,54 @@ def neox_model_keys_from_hf(hf_config) -> dict:
     }
 
 
-def shard_hf_weights(get_hf: Callable[[str], torch.Tensor], names: Iterable[str], vocab: int,
-                     padded_vocab: int, rank: int, tp: int) -> dict:
-    """This rank's weights by our names; ``get_hf(hf_name)`` returns one full HF tensor at a time."""
+class InMemoryWeights:
+    """Full HF tensors held in memory (a dict, or a function of the name), with the reading
+    interface of ``neox.checkpoints.HFWeights``."""
+
+    def __init__(self, tensors):
+        self._get = tensors if callable(tensors) else tensors.__getitem__
+
+    def shape(self, name) -> tuple:
+        return tuple(self._get(name).shape)
+
+    def get(self, name) -> torch.Tensor:
+        return self._get(name).clone()
+
+    def get_slice(self, name, dim: int, start: int, end: int) -> torch.Tensor:
+        return self._get(name).narrow(dim, start, end - start).clone()
+
+
+def shard_hf_weights(source, names: Iterable[str], vocab: int, padded_vocab: int, rank: int,
+                     tp: int, dtype: Optional[torch.dtype] = None) -> dict:
+    """This rank's weights by our names, laid out by ``neox.partition``, optionally cast to
+    ``dtype``. ``source`` is an ``HFWeights`` (read slice by slice: only this rank's part of each
+    tensor is read), or full HF tensors as a dict or a function of the HF name. Vocab rows
+    beyond ``vocab`` are zero padding (masked to -inf in the logits)."""
+    if not hasattr(source, "get_slice"):
+        source = InMemoryWeights(source)
     out = {}
     for name in names:
-        full = get_hf(partition.to_hf_name(name))
-        if name in partition.VOCAB_WEIGHTS and full.shape[0] != vocab:
-            raise ValueError(f"{partition.to_hf_name(name)} has {full.shape[0]} rows, expected vocab {vocab}")
-        full = partition.pad_vocab(full, name, padded_vocab)
-        out[name] = partition.shard(full, name, rank, tp)
+        dim = partition.split_dim(name)
+        hf = partition.hf_names(name)
+        shapes = [source.shape(n) for n in hf]
+        if name in partition.VOCAB_WEIGHTS:
+            if shapes[0][0] != vocab:
+                raise ValueError(f"{hf[0]} has {shapes[0][0]} rows, expected vocab {vocab}")
+            shapes = [(padded_vocab,) + shapes[0][1:]]
+        parts = []
+        for n, span in zip(hf, partition.rank_slices(name, shapes, rank, tp)):
+            if span is None:
+                parts.append(source.get(n))
+                continue
+            start, end = span
+            t = source.get_slice(n, dim, start, max(start, min(end, source.shape(n)[dim])))
+            if t.shape[dim] < end - start:  # rows past the real vocabulary: padding
+                pad_shape = list(t.shape)
+                pad_shape[dim] = end - start - t.shape[dim]
+                t = torch.cat([t, t.new_zeros(pad_shape)], dim)
+            parts.append(t)
+        t = (parts[0] if len(parts) == 1 else torch.cat(parts, dim)).to(dtype or parts[0].dtype).contiguous()
+        if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            t = t.clone()  # a view of a larger tensor: torch.save would write all of it
+        out[name] = t
     return out

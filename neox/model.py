@@ -9,6 +9,7 @@ model must not touch them: reduced-precision RoPE tables were a known GPT-NeoX b
 
 from __future__ import annotations
 
+import warnings
 import zlib
 
 import torch
@@ -86,16 +87,17 @@ class Attention(nn.Module):
         self.local_heads = m.num_attention_heads // tp
         self.local_kv_heads = m.num_kv_heads // tp
         self.impl = impl
-        self.q_proj = _column(m.hidden_size, m.num_attention_heads * self.head_dim, mp_config)
-        self.k_proj = _column(m.hidden_size, m.num_kv_heads * self.head_dim, mp_config)
-        self.v_proj = _column(m.hidden_size, m.num_kv_heads * self.head_dim, mp_config)
+        # one matmul for q, k and v; this rank's rows are [its q heads; its k heads; its v heads]
+        # (the rank-blocked layout of neox.partition)
+        self.local_sizes = [n * self.head_dim for n in (self.local_heads, self.local_kv_heads, self.local_kv_heads)]
+        self.qkv_proj = _column(m.hidden_size, (m.num_attention_heads + 2 * m.num_kv_heads) * self.head_dim,
+                                mp_config)
         self.o_proj = _row(m.num_attention_heads * self.head_dim, m.hidden_size, mp_config)
 
     def forward(self, x, cos, sin):
         b, s, _ = x.shape
-        q = self.q_proj(x)[0].view(b, s, self.local_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x)[0].view(b, s, self.local_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x)[0].view(b, s, self.local_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = (t.reshape(b, s, -1, self.head_dim).transpose(1, 2)
+                   for t in self.qkv_proj(x)[0].split(self.local_sizes, dim=-1))
         q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
         if self._use_flash(q):
             out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
@@ -114,12 +116,13 @@ class MLP(nn.Module):
 
     def __init__(self, m, mp_config):
         super().__init__()
-        self.gate_proj = _column(m.hidden_size, m.intermediate_size, mp_config)
-        self.up_proj = _column(m.hidden_size, m.intermediate_size, mp_config)
+        # one matmul for gate and up; this rank's rows are [its gate rows; its up rows]
+        self.gate_up_proj = _column(m.hidden_size, 2 * m.intermediate_size, mp_config)
         self.down_proj = _row(m.intermediate_size, m.hidden_size, mp_config)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)[0]) * self.up_proj(x)[0])[0]
+        gate, up = self.gate_up_proj(x)[0].chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)[0]
 
 
 class Layer(nn.Module):
@@ -147,7 +150,7 @@ class LlamaModel(nn.Module):
         self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
         self.vocab_size = m.vocab_size
         self.padded_vocab_size = cfg.padded_vocab_size
-        self.checkpoint_activations = m.checkpoint_activations
+        self.checkpointed = set(m.checkpointed_layers())  # recomputed in backward when training
         mp_config = ModelParallelConfig(
             tensor_model_parallel_size=self.tp, use_cpu_initialization=True,
             perform_initialization=False, params_dtype=dtype)
@@ -162,32 +165,35 @@ class LlamaModel(nn.Module):
             dim = partition.split_dim(name)
             # DeepSpeed reads these attributes to count each shard once in the global grad norm
             set_tensor_model_parallel_attributes(param, dim is not None, dim if dim is not None else -1, 1)
+        if m.compile_blocks:
+            # megatron's RowParallelLinear warns on every call; let dynamo emit warnings after the
+            # graph instead of breaking it there
+            torch._dynamo.config.ignore_logging_functions.add(warnings.warn)
+            for layer in self.layers:
+                layer.compile()  # in place: parameter names stay the same
 
     # ---- weights
 
-    def full_shape(self, name: str) -> tuple:
-        local = tuple(self.get_parameter(name).shape)
-        dim = partition.split_dim(name)
-        if dim is None:
-            return local
-        return local[:dim] + (local[dim] * self.tp,) + local[dim + 1:]
-
     @torch.no_grad()
     def init_weights(self, seed: int):
-        """Random init that does not depend on TP: each full tensor comes from its own seeded
-        generator and this rank keeps its shard, so TP=1 and TP=2 start from the same model."""
+        """Random init that does not depend on TP: each full HF tensor of ``neox.partition`` (q, k
+        and v separately) comes from its own seeded generator and this rank keeps its shard, so
+        TP=1 and TP=2 start from the same model."""
         std = self.cfg.model.init_method_std
         out_std = std / (2 * self.cfg.model.num_layers) ** 0.5  # scaled init of residual outputs
+        dims = partition.sizes(self.cfg.model, self.padded_vocab_size)
         for name, param in self.named_parameters():
             if name.endswith("norm.weight"):
                 param.fill_(1.0)
                 continue
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
             s = out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
-            full = torch.randn(self.full_shape(name), generator=gen, dtype=torch.float32) * s
+            parts = []
+            for hf, shape in zip(partition.hf_names(name), partition.hf_shapes(name, dims)):
+                gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(hf.encode()))
+                parts.append(torch.randn(shape, generator=gen, dtype=torch.float32) * s)
             if name in partition.VOCAB_WEIGHTS:
-                full[self.vocab_size:] = 0.0
-            param.copy_(partition.shard(full, name, self.tp_rank, self.tp))
+                parts[0][self.vocab_size:] = 0.0
+            param.copy_(partition.shard(parts, name, self.tp_rank, self.tp))
 
     def weight_state(self) -> dict:
         """This rank's weights by our names (no megatron ``_extra_state`` entries)."""
@@ -198,8 +204,8 @@ class LlamaModel(nn.Module):
     def forward(self, tokens, labels=None, loss_mask=None):
         x = self.embed(tokens)
         cos, sin = self.rotary.cos_sin(tokens.shape[1], tokens.device)
-        for layer in self.layers:
-            if self.checkpoint_activations and self.training:
+        for i, layer in enumerate(self.layers):
+            if self.training and i in self.checkpointed:
                 x = checkpoint(layer, x, cos, sin, use_reentrant=False)
             else:
                 x = layer(x, cos, sin)

@@ -1,107 +1,168 @@
-"""The one place that says how every weight is named and split across tensor-parallel ranks.
+"""The one place that says how every weight is named, shaped and split across tensor-parallel ranks.
 
-Our parameter names, the dimension each is split on (None: replicated on every rank), and the
-Hugging Face Llama name of the same tensor. The model, the checkpoint code and the converters
-all read this table; nothing else decides a layout.
+``WEIGHTS`` lists each of our parameters with the dimension it is split on (None: replicated on
+every rank) and the Hugging Face Llama tensor(s) it holds, with their shapes in the symbols of
+``sizes()``. The model, the checkpoint code and the converters all read this table; nothing else
+decides a layout. Conversions always go through the HF tensors: ``shard`` turns full HF tensors
+into one rank's weight, ``unshard`` turns every rank's weight back into full HF tensors.
 
-q, k and v (and gate and up) are separate matrices, never fused, so a TP shard of q is simply
-a contiguous block of whole heads: rows ``[r * n/tp * head_dim, (r+1) * n/tp * head_dim)``.
-With grouped-query attention the same block rule on k/v keeps each query head with its KV head
-(query heads of rank r use exactly the KV heads of rank r).
+Unfused weights are split into ``tp`` equal contiguous blocks on their split dim (for q-like
+weights: blocks of whole heads).
+
+Fused weights (``qkv_proj``, ``gate_up_proj``) list several HF parts and are split on dim 0,
+*rank-blocked*: rank r holds block r of every part, concatenated in part order. With Q = heads x
+head_dim, KV = kv_heads x head_dim, F = intermediate_size and t = TP size, rank r's rows are
+
+    qkv_proj      [ q rows  r*Q/t  : (r+1)*Q/t  ;  k rows  r*KV/t : (r+1)*KV/t  ;  v rows (same) ]
+    gate_up_proj  [ gate rows  r*F/t : (r+1)*F/t  ;  up rows  r*F/t : (r+1)*F/t ]
+
+so each rank's local output splits as [Q/t, KV/t, KV/t] (resp. [F/t, F/t]). A rank's query heads
+r*heads/t ... use exactly its KV heads r*kv_heads/t ..., so grouped-query attention needs no
+communication. At TP=1 the fused weight is the plain concatenation [q; k; v] (resp. [gate; up]).
+The layout depends on t: a checkpoint is re-sharded through ``unshard`` + ``shard``, never by
+cutting the fused matrix into t equal blocks.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
-# (our name pattern, split dim, HF name pattern); {i} is the layer index
+
+class Weight(NamedTuple):
+    name: str  # our parameter name; {i} is the layer index
+    dim: Optional[int]  # split dim across TP ranks (None: replicated)
+    parts: tuple  # ((HF name, HF shape in the symbols of sizes()), ...) in the order they are fused
+
+
+def _layer(*parts):
+    return tuple((f"model.layers.{{i}}.{hf}", shape) for hf, shape in parts)
+
+
 WEIGHTS = [
-    ("embed.weight", 0, "model.embed_tokens.weight"),
-    ("layers.{i}.input_norm.weight", None, "model.layers.{i}.input_layernorm.weight"),
-    ("layers.{i}.attention.q_proj.weight", 0, "model.layers.{i}.self_attn.q_proj.weight"),
-    ("layers.{i}.attention.k_proj.weight", 0, "model.layers.{i}.self_attn.k_proj.weight"),
-    ("layers.{i}.attention.v_proj.weight", 0, "model.layers.{i}.self_attn.v_proj.weight"),
-    ("layers.{i}.attention.o_proj.weight", 1, "model.layers.{i}.self_attn.o_proj.weight"),
-    ("layers.{i}.post_attention_norm.weight", None, "model.layers.{i}.post_attention_layernorm.weight"),
-    ("layers.{i}.mlp.gate_proj.weight", 0, "model.layers.{i}.mlp.gate_proj.weight"),
-    ("layers.{i}.mlp.up_proj.weight", 0, "model.layers.{i}.mlp.up_proj.weight"),
-    ("layers.{i}.mlp.down_proj.weight", 1, "model.layers.{i}.mlp.down_proj.weight"),
-    ("final_norm.weight", None, "model.norm.weight"),
-    ("lm_head.weight", 0, "lm_head.weight"),
+    Weight("embed.weight", 0, (("model.embed_tokens.weight", ("V", "H")),)),
+    Weight("layers.{i}.input_norm.weight", None, _layer(("input_layernorm.weight", ("H",)))),
+    Weight("layers.{i}.attention.qkv_proj.weight", 0, _layer(
+        ("self_attn.q_proj.weight", ("Q", "H")), ("self_attn.k_proj.weight", ("KV", "H")),
+        ("self_attn.v_proj.weight", ("KV", "H")))),
+    Weight("layers.{i}.attention.o_proj.weight", 1, _layer(("self_attn.o_proj.weight", ("H", "Q")))),
+    Weight("layers.{i}.post_attention_norm.weight", None, _layer(("post_attention_layernorm.weight", ("H",)))),
+    Weight("layers.{i}.mlp.gate_up_proj.weight", 0, _layer(
+        ("mlp.gate_proj.weight", ("F", "H")), ("mlp.up_proj.weight", ("F", "H")))),
+    Weight("layers.{i}.mlp.down_proj.weight", 1, _layer(("mlp.down_proj.weight", ("H", "F")))),
+    Weight("final_norm.weight", None, (("model.norm.weight", ("H",)),)),
+    Weight("lm_head.weight", 0, (("lm_head.weight", ("V", "H")),)),
 ]
 # weights whose dim 0 is the vocabulary (padded so that it divides by TP)
 VOCAB_WEIGHTS = {"embed.weight", "lm_head.weight"}
+
+
+def sizes(model, padded_vocab: Optional[int] = None) -> dict:
+    """Values of the shape symbols for a model: ``model`` is a ModelArgs or a dict of its keys.
+    V is the (padded, if given) vocabulary, H hidden, Q heads x head_dim, KV kv_heads x head_dim,
+    F intermediate."""
+    get = model.get if isinstance(model, dict) else lambda key: getattr(model, key)
+    heads, hidden = get("num_attention_heads"), get("hidden_size")
+    head_dim = hidden // heads
+    return {"V": padded_vocab or get("vocab_size"), "H": hidden, "Q": heads * head_dim,
+            "KV": (get("num_kv_heads") or heads) * head_dim, "F": get("intermediate_size")}
 
 
 def _regex(pattern: str) -> re.Pattern:
     return re.compile("^" + re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
 
 
-_OURS = [(_regex(ours), dim, hf) for ours, dim, hf in WEIGHTS]
-_HF = [(_regex(hf), ours) for ours, _, hf in WEIGHTS]
+_BY_OURS = [(_regex(w.name), w) for w in WEIGHTS]
 
 
-def _match(name: str, table):
-    for regex, *rest in table:
+def _lookup(name: str) -> tuple[Weight, Optional[str]]:
+    for regex, w in _BY_OURS:
         m = regex.match(name)
         if m:
-            return m, rest
+            return w, m.groupdict().get("i")
     raise KeyError(f"no partition rule for weight '{name}'")
 
 
 def split_dim(name: str) -> Optional[int]:
     """Dimension along which weight ``name`` is split across TP ranks (None: replicated)."""
-    return _match(name, _OURS)[1][0]
+    return _lookup(name)[0].dim
 
 
-def to_hf_name(name: str) -> str:
-    m, (_, hf) = _match(name, _OURS)
-    return hf.replace("{i}", m.group("i")) if "{i}" in hf else hf
+def hf_names(name: str) -> list[str]:
+    """The HF tensor(s) our weight ``name`` holds, in fused order (one name if not fused)."""
+    w, i = _lookup(name)
+    return [hf.replace("{i}", i) if i is not None else hf for hf, _ in w.parts]
 
 
-def from_hf_name(hf_name: str) -> str:
-    m, (ours,) = _match(hf_name, _HF)
-    return ours.replace("{i}", m.group("i")) if "{i}" in ours else ours
+def hf_shapes(name: str, dims: dict) -> list[tuple]:
+    """Full shapes of the HF tensor(s) of ``name``, for ``dims`` from ``sizes()``."""
+    return [tuple(dims[s] for s in shape) for _, shape in _lookup(name)[0].parts]
 
 
 def expected_names(num_layers: int) -> list[str]:
     names = []
-    for ours, _, _ in WEIGHTS:
-        if "{i}" in ours:
-            names += [ours.replace("{i}", str(i)) for i in range(num_layers)]
+    for w in WEIGHTS:
+        if "{i}" in w.name:
+            names += [w.name.replace("{i}", str(i)) for i in range(num_layers)]
         else:
-            names.append(ours)
+            names.append(w.name)
     return names
 
 
-def shard(full: torch.Tensor, name: str, rank: int, tp: int) -> torch.Tensor:
-    """The part of the full tensor that TP rank ``rank`` of ``tp`` holds (a contiguous copy)."""
+def expected_hf_names(num_layers: int) -> list[str]:
+    return [hf for name in expected_names(num_layers) for hf in hf_names(name)]
+
+
+def is_unfused_part(name: str) -> bool:
+    """Whether ``name`` ends like one part of a fused weight (``...q_proj.weight``), as in
+    checkpoints written before q/k/v and gate/up were fused."""
+    suffixes = {".".join(hf.split(".")[-2:]) for w in WEIGHTS if len(w.parts) > 1 for hf, _ in w.parts}
+    return any(name.endswith("." + s) for s in suffixes)
+
+
+def rank_slices(name: str, shapes: list[tuple], rank: int, tp: int) -> list[Optional[tuple[int, int]]]:
+    """The [start, end) range on the split dim of each HF part (full ``shapes``) that TP rank
+    ``rank`` holds; the rank's weight is these slices concatenated on the split dim. None for a
+    replicated weight."""
     dim = split_dim(name)
-    if dim is None or tp == 1:
-        return full.clone()
-    if full.shape[dim] % tp:
-        raise ValueError(f"weight '{name}' dim {dim} of size {full.shape[dim]} does not divide by TP {tp}")
-    return full.chunk(tp, dim=dim)[rank].clone()
+    if dim is None:
+        return [None] * len(shapes)
+    out = []
+    for shape in shapes:
+        if shape[dim] % tp:
+            raise ValueError(f"weight '{name}' dim {dim} of size {shape[dim]} does not divide by TP {tp}")
+        size = shape[dim] // tp
+        out.append((rank * size, (rank + 1) * size))
+    return out
 
 
-def unshard(shards: list[torch.Tensor], name: str) -> torch.Tensor:
-    """Inverse of ``shard``: rebuild the full tensor from every rank's part, in rank order."""
+def shard(parts: list[torch.Tensor], name: str, rank: int, tp: int) -> torch.Tensor:
+    """The weight TP rank ``rank`` of ``tp`` holds, from the full HF tensor(s) of ``name`` (a copy)."""
     dim = split_dim(name)
-    if dim is None or len(shards) == 1:
-        return shards[0].clone()
-    return torch.cat(shards, dim=dim)
+    if dim is None:
+        return parts[0].clone()
+    slices = rank_slices(name, [tuple(p.shape) for p in parts], rank, tp)
+    return torch.cat([p.narrow(dim, s, e - s) for p, (s, e) in zip(parts, slices)], dim)
 
 
-def pad_vocab(full: torch.Tensor, name: str, padded_vocab: int) -> torch.Tensor:
-    """Append zero rows so a vocab weight has ``padded_vocab`` rows (no-op for other weights)."""
-    if name not in VOCAB_WEIGHTS or full.shape[0] == padded_vocab:
-        return full
-    pad = full.new_zeros((padded_vocab - full.shape[0],) + tuple(full.shape[1:]))
-    return torch.cat([full, pad], dim=0)
+def unshard(shards: list[torch.Tensor], name: str, dims: Optional[dict] = None) -> list[torch.Tensor]:
+    """Inverse of ``shard``: the full HF tensor(s) of ``name`` from every rank's weight, in rank
+    order. ``dims`` (from ``sizes()``) is needed only for fused weights."""
+    w, _ = _lookup(name)
+    dim, tp = w.dim, len(shards)
+    if dim is None:
+        return [shards[0].clone()]
+    if len(w.parts) == 1:
+        return [torch.cat(shards, dim)]
+    if dims is None:
+        raise ValueError(f"unshard of fused weight '{name}' needs the model sizes")
+    local = [shape[dim] // tp for shape in hf_shapes(name, dims)]
+    per_rank = [s.split(local, dim) for s in shards]
+    return [torch.cat([pieces[k] for pieces in per_rank], dim) for k in range(len(local))]
 
 
 def strip_vocab(full: torch.Tensor, name: str, vocab: int) -> torch.Tensor:
+    """Drop the vocabulary padding rows of a full vocab weight (no-op for other weights)."""
     return full[:vocab].clone() if name in VOCAB_WEIGHTS else full

@@ -4,16 +4,19 @@ Memory per GPU (bytes), for P parameters of which P_gpu live on one GPU (TP shar
 replicated norms), data-parallel size D, ZeRO stage 1:
   weights bf16 2 P_gpu + gradients bf16 2 P_gpu + (fp32 master 4 + Adam m and v 8) P_gpu / D
   (ZeRO stage 0: the 12 bytes are not divided by D; fp32 training: 4 + 4 + 12 / D)
-Activations with per-layer checkpointing at micro batch b, sequence s, hidden h, TP t, vocab V:
-  stored layer inputs       L * s b h * 2
-  one layer recomputed      s b h * (10 + 24 / t)      (attention through SDPA/flash: no s^2 term)
-  logits and their gradient 2 * s b V / t * 4          (fp32 for the cross entropy)
-  without checkpointing every layer keeps its working set: L * s b h * (10 + 24 / t)
+Activations at micro batch b, sequence s, hidden h, TP t, vocab V, with C of the L layers
+checkpointed (all, some or none: checkpoint_activations / checkpoint_layers):
+  stored inputs of checkpointed layers   C * s b h * 2
+  other layers keep their working set    (L - C) * s b h * (10 + 24 / t)   (SDPA/flash: no s^2 term)
+  one layer recomputed (if C > 0)        s b h * (10 + 24 / t)
+  logits and their gradient              2 * s b V / t * 4                 (fp32 for the cross entropy)
 plus a fixed overhead for the CUDA context, communication buffers and fragmentation.
 These are estimates to catch plans that cannot fit; they are not a guarantee.
 """
 
 from __future__ import annotations
+
+import math
 
 from neox import partition
 from neox.flops import flops_per_token, parameter_count
@@ -24,25 +27,10 @@ OVERHEAD_GIB = 2.0
 
 def parameters_per_gpu(cfg) -> int:
     m, tp = cfg.model, cfg.parallel.model_parallel_size
-    head_dim = m.hidden_size // m.num_attention_heads
-    vocab = cfg.padded_vocab_size
-    shapes = {
-        "embed.weight": (vocab, m.hidden_size), "lm_head.weight": (vocab, m.hidden_size),
-        "final_norm.weight": (m.hidden_size,),
-        "layers.0.input_norm.weight": (m.hidden_size,), "layers.0.post_attention_norm.weight": (m.hidden_size,),
-        "layers.0.attention.q_proj.weight": (m.num_attention_heads * head_dim, m.hidden_size),
-        "layers.0.attention.k_proj.weight": (m.num_kv_heads * head_dim, m.hidden_size),
-        "layers.0.attention.v_proj.weight": (m.num_kv_heads * head_dim, m.hidden_size),
-        "layers.0.attention.o_proj.weight": (m.hidden_size, m.num_attention_heads * head_dim),
-        "layers.0.mlp.gate_proj.weight": (m.intermediate_size, m.hidden_size),
-        "layers.0.mlp.up_proj.weight": (m.intermediate_size, m.hidden_size),
-        "layers.0.mlp.down_proj.weight": (m.hidden_size, m.intermediate_size),
-    }
+    dims = partition.sizes(m, cfg.padded_vocab_size)
     total = 0
-    for name, shape in shapes.items():
-        n = 1
-        for x in shape:
-            n *= x
+    for name in partition.expected_names(1):  # layer 0 stands for every layer
+        n = sum(math.prod(shape) for shape in partition.hf_shapes(name, dims))
         if partition.split_dim(name) is not None:
             n //= tp
         total += n * (m.num_layers if name.startswith("layers.") else 1)
@@ -62,10 +50,8 @@ def memory_per_gpu(cfg) -> dict:
     s, b, h, L = m.seq_length, cfg.batch.train_micro_batch_size_per_gpu, m.hidden_size, m.num_layers
     act_bytes = 2 if bf16 else 4
     layer_working = s * b * h * (10 + 24 / tp) * act_bytes / 2
-    if m.checkpoint_activations:
-        activations = L * s * b * h * act_bytes + layer_working
-    else:
-        activations = L * layer_working
+    c = len(m.checkpointed_layers())
+    activations = c * s * b * h * act_bytes + (L - c) * layer_working + (layer_working if c else 0)
     logits = 2 * s * b * cfg.padded_vocab_size / tp * 4
     parts = {"weights": weights, "gradients": grads, "optimizer_states": optimizer,
              "activations": activations + logits, "overhead": OVERHEAD_GIB * GIB}

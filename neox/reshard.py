@@ -14,8 +14,8 @@ is written to disk.
    (the same order DeepSpeed's ZeRO partitioning uses); ``partition.unshard`` joins the TP shards
    into the full tensor; vocabulary rows beyond the real vocabulary are dropped (their padding
    depends on TP).
-3. Re-pad the vocabulary for the new TP size, cut this rank's shard with ``partition.shard``,
-   and write the part this DP rank owns into DeepSpeed's ZeRO partition through the engine's
+3. Cut this rank's shard for the new layout with ``hf_compat.shard_hf_weights`` (the same
+   code that shards a Hugging Face model: re-pads the vocabulary, follows the table), and write the part this DP rank owns into DeepSpeed's ZeRO partition through the engine's
    own fragment mappings (``param._hp_mapping``, the path DeepSpeed's universal-checkpoint
    loader uses, working for the fp32 ZeRO-1 optimizer and the BF16_Optimizer alike). Then the
    optimizer copies the master weights into the module weights.
@@ -41,6 +41,7 @@ from megatron.core import parallel_state as ps
 
 from neox import partition
 from neox.checkpoints import CheckpointError, load_rank, tensor_parallel_size
+from neox.hf_compat import shard_hf_weights
 
 OPTIM_FILE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 ADAM_KEYS = ("exp_avg", "exp_avg_sq")
@@ -70,9 +71,10 @@ class SavedState:
     """The full (unsharded, vocabulary unpadded) fp32 master weight and Adam moments of every
     parameter of a ZeRO checkpoint, read one parameter at a time from memory-mapped files."""
 
-    def __init__(self, directory: str, tag: str, vocab_size: int):
+    def __init__(self, directory: str, tag: str, model_args):
         self.path = os.path.join(directory, tag)
-        self.vocab_size = vocab_size
+        self.vocab_size = model_args.vocab_size
+        self.dims = partition.sizes(model_args)
         self.tp, self.dp = saved_layout(directory, tag)
         if self.dp is None:
             raise CheckpointError(f"{self.path}: no ZeRO optimizer files (*zero_pp_rank_*_optim_states.pt); "
@@ -103,8 +105,9 @@ class SavedState:
             return sd["single_partition_of_fp32_groups"][group]
         return sd["base_optimizer_state"]["state"][group][key]
 
-    def full(self, name: str, key: str) -> torch.Tensor:
-        """Full tensor of ``key`` ('fp32', 'exp_avg' or 'exp_avg_sq') for parameter ``name``."""
+    def full(self, name: str, key: str) -> dict:
+        """Full HF tensor(s) of ``key`` ('fp32', 'exp_avg' or 'exp_avg_sq') for parameter ``name``,
+        by HF name (a fused weight gives several)."""
         if name not in self.group_of:
             raise CheckpointError(f"{self.path}: parameter '{name}' is not in the checkpoint")
         g = self.group_of[name]
@@ -117,7 +120,8 @@ class SavedState:
                 if frag is not None and frag.numel:
                     pieces.append(self._flat(sd, key, g).narrow(0, frag.start, frag.numel))
             shards.append(torch.cat(pieces).float().reshape(self.shapes[t][name]))
-        return partition.strip_vocab(partition.unshard(shards, name), name, self.vocab_size)
+        parts = partition.unshard(shards, name, self.dims)
+        return {hf: partition.strip_vocab(t, name, self.vocab_size) for hf, t in zip(partition.hf_names(name), parts)}
 
     def step(self, group: int):
         step = self.optim[0, 0]["base_optimizer_state"]["state"][group]["step"]
@@ -135,7 +139,7 @@ class SavedState:
 def load_resharded(engine, cfg, directory: str, tag: str) -> dict:
     """Load master weights, Adam state and step counters of a checkpoint written at another
     layout into ``engine`` (already built for this job's layout). Returns the client state."""
-    saved = SavedState(directory, tag, cfg.model.vocab_size)
+    saved = SavedState(directory, tag, cfg.model)
     opt = engine.optimizer  # DeepSpeed's ZeRO-1/2 optimizer or its BF16_Optimizer
     lp_groups = opt.bf16_groups if hasattr(opt, "bf16_groups") else opt.bit16_groups
     base = opt.optimizer  # the torch AdamW over this rank's flat fp32 partitions
@@ -154,8 +158,8 @@ def load_resharded(engine, cfg, directory: str, tag: str) -> dict:
             mapping.optim_fragment = {}
             start, numel = mapping.lp_fragment_address.start, mapping.lp_fragment_address.numel
             for key in ("fp32",) + ADAM_KEYS:
-                full = partition.pad_vocab(saved.full(name, key), name, cfg.padded_vocab_size)
-                local = partition.shard(full, name, tp_rank, tp)
+                local = shard_hf_weights(saved.full(name, key), [name], cfg.model.vocab_size,
+                                         cfg.padded_vocab_size, tp_rank, tp)[name]
                 if local.shape != lp.shape:
                     raise CheckpointError(f"{saved.path}: '{name}' resharded to {tuple(local.shape)} but the "
                                           f"model holds {tuple(lp.shape)} on this rank")

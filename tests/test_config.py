@@ -116,6 +116,28 @@ def test_each_rule_names_the_key(env, changes, needle):
     assert needle in error_of([env(**changes)])
 
 
+@pytest.mark.parametrize("value", [[2], [-1], [0, 0], [], ["1"], 1])
+def test_bad_checkpoint_layers_name_the_key_and_value(env, value):
+    msg = error_of([env(checkpoint_activations=True, checkpoint_layers=value)])
+    assert msg.startswith("key 'checkpoint_layers' must be") and repr(value) in msg
+
+
+def test_checkpoint_layers_select_layers_and_the_memory_plan(env):
+    from neox.planner import memory_per_gpu
+
+    cfg = load_config([env(checkpoint_activations=True, checkpoint_layers=[1])])
+    assert cfg.model.checkpointed_layers() == [1] and not cfg.model.compile_blocks
+    assert load_config([env(checkpoint_activations=True)]).model.checkpointed_layers() == [0, 1]
+    assert load_config([env()]).model.checkpointed_layers() == []
+    msg = error_of([env(checkpoint_layers=[1])])
+    assert "'checkpoint_layers' ([1]) is set but 'checkpoint_activations' is false" in msg
+    act = [memory_per_gpu(load_config([env(num_layers=4, **kw)]))["activations_gib"]
+           for kw in ({}, {"checkpoint_activations": True, "checkpoint_layers": [0, 2]},
+                      {"checkpoint_activations": True})]
+    assert act[0] > act[1] > act[2]  # fewer checkpointed layers, more activation memory
+    assert "'compile_blocks' must be bool" in error_of([env(compile_blocks="yes")])
+
+
 def test_rotary_base_is_required(env):
     assert "key 'rotary_emb_base' is required" in error_of([env(drop=("rotary_emb_base",))])
 

@@ -53,7 +53,8 @@ def test_round_trip_is_bit_identical(tmp_path, tp):
     assert meta["vocab_size"] == 101 and meta["padded_vocab_size"] == (102 if tp == 2 else 101)
     assert meta["rope_theta_source"] == meta["rope_theta"] == 1e6
     rank0 = torch.load(os.path.join(ckpt, "global_step0", "mp_rank_00_model_states.pt"), weights_only=False)
-    assert rank0["module"]["layers.0.attention.k_proj.weight"].shape == (16 // tp, 48)
+    # fused q (48 rows), k (16) and v (16), each split over the ranks
+    assert rank0["module"]["layers.0.attention.qkv_proj.weight"].shape == (80 // tp, 48)
     assert rank0["module"]["embed.weight"].shape == ((102 if tp == 2 else 101) // tp, 48)
 
     assert export_hf.main(["--ckpt", ckpt, "--out", back]) == 0
@@ -161,19 +162,18 @@ class FakeWeights:
         hd = hidden // heads
         self.dir = "fake"
         self.shapes = {}
-        for name in partition.expected_names(layers):
-            hf = partition.to_hf_name(name)
-            if name in partition.VOCAB_WEIGHTS:
+        for hf in partition.expected_hf_names(layers):
+            if hf in ("model.embed_tokens.weight", "lm_head.weight"):
                 s = (vocab, hidden)
-            elif "q_proj" in name:
+            elif "q_proj" in hf:
                 s = (heads * hd, hidden)
-            elif "k_proj" in name or "v_proj" in name:
+            elif "k_proj" in hf or "v_proj" in hf:
                 s = (kv_heads * hd, hidden)
-            elif "o_proj" in name:
+            elif "o_proj" in hf:
                 s = (hidden, heads * hd)
-            elif "gate_proj" in name or "up_proj" in name:
+            elif "gate_proj" in hf or "up_proj" in hf:
                 s = (inter, hidden)
-            elif "down_proj" in name:
+            elif "down_proj" in hf:
                 s = (hidden, inter)
             else:
                 s = (hidden,)
@@ -200,14 +200,12 @@ def test_code_llama_shard_shapes(model, tp):
         hd = 128
         assert s["embed.weight"].shape == (vocab // tp, hidden)
         assert s["lm_head.weight"].shape == (vocab // tp, hidden)
-        assert s["layers.0.attention.q_proj.weight"].shape == (heads // tp * hd, hidden)
-        assert s["layers.5.attention.k_proj.weight"].shape == (kv // tp * hd, hidden)
-        assert s["layers.5.attention.v_proj.weight"].shape == (kv // tp * hd, hidden)
+        assert s["layers.0.attention.qkv_proj.weight"].shape == ((heads + 2 * kv) // tp * hd, hidden)
         assert s["layers.5.attention.o_proj.weight"].shape == (hidden, heads // tp * hd)
-        assert s["layers.5.mlp.gate_proj.weight"].shape == (inter // tp, hidden)
+        assert s["layers.5.mlp.gate_up_proj.weight"].shape == (2 * inter // tp, hidden)
         assert s["layers.5.mlp.down_proj.weight"].shape == (hidden, inter // tp)
         assert s["final_norm.weight"].shape == (hidden,)
-        assert len(s) == 9 * layers + 3
+        assert len(s) == 6 * layers + 3
     # 34B at TP=8: one KV head per rank, serving its 8 query heads
     if model == "34b" and tp == 8:
         assert kv // tp == 1 and heads // tp == 8

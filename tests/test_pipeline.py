@@ -93,7 +93,7 @@ def test_guarded_start_passes_and_catches_a_corrupted_tensor(pipeline, tmp_path)
     shutil.copytree(run_dir / "codellama-neox", bad)
     path = bad / "global_step0" / "mp_rank_01_model_states.pt"
     state = torch.load(path, weights_only=False)
-    state["module"]["layers.0.mlp.up_proj.weight"] *= 3.0  # one corrupted tensor, shapes intact
+    state["module"]["layers.0.mlp.gate_up_proj.weight"] *= 3.0  # one corrupted tensor, shapes intact
     torch.save(state, path)
     out = deepy_fails(f"load={bad}", "finetune=true", f"save={tmp_path}/s", f"log_dir={tmp_path}/l")
     assert "guarded start:" in out and "on the converter's reference batch" in out

@@ -36,7 +36,7 @@ def _grad_worker(rank, world, port, out_path):
     for name, p in model.named_parameters():
         parts = [torch.empty_like(p.grad) for _ in range(world)]
         torch.distributed.all_gather(parts, p.grad.contiguous(), group=group)
-        full = partition.unshard(parts, name)
+        full = torch.cat(partition.unshard(parts, name, partition.sizes(cfg.model)))  # HF layout
         grads[name] = partition.strip_vocab(full, name, cfg.model.vocab_size)
     if rank == 0:
         torch.save({"loss": loss.item(), "grads": grads}, out_path)

@@ -29,7 +29,7 @@ from neox import partition  # noqa: E402
 from neox.checkpoints import (CONVERSION_FILE, DTYPES, TOKENIZER_FILES, CheckpointError, HFWeights,  # noqa: E402
                               model_file)
 from neox.config import padded_vocab_size  # noqa: E402
-from neox.hf_compat import neox_model_keys_from_hf  # noqa: E402
+from neox.hf_compat import neox_model_keys_from_hf, shard_hf_weights  # noqa: E402
 
 
 
@@ -76,29 +76,10 @@ def check_supported(weights: HFWeights, tp: int) -> dict:
 
 def rank_state(weights: HFWeights, names, rank: int, tp: int, vocab: int, padded: int, dtype) -> dict:
     """Weights of one TP rank, read slice by slice (the vocab shard of the last rank is padded)."""
-    out = {}
-    for name in names:
-        hf = partition.to_hf_name(name)
-        dim = partition.split_dim(name)
-        shape = weights.shape(hf)
-        if name in partition.VOCAB_WEIGHTS:
-            if shape[0] != vocab:
-                raise CheckpointError(f"{weights.dir}: {hf} has {shape[0]} rows but vocab_size is {vocab}")
-            rows = padded // tp
-            start, end = rank * rows, min((rank + 1) * rows, vocab)
-            t = weights.get_slice(hf, 0, start, end) if end > start else torch.zeros((0,) + shape[1:])
-            if t.shape[0] < rows:  # padding rows: zero, and masked to -inf in the logits
-                t = torch.cat([t, t.new_zeros((rows - t.shape[0],) + shape[1:])])
-        elif dim is None:
-            t = weights.get(hf)
-        else:
-            size = shape[dim] // tp
-            t = weights.get_slice(hf, dim, rank * size, (rank + 1) * size)
-        t = t.to(dtype).contiguous()
-        if t.untyped_storage().nbytes() != t.numel() * t.element_size():
-            t = t.clone()  # a view of a larger tensor: torch.save would write all of it
-        out[name] = t
-    return out
+    try:
+        return shard_hf_weights(weights, names, vocab, padded, rank, tp, dtype)
+    except ValueError as e:
+        raise CheckpointError(f"{weights.dir}: {e}") from None
 
 
 def limit_heap_growth():
@@ -117,7 +98,7 @@ def convert(args) -> dict:
     limit_heap_growth()
     weights = HFWeights(args.hf_dir)
     keys = check_supported(weights, args.tp)
-    expected = {partition.to_hf_name(n) for n in partition.expected_names(keys["num_layers"])}
+    expected = set(partition.expected_hf_names(keys["num_layers"]))
     missing = sorted(expected - set(weights.names()))
     if missing:
         raise CheckpointError(f"{args.hf_dir}: missing tensors {missing[:3]}{' ...' if len(missing) > 3 else ''}")

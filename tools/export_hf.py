@@ -28,7 +28,7 @@ from tqdm import tqdm  # noqa: E402
 from neox import partition  # noqa: E402
 from neox.checkpoints import (CONVERSION_FILE, DTYPES, TOKENIZER_FILES, CheckpointError,  # noqa: E402
                               checkpoint_model_info, load_rank,
-                              resolve_tag, tensor_parallel_size)
+                              resolve_tag, tensor_parallel_size, unfused_hint)
 
 
 
@@ -112,7 +112,8 @@ def export(ckpt: str, out: str, step=None, dtype: str = "auto", max_shard_bytes:
     names = partition.expected_names(int(info["num_layers"]))
     missing = [n for n in names if n not in ranks[0]["module"]]
     if missing:
-        raise CheckpointError(f"{ckpt}/{tag}: weights missing from mp_rank_00: {missing[:3]}")
+        raise CheckpointError(f"{ckpt}/{tag}: weights missing from mp_rank_00: {missing[:3]}"
+                              f"{unfused_hint(ranks[0]['module'])}")
     if dtype == "auto":
         dtype = "fp32" if ranks[0]["module"][names[0]].dtype == torch.float32 else "bf16"
     vocab = int(info["vocab_size"])
@@ -130,15 +131,17 @@ def export(ckpt: str, out: str, step=None, dtype: str = "auto", max_shard_bytes:
             shards.append(([k for k in current], sum(v.numel() * v.element_size() for v in current.values())))
             save_file(current, os.path.join(tmp, f"part-{len(shards)}.safetensors"), metadata={"format": "pt"})
 
+        dims = partition.sizes(info)
         for name in tqdm(names, unit="tensor", desc="export"):
-            full = partition.unshard([r["module"][name] for r in ranks], name)
-            full = partition.strip_vocab(full, name, vocab).to(DTYPES[dtype]).contiguous()
-            nbytes = full.numel() * full.element_size()
-            if current and size + nbytes > max_shard_bytes:
-                flush()
-                current, size = {}, 0
-            current[partition.to_hf_name(name)] = full
-            size += nbytes
+            parts = partition.unshard([r["module"][name] for r in ranks], name, dims)
+            for hf_name, full in zip(partition.hf_names(name), parts):
+                full = partition.strip_vocab(full, name, vocab).to(DTYPES[dtype]).contiguous()
+                nbytes = full.numel() * full.element_size()
+                if current and size + nbytes > max_shard_bytes:
+                    flush()
+                    current, size = {}, 0
+                current[hf_name] = full
+                size += nbytes
         flush()
         current = None
         weight_map = {}
