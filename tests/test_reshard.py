@@ -38,25 +38,25 @@ def full_tp2(tmp_path_factory, toy_data):
     return tmp, losses(metrics(tmp, "full"))
 
 
+def resume_elsewhere(tmp, full, name, src_run, step, layout, change, checkpoint_factor=100):
+    """Resume src_run's step-`step` checkpoint at `layout`; later steps must continue `full`."""
+    src = only_step(tmp, f"{src_run}_step{step}", tmp / src_run, step)
+    _, out = run(tmp, name, *SCHEDULE, *layout, f"checkpoint_factor={checkpoint_factor}", f"load={src}")
+    saved, now = change.split(" -> ")
+    assert f"saved at {saved}, resuming at {now}" in out
+    assert_continues(full, losses(metrics(tmp, name)), range(step + 1, 5))
+
+
 def test_tp2_to_tp1_dp2_and_back_to_tp2(full_tp2):
     tmp, full = full_tp2
-    src = only_step(tmp, "from_tp2_step2", tmp / "full", 2)
-    _, out = run(tmp, "tp1dp2", *SCHEDULE, *TP1_DP2, "checkpoint_factor=3", f"load={src}")
-    assert "saved at TP=2 x DP=1, resuming at TP=1 x DP=2" in out
-    assert_continues(full, losses(metrics(tmp, "tp1dp2")), range(3, 5))
+    resume_elsewhere(tmp, full, "tp1dp2", "full", 2, TP1_DP2, "TP=2 x DP=1 -> TP=1 x DP=2", checkpoint_factor=3)
     # the reverse: the TP=1 x DP=2 checkpoint of step 3 continues at TP=2 x DP=1
-    src = only_step(tmp, "from_tp1_step3", tmp / "tp1dp2", 3)
-    _, out = run(tmp, "back", *SCHEDULE, *TP2, "checkpoint_factor=100", f"load={src}")
-    assert "saved at TP=1 x DP=2, resuming at TP=2 x DP=1" in out
-    assert_continues(full, losses(metrics(tmp, "back")), range(4, 5))
+    resume_elsewhere(tmp, full, "back", "tp1dp2", 3, TP2, "TP=1 x DP=2 -> TP=2 x DP=1")
 
 
 def test_tp2_to_tp1_dp1(full_tp2):
     tmp, full = full_tp2
-    src = only_step(tmp, "from_tp2_step2", tmp / "full", 2)
-    _, out = run(tmp, "tp1dp1", *SCHEDULE, *TP1_DP1, "checkpoint_factor=100", f"load={src}")
-    assert "saved at TP=2 x DP=1, resuming at TP=1 x DP=1" in out
-    assert_continues(full, losses(metrics(tmp, "tp1dp1")), range(3, 5))
+    resume_elsewhere(tmp, full, "tp1dp1", "full", 2, TP1_DP1, "TP=2 x DP=1 -> TP=1 x DP=1")
 
 
 def test_layout_change_needs_zero():
