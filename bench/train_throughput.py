@@ -227,7 +227,7 @@ def build_plain(cfg):
         flat_params.append(flat)
         flat_grads.append(flat.grad)
         g["params"] = [flat]
-    opt = torch.optim.AdamW(groups, lr=LR, betas=tuple(BETAS), eps=EPS)
+    opt = torch.optim.AdamW(groups, lr=LR, betas=tuple(BETAS), eps=EPS, fused=True)  # as ours
 
     def step(i):
         batch = _fetch(train_set, cfg, i, device)

@@ -44,6 +44,7 @@ class ModelArgs:
     checkpoint_layers: Optional[list] = None  # ... or only these layer indices (None: all)
     attention_impl: str = "auto"  # auto | sdpa | flash
     compile_blocks: bool = False  # torch.compile each transformer block (on CPU needs a C++ compiler)
+    fused_head_loss: bool = True  # output head + cross entropy chunk by chunk (neox.head_loss)
 
     def checkpointed_layers(self) -> list:
         """Indices of the layers whose activations are recomputed in backward."""

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from neox import partition
+from neox.head_loss import head_loss
 
 try:  # optional GPU extra
     from flash_attn import flash_attn_func
@@ -209,8 +210,10 @@ class LlamaModel(nn.Module):
                 x = checkpoint(layer, x, cos, sin, use_reentrant=False)
             else:
                 x = layer(x, cos, sin)
-        logits = self.lm_head(self.final_norm(x))[0]
-        logits = self._mask_vocab_padding(logits)
+        x = self.final_norm(x)
+        if labels is not None and self.cfg.model.fused_head_loss:  # never materialises all logits
+            return head_loss(x, self.lm_head.weight, labels, loss_mask, self.vocab_size)
+        logits = self._mask_vocab_padding(self.lm_head(x)[0])
         if labels is None:
             return logits
         return self.loss(logits, labels, loss_mask)

@@ -34,7 +34,8 @@ RESUME_MAY_CHANGE = {
     "load", "finetune", "master_port", "num_nodes", "num_gpus", "launcher",
     "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "data_cache_dir",
     "peak_flops_per_gpu", "gpu_memory_gib", "planner_mfu", "attention_impl",
-    "checkpoint_activations", "checkpoint_layers", "compile_blocks", "reference_loss_tolerance",
+    "checkpoint_activations", "checkpoint_layers", "compile_blocks", "fused_head_loss",
+    "reference_loss_tolerance",
 }
 # The parallel layout: may change at resume only where neox.reshard can reshard the state (ZeRO).
 LAYOUT_KEYS = {"model_parallel_size"}

@@ -1,5 +1,6 @@
-"""Fused q/k/v and gate/up layout, torch.compile of blocks and per-layer activation
-checkpointing: none of them changes the numbers (fp32, tiny 2-layer GQA model)."""
+"""Fused q/k/v and gate/up layout, the fused output head + loss, torch.compile of blocks and
+per-layer activation checkpointing: none of them changes the numbers (fp32, tiny 2-layer GQA
+model)."""
 
 import pytest
 import torch
@@ -67,7 +68,7 @@ def test_partition_round_trip_is_bit_identical_for_gqa_at_tp2():
         assert back[k].dtype == hf[k].dtype and torch.equal(back[k], hf[k]), k
 
 
-def loss_and_grads(seed=7, **overrides):
+def loss_and_grads(seed=7, loss_mask=None, **overrides):
     """One training forward and backward; also which layers ran forward, in order."""
     from neox.model import LlamaModel
 
@@ -78,7 +79,7 @@ def loss_and_grads(seed=7, **overrides):
     for i, layer in enumerate(model.layers):
         layer.register_forward_pre_hook(lambda module, args, i=i: calls.append(i))
     tokens = torch.randint(0, 101, (2, 17), generator=torch.Generator().manual_seed(3))
-    loss = model(tokens[:, :-1], tokens[:, 1:])
+    loss = model(tokens[:, :-1], tokens[:, 1:], loss_mask)
     loss.backward()
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}, calls, model
 
@@ -108,3 +109,21 @@ def test_checkpointing_selected_layers_gives_the_same_loss_and_gradients(single_
     every = loss_and_grads(checkpoint_activations=True)
     assert every[2] == [0, 1, 1, 0]
     assert_same(plain, every)
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 23, 101 * 5])  # one chunk; 7 chunks of 5 tokens (last: 2)
+def test_fused_head_loss_gives_the_same_loss_and_gradients(single_process_group, monkeypatch, chunk_elements):
+    from neox import head_loss
+
+    monkeypatch.setitem(head_loss.CHUNK_ELEMENTS, "cpu", chunk_elements)
+    mask = torch.ones(2, 16)
+    mask[0, :5] = 0.0  # masked tokens must not count
+    unfused = loss_and_grads(loss_mask=mask, fused_head_loss=False)
+    fused = loss_and_grads(loss_mask=mask)
+    assert fused[3].cfg.model.fused_head_loss and not unfused[3].cfg.model.fused_head_loss
+    assert_same(unfused, fused)
+    assert_same(loss_and_grads(fused_head_loss=False), loss_and_grads())  # no mask: mean over tokens
+    with torch.no_grad():  # evaluation: the same loss, no gradient work
+        model = fused[3].eval()
+        tokens = torch.randint(0, 101, (2, 17), generator=torch.Generator().manual_seed(3))
+        assert model(tokens[:, :-1], tokens[:, 1:], mask).item() == pytest.approx(fused[0], abs=1e-6)
