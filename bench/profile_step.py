@@ -91,17 +91,15 @@ def classify(chain: list[str]) -> str:
 def build_ours(cfg):
     """Our model on the DeepSpeed engine, built as neox.training.train builds it; the returned
     step mirrors one iteration of its loop (gradient_accumulation_steps = 1)."""
-    import deepspeed
     import torch
     from megatron.core import parallel_state as ps
     from torch.profiler import record_function
 
     from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
-    from neox import distributed
     from neox.data import get_micro_batch
     from neox.lr_schedule import lr_for_config
     from neox.model import LlamaModel
-    from neox.training import _dp_mean, build_optimizer, deepspeed_config, seed_everything, set_lr
+    from neox.training import _dp_mean, build_engine, seed_everything, set_lr
 
     # label DeepSpeed's fp32 gradient accumulation (the end of engine.backward) for the profile
     original = BF16_Optimizer.update_hp_grads
@@ -115,9 +113,7 @@ def build_ours(cfg):
     seed_everything(cfg.misc.seed)
     model = LlamaModel(cfg)
     model.init_weights(cfg.misc.seed)
-    optimizer = build_optimizer(cfg, model)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg),
-                                           mpu=distributed.MegatronCoreMPU())
+    engine = build_engine(cfg, model)
     assert isinstance(engine.optimizer, BF16_Optimizer), type(engine.optimizer)
     train_set = tt.train_dataset(cfg)
     micro, dp = cfg.batch.train_micro_batch_size_per_gpu, cfg.data_parallel_size

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Training throughput of our trainer vs. a plain PyTorch loop and Hugging Face transformers.
 
-    python bench/train_throughput.py [--steps 10] [--warmup 2] [--tp 1|2] [--rounds 1] [--only ours,plain,hf] [--quick]
+    python bench/train_throughput.py [--steps 10] [--warmup 2] [--tp 1|2] [--rounds 1] [--only ours,plain,hf]
+                                     [--set KEY=VALUE ...] [--quick]
 
 One benchmark model for every implementation: Llama, 8 layers, hidden 512, 8 heads (no GQA),
 intermediate 1376, vocab 32016, sequence 512, micro batch 4 (2,048 tokens per step), one
@@ -33,6 +34,8 @@ the best of a few 2048^3 bf16 matmuls measured at the start of the run with the 
 count (the peak is passed to ours as peak_flops_per_gpu; at TP=2 each process gets half, so
 all MFUs are against the whole machine). On a CPU the 1-thread peak is reported too
 (matmul_peak_tflops_1thread): what each TP=2 process has.
+--set KEY=VALUE sets a trainer config key (e.g. compile_blocks=true) for ours and plain, which
+build the same model from the same config; hf is not affected.
 Progress goes to stderr; the last stdout line is one JSON object.
 Targets (issue 7; measured, not asserted): ours >= 1.3 x hf and within 10% of plain.
 """
@@ -404,6 +407,8 @@ def main(argv=None):
                    help="comma-separated subset of ours,plain,hf (default: all)")
     p.add_argument("--rounds", type=int, default=1,
                    help="run every implementation this many times (in turn) and keep each one's best round")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="trainer config key for ours and plain (YAML value), e.g. compile_blocks=true")
     p.add_argument("--quick", action="store_true", help="tiny model (smoke test, numbers meaningless)")
     p.add_argument("--work-dir", default=None, help="default: a temporary directory, removed afterwards")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs, data)")
@@ -424,6 +429,14 @@ def main(argv=None):
         p.error("--steps and --rounds must be >= 1 and --warmup >= 0")
     shape = SHAPES["quick" if args.quick else "bench"]
     total = args.warmup + args.steps
+    import yaml
+
+    settings = {}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            p.error(f"--set wants KEY=VALUE, got {item!r}")
+        settings[key.strip()] = yaml.safe_load(value)
     threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
 
     import torch
@@ -446,8 +459,8 @@ def main(argv=None):
         os.makedirs(os.path.dirname(prefix), exist_ok=True)
         n_tokens = make_data(prefix, shape, total)
         log(f"synthetic data: {n_tokens:,} random tokens < {shape['vocab_size']} in {prefix}")
-        flat = neox_flat(shape, total, prefix, work, peak_flops=peak * 1e12)
-        cfg = load_cfg(flat)
+        flat = {**neox_flat(shape, total, prefix, work, peak_flops=peak * 1e12), **settings}
+        cfg = load_cfg(flat)  # also validates the --set keys before anything runs
         from neox.flops import flops_per_token, parameter_count
 
         fpt = flops_per_token(cfg)
@@ -465,7 +478,8 @@ def main(argv=None):
                 log(f"running {name}" + (f" (round {rnd + 1}/{args.rounds})" if args.rounds > 1 else "") + " ...")
                 if impl == "ours":
                     tag = name + (f"-r{rnd}" if rnd else "")
-                    f2 = neox_flat(shape, total, prefix, work, tp=tp, peak_flops=peak * 1e12 / tp, tag=tag)
+                    f2 = {**neox_flat(shape, total, prefix, work, tp=tp, peak_flops=peak * 1e12 / tp, tag=tag),
+                          **settings}
                     r = run_ours(f2, work, tag)
                 else:
                     r = run_in_process_impl(impl, flat, work, total, threads)
@@ -475,7 +489,7 @@ def main(argv=None):
                 if name not in runs or s["step_time_s"] < runs[name]["summary"]["step_time_s"]:
                     runs[name] = r  # best round
 
-        out = {"quick": args.quick, "model": shape, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+        out = {"quick": args.quick, "model": shape, "settings": settings, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
                "statistic": "median step_time_s of the measured steps", "tokens_per_step": tokens_per_step,
                "threads": threads, "num_parameters": parameter_count(cfg), "flops_per_token": fpt,
                "matmul_peak_tflops": peak, "matmul_peak_tflops_1thread": peak_1thread}

@@ -104,8 +104,20 @@ def _dp_mean(t: torch.Tensor) -> torch.Tensor:
     return t.cpu() / ps.get_data_parallel_world_size()
 
 
-def train(cfg: NeoXConfig):
+def build_engine(cfg: NeoXConfig, model: torch.nn.Module):
+    """The DeepSpeed engine around the model: our AdamW, ZeRO-1, bf16, the megatron-core mpu."""
     import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(cfg, model),
+                                           config=deepspeed_config(cfg), mpu=distributed.MegatronCoreMPU())
+    if ps.get_data_parallel_world_size() == 1:
+        # nothing to average: DeepSpeed would still flatten every gradient into one buffer,
+        # all-reduce it over the 1-rank group and copy it back (7% of a benchmark step on CPU)
+        engine.enable_backward_allreduce = False
+    return engine
+
+
+def train(cfg: NeoXConfig):
 
     distributed.init_distributed(cfg.parallel.model_parallel_size)
     seed_everything(cfg.misc.seed)
@@ -125,10 +137,7 @@ def train(cfg: NeoXConfig):
         if conversion and conversion.get("reference"):
             reference_record = guarded_start(model, cfg, conversion)
     stop = StopSignal()
-    optimizer = build_optimizer(cfg, model)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                           config=deepspeed_config(cfg),
-                                           mpu=distributed.MegatronCoreMPU())
+    engine = build_engine(cfg, model)
 
     start_step, saved_state = resume(engine, cfg, resume_dir, resume_tag) if resume_dir else (0, {})
     guard = LossGuard(cfg.guard, saved_state.get("guard"))
