@@ -9,7 +9,8 @@ checkpointed (all, some or none: checkpoint_activations / checkpoint_layers):
   stored inputs of checkpointed layers   C * s b h * 2
   other layers keep their working set    (L - C) * s b h * (10 + 24 / t)   (SDPA/flash: no s^2 term)
   one layer recomputed (if C > 0)        s b h * (10 + 24 / t)
-  logits and their gradient              2 * s b V / t * 4                 (fp32 for the cross entropy)
+  logits gradient (fused_head_loss)      s b V / t * 2                     (bf16; fp32 chunks are small)
+  logits and their gradient (unfused)    2 * s b V / t * 4                 (fp32 for the cross entropy)
 plus a fixed overhead for the CUDA context, communication buffers and fragmentation.
 These are estimates to catch plans that cannot fit; they are not a guarantee.
 """
@@ -52,7 +53,8 @@ def memory_per_gpu(cfg) -> dict:
     layer_working = s * b * h * (10 + 24 / tp) * act_bytes / 2
     c = len(m.checkpointed_layers())
     activations = c * s * b * h * act_bytes + (L - c) * layer_working + (layer_working if c else 0)
-    logits = 2 * s * b * cfg.padded_vocab_size / tp * 4
+    logits = (s * b * cfg.padded_vocab_size / tp * act_bytes if m.fused_head_loss
+              else 2 * s * b * cfg.padded_vocab_size / tp * 4)
     parts = {"weights": weights, "gradients": grads, "optimizer_states": optimizer,
              "activations": activations + logits, "overhead": OVERHEAD_GIB * GIB}
     return {**{f"{k}_gib": v / GIB for k, v in parts.items()}, "total_gib": sum(parts.values()) / GIB,

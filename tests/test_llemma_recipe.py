@@ -67,8 +67,11 @@ def test_planner_7b_tp2_fits_and_matches_hand_arithmetic():
     assert mem["weights_gib"] == pytest.approx(2 * p_gpu / 2**30)
     assert mem["optimizer_states_gib"] == pytest.approx(12 * p_gpu / 128 / 2**30)
     s, b, h = 4096, 4, 4096
-    acts = 32 * s * b * h * 2 + s * b * h * (10 + 24 / 2) + 2 * s * b * 32016 / 2 * 4
-    assert mem["activations_gib"] == pytest.approx(acts / 2**30)
+    acts = 32 * s * b * h * 2 + s * b * h * (10 + 24 / 2)
+    # fused head + loss keeps the bf16 logits gradient; unfused, fp32 logits and their gradient
+    assert mem["activations_gib"] == pytest.approx((acts + s * b * 32016 / 2 * 2) / 2**30)
+    unfused = memory_per_gpu(recipe("7b", "fused_head_loss=false"))
+    assert unfused["activations_gib"] == pytest.approx((acts + 2 * s * b * 32016 / 2 * 4) / 2**30)
     assert mem["total_gib"] < 40
     assert plan(c)["num_parameters"] == 6_738_546_688
 

@@ -127,3 +127,32 @@ def test_fused_head_loss_gives_the_same_loss_and_gradients(single_process_group,
         model = fused[3].eval()
         tokens = torch.randint(0, 101, (2, 17), generator=torch.Generator().manual_seed(3))
         assert model(tokens[:, :-1], tokens[:, 1:], mask).item() == pytest.approx(fused[0], abs=1e-6)
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_for_loop_adamw(single_process_group):
+    from neox.model import LlamaModel
+    from neox.training import build_optimizer
+
+    cfg = tiny_cfg(weight_decay=0.1)
+    tokens = torch.randint(0, 101, (2, 17), generator=torch.Generator().manual_seed(3))
+    trained = []
+    for fused in (True, False):
+        model = LlamaModel(cfg).train()
+        model.init_weights(7)
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt = build_optimizer(cfg, model)
+        assert opt.defaults["fused"] is True
+        assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+        if not fused:  # the same groups and hyperparameters through torch's for-loop AdamW
+            groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
+            hyper = {k: opt.defaults[k] for k in ("lr", "betas", "eps")}
+            opt = torch.optim.AdamW(groups, **hyper, foreach=False)
+            assert not opt.param_groups[0]["fused"]
+        for _ in range(3):
+            model(tokens[:, :-1], tokens[:, 1:]).backward()
+            opt.step()
+            opt.zero_grad()
+        trained.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    for name, p in trained[0].items():
+        assert (p - start[name]).abs().max() > 1e-5, name  # every weight moved
+        assert (p - trained[1][name]).abs().max().item() <= 1e-6, name
