@@ -22,9 +22,9 @@ self time is put in one bucket, decided by the op and the ops and regions around
                  BF16_Optimizer.update_hp_grads at the end of engine.backward; plain: its own loop;
                  hf: none, its gradients are fp32 already)
   attention      scaled_dot_product_attention and its backward, with everything inside them
-  communication  collectives (all_reduce, gloo/nccl work; at TP=1 megatron's vocab-parallel
-                 cross entropy still all-reduces over the 1-rank group, and the trainer all-reduces
-                 the loss over data parallel)
+  communication  collectives (all_reduce, gloo/nccl work; at TP=1 the trainer's loss all-reduce
+                 over data parallel, and with fused_head_loss: false megatron's vocab-parallel
+                 cross entropy over its 1-rank group)
   matmul         aten::mm/addmm/bmm/matmul/linear (with the layout copies they do inside)
   elementwise    every other aten op: RMSNorm, SiLU and the gate product, rotary, residual adds,
                  dtype casts, embedding, cross entropy, autograd's gradient sums

@@ -19,12 +19,13 @@ Implementations, each in its own fresh process, run one after the other:
   ours_tp2   the same with model_parallel_size 2 on 2 processes (not with --tp 1); same global batch.
   plain      neox.model.LlamaModel without DeepSpeed, same precision policy written out by hand:
              bf16 weights and compute, bf16 gradients added into fp32 gradient buffers, clipping and
-             torch.optim.AdamW on fp32 master copies, master copied back into the bf16 weights. The
+             fused torch.optim.AdamW (as ours) on fp32 master copies, master copied back into the bf16
+             weights; the same model config as ours (fused head loss, --set keys). The
              framework-overhead floor for ours (TP=1 megatron-core layers on a 1-process gloo group).
              Master weights and fp32 gradients are flat buffers per parameter group (weights with
              and without decay), as in DeepSpeed's BF16_Optimizer, so AdamW updates 2 tensors.
   hf         transformers.LlamaForCausalLM (random init from LlamaConfig, SDPA attention) the way a
-             user runs it with the same policy: fp32 weights, gradients and AdamW state, forward under
+             user runs it with the same policy: fp32 weights, gradients and torch's default AdamW, forward under
              torch.autocast(bfloat16) (matmuls and attention in bf16), loss on fp32 logits, clipping.
 
 Warm-up steps are excluded; the reported step time is the median over the measured steps and
