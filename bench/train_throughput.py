@@ -432,12 +432,24 @@ def main(argv=None):
     total = args.warmup + args.steps
     import yaml
 
+    from neox.config import KEY_TO_SECTION, _unknown_key_error, normalize_key
+
     settings = {}
     for item in args.set:
         key, eq, value = item.partition("=")
+        key = normalize_key(key.strip())
         if not eq or not key:
             p.error(f"--set wants KEY=VALUE, got {item!r}")
-        settings[key.strip()] = yaml.safe_load(value)
+        if key not in KEY_TO_SECTION:
+            p.error(str(_unknown_key_error(key, "--set")))
+        settings[key] = yaml.safe_load(value)
+    from neox.config import ConfigError, NeoXConfig, _coerce_all, validate
+
+    try:  # the values too, before anything is measured
+        validate(NeoXConfig.from_flat(_coerce_all({**neox_flat(shape, total, "unused", "unused"), **settings})),
+                 dry_run=True)
+    except ConfigError as e:
+        p.error(f"--set: {e}")
     threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
 
     import torch
