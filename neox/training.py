@@ -110,9 +110,12 @@ def build_engine(cfg: NeoXConfig, model: torch.nn.Module):
 
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(cfg, model),
                                            config=deepspeed_config(cfg), mpu=distributed.MegatronCoreMPU())
-    if ps.get_data_parallel_world_size() == 1:
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+    if ps.get_data_parallel_world_size() == 1 and isinstance(engine.optimizer, BF16_Optimizer):
         # nothing to average: DeepSpeed would still flatten every gradient into one buffer,
-        # all-reduce it over the 1-rank group and copy it back (7% of a benchmark step on CPU)
+        # all-reduce it over the 1-rank group and copy it back (7% of a benchmark step on CPU).
+        # Only for bf16: the fp32 ZeRO optimizer collects its gradients in that reduction.
         engine.enable_backward_allreduce = False
     return engine
 
