@@ -51,7 +51,7 @@ def worker(impl: str, tokens: int, hidden: int, vocab: int, repeats: int) -> dic
     def one_pass():
         h = hidden_states.clone().requires_grad_(True)
         if impl == "fused":
-            loss = head_loss(h, weight, labels, None, vocab)
+            loss = head_loss(h, weight, labels, None, valid_local=vocab)
         else:
             logits = torch.matmul(h, weight.t())
             loss = mtp.vocab_parallel_cross_entropy(logits.float(), labels).mean()

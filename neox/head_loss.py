@@ -77,14 +77,13 @@ class _HeadLoss(torch.autograd.Function):
         return grad_hidden * scale, grad_weight * scale, None, None, None, None, None
 
 
-def head_loss(hidden, weight, labels, loss_mask, vocab_size: int):
+def head_loss(hidden, weight, labels, loss_mask, valid_local: int):
     """Mean token loss (weighted by loss_mask) of hidden [b, s, h] through this rank's vocab slice
-    ``weight`` [vocab/tp, h] of the column-parallel output head; equal to lm_head + -inf padding
-    mask + vocab_parallel_cross_entropy."""
-    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    ``weight`` [vocab/tp, h] of the column-parallel output head, whose first ``valid_local`` rows
+    are real tokens (the rest padding); equal to lm_head + -inf padding mask +
+    vocab_parallel_cross_entropy."""
     local_vocab = weight.shape[0]
-    vocab_start = tp_rank * local_vocab
-    valid_local = max(0, min(local_vocab, vocab_size - vocab_start))
+    vocab_start = parallel_state.get_tensor_model_parallel_rank() * local_vocab
     flat_hidden = mtp.copy_to_tensor_model_parallel_region(hidden.reshape(-1, hidden.shape[-1]))
     flat_labels = labels.reshape(-1)
     if loss_mask is None:

@@ -212,15 +212,20 @@ class LlamaModel(nn.Module):
                 x = layer(x, cos, sin)
         x = self.final_norm(x)
         if labels is not None and self.cfg.model.fused_head_loss:  # never materialises all logits
-            return head_loss(x, self.lm_head.weight, labels, loss_mask, self.vocab_size)
+            return head_loss(x, self.lm_head.weight, labels, loss_mask, self._real_local_vocab())
         logits = self._mask_vocab_padding(self.lm_head(x)[0])
         if labels is None:
             return logits
         return self.loss(logits, labels, loss_mask)
 
+    def _real_local_vocab(self) -> int:
+        """How many of this rank's vocabulary rows are real tokens (the rest is padding)."""
+        local = self.padded_vocab_size // self.tp
+        return max(0, min(local, self.vocab_size - self.tp_rank * local))
+
     def _mask_vocab_padding(self, logits):
         local = self.padded_vocab_size // self.tp
-        first_pad = self.vocab_size - self.tp_rank * local  # local index of the first padded row
+        first_pad = self._real_local_vocab()  # local index of the first padded row
         if first_pad >= local:
             return logits
         mask = torch.arange(local, device=logits.device) >= first_pad

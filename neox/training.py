@@ -107,11 +107,10 @@ def _dp_mean(t: torch.Tensor) -> torch.Tensor:
 def build_engine(cfg: NeoXConfig, model: torch.nn.Module):
     """The DeepSpeed engine around the model: our AdamW, ZeRO-1, bf16, the megatron-core mpu."""
     import deepspeed
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
 
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(cfg, model),
                                            config=deepspeed_config(cfg), mpu=distributed.MegatronCoreMPU())
-    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
-
     if ps.get_data_parallel_world_size() == 1 and isinstance(engine.optimizer, BF16_Optimizer):
         # nothing to average: DeepSpeed would still flatten every gradient into one buffer,
         # all-reduce it over the 1-rank group and copy it back (7% of a benchmark step on CPU).
@@ -121,7 +120,6 @@ def build_engine(cfg: NeoXConfig, model: torch.nn.Module):
 
 
 def train(cfg: NeoXConfig):
-
     distributed.init_distributed(cfg.parallel.model_parallel_size)
     seed_everything(cfg.misc.seed)
     print_rank0("resolved config:\n" + json.dumps({**cfg.to_flat(), "derived": derived(cfg)}, indent=1))
