@@ -11,8 +11,10 @@ import argparse
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,11 +25,44 @@ from neox.ports import free_port  # noqa: E402
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("script", help="training script, normally train.py")
-    p.add_argument("configs", nargs="+", help="YAML files, merged in order")
+    p.add_argument("configs", nargs="*", help="YAML files, merged in order")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key; dotted keys reach nested values (optimizer.params.lr=3e-4)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.script.endswith((".yml", ".yaml")):
+        p.error(f"the first argument must be the training script, then the configs: "
+                f"python deepy.py train.py {' '.join([args.script, *args.configs])}")
+    if not args.configs:
+        p.error("give at least one config file after the training script: python deepy.py train.py CONFIG.yml")
+    return args
+
+
+def check_process_count(num_gpus: int) -> None:
+    """One process per GPU: never more processes than GPUs (or CPU cores on a CPU machine)."""
+    import torch
+
+    if torch.cuda.is_available():
+        found, what = torch.cuda.device_count(), "GPUs"
+    else:
+        found, what = os.cpu_count() or 1, "CPU cores and no GPU"
+    if num_gpus > found:
+        raise ConfigError(f"key 'num_gpus' ({num_gpus}) asks for {num_gpus} processes on this node, but it has "
+                          f"{found} {what}; lower num_gpus (and model_parallel_size) or use slurm/ for more nodes")
+
+
+def first_build_notice() -> str:
+    """A line to print before DeepSpeed compiles its CPU communication op for the first time."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    try:
+        built = os.path.isdir(_get_build_directory("deepspeed_shm_comm", verbose=False))
+    except Exception:  # a private helper; if it moves, say nothing rather than fail
+        return ""
+    if built:
+        return ""
+    return ("deepy: first run on this machine: DeepSpeed compiles its CPU communication op (deepspeed_shm_comm) "
+            "with the C++ compiler before training starts (about 3 minutes on 2 cores; later runs reuse it)")
 
 
 def encode_config(flat: dict) -> str:
@@ -50,25 +85,81 @@ def main(argv=None) -> int:
         from neox.planner import format_plan
 
         print(format_plan(cfg, info), file=sys.stderr)
-        print(json.dumps({**cfg.to_flat(), "derived": info}))
+        print(json.dumps({**cfg.to_flat(), "derived": info, "gpt_neox": cfg.gpt_neox}))
         return 0
 
     if cfg.parallel.num_nodes > 1:
         print(f"error: num_nodes={cfg.parallel.num_nodes}: deepy.py starts processes on this node only; "
               "launch multi-node runs with the scripts in slurm/ (or -o num_nodes=1)", file=sys.stderr)
         return 2
+    try:
+        check_process_count(cfg.parallel.num_gpus)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     env = dict(os.environ)
     import torch
 
     if not torch.cuda.is_available():  # CPU: DeepSpeed's CPU accelerator, gloo, 1 thread team per rank
+        notice = first_build_notice()
+        if notice:
+            print(notice, file=sys.stderr, flush=True)
         env.setdefault("DS_ACCELERATOR", "cpu")
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.parallel.num_gpus)))
-    print("deepy: " + json.dumps({"derived": info}), file=sys.stderr)
+    log_path = os.path.join(cfg.logging.log_dir, "launcher.log")
+    print(startup_line(cfg, info, torch.cuda.is_available(), log_path), file=sys.stderr, flush=True)
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner",
            "--num_gpus", str(cfg.parallel.num_gpus),
            "--master_port", str(cfg.parallel.master_port or free_port()),
            args.script, "--neox-config-b64", encode_config(cfg.to_flat())]
-    return subprocess.call(cmd, env=env)
+    return run_quietly(cmd, env, log_path)
+
+
+def startup_line(cfg, info: dict, cuda: bool, log_path: str) -> str:
+    device = "GPUs, nccl" if cuda else "CPU, gloo"
+    params = f"{info['num_parameters']:,} parameters, " if "num_parameters" in info else ""
+    return (f"deepy: {cfg.parallel.num_gpus} processes ({device}; TP {cfg.parallel.model_parallel_size} x DP "
+            f"{cfg.data_parallel_size}), {params}{info['tokens_per_step']:,} tokens per step, "
+            f"{cfg.schedule.train_iters} steps; launcher and library messages: {log_path}")
+
+
+# Lines of the DeepSpeed launcher and of library start-up chatter that tell a user nothing new: they go
+# to <log_dir>/launcher.log only. Errors, tracebacks and everything of ours still reach the terminal.
+NOISE = re.compile(
+    r"^\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING)\] \[(runner|launch)\.py:\d+:\w+\] (?!.*(return code|Killing))"
+    r"|^DeepSpeed deepspeed\.ops\.\S+ built successfully"
+    r"|^(MA [\d.]+ GB |CPU Virtual Memory: |begin bf16_optimizer|end bf16_ optimizer|(before|after) initializing group \d+)")
+
+
+def run_quietly(cmd: list, env: dict, log_path: str) -> int:
+    """Run the launcher; every line goes to log_path, all but the NOISE lines also to the terminal."""
+    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+    with open(log_path, "a") as log, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                                     stderr=subprocess.PIPE, text=True, bufsize=1) as proc:
+        lock = threading.Lock()
+
+        def pump(stream, out):
+            for line in stream:
+                with lock:
+                    log.write(line)
+                    log.flush()
+                if not NOISE.match(line):
+                    out.write(line)
+                    out.flush()
+
+        pumps = [threading.Thread(target=pump, args=(proc.stdout, sys.stdout), daemon=True),
+                 threading.Thread(target=pump, args=(proc.stderr, sys.stderr), daemon=True)]
+        for t in pumps:
+            t.start()
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:  # the ranks got it too (same process group): let them finish
+                continue
+        for t in pumps:
+            t.join(timeout=10)
+        return code
 
 
 if __name__ == "__main__":

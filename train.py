@@ -16,8 +16,13 @@ import base64
 import json
 import os
 import sys
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# megatron-core warns at import that optional CUDA libraries are absent (we use neither) and, on
+# every TP layer, about a CUDA setting; neither is actionable here.
+warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+warnings.filterwarnings("ignore", message="When using async grad allreduce it is recommended")
 
 from neox.config import ConfigError, config_from_flat, fit_to_cluster, load_config  # noqa: E402
 
@@ -33,12 +38,18 @@ def config_from_args(argv):
         return config_from_flat(json.loads(base64.urlsafe_b64decode(args.neox_config_b64.encode())))
     if not args.configs:
         p.error("give config files (or start through deepy.py)")
-    cfg = load_config(args.configs, args.override)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     nodes = int(os.environ.get("NEOX_NUM_NODES") or os.environ.get("SLURM_NNODES") or
                 world // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     if world % nodes:
         raise ConfigError(f"WORLD_SIZE {world} is not a multiple of the node count {nodes}")
+    # A config that names no cluster (GPT-NeoX's do not) takes the one it was started on.
+    cluster = {"num_nodes": nodes, "num_gpus": world // nodes}
+    cfg = load_config(args.configs, args.override, unset_defaults=cluster)
+    if "WORLD_SIZE" not in os.environ and cfg.world_size > 1:
+        raise ConfigError(f"train.py runs one process per GPU and was started as a single process, but the config "
+                          f"needs {cfg.world_size}: start it with python deepy.py train.py {' '.join(args.configs)} "
+                          "(or torchrun --nproc_per_node=N train.py ..., or slurm/)")
     if (nodes, world // nodes) != (cfg.parallel.num_nodes, cfg.parallel.num_gpus):
         before = (cfg.world_size, cfg.batch.train_micro_batch_size_per_gpu, cfg.batch.gradient_accumulation_steps)
         cfg = fit_to_cluster(cfg, nodes, world // nodes)
@@ -59,7 +70,10 @@ def main(argv=None):
         from neox.training import train
 
         train(cfg)
-    except (ConfigError, CheckpointError, GuardStop) as e:  # one line naming the key or file, not a traceback
+    except ConfigError as e:  # one line naming the key or file, not a traceback; 2 as in deepy.py
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except (CheckpointError, GuardStop) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
 

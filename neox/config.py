@@ -17,9 +17,32 @@ from typing import Any, Optional
 
 import yaml
 
+from neox.gpt_neox_keys import GPT_NEOX_KEYS, GPTNeoXKeyError, check_zero_optimization, translate
+
 
 class ConfigError(ValueError):
     """A config problem; the message is one line that names the key (or file)."""
+
+
+def _positive(section, *keys: str) -> None:
+    for key in keys:
+        value = getattr(section, key)
+        if value is not None and not value > 0:  # `not > 0` also catches NaN
+            raise ConfigError(f"key '{key}' must be positive, got {value}")
+
+
+def _finite(section, *keys: str) -> None:
+    for key in keys:
+        value = getattr(section, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"key '{key}' must be a finite number, got {value}")
+
+
+def _gpt_neox_call(fn, *args):
+    try:
+        return fn(*args)
+    except GPTNeoXKeyError as e:
+        raise ConfigError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- sections
@@ -46,6 +69,44 @@ class ModelArgs:
     compile_blocks: bool = False  # torch.compile each transformer block (on CPU needs a C++ compiler)
     fused_head_loss: bool = True  # output head + cross entropy chunk by chunk (neox.head_loss)
 
+    def check(self) -> None:
+        _positive(self, "num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "intermediate_size",
+                  "seq_length", "max_position_embeddings", "rotary_emb_base", "vocab_size",
+                  "make_vocab_size_divisible_by", "rms_norm_epsilon")
+        _finite(self, "rms_norm_epsilon", "init_method_std", "rotary_emb_base")
+        if self.num_kv_heads is None:
+            self.num_kv_heads = self.num_attention_heads
+        if self.max_position_embeddings is None:
+            self.max_position_embeddings = self.seq_length
+        if self.seq_length > self.max_position_embeddings:
+            raise ConfigError(f"key 'seq_length' ({self.seq_length}) exceeds 'max_position_embeddings' "
+                              f"({self.max_position_embeddings})")
+        if self.norm != "rmsnorm":
+            raise ConfigError(f"key 'norm' must be 'rmsnorm' (Llama), got '{self.norm}'")
+        if self.attention_impl not in ("auto", "sdpa", "flash"):
+            raise ConfigError(f"key 'attention_impl' must be auto, sdpa or flash, got '{self.attention_impl}'")
+        self._check_checkpoint_layers()
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"key 'hidden_size' ({self.hidden_size}) must be divisible by "
+                              f"'num_attention_heads' ({self.num_attention_heads})")
+        if self.num_attention_heads % self.num_kv_heads:
+            raise ConfigError(f"key 'num_attention_heads' ({self.num_attention_heads}) must be divisible "
+                              f"by 'num_kv_heads' ({self.num_kv_heads})")
+        if (self.hidden_size // self.num_attention_heads) % 2:
+            raise ConfigError("key 'hidden_size': head dimension must be even for rotary embeddings")
+
+    def _check_checkpoint_layers(self) -> None:
+        layers = self.checkpoint_layers
+        if layers is None:
+            return
+        if not self.checkpoint_activations:
+            raise ConfigError(f"key 'checkpoint_layers' ({layers}) is set but 'checkpoint_activations' is "
+                              "false; set checkpoint_activations: true to checkpoint these layers")
+        bad = [x for x in layers if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < self.num_layers]
+        if bad or not layers or len(set(layers)) != len(layers):
+            raise ConfigError(f"key 'checkpoint_layers' must be a non-empty list of distinct layer indices in "
+                              f"0..{self.num_layers - 1} (num_layers is {self.num_layers}), got {layers!r}")
+
     def checkpointed_layers(self) -> list:
         """Indices of the layers whose activations are recomputed in backward."""
         if not self.checkpoint_activations:
@@ -64,12 +125,23 @@ class ParallelArgs:
     launcher: str = "local"
     master_port: Optional[int] = None
 
+    def check(self) -> None:
+        _positive(self, "model_parallel_size", "num_gpus", "num_nodes")
+        if self.pipe_parallel_size > 1:
+            raise ConfigError(f"key 'pipe_parallel_size' ({self.pipe_parallel_size}) is not supported; "
+                              "use 0 or 1 (Llemma used tensor parallelism only)")
+        if self.launcher not in ("local", "slurm"):
+            raise ConfigError(f"key 'launcher' must be 'local' or 'slurm', got '{self.launcher}'")
+
 
 @dataclass
 class BatchArgs:
     train_micro_batch_size_per_gpu: Optional[int] = None
     gradient_accumulation_steps: Optional[int] = None
     train_batch_size: Optional[int] = None  # global batch, in sequences
+
+    def check(self) -> None:
+        _positive(self, "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
 
 
 @dataclass
@@ -85,6 +157,39 @@ class OptimizerArgs:
     zero_optimization: dict = field(default_factory=lambda: {"stage": 1})
     precision: str = "bf16"  # bf16 | fp32
 
+    def check(self) -> None:
+        opt = self.optimizer
+        if not isinstance(opt.get("params"), dict) or "lr" not in opt["params"]:
+            raise ConfigError("key 'optimizer' needs params.lr (e.g. optimizer: {type: AdamW, params: {lr: 1e-4}})")
+        if str(opt.get("type", "AdamW")).lower() not in ("adam", "adamw"):
+            raise ConfigError(f"key 'optimizer.type' must be Adam or AdamW, got '{opt.get('type')}'")
+        unknown = set(opt["params"]) - {"lr", "betas", "eps"}
+        if unknown:
+            raise ConfigError(f"key 'optimizer.params' has unsupported entries {sorted(unknown)}")
+        params = opt["params"]
+        params["lr"] = _coerce("optimizer.params.lr", params["lr"], "float")
+        params["eps"] = _coerce("optimizer.params.eps", params.get("eps", 1e-8), "float")
+        betas = params.get("betas", [0.9, 0.95])
+        if not (isinstance(betas, list) and len(betas) == 2):
+            raise ConfigError(f"key 'optimizer.params.betas' must be a list of two floats, got {betas!r}")
+        params["betas"] = [_coerce("optimizer.params.betas", x, "float") for x in betas]
+        opt.setdefault("type", "AdamW")
+        if not params["lr"] > 0 or not math.isfinite(params["lr"]):
+            raise ConfigError(f"key 'optimizer.params.lr' must be positive, got {params['lr']}")
+        if not all(math.isfinite(x) for x in [params["eps"], *params["betas"]]):
+            raise ConfigError(f"key 'optimizer.params' must hold finite numbers, got {params!r}")
+        precision = PRECISIONS.get(str(self.precision).lower())
+        if precision is None:
+            raise ConfigError(f"key 'precision' must be bf16 or fp32, got '{self.precision}'")
+        self.precision = precision
+        stage = self.zero_optimization.get("stage", 0)
+        if stage not in (0, 1):
+            raise ConfigError(f"key 'zero_optimization.stage' must be 0 or 1, got {stage!r}")
+        _gpt_neox_call(check_zero_optimization, self.zero_optimization)
+        _finite(self, "gradient_clipping", "weight_decay")
+        if self.gradient_clipping < 0 or self.weight_decay < 0:
+            raise ConfigError("keys 'gradient_clipping' and 'weight_decay' must be >= 0")
+
 
 @dataclass
 class ScheduleArgs:
@@ -93,6 +198,19 @@ class ScheduleArgs:
     lr_decay_iters: Optional[int] = None  # None: train_iters
     warmup_iters: int = 0
     min_lr: float = 0.0
+
+    def check(self) -> None:
+        _positive(self, "train_iters", "lr_decay_iters")
+        _finite(self, "min_lr")
+        if self.lr_decay_style not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"key 'lr_decay_style' must be cosine, linear or constant, got '{self.lr_decay_style}'")
+        if self.lr_decay_iters is None:
+            self.lr_decay_iters = self.train_iters
+        if self.min_lr < 0 or self.warmup_iters < 0:
+            raise ConfigError("keys 'min_lr' and 'warmup_iters' must be >= 0")
+        if self.warmup_iters >= self.lr_decay_iters:
+            raise ConfigError(f"key 'warmup_iters' ({self.warmup_iters}) must be < 'lr_decay_iters' "
+                              f"({self.lr_decay_iters})")
 
 
 @dataclass
@@ -105,6 +223,20 @@ class DataArgs:
     tokenizer_type: str = "SPMTokenizer"
     data_cache_dir: Optional[str] = None  # where sample-index caches go (None: beside the data)
 
+    def check(self) -> None:
+        if not self.train_data_paths:
+            raise ConfigError("key 'train_data_paths' is required (tokenized .bin/.idx prefixes)")
+        if self.train_data_weights is not None:
+            if len(self.train_data_weights) != len(self.train_data_paths):
+                raise ConfigError(f"key 'train_data_weights' has {len(self.train_data_weights)} entries "
+                                  f"but 'train_data_paths' has {len(self.train_data_paths)}")
+            weights = [_coerce("train_data_weights", w, "float") for w in self.train_data_weights]
+            if any(not (w >= 0 and math.isfinite(w)) for w in weights) or sum(weights) <= 0:
+                raise ConfigError("key 'train_data_weights' must be non-negative with a positive sum")
+            self.train_data_weights = weights
+        if self.tokenizer_type not in ("SPMTokenizer", "SentencePieceTokenizer"):
+            raise ConfigError(f"key 'tokenizer_type' must be SPMTokenizer, got '{self.tokenizer_type}'")
+
 
 @dataclass
 class CheckpointArgs:
@@ -115,6 +247,15 @@ class CheckpointArgs:
     keep_last_n_checkpoints: Optional[int] = None  # None: keep all; never deletes the newest
     reference_loss_tolerance: float = 1e-3  # guarded start: |loss - converter's loss| allowed
 
+    def check(self) -> None:
+        _finite(self, "reference_loss_tolerance")
+        if self.keep_last_n_checkpoints is not None and self.keep_last_n_checkpoints < 1:
+            raise ConfigError(f"key 'keep_last_n_checkpoints' must be >= 1, got {self.keep_last_n_checkpoints}")
+        if self.checkpoint_factor is not None and self.checkpoint_factor <= 0:
+            raise ConfigError(f"key 'checkpoint_factor' must be positive, got {self.checkpoint_factor}")
+        if self.finetune and not self.load:
+            raise ConfigError("key 'finetune' is true but 'load' is not set (which checkpoint to start from?)")
+
 
 @dataclass
 class LoggingArgs:
@@ -124,14 +265,29 @@ class LoggingArgs:
     eval_iters: int = 0
     use_wandb: bool = False
     wandb_project: str = "llemma-neox"
+    wandb_group: Optional[str] = None
+    wandb_entity: Optional[str] = None  # GPT-NeoX's wandb_team
     use_tensorboard: bool = False
     peak_flops_per_gpu: float = 312e12  # A100 bf16 dense peak, for MFU
+
+    def check(self) -> None:
+        _positive(self, "log_interval", "peak_flops_per_gpu")
+        _finite(self, "peak_flops_per_gpu")
+        if self.eval_interval is not None and self.eval_interval <= 0:
+            raise ConfigError(f"key 'eval_interval' must be positive, got {self.eval_interval}")
+        if self.eval_iters < 0:
+            raise ConfigError(f"key 'eval_iters' must be >= 0, got {self.eval_iters}")
 
 
 @dataclass
 class PlannerArgs:
     gpu_memory_gib: float = 40.0  # A100-40GB, as Llemma; a plan above it is an error
     planner_mfu: float = 0.35  # for the GPU-hours estimate of --dry-run
+
+    def check(self) -> None:
+        _finite(self, "gpu_memory_gib", "planner_mfu")
+        if not 0 < self.planner_mfu <= 1:
+            raise ConfigError(f"key 'planner_mfu' must be in (0, 1], got {self.planner_mfu}")
 
 
 @dataclass
@@ -144,10 +300,20 @@ class GuardArgs:
     max_bad_steps_in_a_row: int = 3  # this many skipped steps in a row also roll back
     max_rollbacks: int = 5  # one more rollback stops the run with an error
 
+    def check(self) -> None:
+        _positive(self, "loss_spike_window", "loss_spike_min_history", "max_bad_steps_in_a_row")
+        _finite(self, "loss_spike_std_factor")
+        if self.loss_spike_std_factor < 0 or self.max_rollbacks < 0:
+            raise ConfigError("keys 'loss_spike_std_factor' and 'max_rollbacks' must be >= 0")
+
 
 @dataclass
 class MiscArgs:
     seed: int = 1234
+
+    def check(self) -> None:
+        if self.seed < 0:
+            raise ConfigError(f"key 'seed' must be >= 0, got {self.seed}")
 
 
 SECTIONS = {
@@ -169,6 +335,11 @@ REQUIRED = [
     "num_layers", "hidden_size", "num_attention_heads", "intermediate_size", "seq_length",
     "rotary_emb_base", "train_iters", "train_micro_batch_size_per_gpu",
 ]
+REQUIRED_HINTS = {
+    "rotary_emb_base": (" (GPT-NeoX would have used its default 10000 silently; Code Llama was trained at "
+                        "1000000, Llemma 7B at 10000: say which)"),
+    "intermediate_size": " (the MLP width; GPT-NeoX configs may give mlp_type: llama or activation: swiglu instead)",
+}
 PRECISIONS = {"bf16": "bf16", "bfloat16": "bf16", "fp32": "fp32", "float32": "fp32"}
 
 
@@ -186,6 +357,8 @@ class NeoXConfig:
     guard: GuardArgs
     misc: MiscArgs
     warnings: list = field(default_factory=list)
+    explicit: set = field(default_factory=set)  # keys the files and overrides set
+    gpt_neox: dict = field(default_factory=dict)  # GPT-NeoX keys: {"translated": [...], "no_effect": [...]}
 
     # ---- conveniences used all over the trainer
     @property
@@ -217,7 +390,7 @@ class NeoXConfig:
         kwargs = {sec: {} for sec in SECTIONS}
         for key, value in flat.items():
             kwargs[KEY_TO_SECTION[key]][key] = value
-        return cls(**{sec: SECTIONS[sec](**kw) for sec, kw in kwargs.items()})
+        return cls(**{sec: SECTIONS[sec](**kw) for sec, kw in kwargs.items()}, explicit=set(flat))
 
 
 def padded_vocab_size(vocab: Optional[int], divisible_by: int, tp: int) -> Optional[int]:
@@ -244,9 +417,48 @@ def _normalize_tree(value):
 
 
 def _unknown_key_error(key: str, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, list(KEY_TO_SECTION), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, list(KEY_TO_SECTION) + list(GPT_NEOX_KEYS), n=1, cutoff=0.6)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return ConfigError(f"unknown key '{key}' in {where}{hint}")
+
+
+def _known(key: str) -> bool:
+    return key in KEY_TO_SECTION or key in GPT_NEOX_KEYS
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (PyYAML keeps the last)."""
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"{loader.name}: key '{key}' is set twice (lines {seen[key] + 1} and "
+                              f"{key_node.start_mark.line + 1})")
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def _read_yaml(path: str):
+    try:
+        with open(path) as f:
+            loader = _StrictLoader(f)
+            loader.name = path
+            try:
+                return loader.get_single_data()
+            finally:
+                loader.dispose()
+    except yaml.YAMLError as e:
+        # the context mark (e.g. the key whose ':' is missing) is the line to fix; the problem
+        # mark is where the parser noticed, often the line after
+        mark = getattr(e, "context_mark", None) or getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
 
 
 def load_yaml_files(paths: list[str]) -> tuple[dict, dict]:
@@ -255,18 +467,12 @@ def load_yaml_files(paths: list[str]) -> tuple[dict, dict]:
     for path in paths:
         if not os.path.isfile(path):
             raise ConfigError(f"config file not found: {path}")
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        data = _read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping of keys to values")
         for raw_key, value in data.items():
             key = normalize_key(str(raw_key))
-            if key not in KEY_TO_SECTION:
+            if not _known(key):
                 raise _unknown_key_error(key, path)
             if key in merged:
                 raise ConfigError(f"key '{key}' is set in both {origin[key]} and {path}")
@@ -283,7 +489,7 @@ def apply_overrides(flat: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override '{item}' must look like key=value")
         dotted, raw = item.split("=", 1)
         parts = [normalize_key(p) for p in dotted.strip().split(".")]
-        if parts[0] not in KEY_TO_SECTION:
+        if not _known(parts[0]):
             raise _unknown_key_error(parts[0], "-o overrides")
         value = _normalize_tree(yaml.safe_load(raw)) if raw.strip() else None
         if len(parts) == 1:
@@ -307,6 +513,8 @@ def _deepcopy(v):
 
 
 def _default_of(key: str):
+    if key not in KEY_TO_SECTION:  # a GPT-NeoX block such as bf16.enabled
+        return {}
     cls = SECTIONS[KEY_TO_SECTION[key]]
     f = next(f for f in dataclasses.fields(cls) if f.name == key)
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -377,79 +585,46 @@ def _data_files(prefix: str) -> list[str]:
 def validate(cfg: NeoXConfig, dry_run: bool = False) -> NeoXConfig:
     """Check every rule that can be checked before spawning; fill derived defaults in place.
 
-    With dry_run, missing data/checkpoint/tokenizer files become warnings (so a 256-GPU config
-    can be planned on a laptop); everything else is still an error.
+    Each section checks its own keys (``check``); the rules that span sections follow. With
+    dry_run, missing data/checkpoint/tokenizer files become warnings (so a 256-GPU config can be
+    planned on a laptop); everything else is still an error.
     """
-    m, p, b, o, s, d, c, lg = (cfg.model, cfg.parallel, cfg.batch, cfg.optim, cfg.schedule,
-                               cfg.data, cfg.checkpoint, cfg.logging)
     flat = cfg.to_flat()
     for key in REQUIRED:
         if flat[key] is None:
-            raise ConfigError(f"key '{key}' is required")
+            raise ConfigError(f"key '{key}' is required" + REQUIRED_HINTS.get(key, ""))
+    for sec in SECTIONS:
+        getattr(cfg, sec).check()
+    check_tensor_parallel(cfg)
+    check_batch(cfg)
+    check_lr_range(cfg)
+    check_files(cfg, dry_run)
+    check_vocab_and_memory(cfg)
+    return cfg
 
-    def positive(key, value):
-        if value is not None and value <= 0:
-            raise ConfigError(f"key '{key}' must be positive, got {value}")
 
-    for key in ["num_layers", "hidden_size", "num_attention_heads", "num_kv_heads",
-                "intermediate_size", "seq_length", "max_position_embeddings", "rotary_emb_base",
-                "vocab_size", "make_vocab_size_divisible_by", "model_parallel_size", "num_gpus",
-                "num_nodes", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                "train_batch_size", "train_iters", "lr_decay_iters", "log_interval",
-                "rms_norm_epsilon", "peak_flops_per_gpu", "loss_spike_window",
-                "loss_spike_min_history", "max_bad_steps_in_a_row"]:
-        positive(key, flat[key])
-    if m.num_kv_heads is None:
-        m.num_kv_heads = m.num_attention_heads
-    if m.max_position_embeddings is None:
-        m.max_position_embeddings = m.seq_length
-    if m.seq_length > m.max_position_embeddings:
-        raise ConfigError(f"key 'seq_length' ({m.seq_length}) exceeds 'max_position_embeddings' "
-                          f"({m.max_position_embeddings})")
-    if m.norm != "rmsnorm":
-        raise ConfigError(f"key 'norm' must be 'rmsnorm' (Llama), got '{m.norm}'")
-    if m.attention_impl not in ("auto", "sdpa", "flash"):
-        raise ConfigError(f"key 'attention_impl' must be auto, sdpa or flash, got '{m.attention_impl}'")
-    if m.checkpoint_layers is not None:
-        layers = m.checkpoint_layers
-        if not m.checkpoint_activations:
-            raise ConfigError(f"key 'checkpoint_layers' ({layers}) is set but 'checkpoint_activations' is "
-                              "false; set checkpoint_activations: true to checkpoint these layers")
-        bad = [x for x in layers if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < m.num_layers]
-        if bad or not layers or len(set(layers)) != len(layers):
-            raise ConfigError(f"key 'checkpoint_layers' must be a non-empty list of distinct layer indices in "
-                              f"0..{m.num_layers - 1} (num_layers is {m.num_layers}), got {layers!r}")
+# ----------------------------------------------------------------------------- rules across sections
 
+
+def check_tensor_parallel(cfg: NeoXConfig) -> None:
+    """Heads, KV heads, MLP width and the GPU count divide by the tensor-parallel size."""
+    m, p = cfg.model, cfg.parallel
     tp = p.model_parallel_size
-    if m.hidden_size % m.num_attention_heads:
-        raise ConfigError(f"key 'hidden_size' ({m.hidden_size}) must be divisible by "
-                          f"'num_attention_heads' ({m.num_attention_heads})")
-    if m.num_attention_heads % m.num_kv_heads:
-        raise ConfigError(f"key 'num_attention_heads' ({m.num_attention_heads}) must be divisible "
-                          f"by 'num_kv_heads' ({m.num_kv_heads})")
-    if m.num_attention_heads % tp:
-        raise ConfigError(f"key 'num_attention_heads' ({m.num_attention_heads}) must be divisible "
-                          f"by 'model_parallel_size' ({tp})")
-    if m.num_kv_heads % tp:
-        raise ConfigError(f"key 'num_kv_heads' ({m.num_kv_heads}) must be divisible by "
-                          f"'model_parallel_size' ({tp})")
-    if m.intermediate_size % tp:
-        raise ConfigError(f"key 'intermediate_size' ({m.intermediate_size}) must be divisible by "
-                          f"'model_parallel_size' ({tp})")
-    if (m.hidden_size // m.num_attention_heads) % 2:
-        raise ConfigError("key 'hidden_size': head dimension must be even for rotary embeddings")
-    if p.pipe_parallel_size > 1:
-        raise ConfigError(f"key 'pipe_parallel_size' ({p.pipe_parallel_size}) is not supported; "
-                          "use 0 or 1 (Llemma used tensor parallelism only)")
+    for key in ("num_attention_heads", "num_kv_heads", "intermediate_size"):
+        if getattr(m, key) % tp:
+            raise ConfigError(f"key '{key}' ({getattr(m, key)}) must be divisible by 'model_parallel_size' ({tp})")
     if p.num_gpus % tp:
-        raise ConfigError(f"key 'num_gpus' ({p.num_gpus}) must be divisible by "
-                          f"'model_parallel_size' ({tp})")
-    if p.launcher not in ("local", "slurm"):
-        raise ConfigError(f"key 'launcher' must be 'local' or 'slurm', got '{p.launcher}'")
+        hint = ""
+        if cfg.explicit and "num_gpus" not in cfg.explicit:
+            hint = ("; num_gpus is not set: GPT-NeoX configs name no GPU count (GPT-NeoX took it from the "
+                    "hostfile or Slurm): plan with -o num_gpus=8 -o num_nodes=32, or launch with slurm/")
+        raise ConfigError(f"key 'num_gpus' ({p.num_gpus}) must be divisible by 'model_parallel_size' ({tp})" + hint)
 
-    # the batch triple: micro x accum x data-parallel = global; one of accum/global may be derived
-    dp = cfg.data_parallel_size
-    micro = b.train_micro_batch_size_per_gpu
+
+def check_batch(cfg: NeoXConfig) -> None:
+    """micro x accum x data-parallel = global; one of accum / global may be derived."""
+    b = cfg.batch
+    dp, micro, tp = cfg.data_parallel_size, b.train_micro_batch_size_per_gpu, cfg.parallel.model_parallel_size
     if b.gradient_accumulation_steps is None and b.train_batch_size is None:
         b.gradient_accumulation_steps = 1
     if b.train_batch_size is None:
@@ -465,107 +640,75 @@ def validate(cfg: NeoXConfig, dry_run: bool = False) -> NeoXConfig:
             f"({micro}) x gradient_accumulation_steps ({b.gradient_accumulation_steps}) x "
             f"data-parallel size ({dp} = {cfg.world_size} GPUs / TP {tp})")
 
-    # optimizer and precision
-    opt = o.optimizer
-    if not isinstance(opt.get("params"), dict) or "lr" not in opt["params"]:
-        raise ConfigError("key 'optimizer' needs params.lr (e.g. optimizer: {type: AdamW, params: {lr: 1e-4}})")
-    if str(opt.get("type", "AdamW")).lower() not in ("adam", "adamw"):
-        raise ConfigError(f"key 'optimizer.type' must be Adam or AdamW, got '{opt.get('type')}'")
-    unknown = set(opt["params"]) - {"lr", "betas", "eps"}
-    if unknown:
-        raise ConfigError(f"key 'optimizer.params' has unsupported entries {sorted(unknown)}")
-    params = opt["params"]
-    params["lr"] = _coerce("optimizer.params.lr", params["lr"], "float")
-    params["eps"] = _coerce("optimizer.params.eps", params.get("eps", 1e-8), "float")
-    betas = params.get("betas", [0.9, 0.95])
-    if not (isinstance(betas, list) and len(betas) == 2):
-        raise ConfigError(f"key 'optimizer.params.betas' must be a list of two floats, got {betas!r}")
-    params["betas"] = [_coerce("optimizer.params.betas", x, "float") for x in betas]
-    opt.setdefault("type", "AdamW")
-    if params["lr"] <= 0:
-        raise ConfigError(f"key 'optimizer.params.lr' must be positive, got {params['lr']}")
-    precision = PRECISIONS.get(str(o.precision).lower())
-    if precision is None:
-        raise ConfigError(f"key 'precision' must be bf16 or fp32, got '{o.precision}'")
-    o.precision = precision
-    stage = o.zero_optimization.get("stage", 0)
-    if stage not in (0, 1):
-        raise ConfigError(f"key 'zero_optimization.stage' must be 0 or 1, got {stage!r}")
-    if o.gradient_clipping < 0 or o.weight_decay < 0:
-        raise ConfigError("keys 'gradient_clipping' and 'weight_decay' must be >= 0")
 
-    # schedule
-    if s.lr_decay_style not in ("cosine", "linear", "constant"):
-        raise ConfigError(f"key 'lr_decay_style' must be cosine, linear or constant, got '{s.lr_decay_style}'")
-    if s.lr_decay_iters is None:
-        s.lr_decay_iters = s.train_iters
-    if s.min_lr > params["lr"]:
-        raise ConfigError(f"key 'min_lr' ({s.min_lr}) must be <= optimizer.params.lr ({params['lr']})")
-    if s.min_lr < 0 or s.warmup_iters < 0:
-        raise ConfigError("keys 'min_lr' and 'warmup_iters' must be >= 0")
-    if s.warmup_iters >= s.lr_decay_iters:
-        raise ConfigError(f"key 'warmup_iters' ({s.warmup_iters}) must be < 'lr_decay_iters' "
-                          f"({s.lr_decay_iters})")
+def check_lr_range(cfg: NeoXConfig) -> None:
+    if cfg.schedule.min_lr > cfg.lr:
+        raise ConfigError(f"key 'min_lr' ({cfg.schedule.min_lr}) must be <= optimizer.params.lr ({cfg.lr})")
 
-    if cfg.guard.loss_spike_std_factor < 0 or cfg.guard.max_rollbacks < 0:
-        raise ConfigError("keys 'loss_spike_std_factor' and 'max_rollbacks' must be >= 0")
 
-    # data and files
-    if not d.train_data_paths:
-        raise ConfigError("key 'train_data_paths' is required (tokenized .bin/.idx prefixes)")
-    if d.train_data_weights is not None:
-        if len(d.train_data_weights) != len(d.train_data_paths):
-            raise ConfigError(f"key 'train_data_weights' has {len(d.train_data_weights)} entries "
-                              f"but 'train_data_paths' has {len(d.train_data_paths)}")
-        d.train_data_weights = [_coerce("train_data_weights", w, "float") for w in d.train_data_weights]
-        if any(w < 0 for w in d.train_data_weights) or sum(d.train_data_weights) <= 0:
-            raise ConfigError("key 'train_data_weights' must be non-negative with a positive sum")
-    if d.tokenizer_type not in ("SPMTokenizer", "SentencePieceTokenizer"):
-        raise ConfigError(f"key 'tokenizer_type' must be SPMTokenizer, got '{d.tokenizer_type}'")
-    if lg.eval_interval is not None and lg.eval_interval <= 0:
-        raise ConfigError(f"key 'eval_interval' must be positive, got {lg.eval_interval}")
-    if c.keep_last_n_checkpoints is not None and c.keep_last_n_checkpoints < 1:
-        raise ConfigError(f"key 'keep_last_n_checkpoints' must be >= 1, got {c.keep_last_n_checkpoints}")
-    if c.checkpoint_factor is not None and c.checkpoint_factor <= 0:
-        raise ConfigError(f"key 'checkpoint_factor' must be positive, got {c.checkpoint_factor}")
-    if c.finetune and not c.load:
-        raise ConfigError("key 'finetune' is true but 'load' is not set (which checkpoint to start from?)")
-
+def check_files(cfg: NeoXConfig, dry_run: bool) -> None:
+    """Data, tokenizer and the finetune checkpoint exist (warnings in a dry run)."""
+    d, c = cfg.data, cfg.checkpoint
     missing = []
     for key in ("train_data_paths", "valid_data_paths", "test_data_paths"):
         for prefix in getattr(d, key):
             missing += [(key, f) for f in _data_files(prefix) if not os.path.isfile(f)]
     if d.vocab_file is None:
-        if m.vocab_size is None:
+        if cfg.model.vocab_size is None:
             raise ConfigError("key 'vocab_file' is required (SentencePiece tokenizer.model)")
     elif not os.path.isfile(d.vocab_file):
         missing.append(("vocab_file", d.vocab_file))
     if c.load and c.finetune and not os.path.isfile(os.path.join(c.load, "latest")):
         missing.append(("load", os.path.join(c.load, "latest")))
     for key, path in missing:
-        msg = f"key '{key}': file not found: {path}"
+        msg = f"key '{key}': file not found: {path}" + _missing_file_hint(key, path)
         if not dry_run:
             raise ConfigError(msg)
         cfg.warnings.append(msg)
 
-    if m.vocab_size is None and d.vocab_file and os.path.isfile(d.vocab_file):
-        m.vocab_size = tokenizer_vocab_size(d.vocab_file)
-    if not 0 < cfg.planner.planner_mfu <= 1:
-        raise ConfigError(f"key 'planner_mfu' must be in (0, 1], got {cfg.planner.planner_mfu}")
-    if m.vocab_size is None:
-        cfg.warnings.append("vocab size unknown (no tokenizer file): memory plan skipped")
-    else:
-        from neox.planner import memory_per_gpu
 
-        mem = memory_per_gpu(cfg)
-        if mem["total_gib"] > cfg.planner.gpu_memory_gib:
-            raise ConfigError(
-                f"plan needs {mem['total_gib']:.1f} GiB per GPU (weights {mem['weights_gib']:.1f}, gradients "
-                f"{mem['gradients_gib']:.1f}, optimizer {mem['optimizer_states_gib']:.1f}, activations "
-                f"{mem['activations_gib']:.1f}, overhead {mem['overhead_gib']:.1f}) but key 'gpu_memory_gib' is "
-                f"{cfg.planner.gpu_memory_gib:g}: raise model_parallel_size, use zero_optimization stage 1, "
-                "enable checkpoint_activations or lower train_micro_batch_size_per_gpu")
-    return cfg
+def _missing_file_hint(key: str, path: str) -> str:
+    if os.path.isabs(path):
+        return ""
+    hint = f" (relative to the current directory {os.getcwd()}"
+    if os.path.normpath(path).startswith(os.path.join("data", "toy")):
+        hint += "; the toy data is made by python tools/make_toy_data.py, run from the repository root"
+    return hint + ")"
+
+
+def check_vocab_and_memory(cfg: NeoXConfig) -> None:
+    """The vocabulary against the tokenizer, then the memory plan against the GPU."""
+    m, d = cfg.model, cfg.data
+    if d.vocab_file and os.path.isfile(d.vocab_file):
+        try:
+            found = tokenizer_vocab_size(d.vocab_file)
+        except ConfigError as e:
+            if m.vocab_size is None:
+                raise
+            found = m.vocab_size
+            cfg.warnings.append(f"{e}: vocab_size {m.vocab_size} not checked against it")
+        if m.vocab_size is None:
+            m.vocab_size = found
+        elif m.vocab_size < found:
+            raise ConfigError(f"key 'vocab_size' ({m.vocab_size}) is smaller than the vocabulary of vocab_file "
+                              f"{d.vocab_file} ({found})")
+        elif m.vocab_size > found:
+            cfg.warnings.append(f"vocab_size {m.vocab_size} is larger than the tokenizer's {found} ({d.vocab_file}): "
+                                "the extra rows are never used")
+    if m.vocab_size is None:
+        cfg.warnings.append("vocab size unknown (no tokenizer file and no vocab_size): memory plan skipped; "
+                            "give -o vocab_size=N to plan (32016 for Code Llama 7B, 32000 for 34B)")
+        return
+    from neox.planner import memory_per_gpu
+
+    mem = memory_per_gpu(cfg)
+    if mem["total_gib"] > cfg.planner.gpu_memory_gib:
+        raise ConfigError(
+            f"plan needs {mem['total_gib']:.1f} GiB per GPU (weights {mem['weights_gib']:.1f}, gradients "
+            f"{mem['gradients_gib']:.1f}, optimizer {mem['optimizer_states_gib']:.1f}, activations "
+            f"{mem['activations_gib']:.1f}, overhead {mem['overhead_gib']:.1f}) but key 'gpu_memory_gib' is "
+            f"{cfg.planner.gpu_memory_gib:g}: raise model_parallel_size, use zero_optimization stage 1, "
+            "enable checkpoint_activations or lower train_micro_batch_size_per_gpu")
 
 
 def tokenizer_vocab_size(path: str) -> int:
@@ -614,11 +757,25 @@ def fit_to_cluster(cfg: NeoXConfig, num_nodes: int, gpus_per_node: int, dry_run:
     return validate(NeoXConfig.from_flat(_coerce_all(flat)), dry_run=dry_run)
 
 
-def load_config(paths: list[str], overrides: list[str] = (), dry_run: bool = False) -> NeoXConfig:
+def load_config(paths: list[str], overrides: list[str] = (), dry_run: bool = False,
+                unset_defaults: Optional[dict] = None) -> NeoXConfig:
+    """Load, merge, override, translate GPT-NeoX keys and validate. ``unset_defaults`` fills keys
+    that neither the files nor the overrides set (train.py: the cluster it was started on)."""
     flat, _ = load_yaml_files(list(paths))
     flat = apply_overrides(flat, list(overrides))
-    cfg = NeoXConfig.from_flat(_coerce_all(flat))
+    for key, value in (unset_defaults or {}).items():
+        flat.setdefault(key, value)
+    cfg, gpt_neox = from_gpt_neox_flat(flat)
+    cfg.gpt_neox = gpt_neox
     return validate(cfg, dry_run=dry_run)
+
+
+def from_gpt_neox_flat(flat: dict) -> tuple[NeoXConfig, dict]:
+    """Our config from keys that may include GPT-NeoX ones (``neox.gpt_neox_keys``), and what
+    was translated or ignored, for the plan."""
+    t = _gpt_neox_call(translate, flat, set(KEY_TO_SECTION))
+    cfg = NeoXConfig.from_flat(_coerce_all(t.flat))
+    return cfg, {"translated": t.notes, "no_effect": sorted(t.no_effect)}
 
 
 def config_from_flat(flat: dict) -> NeoXConfig:

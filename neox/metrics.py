@@ -19,7 +19,8 @@ class MetricsLogger:
         if cfg.logging.use_wandb:
             import wandb  # needs the `wandb` extra
 
-            self.wandb = wandb.init(project=cfg.logging.wandb_project, config=cfg.to_flat())
+            self.wandb = wandb.init(project=cfg.logging.wandb_project, group=cfg.logging.wandb_group,
+                                    entity=cfg.logging.wandb_entity, config=cfg.to_flat())
 
     def log(self, record: dict):
         with open(self.path, "a") as f:

@@ -105,4 +105,15 @@ def format_plan(cfg, p: dict) -> str:
                   f"{b['optimizer_states']:.1f}, activations {b['activations']:.1f}, overhead {b['overhead']:.1f})"),
                  (f"GPU-hours at {100 * p['planner_mfu']:.1f}% MFU", f"{p['gpu_hours_at_mfu']:,.0f}")]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return "\n".join([f"{k:<{width}}  {v}" for k, v in rows] + format_gpt_neox(cfg.gpt_neox))
+
+
+def format_gpt_neox(info: dict) -> list:
+    """The plan's lines on GPT-NeoX keys: each translation or derivation, and the keys ignored."""
+    lines = []
+    if info.get("translated"):
+        lines.append("GPT-NeoX keys translated:")
+        lines += [f"  {note}" for note in info["translated"]]
+    if info.get("no_effect"):
+        lines.append("GPT-NeoX keys with no effect here: " + ", ".join(info["no_effect"]))
+    return lines

@@ -30,7 +30,8 @@ EXIT_REQUEUE = 75
 # Keys a resume may change; anything else differing from the checkpoint's config is refused.
 RESUME_MAY_CHANGE = {
     "train_iters", "log_interval", "eval_interval", "eval_iters", "checkpoint_factor",
-    "keep_last_n_checkpoints", "log_dir", "use_wandb", "wandb_project", "use_tensorboard", "save",
+    "keep_last_n_checkpoints", "log_dir", "use_wandb", "wandb_project", "wandb_group", "wandb_entity",
+    "use_tensorboard", "save",
     "load", "finetune", "master_port", "num_nodes", "num_gpus", "launcher",
     "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "data_cache_dir",
     "peak_flops_per_gpu", "gpu_memory_gib", "planner_mfu", "attention_impl",
