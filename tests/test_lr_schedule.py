@@ -17,7 +17,7 @@ def test_llemma_7b_published_values():
     p, m = 1e-4, 1e-4 / 30
     lr = lambda s: learning_rate(s, p, m, 500, 48_000)  # noqa: E731
     assert lr(500) == pytest.approx(1e-4, rel=1e-12)
-    # DESIGN.md quotes "about 7.06e-6"; the closed form with min_lr = peak/30 gives 7.0893e-6
+    # the Llemma write-up quotes "about 7.06e-6"; the closed form with min_lr = peak/30 gives 7.0893e-6
     assert lr(42_000) == pytest.approx(7.06e-6, rel=5e-3)
     assert lr(42_000) == pytest.approx(7.0893e-6, rel=1e-4)
     assert lr(48_000) == pytest.approx(3.3333e-6, rel=1e-4)
