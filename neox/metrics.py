@@ -41,7 +41,9 @@ class MetricsLogger:
             self.wandb.finish()
 
 
-def format_line(r: dict, train_iters: int) -> str:
+def format_line(r: dict, train_iters: int, show_mfu: bool = True) -> str:
+    """One line per step. MFU is against a GPU's peak (peak_flops_per_gpu): on CPU it says nothing."""
+    mfu = f"mfu {100 * r['mfu']:.3g}% | " if show_mfu else ""
     return (f"step {r['step']:>6}/{train_iters} | loss {r['loss']:.4f} | lr {r['lr']:.3e} | "
             f"grad_norm {r['grad_norm']:.3f} | tokens/s {r['tokens_per_sec']:,.0f} | "
-            f"mfu {100 * r['mfu']:.3g}% | consumed_samples {r['consumed_samples']}")
+            f"{mfu}consumed_samples {r['consumed_samples']}")
