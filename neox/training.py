@@ -32,6 +32,8 @@ def train(cfg: NeoXConfig):
 
 
 class Trainer:
+    """One training run: the constructor sets it up, ``run()`` trains it."""
+
     def __init__(self, cfg: NeoXConfig):
         """Setup: process groups, model, engine, resume or finetune, data, logger; nothing trains."""
         distributed.init_distributed(cfg.parallel.model_parallel_size)

@@ -96,7 +96,6 @@ def test_run_with_skip_rollbacks_and_resume_matches_the_recorded_one(tmp_path, t
 
 
 if __name__ == "__main__":  # record the fixture from the code as it is now
-    sys.path.insert(0, REPO)
     subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_toy_data.py")], check=True, cwd=REPO)
     with tempfile.TemporaryDirectory() as work:
         result = record(work)
