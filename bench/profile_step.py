@@ -99,7 +99,8 @@ def build_ours(cfg):
     from neox.data import get_micro_batch
     from neox.lr_schedule import lr_for_config
     from neox.model import LlamaModel
-    from neox.training import _dp_mean, build_engine, seed_everything, set_lr
+    from neox.engine import build_engine, seed_everything, set_lr
+    from neox.validation import dp_mean
 
     # label DeepSpeed's fp32 gradient accumulation (the end of engine.backward) for the profile
     original = BF16_Optimizer.update_hp_grads
@@ -133,7 +134,7 @@ def build_ours(cfg):
             with record_function("bench::optimizer"):
                 engine.step()
             loss_sum += loss.detach().float().cpu()
-        loss_mean = (_dp_mean(loss_sum) / accum).item()
+        loss_mean = (dp_mean(loss_sum) / accum).item()
         grad_norm = engine.get_global_grad_norm()
         return loss_mean, float(grad_norm) if grad_norm is not None else float("nan")
 

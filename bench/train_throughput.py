@@ -184,7 +184,7 @@ def _fetch(train_set, cfg, i, device):
 
 
 def _param_groups(named_params):
-    """Decay on matrices, none on norm weights (as neox.training.build_optimizer)."""
+    """Decay on matrices, none on norm weights (as neox.engine.build_optimizer)."""
     decay, no_decay = [], []
     for _, p in named_params:
         (no_decay if p.dim() == 1 else decay).append(p)

@@ -194,7 +194,7 @@ def restore_rng(state: dict):
 
 class StopSignal:
     """SIGTERM / SIGUSR1 (Slurm's pre-timeout or preemption signal) request a clean stop. The flag
-    travels in the step's one all-reduce (neox.training), so every rank stops at the same step."""
+    travels in the step's one all-reduce (neox.step), so every rank stops at the same step."""
 
     def __init__(self):
         self.requested = False

@@ -131,7 +131,7 @@ def test_fused_head_loss_gives_the_same_loss_and_gradients(single_process_group,
 
 def test_fused_adamw_takes_the_same_steps_as_the_for_loop_adamw(single_process_group):
     from neox.model import LlamaModel
-    from neox.training import build_optimizer
+    from neox.engine import build_optimizer
 
     cfg = tiny_cfg(weight_decay=0.1)
     tokens = torch.randint(0, 101, (2, 17), generator=torch.Generator().manual_seed(3))

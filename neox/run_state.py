@@ -1,0 +1,132 @@
+"""A run's state on disk, in one place: which checkpoint to resume from and its checks, resume,
+save, rollback to the newest complete checkpoint, and the guarded start from converted weights.
+The atomic write protocol itself is neox.resilience."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from neox import reshard
+from neox.checkpoints import CheckpointError
+from neox.config import NeoXConfig
+from neox.distributed import is_rank0, print_rank0
+from neox.guard import LossGuard, samples_of_batch
+from neox.resilience import (check_reference, config_differences, find_corrupt_file, latest_complete_tag,
+                             reference_losses, restore_rng, rng_state, save_atomic, step_of, verify_manifest)
+
+
+def find_resume_dir(cfg: NeoXConfig):
+    """(directory, tag) to resume everything from, or (None, None) for a fresh start.
+
+    A run's own complete checkpoints (<save>) win: a restarted job continues instead of starting
+    over from the base model. Otherwise a non-finetune ``load`` must hold a complete checkpoint."""
+    save, load = cfg.checkpoint.save, cfg.checkpoint.load
+    if save and os.path.isdir(save):
+        tag = latest_complete_tag(save)
+        if tag:
+            return save, tag
+    if load and not cfg.checkpoint.finetune and os.path.abspath(load) != os.path.abspath(save or ""):
+        tag = latest_complete_tag(load) if os.path.isdir(load) else None
+        if tag is None:
+            raise CheckpointError(f"load: no complete checkpoint in {load} (no global_step*/complete); "
+                                  "to start from converted weights set finetune: true")
+        return load, tag
+    return None, None
+
+
+def check_resumable(cfg: NeoXConfig, checkpoint: str, data_files: dict):
+    """Before anything expensive: every file of the checkpoint is there with its size, the config
+    differs only in RESUME_MAY_CHANGE keys (and the TP/DP layout, which neox.reshard handles under
+    ZeRO) and the training data are the ones the run started with."""
+    verify_manifest(checkpoint)
+    with open(os.path.join(checkpoint, "config.json")) as f:
+        saved = json.load(f)
+    diffs = config_differences(cfg.to_flat(), saved, layout_may_change=reshard.supported(cfg))
+    if diffs:
+        hint = ("; changing model_parallel_size at resume needs zero_optimization stage 1"
+                if any(d.startswith("model_parallel_size") for d in diffs) else "")
+        raise CheckpointError(f"resume from {checkpoint} refused: the config differs in "
+                              f"{', '.join(diffs)}; restore those values or save to a new directory{hint}")
+    with open(os.path.join(checkpoint, "data.json")) as f:
+        saved_files = json.load(f)
+    for path, now in data_files.items():
+        then = saved_files.get(path)
+        if then is not None and then != now:
+            raise CheckpointError(f"data file {path} changed since the run started (size {then['size']} -> "
+                                  f"{now['size']}, content hash differs): restore it, or train on the new "
+                                  "data in a new run (a different save directory)")
+
+
+def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[int, dict]:
+    """Weights, ZeRO-1 optimizer state, step, RNG and guard state (skip-list); the LR and the data
+    position follow the step. A checkpoint written at another TP/DP layout is resharded into this
+    one (neox.reshard). Returns (step, the checkpoint's client state)."""
+    try:
+        if reshard.needed(cfg, directory, tag):
+            tp, dp = reshard.saved_layout(directory, tag)
+            print_rank0(f"resharding {os.path.join(directory, tag)}: saved at TP={tp} x DP={dp}, resuming at "
+                        f"TP={cfg.parallel.model_parallel_size} x DP={cfg.data_parallel_size} "
+                        "(weights and optimizer state)")
+            path, state = os.path.join(directory, tag), reshard.load_resharded(engine, cfg, directory, tag)
+        else:
+            path, state = engine.load_checkpoint(directory, tag=tag)
+    except CheckpointError:
+        raise
+    except Exception as e:  # name the unreadable file instead of a deep torch.load traceback
+        bad, why = find_corrupt_file(os.path.join(directory, tag))
+        if bad:
+            raise CheckpointError(f"checkpoint file {bad} is corrupt ({why}); move {tag} aside to resume "
+                                  "from the previous complete checkpoint") from e
+        raise
+    if path is None:
+        raise CheckpointError(f"could not load checkpoint {os.path.join(directory, tag)}")
+    restore_rng(state.get("rng"))
+    print_rank0(f"resumed from {path} at step {state['step']}")
+    return int(state["step"]), state
+
+
+def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_files: dict):
+    """GPT-NeoX/DeepSpeed layout, written atomically (neox.resilience): <save>/global_step<N>/
+    mp_rank_XX_model_states.pt + ZeRO shards + config.json + complete, then <save>/latest."""
+    state = {"step": step, "consumed_samples": step * cfg.batch.train_batch_size,
+             "neox_config": cfg.to_flat(), "rng": rng_state(),
+             "guard": guard.state()}
+    save_atomic(engine, cfg.checkpoint.save, step, state, cfg.checkpoint.keep_last_n_checkpoints,
+                is_rank0(), extra_files={"config.json": json.dumps(cfg.to_flat(), indent=1),
+                                                  "data.json": json.dumps(data_files, indent=1)})
+    print_rank0(f"saved checkpoint global_step{step} to {cfg.checkpoint.save}")
+
+
+def rollback(engine, cfg: NeoXConfig, guard: LossGuard, update: int, reason: str, logger) -> int:
+    """Reload the newest complete checkpoint of this run; the offending batches join the skip-list.
+    Returns the step to continue from. Raises GuardStop past max_rollbacks or with no checkpoint."""
+    save = cfg.checkpoint.save
+    tag = latest_complete_tag(save) if save and os.path.isdir(save) else None
+    info = guard.plan_rollback(step_of(tag) if tag else None, save, reason)
+    info["samples"] = [samples_of_batch(b, cfg.batch.train_batch_size) for b in info["skipped_batches"]]
+    print_rank0(f"step {update}: {reason}; rolling back to {tag} and skipping batches {info['skipped_batches']} "
+                f"(samples {info['samples']}); rollback {guard.rollbacks} of at most {cfg.guard.max_rollbacks}")
+    if logger:
+        logger.log({"step": update, "rollback": info})
+    path, state = engine.load_checkpoint(save, tag=tag)
+    if path is None:
+        raise CheckpointError(f"rollback: could not load checkpoint {os.path.join(save, tag)}")
+    restore_rng(state.get("rng"))
+    return int(state["step"])
+
+
+def guarded_start(model, cfg: NeoXConfig, conversion: dict) -> dict:
+    """Step 0 from converted weights: the converter's reference batch must give the source model's
+    loss at the checkpoint's own RoPE theta; the loss at the training theta is logged beside it."""
+    model.eval()
+    at_source, at_train = reference_losses(model, conversion["reference"], conversion["rope_theta_source"],
+                                           cfg.model.rotary_emb_base)
+    model.train()
+    check_reference(at_source, conversion["reference"], cfg.checkpoint.reference_loss_tolerance,
+                    cfg.checkpoint.load)
+    print_rank0(f"guarded start: reference loss {at_source:.6f} at theta {conversion['rope_theta_source']:g} "
+                f"(converter: {conversion['reference']['loss']:.6f}); {at_train:.6f} at the training theta "
+                f"{cfg.model.rotary_emb_base:g}")
+    return {"step": 0, "reference_loss": at_source, "reference_loss_recorded": conversion["reference"]["loss"],
+            "reference_loss_training_theta": at_train}

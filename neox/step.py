@@ -1,0 +1,69 @@
+"""One training step: the micro-batches' forward/backward/step on the DeepSpeed engine and the
+step's one all-reduce (the loss and the stop flag), returned as a StepResult."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from megatron.core import parallel_state as ps
+
+from neox import distributed
+from neox.guard import fault_steps
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean token loss of the global batch
+    grad_norm: float  # global gradient norm; nan when DeepSpeed reports none
+    stop: bool  # a stop signal reached some rank: every rank sees the same flag
+    seconds: float
+
+
+class Faults:
+    """Test-only fault injection (README, "Checkpoints and reliability"): the loss of the updates
+    in NEOX_FAULT_NAN_STEP becomes NaN on rank 0; those in NEOX_FAULT_SPIKE_STEP report a loss
+    100 higher (gradients unchanged). Each fires once, so a replayed step after a rollback is clean."""
+
+    def __init__(self, rank0: bool):
+        self.nan = fault_steps("NEOX_FAULT_NAN_STEP") if rank0 else set()
+        self.spike = fault_steps("NEOX_FAULT_SPIKE_STEP")
+
+    def nan_loss(self, update: int, loss: torch.Tensor) -> torch.Tensor:
+        if update not in self.nan:
+            return loss
+        self.nan.discard(update)
+        return loss * float("nan")
+
+    def spike_loss(self, update: int, loss_sum: torch.Tensor, accum: int) -> torch.Tensor:
+        if update not in self.spike:
+            return loss_sum
+        self.spike.discard(update)
+        return loss_sum + 100.0 * accum
+
+
+def train_step(engine, micro_batches: Iterable[dict], update: int, stop, faults: Faults) -> StepResult:
+    """Forward, backward and engine.step per micro-batch (DeepSpeed applies the update after the
+    last one), then one all-reduce carrying the summed loss and ``stop.requested``."""
+    t0 = time.perf_counter()
+    device = distributed.device()
+    loss_sum, accum = torch.zeros(1, device=device), 0
+    for accum, batch in enumerate(micro_batches, start=1):
+        loss = engine(batch["tokens"], batch["labels"], batch["loss_mask"])
+        if accum == 1:
+            loss = faults.nan_loss(update, loss)
+        engine.backward(loss)
+        engine.step()
+        loss_sum += loss.detach().float()
+    loss_sum = faults.spike_loss(update, loss_sum, accum)
+    # the loss counted once per data-parallel replica (TP rank 0), and the stop flag
+    tp_rank = ps.get_tensor_model_parallel_rank()
+    reduced = torch.cat([loss_sum * (tp_rank == 0), torch.tensor([float(stop.requested)], device=device)])
+    torch.distributed.all_reduce(reduced)
+    loss_total, stop_flag = reduced.tolist()  # the step's one host sync (the guard needs the loss)
+    grad_norm = engine.get_global_grad_norm()
+    return StepResult(loss=(loss_total / ps.get_data_parallel_world_size()) / accum,
+                      grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+                      stop=stop_flag > 0, seconds=time.perf_counter() - t0)
