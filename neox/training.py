@@ -38,8 +38,8 @@ class Trainer:
         """Setup: process groups, model, engine, resume or finetune, data, logger; nothing trains."""
         distributed.init_distributed(cfg.parallel.model_parallel_size)
         seed_everything(cfg.misc.seed)
-        print_rank0("resolved config:\n" + json.dumps({**cfg.to_flat(), "derived": derived(cfg)}, indent=1))
         self.cfg = cfg
+        self._write_resolved_config()
         tokenizer = SentencePieceTokenizer(cfg.data.vocab_file)
         model = LlamaModel(cfg)
         model.init_weights(cfg.misc.seed)
@@ -60,6 +60,17 @@ class Trainer:
         self.prefetch = Prefetcher(self.train_set, ps.get_data_parallel_rank(),
                                    cfg.batch.train_micro_batch_size_per_gpu, cfg.data_parallel_size,
                                    cfg.batch.train_batch_size)
+
+    def _write_resolved_config(self):
+        """The resolved config and its plan go to a file (they are in every checkpoint too); one line says where."""
+        if not is_rank0():
+            return
+        log_dir = self.cfg.logging.log_dir
+        os.makedirs(log_dir, exist_ok=True)
+        with open(os.path.join(log_dir, "config.json"), "w") as f:
+            json.dump({**self.cfg.to_flat(), "derived": derived(self.cfg)}, f, indent=1)
+        print_rank0(f"run: resolved config in {log_dir}/config.json; metrics in {log_dir}/metrics.jsonl "
+                    f"(picture: python tools/plot_run.py {log_dir} --out run.png)")
 
     def _check_or_finetune(self, model, resume_dir: str | None, resume_tag: str | None) -> dict | None:
         """Before anything expensive: the checkpoint to resume from is checked; or else (finetune)
@@ -185,7 +196,7 @@ class Trainer:
                   "consumed_samples": update * cfg.batch.train_batch_size, "batch": batch_index,
                   "step_time_s": result.seconds, **self.consumed.tokens()}
         self.logger.log(record)
-        print_rank0(format_line(record, cfg.schedule.train_iters))
+        print_rank0(format_line(record, cfg.schedule.train_iters, show_mfu=distributed.device() == "cuda"))
 
     def evaluate(self, step: int):
         values = validation.evaluate(self.engine, self.eval_sets, self.cfg)
