@@ -20,7 +20,7 @@ def last_boxed(text: str) -> str | None:
     head = rest[:brace] if brace >= 0 else rest
     if brace < 0 or head.strip() not in ("\\boxed", "\\fbox"):
         m = re.match(r"\\boxed ([^\s$]+)", rest)  # "\boxed 5": no braces
-        return m.group(1) if m else None
+        return m.group(1).rstrip(".") if m else None
     depth = 0
     for i in range(brace, len(rest)):
         depth += {"{": 1, "}": -1}.get(rest[i], 0)
@@ -54,6 +54,18 @@ def _drop_unit_text(s: str) -> str:
     return _TEXT.sub(lambda m: m.group(1), s)
 
 
+def _right_of_equals(s: str) -> str:
+    """"x = 3" -> "3"; an "=" inside braces (\\sum_{n=1}) or an inequality is kept."""
+    if re.search(r"[<>]|\\[lg]e|\\neq", s):
+        return s
+    depth, cut = 0, None
+    for i, ch in enumerate(s):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if ch == "=" and depth == 0:
+            cut = i
+    return s if cut is None else s[cut + 1:]
+
+
 def _fix_shorthand(s: str) -> str:
     """\\frac12 -> \\frac{1}{2}, \\frac1{x} -> \\frac{1}{x}, \\sqrt2 -> \\sqrt{2}."""
     s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)
@@ -72,12 +84,11 @@ def normalize_math(answer: str | None) -> str | None:
         s = inner
     s = s.strip().strip("$").strip()
     s = re.sub(r"\\(?:displaystyle|left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
-    s = re.sub(r"\\[,;:! ]", "", s).replace("~", "")
+    s = re.sub(r"(?<!\\)\\[,;:! ]", "", s).replace("~", "")  # not the "\\" of a matrix row
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\$", "").replace("$", "")
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°", "", s)
     s = s.replace("\\%", "").replace("%", "")
-    if "=" in s and not re.search(r"[<>]|\\[lg]e|\\neq", s):
-        s = s.split("=")[-1]  # "x = 3" -> "3"
+    s = _right_of_equals(s)
     s = _drop_unit_text(s)
     s = _BARE_UNIT.sub("", s.strip())
     s = _fix_shorthand(s)
