@@ -148,13 +148,26 @@ class Checker:
 
 
 _local = threading.local()
+_started: list[Checker] = []
+_started_lock = threading.Lock()
 
 
 def thread_checker(timeout: float = DEFAULT_TIMEOUT) -> Checker:
     """This thread's Checker (its own child process), created on first use."""
     if getattr(_local, "checker", None) is None:
         _local.checker = Checker(timeout)
+        with _started_lock:
+            _started.append(_local.checker)
     return _local.checker
+
+
+def close_thread_checkers() -> None:
+    """Ends the children of every thread's Checker (a pool's threads are gone after it)."""
+    with _started_lock:
+        for checker in _started:
+            checker.close()
+        _started.clear()
+    _local.checker = None
 
 
 def is_equiv(pred: str | None, gold: str | None, timeout: float = DEFAULT_TIMEOUT) -> bool:

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 from llemma_eval import answers as ans
-from llemma_eval.checker import DEFAULT_TIMEOUT, thread_checker
+from llemma_eval.checker import DEFAULT_TIMEOUT, close_thread_checkers, thread_checker
 from llemma_eval.voting import majority_vote
 
 
@@ -65,9 +65,12 @@ def summarize(records: list[dict]) -> dict:
 
 def score_records(records: list[dict], workers: int = 4, timeout: float = DEFAULT_TIMEOUT,
                   desc: str = "score") -> list[dict]:
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        return list(tqdm(pool.map(lambda r: score_record(r, timeout), records), total=len(records),
-                         desc=desc, unit="problem"))
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            return list(tqdm(pool.map(lambda r: score_record(r, timeout), records), total=len(records),
+                             desc=desc, unit="problem"))
+    finally:
+        close_thread_checkers()
 
 
 def read_samples(path: str) -> list[dict]:

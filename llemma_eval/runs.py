@@ -1,0 +1,72 @@
+"""Every complete checkpoint of a training run, evaluated once each, into one table with the step.
+
+A checkpoint global_step<N> is complete when it holds the marker file `complete` (written by the
+trainer after all ranks saved; see neox/resilience.py). Results of step N go to
+<out>/step_<N>/, and one row per (step, task) is appended to <out>/run_results.jsonl under a
+file lock (Slurm array tasks finish in any order); <out>/run_results.md is rebuilt from it.
+"""
+
+import fcntl
+import json
+import os
+import re
+from contextlib import contextmanager
+
+COMPLETE = "complete"  # neox.resilience.COMPLETE (not imported: that module pulls in torch)
+
+
+def complete_steps(save_dir: str) -> list[int]:
+    steps = []
+    for name in os.listdir(save_dir):
+        m = re.fullmatch(r"global_step(\d+)", name)
+        if m and os.path.isfile(os.path.join(save_dir, name, COMPLETE)):
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+@contextmanager
+def _locked(out: str):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "run_results.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def evaluated(out: str) -> dict[int, set]:
+    """step -> tasks already in the run table."""
+    path = os.path.join(out, "run_results.jsonl")
+    done: dict[int, set] = {}
+    if os.path.isfile(path):
+        for line in open(path):
+            if line.strip():
+                row = json.loads(line)
+                done.setdefault(row["step"], set()).add(row["task"])
+    return done
+
+
+def pending_steps(save_dir: str, out: str, every: int, tasks: list[str]) -> list[int]:
+    """Complete checkpoints at multiples of `every` that lack a result for any of tasks."""
+    done = evaluated(out)
+    return [s for s in complete_steps(save_dir)
+            if (every <= 1 or s % every == 0) and not set(tasks) <= done.get(s, set())]
+
+
+def append_results(out: str, step: int, results: dict) -> None:
+    with _locked(out):
+        with open(os.path.join(out, "run_results.jsonl"), "a") as f:
+            for task, r in results.items():
+                f.write(json.dumps({"step": step, "task": task, **r}) + "\n")
+        _write_table(out)
+
+
+def _write_table(out: str) -> None:
+    rows = [json.loads(line) for line in open(os.path.join(out, "run_results.jsonl")) if line.strip()]
+    rows.sort(key=lambda r: (r["step"], r["task"]))
+    lines = ["| step | task | metric | value | n | k |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        value = f"{r['value']:.4f}" if r["metric"] == "token_perplexity" else f"{100 * r['value']:.1f}"
+        lines.append(f"| {r['step']} | {r['task']} | {r['metric']} | {value} | {r['n']} | {r['k']} |")
+    tmp = os.path.join(out, "run_results.md.tmp")
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, os.path.join(out, "run_results.md"))

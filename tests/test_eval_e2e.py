@@ -1,0 +1,187 @@
+"""tools/evaluate.py end to end on CPU: the toy stand-in model on small MATH/GSM8k/Proof-Pile-2 files."""
+
+import io
+import json
+import math
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO
+
+TOOL = os.path.join(REPO, "tools", "evaluate.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+DOCS = {"arxiv": ["Let $x$ be a prime. Then the theorem holds for every $n$.",
+                  "We prove the lemma by induction on the number of vertices."],
+        "open-web-math": ["The derivative of $x^2$ is $2x$, as the limit shows."]}
+
+
+def write_benchmarks(root):
+    """Files in the layout and with the fields of the real releases."""
+    for i, subject in enumerate(["algebra", "algebra", "geometry"]):
+        d = root / "MATH" / "test" / subject
+        d.mkdir(parents=True, exist_ok=True)
+        json.dump({"problem": f"What is ${i}+1$?", "level": "Level 1", "type": subject.title(),
+                   "solution": f"We add: ${i}+1=\\boxed{{{i + 1}}}$."}, open(d / f"{i}.json", "w"))
+    (root / "gsm8k").mkdir()
+    with open(root / "gsm8k" / "test.jsonl", "w") as f:
+        for i in range(3):
+            f.write(json.dumps({"question": f"Ann has {i} pens and buys 2 more. How many pens does she have?",
+                                "answer": f"She has {i}+2=<<{i}+2={i + 2}>>{i + 2} pens.\n#### {i + 2}"}) + "\n")
+    import zstandard
+
+    for comp, texts in DOCS.items():
+        d = root / "proof-pile-2" / comp / "test"
+        d.mkdir(parents=True)
+        lines = "".join(json.dumps({"text": t, "meta": {}}) + "\n" for t in texts).encode()
+        if comp == "arxiv":  # as published: zstd-compressed
+            (d / "test_0.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines))
+        else:
+            (d / "test_0.jsonl").write_bytes(lines)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, toy_data):
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    from make_stand_in_codellama import make
+
+    root = tmp_path_factory.mktemp("eval")
+    make(str(root / "hf"), os.path.join(toy_data, "tokenizer.model"), max_positions=4096)
+    write_benchmarks(root / "data")
+    cmd = [sys.executable, TOOL, str(root / "hf"), "--out", str(root / "out"), "--data-dir", str(root / "data"),
+           "--tasks", "llemma_math,llemma_gsm8k,llemma_math_majk,proof_pile_2_ppl", "--limit", "2", "--k", "3",
+           "--max-gen-toks", "6", "--workers", "2", "--timeout", "20"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ENV)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return root, r
+
+
+def test_results_samples_and_table(evaluated):
+    root, r = evaluated
+    out = root / "out"
+    results = json.load(open(out / "results.json"))
+    assert list(results) == ["llemma_math", "llemma_gsm8k", "llemma_math_majk", "proof_pile_2_ppl"]
+    for task, res in results.items():
+        assert {"metric", "value", "n", "k", "seconds"} <= set(res), task
+        assert res["n"] == 2 and res["seconds"] > 0
+    assert results["llemma_math"]["metric"] == "exact_or_equiv" and results["llemma_math"]["k"] == 1
+    assert "math_verify" in results["llemma_math"]["metrics"]
+    assert results["llemma_math_majk"]["metric"] == "maj@3" and results["llemma_math_majk"]["k"] == 3
+    for task in ("llemma_math", "llemma_gsm8k", "llemma_math_majk"):
+        recs = [json.loads(line) for line in open(out / "samples" / f"{task}.jsonl")]
+        k = results[task]["k"]
+        assert [x["doc_id"] for x in recs] == [0, 1]
+        for x in recs:
+            assert len(x["generations"]) == len(x["answers"]) == len(x["correct"]) == k
+            assert x["gold"] == str(x["doc_id"] + (1 if "math" in task else 2))
+        # the score in results.json is the samples' own
+        assert results[task]["value"] == sum(x["maj_correct"] for x in recs) / 2
+    math_recs = [json.loads(line) for line in open(out / "samples" / "llemma_math.jsonl")]
+    assert [x["gold"] for x in math_recs] == ["1", "2"]
+    table = open(out / "results.md").read()
+    assert "| llemma_math | exact_or_equiv |" in table and "| proof_pile_2_ppl | token_perplexity |" in table
+    assert table.strip() in r.stdout
+
+
+def _direct_loglikelihood(model, tok, text, bos_count=1):
+    """Sum of log p over every token after the first; bos_count=2 is "<s> <s> text" (lm-eval's default)."""
+    ids = [tok.bos_token_id] * bos_count + tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+    return sum(logp[i, ids[i + 1]].item() for i in range(len(ids) - 1)), len(ids) - bos_count
+
+
+def test_perplexity_equals_transformers_with_one_bos(evaluated):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    root, _ = evaluated
+    model = LlamaForCausalLM.from_pretrained(root / "hf").eval()
+    tok = AutoTokenizer.from_pretrained(root / "hf")
+    recs = [json.loads(line) for line in open(root / "out" / "samples" / "proof_pile_2_ppl.jsonl")]
+    texts = DOCS["arxiv"]  # --limit 2: the first two documents, arxiv's
+    assert [x["component"] for x in recs] == ["arxiv", "arxiv"]
+    total_ll = total_tokens = 0
+    for rec, text in zip(recs, texts):
+        ll, n = _direct_loglikelihood(model, tok, text)
+        doubled, _ = _direct_loglikelihood(model, tok, text, bos_count=2)
+        assert abs(doubled - ll) > 1e-2 * abs(ll)  # a doubled BOS would be caught
+        assert rec["tokens"] == n
+        assert rec["loglikelihood"] == pytest.approx(ll, rel=1e-4)
+        total_ll, total_tokens = total_ll + ll, total_tokens + n
+    results = json.load(open(root / "out" / "results.json"))["proof_pile_2_ppl"]
+    assert results["value"] == pytest.approx(math.exp(-total_ll / total_tokens), rel=1e-4)
+    assert results["metrics"]["arxiv/token_perplexity"] == pytest.approx(results["value"], rel=1e-12)
+
+
+def test_every_checkpoint_of_a_run_exported_on_the_fly(evaluated, tmp_path):
+    """A converted trainer checkpoint copied to steps 100..400, two complete at multiples of 200."""
+    root, _ = evaluated
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "convert_codellama.py"), "--hf-dir", str(root / "hf"),
+                    "--out", str(tmp_path / "conv"), "--tp", "1", "--dtype", "fp32"], check=True, env=ENV,
+                   capture_output=True)
+    save = tmp_path / "save"
+    save.mkdir()
+    for f in os.listdir(tmp_path / "conv"):
+        if f != "global_step0" and f != "latest":
+            src = tmp_path / "conv" / f
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, save / f)
+    for step in (100, 200, 300, 400):
+        shutil.copytree(tmp_path / "conv" / "global_step0", save / f"global_step{step}")
+        if step != 400:  # 400 is still being written: no marker
+            (save / f"global_step{step}" / "complete").write_text("")
+    out = tmp_path / "evals"
+    base = [sys.executable, TOOL, "--run", str(save), "--every", "200", "--out", str(out), "--data-dir",
+            str(root / "data"), "--tasks", "proof_pile_2_ppl", "--limit", "2"]
+    pending = subprocess.run(base + ["--list-pending"], capture_output=True, text=True, env=ENV)
+    assert pending.stdout.split() == ["200"]  # 100, 300: not multiples; 400: not complete
+    r = subprocess.run(base, capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    rows = [json.loads(line) for line in open(out / "run_results.jsonl")]
+    assert [(x["step"], x["task"]) for x in rows] == [(200, "proof_pile_2_ppl")]
+    hf_ppl = json.load(open(root / "out" / "results.json"))["proof_pile_2_ppl"]["value"]
+    assert rows[0]["value"] == pytest.approx(hf_ppl, rel=1e-5)  # export round trip: the same model
+    assert "| 200 | proof_pile_2_ppl | token_perplexity |" in open(out / "run_results.md").read()
+    again = subprocess.run(base + ["--list-pending"], capture_output=True, text=True, env=ENV)
+    assert again.stdout.split() == []  # evaluated once
+
+
+def test_bad_arguments_fail_fast(tmp_path):
+    r = subprocess.run([sys.executable, TOOL, str(tmp_path), "--out", str(tmp_path / "o"), "--tasks", "llemma_mat"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: --tasks: unknown task(s) ['llemma_mat']")
+    r = subprocess.run([sys.executable, TOOL, str(tmp_path), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and "neither a Hugging Face directory" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_after_checkpoint_submits_without_blocking(tmp_path):
+    from llemma_eval.hooks import after_checkpoint, check_command
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    sbatch = fake / "sbatch"
+    sbatch.write_text(f'#!/usr/bin/env bash\nsleep 2\necho "$@" > {tmp_path}/submitted\necho "Submitted batch job 77"\n')
+    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
+    ckpt = tmp_path / "save"
+    ckpt.mkdir()
+    os.environ["PATH"] = f"{fake}:{os.environ['PATH']}"
+    try:
+        start = time.time()
+        proc = after_checkpoint("sbatch slurm/evaluate.sbatch {ckpt} runs/eval {step} --tasks llemma_math",
+                                str(ckpt), 1200)
+        assert time.time() - start < 1.5  # training is not held while sbatch runs
+        assert proc.wait(timeout=30) == 0
+    finally:
+        os.environ["PATH"] = os.environ["PATH"].split(":", 1)[1]
+    assert (tmp_path / "submitted").read_text().split() == [
+        "slurm/evaluate.sbatch", str(ckpt), "runs/eval", "1200", "--tasks", "llemma_math"]
+    log = (ckpt / "eval_after_checkpoint.log").read_text()
+    assert "[step 1200] sbatch slurm/evaluate.sbatch" in log and "Submitted batch job 77" in log
+    with pytest.raises(ValueError, match=r"unknown placeholder\(s\) \['stpe'\]"):
+        check_command("sbatch x {stpe}")
