@@ -185,3 +185,21 @@ def test_eval_after_checkpoint_submits_without_blocking(tmp_path):
     assert "[step 1200] sbatch slurm/evaluate.sbatch" in log and "Submitted batch job 77" in log
     with pytest.raises(ValueError, match=r"unknown placeholder\(s\) \['stpe'\]"):
         check_command("sbatch x {stpe}")
+
+
+def test_evaluate_sbatch_array_task_takes_its_step(tmp_path):
+    """Array task 1 of steps 200,400 evaluates step 400 with vLLM at the node's GPU count."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/usr/bin/env bash\necho "$@"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "REPO": REPO, "PYTHON": str(fake), "SLURM_ARRAY_TASK_ID": "1", "SLURM_GPUS_ON_NODE": "4",
+           "SLURM_CPUS_PER_TASK": "16", "TASKS": "llemma_math", "DATA_DIR": "/data/bench"}
+    r = subprocess.run(["bash", os.path.join(REPO, "slurm", "evaluate.sbatch"), "/ckpt/run", "/evals", "200,400",
+                        "--limit", "5"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ("tools/evaluate.py --run /ckpt/run --step 400 --out /evals --tasks llemma_math "
+                                "--data-dir /data/bench --backend vllm --tensor-parallel-size 4 --workers 16 --limit 5")
+    env.pop("SLURM_ARRAY_TASK_ID")
+    r = subprocess.run(["bash", os.path.join(REPO, "slurm", "evaluate.sbatch"), "/ckpt/run", "/evals", "200,400"],
+                       capture_output=True, text=True, env=env)
+    assert [line.split()[4] for line in r.stdout.splitlines()] == ["200", "400"]
