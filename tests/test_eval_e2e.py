@@ -203,3 +203,27 @@ def test_evaluate_sbatch_array_task_takes_its_step(tmp_path):
     r = subprocess.run(["bash", os.path.join(REPO, "slurm", "evaluate.sbatch"), "/ckpt/run", "/evals", "200,400"],
                        capture_output=True, text=True, env=env)
     assert [line.split()[4] for line in r.stdout.splitlines()] == ["200", "400"]
+
+
+def test_prompts_are_lm_evals_minerva_and_gsm8k_cot(tmp_path):
+    """The pack's contexts: upstream's few-shot examples, then the problem in upstream's format."""
+    from lm_eval.tasks.minerva_math import utils as minerva
+
+    from llemma_eval.runner import _load_tasks
+
+    write_benchmarks(tmp_path)
+    contexts = {}
+    for name in ("llemma_math", "llemma_gsm8k_majk"):
+        task = _load_tasks([name], str(tmp_path), 5, 1234)["tasks"][name]
+        task.build_all_requests(limit=1, rank=0, world_size=1)
+        contexts[name] = task.instances
+    math_ctx = contexts["llemma_math"][0].arguments[0]
+    shots = minerva.list_fewshot_samples()
+    assert math_ctx.startswith(minerva.doc_to_text(shots[0]) + " " + shots[0]["solution"] + "\n\n")
+    assert math_ctx.count("Final Answer: The final answer is") == 4
+    assert math_ctx.endswith("\n\n" + minerva.doc_to_text({"problem": "What is $0+1$?"}))
+    gsm = contexts["llemma_gsm8k_majk"]
+    assert len(gsm) == 1 and gsm[0].repeats == 5  # k = 5: one request, five samples
+    assert gsm[0].arguments[0].count("The answer is") == 8
+    assert gsm[0].arguments[0].endswith("Q: Ann has 0 pens and buys 2 more. How many pens does she have?\nA:")
+    assert gsm[0].arguments[1]["do_sample"] and gsm[0].arguments[1]["temperature"] == 0.6
