@@ -9,10 +9,12 @@ use one per thread.
 
 import json
 import os
+import re
 import select
 import subprocess
 import sys
 import threading
+from fractions import Fraction
 
 from llemma_eval.answers import normalize_math
 
@@ -51,6 +53,22 @@ def _math_verify_score(generation: str, solution: str) -> bool:
     gold = parse(solution, parsing_timeout=None)
     pred = parse(generation, parsing_timeout=None)
     return bool(gold and pred and verify(gold, pred, timeout_seconds=None))
+
+
+_RATIONAL = re.compile(r"(-?\d+(?:\.\d+)?)|(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}")
+
+
+def rational(s: str) -> Fraction | None:
+    """The value of a normalised answer that is a plain integer, decimal or \\frac{integer}{integer}."""
+    m = _RATIONAL.fullmatch(s)
+    if not m:
+        return None
+    if m.group(1) is not None:
+        return Fraction(m.group(1))
+    if int(m.group(4)) == 0:
+        return None
+    value = Fraction(int(m.group(3)), int(m.group(4)))
+    return -value if m.group(2) else value
 
 
 _JOBS = {"equal": _symbolic_equal, "math_verify": _math_verify_score}
@@ -127,7 +145,12 @@ class Checker:
         a, b = normalize_math(pred), normalize_math(gold)
         if not a or not b:
             return False
-        return a == b or self._ask("equal", a, b, self.timeout)
+        if a == b:
+            return True
+        x, y = rational(a), rational(b)
+        if x is not None and y is not None:  # most MATH answers: no SymPy needed
+            return x == y
+        return self._ask("equal", a, b, self.timeout)
 
     def math_verify(self, generation: str, solution: str) -> bool:
         return self._ask("math_verify", generation, solution, self.timeout)

@@ -24,10 +24,11 @@ class _BosOnceRolling:
         return super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
 
 
-def make_lm(backend: str, model_dir: str, batch_size: int = 1, device: str = "cpu", dtype: str = "auto",
+def make_lm(backend: str, model_dir: str, batch_size=None, device: str = "cpu", dtype: str = "auto",
             tensor_parallel_size: int = 1, max_length: int | None = None, seed: int = 1234):
     """An lm-eval LM for an HF directory: 'hf' (CPU or GPU) or 'vllm' (GPUs)."""
-    common = {"pretrained": model_dir, "dtype": dtype, "batch_size": batch_size}
+    default_batch = {"hf": 1, "vllm": "auto"}.get(backend)  # vLLM schedules its own batches
+    common = {"pretrained": model_dir, "dtype": dtype, "batch_size": batch_size or default_batch}
     if max_length:
         common["max_length"] = max_length
     if backend == "hf":

@@ -81,7 +81,7 @@ def summarize_ppl(records: list[dict]) -> dict:
 
 
 def evaluate_model(model_dir: str, tasks: list[str], out: str, backend: str = "hf", data_dir=None,
-                   limit=None, k=None, batch_size: int = 1, device: str = "cpu", dtype: str = "auto",
+                   limit=None, k=None, batch_size=None, device: str = "cpu", dtype: str = "auto",
                    tensor_parallel_size: int = 1, max_gen_toks=None, workers: int = 4,
                    timeout: float = 5.0, seed: int = 1234) -> dict:
     """Evaluates model_dir on tasks; returns and writes results.json (per task: metric, value, n, k, seconds)."""
@@ -127,9 +127,13 @@ def write_results(out: str, results: dict, step=None) -> None:
         f.write(markdown_table(results) + "\n")
 
 
+def format_value(result: dict) -> str:
+    """Perplexity as it is, accuracies in percent (as the papers print them)."""
+    return f"{result['value']:.4f}" if result["metric"] == "token_perplexity" else f"{100 * result['value']:.1f}"
+
+
 def markdown_table(results: dict) -> str:
     lines = ["| task | metric | value | n | k | seconds |", "| --- | --- | --- | --- | --- | --- |"]
     for task, r in results.items():
-        value = f"{r['value']:.4f}" if r["metric"] == "token_perplexity" else f"{100 * r['value']:.1f}"
-        lines.append(f"| {task} | {r['metric']} | {value} | {r['n']} | {r['k']} | {r.get('seconds', '')} |")
+        lines.append(f"| {task} | {r['metric']} | {format_value(r)} | {r['n']} | {r['k']} | {r.get('seconds', '')} |")
     return "\n".join(lines)

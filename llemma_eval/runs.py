@@ -12,6 +12,8 @@ import os
 import re
 from contextlib import contextmanager
 
+from llemma_eval.runner import format_value
+
 COMPLETE = "complete"  # neox.resilience.COMPLETE (not imported: that module pulls in torch)
 
 
@@ -64,8 +66,7 @@ def _write_table(out: str) -> None:
     rows.sort(key=lambda r: (r["step"], r["task"]))
     lines = ["| step | task | metric | value | n | k |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        value = f"{r['value']:.4f}" if r["metric"] == "token_perplexity" else f"{100 * r['value']:.1f}"
-        lines.append(f"| {r['step']} | {r['task']} | {r['metric']} | {value} | {r['n']} | {r['k']} |")
+        lines.append(f"| {r['step']} | {r['task']} | {r['metric']} | {format_value(r)} | {r['n']} | {r['k']} |")
     tmp = os.path.join(out, "run_results.md.tmp")
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -3,7 +3,7 @@
 A samples file (samples/<task>.jsonl) has one record per problem:
     {"doc_id", "kind": "math"|"gsm8k", "problem", "reference" (solution / answer field),
      "gold" (extracted reference answer), "generations": [k strings],
-     "answers": [k], "correct": [k], "math_verify": [k] (MATH only), "maj_answer", "maj_correct"}
+     "answers": [k], "correct": [k], "math_verify" (first generation, MATH only), "maj_answer", "maj_correct"}
 Scoring fills the last five from the generations and the reference, so a file can be rescored
 on a CPU machine in a pool of checkers (threads, each with its own checker child process).
 """
@@ -31,7 +31,8 @@ def score_record(rec: dict, timeout: float = DEFAULT_TIMEOUT) -> dict:
         gold = ans.extract_math_answer(rec["reference"])
         extracted = [ans.extract_math_answer(g) for g in gens]
         equal = checker.equal
-        rec["math_verify"] = [checker.math_verify(g, rec["reference"]) for g in gens]
+        # math-verify's own verdict on the first (at k=1 the greedy) generation: its headline score
+        rec["math_verify"] = bool(gens) and checker.math_verify(gens[0], rec["reference"])
     elif rec["kind"] == "gsm8k":
         gold = ans.gsm8k_gold(rec["reference"])
         extracted = [ans.extract_gsm8k_answer(g) for g in gens]
@@ -58,7 +59,7 @@ def summarize(records: list[dict]) -> dict:
         f"maj@{k}": mean([r["maj_correct"] for r in records]),
     }
     if records and "math_verify" in records[0]:
-        metrics["math_verify"] = mean([r["math_verify"][0] for r in records])
+        metrics["math_verify"] = mean([r["math_verify"] for r in records])
     headline = "exact_or_equiv" if k == 1 else f"maj@{k}"
     return {"metric": headline, "value": metrics[headline], "n": n, "k": k, "metrics": metrics}
 

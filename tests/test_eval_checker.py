@@ -55,10 +55,15 @@ def test_battery_of_equivalent_and_different_answers(checker):
     assert checker.timeouts == 0
 
 
-def test_identical_unparseable_strings_equal_without_sympy():
+def test_identical_strings_and_plain_numbers_need_no_sympy():
     with Checker() as c:
         assert c.equal("\\weird{{", "\\weird{{")
-        assert c._proc is None  # the normalised strings matched: no child was needed
+        assert c.equal("\\frac{4}{6}", "\\dfrac{2}{3}") and c.equal("-\\frac{1}{4}", "-0.25")
+        assert not c.equal("\\frac{2}{3}", "0.6667") and not c.equal("3", "\\frac{3}{0}x")
+        assert c._proc is not None  # the last one needed SymPy
+    with Checker() as c:
+        assert c.equal("1,000", "1000.0") and not c.equal("2", "3")
+        assert c._proc is None  # rational answers are compared exactly, without a child
 
 
 def test_extraction_of_final_answers():

@@ -49,7 +49,7 @@ def eval_options(p):
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm only")
     p.add_argument("--device", default="cpu", help="hf only: cpu, cuda, cuda:0")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, help="default: 1 (hf), auto (vllm)")
     p.add_argument("--max-gen-toks", type=int, help="override the tasks' generation length")
     p.add_argument("--step", type=int, help="checkpoint step (trainer checkpoints; with --run: only this step)")
     p.add_argument("--workers", type=int, default=4, help="answer-checker processes")
@@ -189,13 +189,14 @@ def main(argv=None) -> int:
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.run:
-        return run_checkpoints(args)
+    from llemma_eval.data import DataError
     from neox.checkpoints import CheckpointError
 
     try:
+        if args.run:
+            return run_checkpoints(args)
         evaluate_source(args, args.model, args.out, step=args.step)
-    except (CheckpointError, ValueError) as e:
+    except (CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(open(os.path.join(args.out, "results.md")).read())
