@@ -1,6 +1,6 @@
 from setuptools import find_packages, setup
 
-EVAL = ["lm-eval[hf,math]==0.4.13", "math-verify[antlr4_11_0]==0.9.0", "antlr4-python3-runtime==4.11.0"]
+EVAL = ["lm-eval[hf,math]==0.4.13", "math-verify[antlr4_11_0]==0.9.0"]  # [math] pins antlr4 4.11
 
 setup(
     name="llemma-neox",

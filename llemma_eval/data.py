@@ -60,6 +60,18 @@ def math_rows(data_dir: str) -> list[dict]:
     return [_require(json.load(open(p)), fields, p) for p in files]
 
 
+def missing_data(kind: str, data_dir: str) -> str | None:
+    """What --data-dir lacks for a task of this kind (checked before any model is loaded)."""
+    if kind == "math" and not (os.path.isfile(os.path.join(data_dir, "MATH", "test.jsonl"))
+                               or glob.glob(os.path.join(data_dir, "MATH", "test", "*", "*.json"))):
+        return f"{data_dir}/MATH/test/<subject>/*.json (or MATH/test.jsonl)"
+    if kind == "gsm8k" and not os.path.isfile(os.path.join(data_dir, "gsm8k", "test.jsonl")):
+        return f"{data_dir}/gsm8k/test.jsonl"
+    if kind == "ppl" and not glob.glob(os.path.join(data_dir, "proof-pile-2", "*", "test", "*.jsonl*")):
+        return f"{data_dir}/proof-pile-2/<component>/test/*.jsonl(.zst)"
+    return None
+
+
 def math_test(data_dir: str | None = None, **_):
     if data_dir:
         return _dataset(math_rows(data_dir), os.path.join(data_dir, "MATH"))

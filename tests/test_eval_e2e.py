@@ -157,6 +157,13 @@ def test_bad_arguments_fail_fast(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: --tasks: unknown task(s) ['llemma_mat']")
     r = subprocess.run([sys.executable, TOOL, str(tmp_path), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2 and "neither a Hugging Face directory" in r.stderr
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    (tmp_path / "data" / "gsm8k").mkdir(parents=True)
+    r = subprocess.run([sys.executable, TOOL, str(tmp_path / "hf"), "--out", str(tmp_path / "o"), "--data-dir",
+                        str(tmp_path / "data"), "--tasks", "llemma_math"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr == f"error: --data-dir: task llemma_math needs {tmp_path}/data/MATH/test/<subject>/*.json (or MATH/test.jsonl)\n"
     assert not (tmp_path / "o").exists()
 
 

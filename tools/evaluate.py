@@ -68,6 +68,13 @@ def usage_errors(args) -> str | None:
         return f"{'--run' if args.run else 'MODEL'} {source!r} is not a directory"
     if args.data_dir and not os.path.isdir(args.data_dir):
         return f"--data-dir {args.data_dir!r} is not a directory"
+    if args.data_dir:
+        from llemma_eval.data import missing_data
+
+        for task in args.tasks.split(","):
+            missing = missing_data(TASKS[task], args.data_dir)
+            if missing:
+                return f"--data-dir: task {task} needs {missing}"
     if args.run and args.every < 1:
         return f"--every must be >= 1, got {args.every}"
     if args.model and not args.run and not (os.path.isfile(os.path.join(args.model, "config.json"))
