@@ -77,7 +77,7 @@ def summarize_ppl(records: list[dict]) -> dict:
         metrics[f"{comp}/token_perplexity"] = m["token_perplexity"]
         metrics[f"{comp}/bits_per_byte"] = m["bits_per_byte"]
     return {"metric": "token_perplexity", "value": overall["token_perplexity"], "n": len(records), "k": 1,
-            "metrics": metrics}
+            "metrics": metrics, "components": {c: m["n"] for c, m in by_comp.items()}}
 
 
 def evaluate_model(model_dir: str, tasks: list[str], out: str, backend: str = "hf", data_dir=None,
@@ -136,4 +136,7 @@ def markdown_table(results: dict) -> str:
     lines = ["| task | metric | value | n | k | seconds |", "| --- | --- | --- | --- | --- | --- |"]
     for task, r in results.items():
         lines.append(f"| {task} | {r['metric']} | {format_value(r)} | {r['n']} | {r['k']} | {r.get('seconds', '')} |")
+        for comp, n in r.get("components", {}).items():  # perplexity per Proof-Pile-2 component
+            value = r["metrics"][f"{comp}/token_perplexity"]
+            lines.append(f"| {task}/{comp} | token_perplexity | {value:.4f} | {n} | 1 | |")
     return "\n".join(lines)

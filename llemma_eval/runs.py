@@ -2,7 +2,7 @@
 
 A checkpoint global_step<N> is complete when it holds the marker file `complete` (written by the
 trainer after all ranks saved; see neox/resilience.py). Results of step N go to
-<out>/step_<N>/, and one row per (step, task) is appended to <out>/run_results.jsonl under a
+<out>/step_<N>/, and one row per (step, task) is added to <out>/run_results.jsonl under a
 file lock (Slurm array tasks finish in any order); <out>/run_results.md is rebuilt from it.
 """
 
@@ -54,16 +54,20 @@ def pending_steps(save_dir: str, out: str, every: int, tasks: list[str]) -> list
 
 
 def append_results(out: str, step: int, results: dict) -> None:
+    """Adds step's rows; a step evaluated again (--step N twice) replaces its rows for those tasks."""
     with _locked(out):
-        with open(os.path.join(out, "run_results.jsonl"), "a") as f:
-            for task, r in results.items():
-                f.write(json.dumps({"step": step, "task": task, **r}) + "\n")
-        _write_table(out)
+        path = os.path.join(out, "run_results.jsonl")
+        rows = [json.loads(line) for line in open(path) if line.strip()] if os.path.isfile(path) else []
+        rows = [r for r in rows if not (r["step"] == step and r["task"] in results)]
+        rows += [{**r, "step": step, "task": task} for task, r in results.items()]
+        with open(f"{path}.tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(f"{path}.tmp", path)
+        _write_table(out, rows)
 
 
-def _write_table(out: str) -> None:
-    rows = [json.loads(line) for line in open(os.path.join(out, "run_results.jsonl")) if line.strip()]
-    rows.sort(key=lambda r: (r["step"], r["task"]))
+def _write_table(out: str, rows: list[dict]) -> None:
+    rows = sorted(rows, key=lambda r: (r["step"], r["task"]))
     lines = ["| step | task | metric | value | n | k |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['step']} | {r['task']} | {r['metric']} | {format_value(r)} | {r['n']} | {r['k']} |")

@@ -17,9 +17,9 @@ from conftest import REPO
 
 TOOL = os.path.join(REPO, "tools", "evaluate.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-DOCS = {"arxiv": ["Let $x$ be a prime. Then the theorem holds for every $n$.",
-                  "We prove the lemma by induction on the number of vertices."],
-        "open-web-math": ["The derivative of $x^2$ is $2x$, as the limit shows."]}
+DOCS = {"arxiv": ["Let $x$ be a prime. Then the theorem holds for every $n$."],
+        "open-web-math": ["The derivative of $x^2$ is $2x$, as the limit shows.",
+                          "We prove the lemma by induction on the number of vertices."]}
 
 
 def write_benchmarks(root):
@@ -104,19 +104,22 @@ def test_perplexity_equals_transformers_with_one_bos(evaluated):
     model = LlamaForCausalLM.from_pretrained(root / "hf").eval()
     tok = AutoTokenizer.from_pretrained(root / "hf")
     recs = [json.loads(line) for line in open(root / "out" / "samples" / "proof_pile_2_ppl.jsonl")]
-    texts = DOCS["arxiv"]  # --limit 2: the first two documents, arxiv's
-    assert [x["component"] for x in recs] == ["arxiv", "arxiv"]
+    assert [x["component"] for x in recs] == ["arxiv", "open-web-math"]  # --limit 2: one of each
+    results = json.load(open(root / "out" / "results.json"))["proof_pile_2_ppl"]
     total_ll = total_tokens = 0
-    for rec, text in zip(recs, texts):
+    for rec, text in zip(recs, [DOCS["arxiv"][0], DOCS["open-web-math"][0]]):
         ll, n = _direct_loglikelihood(model, tok, text)
         doubled, _ = _direct_loglikelihood(model, tok, text, bos_count=2)
         assert abs(doubled - ll) > 1e-2 * abs(ll)  # a doubled BOS would be caught
         assert rec["tokens"] == n
         assert rec["loglikelihood"] == pytest.approx(ll, rel=1e-4)
+        component_ppl = results["metrics"][f"{rec['component']}/token_perplexity"]
+        assert component_ppl == pytest.approx(math.exp(-ll / n), rel=1e-4)
         total_ll, total_tokens = total_ll + ll, total_tokens + n
-    results = json.load(open(root / "out" / "results.json"))["proof_pile_2_ppl"]
     assert results["value"] == pytest.approx(math.exp(-total_ll / total_tokens), rel=1e-4)
-    assert results["metrics"]["arxiv/token_perplexity"] == pytest.approx(results["value"], rel=1e-12)
+    assert results["components"] == {"arxiv": 1, "open-web-math": 1}
+    table = open(root / "out" / "results.md").read()
+    assert f"| proof_pile_2_ppl/arxiv | token_perplexity | {results['metrics']['arxiv/token_perplexity']:.4f} | 1 | 1 | |" in table
 
 
 def test_every_checkpoint_of_a_run_exported_on_the_fly(evaluated, tmp_path):
@@ -149,6 +152,15 @@ def test_every_checkpoint_of_a_run_exported_on_the_fly(evaluated, tmp_path):
     assert "| 200 | proof_pile_2_ppl | token_perplexity |" in open(out / "run_results.md").read()
     again = subprocess.run(base + ["--list-pending"], capture_output=True, text=True, env=ENV)
     assert again.stdout.split() == []  # evaluated once
+    # a step evaluated again replaces its rows; another step's rows are added
+    from llemma_eval import runs
+
+    runs.append_results(str(out), 200, {"proof_pile_2_ppl": dict(rows[0], value=2.0)})
+    runs.append_results(str(out), 100, {"proof_pile_2_ppl": dict(rows[0], value=3.0)})
+    rows = [json.loads(line) for line in open(out / "run_results.jsonl")]
+    assert [(x["step"], x["value"]) for x in rows] == [(200, 2.0), (100, 3.0)]
+    table = open(out / "run_results.md").read().splitlines()
+    assert table[2].startswith("| 100 |") and table[3].startswith("| 200 | proof_pile_2_ppl | token_perplexity | 2.0000 |")
 
 
 def test_bad_arguments_fail_fast(tmp_path):
