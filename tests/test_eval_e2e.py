@@ -176,6 +176,13 @@ def test_bad_arguments_fail_fast(tmp_path):
                         str(tmp_path / "data"), "--tasks", "llemma_math"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr == f"error: --data-dir: task llemma_math needs {tmp_path}/data/MATH/test/<subject>/*.json (or MATH/test.jsonl)\n"
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:  # CPU machines: the GPU extra is not installed
+        r = subprocess.run([sys.executable, TOOL, str(tmp_path / "hf"), "--out", str(tmp_path / "o"),
+                            "--backend", "vllm"], capture_output=True, text=True)
+        assert (r.returncode, r.stderr) == (2, "error: --backend vllm: vllm is not installed "
+                                                "(pip install -e '.[eval-gpu]')\n")
     assert not (tmp_path / "o").exists()
 
 

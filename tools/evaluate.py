@@ -66,6 +66,11 @@ def usage_errors(args) -> str | None:
     source = args.run or args.model
     if not source or not os.path.isdir(source):
         return f"{'--run' if args.run else 'MODEL'} {source!r} is not a directory"
+    if args.backend == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            return "--backend vllm: vllm is not installed (pip install -e '.[eval-gpu]')"
     if args.data_dir and not os.path.isdir(args.data_dir):
         return f"--data-dir {args.data_dir!r} is not a directory"
     if args.data_dir:
