@@ -1,10 +1,13 @@
 from setuptools import find_packages, setup
 
+EVAL = ["lm-eval[hf,math]==0.4.13", "math-verify[antlr4_11_0]==0.9.0"]  # [math] pins antlr4 4.11
+
 setup(
     name="llemma-neox",
     version="0.1.0",
     description="GPT-NeoX-style continued pretraining of Llama models on math (the Llemma recipe)",
-    packages=find_packages(include=["neox", "neox.*"]),
+    packages=find_packages(include=["neox", "neox.*", "llemma_eval", "llemma_eval.*"]),
+    package_data={"llemma_eval": ["tasks/*.yaml", "tasks/*.txt"]},
     python_requires=">=3.10",
     install_requires=[
         # CPU CI installs torch==2.13.0 first (see README); GPU users bring their own CUDA torch.
@@ -22,7 +25,11 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # lm-eval's math extra pins antlr4 4.11; math-verify must use the same grammar build
+        # (its default antlr4 4.13 extra clashes), hence math-verify[antlr4_11_0].
+        "test": ["pytest>=8", *EVAL],
+        "eval": EVAL,
+        "eval-gpu": [*EVAL, "vllm==0.33.0"],
         "gpu": ["flash-attn>=2.5"],
         "tensorboard": ["tensorboard>=2.14"],
         "wandb": ["wandb>=0.16"],

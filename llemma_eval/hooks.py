@@ -1,0 +1,37 @@
+"""The trainer's optional `eval_after_checkpoint: <command>`: run it after each complete checkpoint.
+
+The command is a shell command with placeholders {ckpt} (the run's save directory), {step} and
+{tag} (global_step<N>), e.g.
+    sbatch slurm/evaluate.sbatch {ckpt} runs/7b/eval {step} --tasks llemma_math,llemma_gsm8k
+It is started in its own session with its output appended to <ckpt>/eval_after_checkpoint.log, and
+not waited for: training goes on while it runs (or while sbatch queues the job).
+"""
+
+import os
+import string
+import subprocess
+
+PLACEHOLDERS = {"ckpt", "step", "tag"}
+
+
+def check_command(command: str) -> None:
+    """ValueError naming an unknown placeholder (call when the config is read, before training)."""
+    names = {field for _, field, _, _ in string.Formatter().parse(command) if field is not None}
+    unknown = names - PLACEHOLDERS
+    if unknown:
+        raise ValueError(f"eval_after_checkpoint: unknown placeholder(s) {sorted(unknown)} in {command!r}; "
+                         f"known: {sorted(PLACEHOLDERS)}")
+
+
+def after_checkpoint(command: str, ckpt_dir: str, step: int) -> subprocess.Popen:
+    """Starts command for checkpoint global_step<step> of ckpt_dir; returns at once."""
+    check_command(command)
+    line = command.format(ckpt=ckpt_dir, step=step, tag=f"global_step{step}")
+    log = open(os.path.join(ckpt_dir, "eval_after_checkpoint.log"), "a")
+    log.write(f"[step {step}] {line}\n")
+    log.flush()
+    try:
+        return subprocess.Popen(line, shell=True, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    finally:
+        log.close()  # the child holds its own copy

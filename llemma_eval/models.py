@@ -1,0 +1,44 @@
+"""lm-eval backends whose rolling (perplexity) requests put BOS exactly once before a document.
+
+lm-eval's loglikelihood_rolling prepends its prefix token (BOS) to the document's tokens, and those
+tokens are encoded with the tokenizer's own add_bos_token, so a Llama export scores "<s> <s> text":
+every document pays log p(<s> | <s>). Here the document is encoded without special tokens while a
+rolling request is being built, so the model sees "<s> text" and every text token is scored.
+Generation and loglikelihood requests are unchanged.
+"""
+
+
+class _BosOnceRolling:
+    _in_rolling = False
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        self._in_rolling = True
+        try:
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._in_rolling = False
+
+    def tok_encode(self, string, add_special_tokens=None, **kwargs):
+        if self._in_rolling:
+            add_special_tokens = False
+        return super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
+
+
+def make_lm(backend: str, model_dir: str, batch_size=None, device: str = "cpu", dtype: str = "auto",
+            tensor_parallel_size: int = 1, max_length: int | None = None, seed: int = 1234):
+    """An lm-eval LM for an HF directory: 'hf' (CPU or GPU) or 'vllm' (GPUs)."""
+    default_batch = {"hf": 1, "vllm": "auto"}.get(backend)  # vLLM schedules its own batches
+    common = {"pretrained": model_dir, "dtype": dtype, "batch_size": batch_size or default_batch}
+    if max_length:
+        common["max_length"] = max_length
+    if backend == "hf":
+        from lm_eval.models.huggingface import HFLM
+
+        cls = type("BosOnceHFLM", (_BosOnceRolling, HFLM), {})
+        return cls(device=device, **common)
+    if backend == "vllm":
+        from lm_eval.models.vllm_causallms import VLLM
+
+        cls = type("BosOnceVLLM", (_BosOnceRolling, VLLM), {})
+        return cls(tensor_parallel_size=tensor_parallel_size, seed=seed, **common)
+    raise ValueError(f"unknown backend {backend!r} (hf or vllm)")

@@ -1,0 +1,142 @@
+"""One model -> <out>/results.json, <out>/samples/<task>.jsonl and <out>/results.md.
+
+lm-eval builds the prompts and generates (hf or vllm backend); the answers are then scored here by
+llemma_eval.scoring, off the model, so rescoring the same samples gives the same numbers.
+"""
+
+import json
+import math
+import os
+import random
+import time
+
+from llemma_eval import TASKS_DIR
+from llemma_eval.scoring import score_records, summarize, write_samples
+
+TASKS = {"llemma_math": "math", "llemma_math_majk": "math", "llemma_gsm8k": "gsm8k",
+         "llemma_gsm8k_majk": "gsm8k", "proof_pile_2_ppl": "ppl"}
+MAJK_DEFAULT = {"llemma_math_majk": 256, "llemma_gsm8k_majk": 100}
+
+
+def check_tasks(tasks: list[str]) -> None:
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
+
+
+def _load_tasks(tasks, data_dir, k, seed):
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=TASKS_DIR, include_defaults=False,
+                          metadata={"data_dir": os.path.abspath(data_dir) if data_dir else None})
+    loaded = manager.load(tasks)
+    for name, task in loaded["tasks"].items():
+        if k is not None and name in MAJK_DEFAULT:
+            from lm_eval.filters import build_filter_ensemble
+
+            task.set_config(key="repeats", value=k)
+            task._filters = [build_filter_ensemble("all-samples", [["take_first_k", {"k": k}]])]
+        if hasattr(task, "set_fewshot_seed"):
+            task.set_fewshot_seed(seed=seed)
+    return loaded
+
+
+def _generation_records(kind, samples, task_name):
+    recs = []
+    for s in sorted(samples, key=lambda s: s["doc_id"]):
+        doc = s["doc"]
+        gens = [g for req in s["resps"] for g in req]  # one request per doc, k generations
+        problem, reference = (doc["problem"], doc["solution"]) if kind == "math" else (doc["question"], doc["answer"])
+        recs.append({"task": task_name, "doc_id": s["doc_id"], "kind": kind, "problem": problem,
+                     "reference": reference, "generations": gens})
+    return recs
+
+
+def _ppl_records(samples, tokenizer):
+    recs = []
+    for s in sorted(samples, key=lambda s: s["doc_id"]):
+        text = s["doc"]["text"]
+        ll = s["resps"][0][0]
+        ll = ll[0] if isinstance(ll, (list, tuple)) else ll
+        recs.append({"doc_id": s["doc_id"], "kind": "ppl", "component": s["doc"]["component"],
+                     "loglikelihood": float(ll), "tokens": len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+                     "bytes": len(text.encode("utf-8"))})
+    return recs
+
+
+def summarize_ppl(records: list[dict]) -> dict:
+    def ppl(rs):
+        ll, toks, nbytes = (sum(r[key] for r in rs) for key in ("loglikelihood", "tokens", "bytes"))
+        return {"token_perplexity": math.exp(-ll / toks), "bits_per_byte": -ll / nbytes / math.log(2), "n": len(rs)}
+
+    overall = ppl(records)
+    by_comp = {c: ppl([r for r in records if r["component"] == c])
+               for c in dict.fromkeys(r["component"] for r in records)}
+    metrics = {"token_perplexity": overall["token_perplexity"], "bits_per_byte": overall["bits_per_byte"]}
+    for comp, m in by_comp.items():
+        metrics[f"{comp}/token_perplexity"] = m["token_perplexity"]
+        metrics[f"{comp}/bits_per_byte"] = m["bits_per_byte"]
+    return {"metric": "token_perplexity", "value": overall["token_perplexity"], "n": len(records), "k": 1,
+            "metrics": metrics, "components": {c: m["n"] for c, m in by_comp.items()}}
+
+
+def evaluate_model(model_dir: str, tasks: list[str], out: str, backend: str = "hf", data_dir=None,
+                   limit=None, k=None, batch_size=None, device: str = "cpu", dtype: str = "auto",
+                   tensor_parallel_size: int = 1, max_gen_toks=None, workers: int = 4,
+                   timeout: float = 5.0, seed: int = 1234) -> dict:
+    """Evaluates model_dir on tasks; returns and writes results.json (per task: metric, value, n, k, seconds)."""
+    check_tasks(tasks)
+    import numpy as np
+    import torch
+    from lm_eval import evaluator
+    from transformers import AutoTokenizer
+
+    from llemma_eval.models import make_lm
+
+    os.makedirs(os.path.join(out, "samples"), exist_ok=True)
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+    os.environ["LLEMMA_EVAL_DEFER_SCORING"] = "1"  # scored below, off the accelerator
+    lm = make_lm(backend, model_dir, batch_size=batch_size, device=device, dtype=dtype,
+                 tensor_parallel_size=tensor_parallel_size, seed=seed)
+    results = {}
+    for name in tasks:  # one task at a time: seconds per task, and finished tasks are kept
+        start = time.time()
+        loaded = _load_tasks([name], data_dir, k, seed)
+        if max_gen_toks and TASKS[name] != "ppl":
+            loaded["tasks"][name].set_config(key="generation_kwargs", value={"max_gen_toks": max_gen_toks},
+                                             update=True)
+        raw = evaluator.evaluate(lm, loaded, limit=limit, log_samples=True, bootstrap_iters=0)
+        samples = raw["samples"][name]
+        if TASKS[name] == "ppl":
+            recs = _ppl_records(samples, AutoTokenizer.from_pretrained(model_dir))
+            summary = summarize_ppl(recs)
+        else:
+            recs = score_records(_generation_records(TASKS[name], samples, name), workers, timeout, desc=name)
+            summary = summarize(recs)
+        write_samples(os.path.join(out, "samples", f"{name}.jsonl"), recs)
+        summary["seconds"] = round(time.time() - start, 2)
+        results[name] = summary
+        write_results(out, results)
+    return results
+
+
+def write_results(out: str, results: dict, step=None) -> None:
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(markdown_table(results) + "\n")
+
+
+def format_value(result: dict) -> str:
+    """Perplexity as it is, accuracies in percent (as the papers print them)."""
+    return f"{result['value']:.4f}" if result["metric"] == "token_perplexity" else f"{100 * result['value']:.1f}"
+
+
+def markdown_table(results: dict) -> str:
+    lines = ["| task | metric | value | n | k | seconds |", "| --- | --- | --- | --- | --- | --- |"]
+    for task, r in results.items():
+        lines.append(f"| {task} | {r['metric']} | {format_value(r)} | {r['n']} | {r['k']} | {r.get('seconds', '')} |")
+        for comp, n in r.get("components", {}).items():  # perplexity per Proof-Pile-2 component
+            value = r["metrics"][f"{comp}/token_perplexity"]
+            lines.append(f"| {task}/{comp} | token_perplexity | {value:.4f} | {n} | 1 | |")
+    return "\n".join(lines)
