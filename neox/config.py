@@ -246,9 +246,17 @@ class CheckpointArgs:
     finetune: bool = False  # load weights only: step 0, fresh optimizer and data position
     keep_last_n_checkpoints: Optional[int] = None  # None: keep all; never deletes the newest
     reference_loss_tolerance: float = 1e-3  # guarded start: |loss - converter's loss| allowed
+    eval_after_checkpoint: Optional[str] = None  # shell command started after each complete checkpoint
 
     def check(self) -> None:
         _finite(self, "reference_loss_tolerance")
+        if self.eval_after_checkpoint:
+            from llemma_eval.hooks import check_command
+
+            try:
+                check_command(self.eval_after_checkpoint)
+            except ValueError as e:
+                raise ConfigError(f"key {e}") from None
         if self.keep_last_n_checkpoints is not None and self.keep_last_n_checkpoints < 1:
             raise ConfigError(f"key 'keep_last_n_checkpoints' must be >= 1, got {self.keep_last_n_checkpoints}")
         if self.checkpoint_factor is not None and self.checkpoint_factor <= 0:

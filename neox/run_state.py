@@ -96,6 +96,10 @@ def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_f
                 is_rank0(), extra_files={"config.json": json.dumps(cfg.to_flat(), indent=1),
                                                   "data.json": json.dumps(data_files, indent=1)})
     print_rank0(f"saved checkpoint global_step{step} to {cfg.checkpoint.save}")
+    if cfg.checkpoint.eval_after_checkpoint and is_rank0():  # the checkpoint is complete by now
+        from llemma_eval.hooks import after_checkpoint
+
+        after_checkpoint(cfg.checkpoint.eval_after_checkpoint, cfg.checkpoint.save, step)
 
 
 def rollback(engine, cfg: NeoXConfig, guard: LossGuard, update: int, reason: str, logger) -> int:
