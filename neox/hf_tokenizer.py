@@ -54,18 +54,23 @@ def _merges(proto) -> list[tuple[str, str]]:
     return [(left, right) for _, left, right in ranked]
 
 
+def _user_defined(proto) -> list[str]:
+    return [p.piece for p in proto.pieces if p.type == USER_DEFINED]
+
+
 def build_tokenizer(model_path: str) -> Tokenizer:
     """A ``tokenizers.Tokenizer`` equal to the SentencePiece model, BOS added like Llama's."""
     proto = _proto(model_path)
     vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
+    user_defined = _user_defined(proto)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=_merges(proto), unk_token=proto.trainer_spec.unk_piece,
-                               fuse_unk=True, byte_fallback=proto.trainer_spec.byte_fallback))
+                               fuse_unk=True, byte_fallback=proto.trainer_spec.byte_fallback,
+                               ignore_merges=bool(user_defined)))
     dummy_prefix = proto.normalizer_spec.add_dummy_prefix
     # Prepend adds the dummy prefix unconditionally, as SentencePiece does (Metaspace skips it
     # before a leading space)
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁")] * dummy_prefix + [normalizers.Replace(" ", "▁")])
-    user_defined = [p.piece for p in proto.pieces if p.type == USER_DEFINED]
-    if user_defined:  # SentencePiece emits them whole, never merged with their neighbours
+    if user_defined:  # SentencePiece emits them whole: isolated here, looked up whole by the model
         pattern = "|".join(re.escape(piece) for piece in sorted(user_defined, key=len, reverse=True))
         tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
@@ -108,8 +113,9 @@ def write_hf_tokenizer(model_path: str, out_dir: str, model_max_length: int) -> 
     anything, for a model it cannot reproduce or one that fails the self-check."""
     tok = build_tokenizer(model_path)
     tok.encode_special_tokens = True  # what split_special_tokens sets in transformers
+    texts = SELF_CHECK_TEXTS + [f"x{piece.replace('▁', ' ')}y" for piece in _user_defined(_proto(model_path))]
     bad = mismatch(model_path, lambda t: tok.encode(t, add_special_tokens=False).ids,
-                   lambda ids: tok.decode(ids, skip_special_tokens=True), SELF_CHECK_TEXTS)
+                   lambda ids: tok.decode(ids, skip_special_tokens=True), texts)
     if bad:
         raise UnsupportedTokenizer(f"{model_path}: the built tokenizer.json differs from SentencePiece on {bad}")
     special = special_tokens(model_path)

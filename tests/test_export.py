@@ -112,3 +112,27 @@ def test_special_token_ids_agree_everywhere(exported):
         "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
     for f in HF_TOKENIZER_FILES:  # both exports write the same tokenizer
         assert open(os.path.join(out, f), "rb").read() == open(os.path.join(tmp, "from_vocab_file", f), "rb").read(), f
+
+
+def test_user_defined_pieces_are_emitted_whole_like_sentencepiece(tmp_path, toy_data):
+    """Code Llama's kind of vocabulary: pieces such as '▁<PRE>' that SentencePiece never splits."""
+    import io
+
+    import train_toy_tokenizer
+    from neox.hf_tokenizer import write_hf_tokenizer
+
+    lines = list(train_toy_tokenizer.iter_train_lines(os.path.join(toy_data, "corpus")))[:2000]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, vocab_size=400, minloglevel=2,
+                                   user_defined_symbols=["▁<PRE>", "▁<SUF>", "<MID>"],
+                                   **train_toy_tokenizer.TRAINER_OPTIONS)
+    model = str(tmp_path / "ud.model")
+    open(model, "wb").write(buf.getvalue())
+    assert write_hf_tokenizer(model, str(tmp_path), 64) == {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": None}
+    sp = spm.SentencePieceProcessor(model_file=model)
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    for text in BATTERY + [" <PRE> x", "<PRE>", "a<MID>b<MID><MID>", "x <SUF>y", "  <PRE>def f():"]:
+        ids = tok.encode(text)
+        assert ids == [1] + sp.encode(text), (text, tok.convert_ids_to_tokens(ids))
+        assert tok.decode(ids, skip_special_tokens=True) == sp.decode(ids) == text, text
+    assert sp.encode("<PRE>", out_type=str) == ["▁<PRE>"]  # the case above is not vacuous
