@@ -69,7 +69,8 @@ def build_tokenizer(model_path: str) -> Tokenizer:
     dummy_prefix = proto.normalizer_spec.add_dummy_prefix
     # Prepend adds the dummy prefix unconditionally, as SentencePiece does (Metaspace skips it
     # before a leading space)
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁")] * dummy_prefix + [normalizers.Replace(" ", "▁")])
+    escape = [normalizers.Replace(" ", "▁")]
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁")] * dummy_prefix + escape)
     if user_defined:  # SentencePiece emits them whole: isolated here, looked up whole by the model
         pattern = "|".join(re.escape(piece) for piece in sorted(user_defined, key=len, reverse=True))
         tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")

@@ -103,7 +103,8 @@ def test_special_token_ids_agree_everywhere(exported):
     tok = transformers.AutoTokenizer.from_pretrained(out)
     config = json.load(open(os.path.join(out, "config.json")))
     generation = transformers.GenerationConfig.from_pretrained(out)
-    assert (tok.bos_token_id, tok.eos_token_id, tok.unk_token_id) == (sp.bos_id(), sp.eos_id(), sp.unk_id()) == (1, 2, 0)
+    ids = (tok.bos_token_id, tok.eos_token_id, tok.unk_token_id)
+    assert ids == (sp.bos_id(), sp.eos_id(), sp.unk_id()) == (1, 2, 0)
     assert config["bos_token_id"] == generation.bos_token_id == 1
     assert config["eos_token_id"] == generation.eos_token_id == 2
     assert sp.pad_id() == -1 and tok.pad_token_id is None and config["pad_token_id"] is None
