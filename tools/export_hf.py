@@ -75,11 +75,8 @@ def find_tokenizer(ckpt: str, info: dict) -> tuple[str | None, str | None]:
     <ckpt>/tokenizer/, else the run's vocab_file."""
     d = os.path.join(ckpt, "tokenizer")
     hf_dir = d if any(os.path.isfile(os.path.join(d, f)) for f in TOKENIZER_FILES) else None
-    model = os.path.join(d, "tokenizer.model")
-    if not os.path.isfile(model):
-        vocab_file = info.get("vocab_file")
-        model = vocab_file if hf_dir is None and vocab_file and os.path.isfile(vocab_file) else None
-    return model, hf_dir
+    models = (os.path.join(d, "tokenizer.model"), info.get("vocab_file"))
+    return next((m for m in models if m and os.path.isfile(m)), None), hf_dir
 
 
 def write_tokenizer(model, hf_dir, out, config) -> dict:
