@@ -25,6 +25,9 @@ import torch
 from neox.checkpoints import CheckpointError
 
 COMPLETE = "complete"
+# Copied into <save> by every DeepSpeed save; they read TP rank 0 only, so at TP > 1 they would
+# recover part of the model: tools/export_hf.py is the way out of a checkpoint.
+DEEPSPEED_SCRIPTS = ("zero_to_fp32.py", "zero_to_torch.py")
 # A stopped run exits with this status after its checkpoint; slurm/common.sh requeues on it.
 EXIT_REQUEUE = 75
 # Keys a resume may change; anything else differing from the checkpoint's config is refused.
@@ -98,6 +101,9 @@ def save_atomic(engine, save: str, step: int, client_state: dict, keep_last: int
     torch.distributed.barrier()
     if rank0:
         tmp, final = os.path.join(save, tmp_tag), os.path.join(save, tag)
+        for script in DEEPSPEED_SCRIPTS:  # DeepSpeed's save copies them with no option not to
+            if os.path.isfile(os.path.join(save, script)):
+                os.remove(os.path.join(save, script))
         for name, text in (extra_files or {}).items():
             with open(os.path.join(tmp, name), "w") as f:
                 f.write(text)

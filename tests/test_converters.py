@@ -45,11 +45,12 @@ def cli(script, *args):
 
 @pytest.mark.parametrize("tp", [1, 2])
 def test_round_trip_is_bit_identical(tmp_path, tp):
+    """fp32 source, converter defaults (--dtype auto keeps fp32)."""
     src = tiny_hf(tmp_path / "hf")
     ckpt, back = str(tmp_path / "neox"), str(tmp_path / "back")
-    assert convert_codellama.main(["--hf-dir", src, "--out", ckpt, "--tp", str(tp), "--dtype", "fp32",
-                                   "--reference-tokens", "16"]) == 0
+    assert convert_codellama.main(["--hf-dir", src, "--out", ckpt, "--tp", str(tp), "--reference-tokens", "16"]) == 0
     meta = json.load(open(os.path.join(ckpt, "neox_conversion.json")))
+    assert meta["dtype"] == "fp32"
     assert meta["vocab_size"] == 101 and meta["padded_vocab_size"] == (102 if tp == 2 else 101)
     assert meta["rope_theta_source"] == meta["rope_theta"] == 1e6
     rank0 = torch.load(os.path.join(ckpt, "global_step0", "mp_rank_00_model_states.pt"), weights_only=False)
@@ -78,6 +79,7 @@ def test_bf16_round_trip_and_theta_change_is_recorded(tmp_path):
     assert convert_codellama.main(["--hf-dir", src, "--out", ckpt, "--tp", "2", "--rope-theta", "10000",
                                    "--reference-tokens", "16"]) == 0
     meta = json.load(open(os.path.join(ckpt, "neox_conversion.json")))
+    assert meta["dtype"] == "bf16"  # --dtype auto
     assert meta["rope_theta_source"] == 1e6 and meta["rope_theta"] == 1e4
     assert meta["neox_model_keys"]["rotary_emb_base"] == 1e4
     assert export_hf.main(["--ckpt", ckpt, "--out", back]) == 0
@@ -87,11 +89,34 @@ def test_bf16_round_trip_and_theta_change_is_recorded(tmp_path):
     assert cfg["rope_theta"] == 1e4 and cfg["rope_parameters"]["rope_theta"] == 1e4
 
 
-@pytest.mark.parametrize("tp", [1, 2])
-def test_verify_passes_and_catches_a_corrupted_checkpoint(tmp_path, tp):
+def test_auto_dtype_follows_the_tensors_and_names_a_disagreement(tmp_path, capsys):
+    src = tiny_hf(tmp_path / "hf")  # fp32 tensors
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    key = "dtype" if "dtype" in cfg else "torch_dtype"  # transformers 5 writes dtype
+    json.dump({**cfg, key: "bfloat16"}, open(os.path.join(src, "config.json"), "w"))
+    ckpt = str(tmp_path / "neox")
+    assert convert_codellama.main(["--hf-dir", src, "--out", ckpt, "--tp", "1", "--reference-tokens", "0"]) == 0
+    assert (f"warning: {src}/config.json says torch_dtype bfloat16 but the tensors are float32; "
+            "following the tensors") in capsys.readouterr().err
+    assert json.load(open(os.path.join(ckpt, "neox_conversion.json")))["dtype"] == "fp32"
+
+    half, ckpt, back = str(tmp_path / "half"), str(tmp_path / "neox16"), str(tmp_path / "back16")
+    transformers.LlamaForCausalLM.from_pretrained(src, dtype=torch.float16).save_pretrained(half)
+    assert convert_codellama.main(["--hf-dir", half, "--out", ckpt, "--tp", "2", "--reference-tokens", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "tensors are float16; converting to fp32, which holds them exactly" in err and "says" not in err
+    assert export_hf.main(["--ckpt", ckpt, "--out", back]) == 0
+    a, b = hf_tensors(half), hf_tensors(back)
+    assert all(b[k].dtype == torch.float32 and torch.equal(a[k].float(), b[k]) for k in a)
+
+
+@pytest.mark.parametrize("tp,dtype", [(2, []), (1, ["--dtype", "bf16"])])
+def test_verify_passes_and_catches_a_corrupted_checkpoint(tmp_path, tp, dtype):
+    """fp32 sources: converter defaults at TP=2, and a deliberate bf16 conversion at TP=1 (compared
+    with the HF weights rounded to bf16, so the default tolerance holds for both)."""
     src = tiny_hf(tmp_path / "hf", seed=tp)
     ckpt = str(tmp_path / "neox")
-    r = cli("convert_codellama.py", "--hf-dir", src, "--out", ckpt, "--tp", str(tp), "--dtype", "fp32",
+    r = cli("convert_codellama.py", "--hf-dir", src, "--out", ckpt, "--tp", str(tp), *dtype,
             "--verify", "--reference-tokens", "16")
     assert r.returncode == 0, r.stderr[-2000:]
     r = cli("verify_conversion.py", "--hf-dir", src, "--ckpt", ckpt)
@@ -99,6 +124,11 @@ def test_verify_passes_and_catches_a_corrupted_checkpoint(tmp_path, tp):
     last = r.stdout.strip().splitlines()[-1]
     assert last.startswith("verify: max_abs_logit_diff=") and float(last.split("=")[1]) < 1e-4
     assert "layer 1: max_abs_diff=" in r.stdout
+    notes = [line for line in r.stdout.splitlines() if line.startswith("note: the checkpoint holds bfloat16")]
+    if dtype:  # the rounding is what an fp32 comparison would have failed on
+        assert len(notes) == 1 and float(notes[0].rsplit(" ", 1)[1].rstrip(")")) > 1e-4, notes
+    else:
+        assert notes == []
     # corrupt one tensor of the last rank: verification must fail
     path = os.path.join(ckpt, "global_step0", f"mp_rank_{tp - 1:02d}_model_states.pt")
     state = torch.load(path, weights_only=False)

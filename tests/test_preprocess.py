@@ -152,6 +152,21 @@ def test_bad_input_is_refused_with_file_and_line(tok, tmp_path, name, content, m
     assert os.listdir(tmp_path) == ["in"]  # no output, no temp files, no empty shard dir
 
 
+def test_a_failed_run_removes_the_directories_it_created(tok, tmp_path):
+    (tmp_path / "in").mkdir()
+    src = tmp_path / "in" / "a.jsonl"
+    src.write_bytes(GOOD + b"not json\n")
+    (tmp_path / "kept").mkdir()  # existed before: stays, even empty
+    for prefix in (tmp_path / "new" / "tokenized" / "x", tmp_path / "kept" / "x"):
+        with pytest.raises(PreprocessError, match="a.jsonl:2: line is not valid JSON"):
+            preprocess([str(src)], str(prefix), tok, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["in", "kept"] and os.listdir(tmp_path / "kept") == []
+    src.write_bytes(GOOD)
+    preprocess([str(src)], str(tmp_path / "new" / "tokenized" / "x"), tok, progress=False)
+    assert sorted(os.listdir(tmp_path / "new" / "tokenized")) == [f"x_text_document.{e}" for e in
+                                                                   ("bin", "idx", "manifest.json")]
+
+
 def test_missing_paths_are_errors(tok, tmp_path):
     with pytest.raises(PreprocessError, match="nope.jsonl: no such file"):
         preprocess([str(tmp_path / "nope.jsonl")], str(tmp_path / "o"), tok, progress=False)

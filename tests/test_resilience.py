@@ -66,6 +66,8 @@ def test_resume_is_exact(tmp_path, uninterrupted):
     # keep_last_n_checkpoints=2 kept the two newest complete checkpoints only
     kept = sorted(p.name for p in (full_tmp / "full" / "ckpt").glob("global_step*"))
     assert kept == ["global_step16", "global_step20"]
+    # DeepSpeed's zero_to_fp32.py / zero_to_torch.py (TP rank 0 only) are not left in <save>
+    assert sorted(p.name for p in (full_tmp / "full" / "ckpt").iterdir()) == kept + ["latest"]
 
 
 def test_kill_9_at_three_moments(tmp_path, uninterrupted):

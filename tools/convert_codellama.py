@@ -2,12 +2,13 @@
 """Hugging Face Llama / Code Llama directory -> trainer checkpoint sharded for tensor parallel.
 
     python tools/convert_codellama.py --hf-dir DIR --out DIR --tp N [--rope-theta F]
-                                      [--dtype bf16|fp32] [--verify] [--force]
+                                      [--dtype auto|bf16|fp32] [--verify] [--force]
 
 Writes <out>/global_step0/mp_rank_<TT>_model_states.pt for each TP rank, <out>/latest, the
 tokenizer files in <out>/tokenizer/, and <out>/neox_conversion.json (source config, RoPE theta
 before and after, original and padded vocab, TP, and the source model's loss on a fixed
 reference batch). ``finetune: true`` with ``load: <out>`` starts training from it.
+``--dtype auto`` (the default) keeps the source's dtype, so HF -> trainer -> HF is bit-identical.
 
 Tensors are streamed: each rank's file is built from slices read straight out of the
 memory-mapped safetensors, so peak memory is about one output shard plus one tensor.
@@ -29,7 +30,10 @@ from neox import partition  # noqa: E402
 from neox.checkpoints import (CONVERSION_FILE, DTYPES, TOKENIZER_FILES, CheckpointError, HFWeights,  # noqa: E402
                               model_file)
 from neox.config import padded_vocab_size  # noqa: E402
+from neox.file_modes import follow_umask  # noqa: E402
 from neox.hf_compat import neox_model_keys_from_hf, shard_hf_weights  # noqa: E402
+
+TORCH_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 
@@ -40,7 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--tp", type=int, required=True, help="tensor-parallel size to shard for")
     p.add_argument("--rope-theta", type=float, default=None,
                    help="RoPE theta to train with (Llemma 7B: 10000); default: the source model's")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--dtype", choices=["auto"] + sorted(DTYPES), default="auto",
+                   help="auto: the source's own dtype (its tensors; config.json's torch_dtype is checked)")
     p.add_argument("--make-vocab-size-divisible-by", type=int, default=1)
     p.add_argument("--reference-tokens", type=int, default=128,
                    help="length of the reference batch whose loss is recorded (0: skip)")
@@ -72,6 +77,23 @@ def check_supported(weights: HFWeights, tp: int) -> dict:
         if keys[key] % tp:
             raise CheckpointError(f"--tp {tp} does not divide {key} = {keys[key]} of {weights.dir}")
     return keys
+
+
+def source_dtype(weights: HFWeights, hf_names) -> str:
+    """``--dtype auto``: the dtype of the source's tensors, so the conversion loses nothing.
+    config.json's torch_dtype (``dtype`` in transformers 5) is only checked against them."""
+    found = {weights.get_slice(n, 0, 0, 1).dtype for n in hf_names}  # one row each: the header's dtype
+    found_names = ", ".join(sorted(TORCH_NAMES.get(d, str(d)) for d in found))
+    declared = weights.config.get("torch_dtype") or weights.config.get("dtype")
+    if declared and str(declared).removeprefix("torch.") != found_names:
+        print(f"warning: {weights.dir}/config.json says torch_dtype {declared} but the tensors are "
+              f"{found_names}; following the tensors", file=sys.stderr)
+    if found == {torch.bfloat16}:
+        return "bf16"
+    if found != {torch.float32}:  # fp16 or mixed: fp32 holds every value exactly
+        print(f"warning: {weights.dir}: tensors are {found_names}; converting to fp32, which holds them "
+              "exactly (--dtype bf16 halves the size)", file=sys.stderr)
+    return "fp32"
 
 
 def rank_state(weights: HFWeights, names, rank: int, tp: int, vocab: int, padded: int, dtype) -> dict:
@@ -114,6 +136,7 @@ def convert(args) -> dict:
     source_theta = keys["rotary_emb_base"]
     train_theta = args.rope_theta if args.rope_theta is not None else source_theta
     names = partition.expected_names(keys["num_layers"])
+    dtype = source_dtype(weights, sorted(expected)) if args.dtype == "auto" else args.dtype
 
     reference = None
     if args.reference_tokens > 0:
@@ -130,7 +153,7 @@ def convert(args) -> dict:
         "source": os.path.abspath(args.hf_dir),
         "source_config": weights.config,
         "tensor_parallel_size": args.tp,
-        "dtype": args.dtype,
+        "dtype": dtype,
         "rope_theta_source": source_theta,
         "rope_theta": train_theta,
         "vocab_size": vocab,
@@ -148,7 +171,7 @@ def convert(args) -> dict:
         bar = tqdm(total=args.tp * len(names), unit="tensor", desc="convert")
         for rank in range(args.tp):
             state = {}
-            for name, t in rank_state(weights, names, rank, args.tp, vocab, padded, DTYPES[args.dtype]).items():
+            for name, t in rank_state(weights, names, rank, args.tp, vocab, padded, DTYPES[dtype]).items():
                 state[name] = t
                 bar.update(1)
             torch.save({"module": state, "neox_conversion": meta, "mp_world_size": args.tp,
@@ -175,12 +198,13 @@ def convert(args) -> dict:
                 meta["verify_failed"] = True
         with open(os.path.join(tmp, CONVERSION_FILE), "w") as f:  # after verify: records its result
             json.dump(meta, f, indent=1)
+        follow_umask(tmp)  # tokenizer copies keep the source's mode otherwise
         if os.path.exists(out):
             shutil.rmtree(out)
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"wrote {out}: TP={args.tp}, {args.dtype}, vocab {vocab} (padded {padded}), "
+    print(f"wrote {out}: TP={args.tp}, {dtype}, vocab {vocab} (padded {padded}), "
           f"rope theta {source_theta:g} -> {train_theta:g}")
     return meta
 

@@ -6,7 +6,9 @@
 
 Writes config.json (rope_theta, num_key_value_heads, intermediate_size, rms_norm_eps,
 vocab_size), model-0000X-of-0000Y.safetensors shards with an index, generation_config.json and
-the tokenizer files, loadable by LlamaForCausalLM.from_pretrained and AutoTokenizer.
+the tokenizer (tokenizer.model, tokenizer.json, tokenizer_config.json, special_tokens_map.json,
+built from the SentencePiece model; see neox.hf_tokenizer), loadable by
+LlamaForCausalLM.from_pretrained and AutoTokenizer. Files get the modes the umask gives.
 
 Weights come from the module weights in mp_rank_<TT>_model_states.pt (what the model computed
 with: bf16 after bf16 training). Rank files are memory-mapped and each tensor is unsharded on
@@ -29,6 +31,8 @@ from neox import partition  # noqa: E402
 from neox.checkpoints import (CONVERSION_FILE, DTYPES, TOKENIZER_FILES, CheckpointError,  # noqa: E402
                               checkpoint_model_info, load_rank,
                               resolve_tag, tensor_parallel_size, unfused_hint)
+from neox.file_modes import follow_umask  # noqa: E402
+from neox.hf_tokenizer import UnsupportedTokenizer, write_hf_tokenizer  # noqa: E402
 
 
 
@@ -66,35 +70,43 @@ def hf_config(info: dict, source: dict, dtype: str) -> dict:
     }
 
 
-def find_tokenizer(ckpt: str, info: dict) -> tuple[str | None, list[str]]:
-    """Tokenizer files: a converter's copy in <ckpt>/tokenizer/, else the run's vocab_file."""
+def find_tokenizer(ckpt: str, info: dict) -> tuple[str | None, str | None]:
+    """(SentencePiece model, directory of Hugging Face tokenizer files): the converter's copy in
+    <ckpt>/tokenizer/, else the run's vocab_file."""
     d = os.path.join(ckpt, "tokenizer")
-    files = [f for f in TOKENIZER_FILES if os.path.isfile(os.path.join(d, f))]
-    if files:
-        return d, files
-    vocab_file = info.get("vocab_file")
-    if vocab_file and os.path.isfile(vocab_file):
-        return None, [vocab_file]
-    return None, []
+    hf_dir = d if any(os.path.isfile(os.path.join(d, f)) for f in TOKENIZER_FILES) else None
+    models = (os.path.join(d, "tokenizer.model"), info.get("vocab_file"))
+    return next((m for m in models if m and os.path.isfile(m)), None), hf_dir
 
 
-def write_tokenizer(tok_dir, files, out, config):
-    if tok_dir is not None:
-        for f in files:
-            shutil.copy2(os.path.join(tok_dir, f), os.path.join(out, f))
-        if "tokenizer_config.json" in files:
-            return
-    elif files:
-        shutil.copy2(files[0], os.path.join(out, "tokenizer.model"))
+def write_tokenizer(model, hf_dir, out, config) -> dict:
+    """The complete tokenizer, built from the SentencePiece model the data was tokenized with (a
+    Hugging Face tokenizer without one is copied as it is); returns its special-token ids."""
+    if model:
+        try:
+            return write_hf_tokenizer(model, out, config["max_position_embeddings"])
+        except UnsupportedTokenizer as e:
+            print(f"warning: {e}; tokenizer files copied as they are", file=sys.stderr)
+    if hf_dir:
+        for f in TOKENIZER_FILES:
+            if os.path.isfile(os.path.join(hf_dir, f)):
+                shutil.copyfile(os.path.join(hf_dir, f), os.path.join(out, f))
+    elif model:
+        shutil.copyfile(model, os.path.join(out, "tokenizer.model"))
     else:
         print("warning: no tokenizer found (no <ckpt>/tokenizer/, no vocab_file); exported weights only",
               file=sys.stderr)
-        return
-    # a SentencePiece model alone: describe it as a Llama tokenizer (converted by transformers on load)
-    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-                   "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False,
-                   "legacy": True, "model_max_length": config["max_position_embeddings"]}, f, indent=1)
+    return {}
+
+
+def use_tokenizer_ids(config: dict, ids: dict):
+    """Special-token ids in config.json are the tokenizer's; a source config that disagrees is named."""
+    for key, value in ids.items():
+        if config.get(key) != value:
+            if config.get(key) is not None:
+                print(f"warning: the source model's {key} {config[key]} differs from the tokenizer's "
+                      f"{value}; config.json gets the tokenizer's", file=sys.stderr)
+            config[key] = value
 
 
 def export(ckpt: str, out: str, step=None, dtype: str = "auto", max_shard_bytes: int = 5 * 2**30,
@@ -155,12 +167,13 @@ def export(ckpt: str, out: str, step=None, dtype: str = "auto", max_shard_bytes:
                 json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
 
         config = hf_config(info, source, dtype)
+        use_tokenizer_ids(config, write_tokenizer(*find_tokenizer(ckpt, info), tmp, config))
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=1)
+        generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config[k] is not None}
         with open(os.path.join(tmp, "generation_config.json"), "w") as f:
-            json.dump({"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}, f)
-        tok_dir, files = find_tokenizer(ckpt, info)
-        write_tokenizer(tok_dir, files, tmp, config)
+            json.dump(generation, f)
+        follow_umask(tmp)  # safetensors writes 0600
         if os.path.exists(out):
             shutil.rmtree(out)
         os.rename(tmp, out)

@@ -4,19 +4,21 @@
     python tools/make_stand_in_codellama.py --out DIR [--tokenizer data/toy/tokenizer.model]
 
 Same architecture family as Code Llama (GQA, untied head, RoPE theta 1e6, no biases), shaped like
-llemma_configs/smoke.yml, with the toy SentencePiece tokenizer; saved as safetensors.
+llemma_configs/smoke.yml, with the toy SentencePiece tokenizer (and the Hugging Face tokenizer
+files Code Llama ships, built from it); saved as safetensors.
 """
 
 import argparse
-import json
 import os
-import shutil
 import sys
 
 import torch
 import transformers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from neox.hf_tokenizer import write_hf_tokenizer  # noqa: E402
 
 
 def make(out, tokenizer=None, layers=2, hidden=128, heads=4, kv_heads=2, intermediate=344,
@@ -38,11 +40,7 @@ def make(out, tokenizer=None, layers=2, hidden=128, heads=4, kv_heads=2, interme
     model = model.to(torch.bfloat16 if dtype == "bf16" else torch.float32)
     model.save_pretrained(out)
     if tokenizer:
-        shutil.copy2(tokenizer, os.path.join(out, "tokenizer.model"))
-        with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
-            json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-                       "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False,
-                       "legacy": True, "model_max_length": max_positions}, f, indent=1)
+        write_hf_tokenizer(tokenizer, out, max_positions)
     return model
 
 

@@ -307,6 +307,15 @@ def _remove_stale_temps(final):
             os.remove(p)
 
 
+def _missing_parents(path):
+    """The directories above `path` that do not exist yet, innermost first."""
+    missing, d = [], os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(d):
+        missing.append(d)
+        d = os.path.dirname(d)
+    return missing
+
+
 def _load_shard(shard, identity, itemsize):
     """The shard's json if it was made from the same input with the same options, else None."""
     try:
@@ -390,9 +399,6 @@ def preprocess(inputs, output_prefix, tokenizer_model, append_eod=True, prepend_
     tmp = f"{final}.tmp-{os.getpid()}"  # the merged output is written here, renamed at the end
     shards_dir = final + ".shards"
     out_dir = os.path.dirname(os.path.abspath(final))
-    os.makedirs(shards_dir, exist_ok=True)
-    _remove_stale_temps(final)
-
     infos, tasks, sizes = [], [], []
     for i, path in enumerate(files):
         try:
@@ -408,6 +414,10 @@ def preprocess(inputs, output_prefix, tokenizer_model, append_eod=True, prepend_
         if infos[i] is None:
             tasks.append((i, path, os.path.join(shards_dir, str(i)), identity))
     reused = len(files) - len(tasks)
+
+    created = _missing_parents(shards_dir)  # removed again if a failed run leaves them empty
+    os.makedirs(shards_dir, exist_ok=True)
+    _remove_stale_temps(final)
 
     # One process per file; with fewer files than workers, the spare cores become encode threads.
     procs = min(workers, len(tasks))
@@ -493,6 +503,9 @@ def preprocess(inputs, output_prefix, tokenizer_model, append_eod=True, prepend_
                 os.remove(p)
             if not os.listdir(shards_dir):
                 os.rmdir(shards_dir)
+        for d in created:  # innermost first
+            if os.path.isdir(d) and not os.listdir(d):
+                os.rmdir(d)
 
 
 def main(argv=None):

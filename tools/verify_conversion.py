@@ -9,8 +9,10 @@ the embedding, after every layer and of the final logits, and ends with one line
 ``verify: max_abs_logit_diff=<float>``. Exit status 1 above the tolerance.
 
 The Hugging Face model is run with the checkpoint's RoPE theta (a converter's ``--rope-theta``
-changes the model on purpose; this checks the weights and layout, not that choice). It is loaded
-whole, so it needs about 4 bytes per parameter of RAM.
+changes the model on purpose; this checks the weights and layout, not that choice), and with its
+weights rounded to the checkpoint's dtype (a bf16 conversion of an fp32 model holds bf16 weights
+on purpose; the shift this rounding causes is printed, not counted), so one tolerance fits every
+dtype. It is loaded whole, so it needs about 4 bytes per parameter of RAM.
 """
 
 import argparse
@@ -64,7 +66,19 @@ def run_ours(ckpt: str, tag: str, tokens: torch.Tensor) -> dict:
         return torch.load(out)
 
 
-def run_hf(hf_dir: str, tokens: torch.Tensor, rope_theta: float) -> dict:
+@torch.no_grad()
+def rounding_changes(model, dtype) -> bool:
+    return any(not torch.equal(p.to(dtype).float(), p) for p in model.parameters())
+
+
+@torch.no_grad()
+def round_weights_(model, dtype):
+    """Round the weights to ``dtype``, kept in fp32."""
+    for p in model.parameters():
+        p.copy_(p.to(dtype).float())
+
+
+def run_hf(hf_dir: str, tokens: torch.Tensor, rope_theta: float, dtype=torch.float32) -> dict:
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(hf_dir)
@@ -74,6 +88,13 @@ def run_hf(hf_dir: str, tokens: torch.Tensor, rope_theta: float) -> dict:
         config.rope_theta = rope_theta
     model = transformers.LlamaForCausalLM.from_pretrained(hf_dir, config=config, dtype=torch.float32)
     model.eval()
+    if dtype != torch.float32 and rounding_changes(model, dtype):
+        with torch.no_grad():
+            full = model(tokens).logits
+            round_weights_(model, dtype)
+            shift = (model(tokens).logits - full).abs().max().item()
+        print(f"note: the checkpoint holds {str(dtype).removeprefix('torch.')} weights; compared with "
+              f"the Hugging Face weights rounded to it (rounding moves its logits by {shift:.3e})")
     captured = []
     model.model.embed_tokens.register_forward_hook(lambda m, i, o: captured.append(o.detach().clone()))
     for layer in model.model.layers:
@@ -91,8 +112,9 @@ def verify(hf_dir: str, ckpt: str, step=None, tolerance: float = 1e-4, batch=(2,
     vocab = int(info["vocab_size"])
     length = min(batch[1], int(info.get("max_position_embeddings") or batch[1]))
     tokens = torch.randint(0, vocab, (batch[0], length), generator=torch.Generator().manual_seed(seed))
+    dtype = next(iter(weights_of(state0).values())).dtype
     ours = run_ours(ckpt, tag, tokens)
-    hf = run_hf(hf_dir, tokens, ours["rope_theta"])
+    hf = run_hf(hf_dir, tokens, ours["rope_theta"], dtype)
     names = ["embedding"] + [f"layer {i}" for i in range(len(ours["hidden"]) - 1)]
     for name, a, b in zip(names, ours["hidden"], hf["hidden"]):
         print(f"{name:>12}: max_abs_diff={(a - b).abs().max().item():.3e}")
