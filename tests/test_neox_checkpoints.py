@@ -134,15 +134,16 @@ def load_ours(ckpt, rank=0):
 
 
 def our_logits(ckpt, tokens):
+    """Our model started the way ``finetune: true`` starts it from ``ckpt``."""
+    from neox.checkpoints import load_finetune_weights
     from neox.model import LlamaModel
 
-    state = load_ours(ckpt)
-    keys = dict(state["neox_conversion"]["neox_model_keys"])
+    keys = dict(load_ours(ckpt)["neox_conversion"]["neox_model_keys"])
     keys.pop("max_position_embeddings")
-    model = LlamaModel(tiny_cfg(**{**keys, "seq_length": 32})).eval()
+    cfg = tiny_cfg(**{**keys, "seq_length": 32, "load": ckpt, "finetune": True})
+    model = LlamaModel(cfg).eval()
+    load_finetune_weights(model, cfg)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(state["module"][name])
         return model.gather_logits(model(tokens))
 
 

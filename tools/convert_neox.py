@@ -239,6 +239,8 @@ def fitting_layouts(keys: dict, tp: int) -> list[str]:
 
 
 def choose_layout(ckpt, keys, style, given) -> tuple[str, str]:
+    if given == "llemma-gqa" and keys["num_kv_heads"] == keys["num_attention_heads"]:
+        given = "per-head"  # the same rows for multi-head attention
     layout, why = layout_from_checkpoint(ckpt, keys, style)
     fits = fitting_layouts(keys, ckpt.tp)
     if layout is None:
@@ -246,7 +248,7 @@ def choose_layout(ckpt, keys, style, given) -> tuple[str, str]:
             raise CheckpointError(f"{ckpt.dir}: cannot tell the query_key_value layout ({why}); pass --layout "
                                   f"{' or '.join(fits)} (a wrong one is refused when there is a reference to check)")
         layout, why = given, "given with --layout"
-    elif given is not None and given != layout and not {given, layout} <= {"per-head", "llemma-gqa"}:
+    elif given is not None and given != layout:
         raise CheckpointError(f"--layout {given} contradicts the checkpoint: {layout} ({why})")
     if layout not in fits:
         raise CheckpointError(f"layout {layout} does not fit this model ({keys['num_attention_heads']} query, "
@@ -285,6 +287,10 @@ def recorded_logits(ckpt: NeoXCheckpoint, padded_rows: int):
     joining vocab-parallel shards; None if the checkpoint has none."""
     pieces = [ckpt.rank_state(r).get("checkpoint_validation_logits") for r in range(ckpt.tp)]
     if pieces[0] is None:
+        return None
+    if pieces[0].dim() != 2:
+        print(f"warning: checkpoint_validation_logits of shape {tuple(pieces[0].shape)}, not [tokens, vocab]; "
+              f"not checked", file=sys.stderr)
         return None
     if pieces[0].shape[-1] == padded_rows:
         return pieces[0].float()
@@ -375,7 +381,7 @@ def convert(args) -> dict:
     if args.reference_tokens > 0:
         from neox.reference import reference_tokens, streamed_hf_loss
 
-        tokens = reference_tokens(tok_dir or "", min(args.reference_tokens, keys["max_position_embeddings"]),
+        tokens = reference_tokens(tok_dir or ckpt.dir, min(args.reference_tokens, keys["max_position_embeddings"]),
                                   keys["vocab_size"])
         reference = {"tokens": tokens, "rope_theta": keys["rotary_emb_base"], "loss": streamed_hf_loss(view, tokens)}
     padded = padded_vocab_size(keys["vocab_size"], 1, args.tp)

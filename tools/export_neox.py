@@ -120,10 +120,10 @@ def export(ckpt: str, out: str, step=None, tp_out=None, layout="per-rank", dtype
     view = ours_as_hf(tp, info, ranks)
     record = {"qkv_layout": layout, "source": os.path.abspath(ckpt), "source_tag": tag, "reference": None}
     if reference_tokens > 0:
-        from neox.reference import streamed_hf_loss
+        from neox.reference import reference_tokens as tokens_for, streamed_hf_loss
 
         n = min(reference_tokens, int(info.get("max_position_embeddings") or reference_tokens))
-        tokens = torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(0)).tolist()
+        tokens = tokens_for(os.path.join(ckpt, "tokenizer"), n, vocab)
         record["reference"] = {"tokens": tokens, "loss": streamed_hf_loss(view, tokens)}
 
     tmp = f"{out}.tmp-{os.getpid()}"
@@ -133,7 +133,7 @@ def export(ckpt: str, out: str, step=None, tp_out=None, layout="per-rank", dtype
     try:
         bar = tqdm(total=tp_out * len(names), unit="tensor", desc="export")
         for rank in range(tp_out):
-            state = rank_module(view, names, rank, tp_out, vocab, padded, DTYPES[dtype], dims)
+            state = rank_module(view, L, rank, tp_out, vocab, padded, DTYPES[dtype], dims)
             bar.update(len(names))
             torch.save({"module": state, "dp_world_size": 1, "mp_world_size": tp_out, "optimizer": {},
                         "global_steps": step_n, "skipped_steps": 0, "iteration": step_n,
@@ -165,14 +165,13 @@ def export(ckpt: str, out: str, step=None, tp_out=None, layout="per-rank", dtype
     return config
 
 
-def rank_module(view, names, rank, tp, vocab, padded, dtype, dims) -> dict:
+def rank_module(view, L, rank, tp, vocab, padded, dtype, dims) -> dict:
     """GPT-NeoX ``sequential.<i>.*`` tensors of one rank: our rank weight via partition, then the
     in-rank GPT-NeoX order."""
     from neox.hf_compat import shard_hf_weights
 
-    L = len([n for n in names if n.endswith("input_norm.weight")])
     state = {}
-    for name, t in shard_hf_weights(view, names, vocab, padded, rank, tp, dtype).items():
+    for name, t in shard_hf_weights(view, partition.expected_names(L), vocab, padded, rank, tp, dtype).items():
         index, neox_names = fmt.neox_keys(name, L, "linear1")
         for neox_name, piece in zip(neox_names, fmt.to_neox(name, t, "linear1", **dims)):
             state[f"sequential.{index}.{neox_name}"] = piece.contiguous().clone()
