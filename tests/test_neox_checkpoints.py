@@ -250,6 +250,13 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     src = write_neox(tmp_path / "c", hf, 1, "per-head", "linear1", config={**neox_config(hf, 1), "norm": "layernorm"})
     assert convert(src, str(tmp_path / "out")) == 1
     assert "config key 'norm: layernorm' is not supported (only rmsnorm)" in capsys.readouterr().err
+    src = write_neox(tmp_path / "d", hf, 1, "per-head", "linear1", config=neox_config(hf, 1))
+    path = os.path.join(src, "global_step7", "mp_rank_00_model_states.pt")
+    state = torch.load(path, weights_only=False)
+    state["module"]["sequential.3.attention.qk_layernorm.scale"] = torch.ones(8)
+    torch.save(state, path)
+    assert convert(src, str(tmp_path / "out")) == 1
+    assert "unsupported tensors ['3.attention.qk_layernorm.scale']" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
 
 

@@ -163,6 +163,7 @@ def model_keys(ckpt: NeoXCheckpoint, args) -> tuple[dict, str]:
     if style is None:
         raise CheckpointError(f"{ckpt.dir}: no mlp.w1/w2/w3 or mlp.linear1/linear2 weights (not a Llama MLP)")
     ffn = mlp["mlp.w1.weight"].shape[0] if style == "w123" else mlp["mlp.linear1.weight"].shape[0] // 2
+    refuse_unknown_tensors(ckpt, names, num_layers, style)
     if fmt.module_index("head", num_layers) not in {int(n.split(".")[0]) for n in names}:
         raise CheckpointError(f"{ckpt.dir}: no final_linear (tied input/output embeddings are not supported)")
     heads = int(c["num_attention_heads"])
@@ -182,6 +183,19 @@ def model_keys(ckpt: NeoXCheckpoint, args) -> tuple[dict, str]:
     if keys["vocab_size"] > emb.shape[0] * ckpt.tp:
         raise CheckpointError(f"--vocab-size {keys['vocab_size']} > the checkpoint's {emb.shape[0] * ckpt.tp} rows")
     return keys, style
+
+
+def refuse_unknown_tensors(ckpt, names, num_layers, style):
+    """Every tensor must be one our model has (or the rotary buffer): anything else (QK norms,
+    adapters, another architecture) would be dropped silently."""
+    known = set()
+    for name in partition.expected_names(num_layers):
+        index, neox_names = fmt.neox_keys(name, num_layers, style)
+        known.update(f"{index}.{n}" for n in neox_names)
+    unknown = [n for n in names if n not in known and not n.endswith("rotary_emb.inv_freq")]
+    if unknown:
+        raise CheckpointError(f"{ckpt.dir}: unsupported tensors {unknown[:3]} (not a Llama model in "
+                              f"GPT-NeoX's {style} names)")
 
 
 def rope_theta(ckpt, c, args, head_dim, num_layers) -> float:
