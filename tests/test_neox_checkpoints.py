@@ -250,6 +250,10 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     src = write_neox(tmp_path / "c", hf, 1, "per-head", "linear1", config={**neox_config(hf, 1), "norm": "layernorm"})
     assert convert(src, str(tmp_path / "out")) == 1
     assert "config key 'norm: layernorm' is not supported (only rmsnorm)" in capsys.readouterr().err
+    src = write_neox(tmp_path / "e", hf, 1, "per-head", "linear1", config={**neox_config(hf, 1), "num_kv_heads": 2})
+    assert convert(src, str(tmp_path / "out")) == 1
+    assert ("query_key_value has 192 rows per rank, but num_attention_heads 8 and num_kv_heads 2 at TP 1 need 96"
+            in capsys.readouterr().err)
     src = write_neox(tmp_path / "d", hf, 1, "per-head", "linear1", config=neox_config(hf, 1))
     path = os.path.join(src, "global_step7", "mp_rank_00_model_states.pt")
     state = torch.load(path, weights_only=False)

@@ -175,6 +175,12 @@ def model_keys(ckpt: NeoXCheckpoint, args) -> tuple[dict, str]:
         "rms_norm_epsilon": float(c.get("rms_norm_epsilon", GPTNEOX_DEFAULT_RMS_EPS)),
         "vocab_size": args.vocab_size or emb.shape[0] * ckpt.tp,
     }
+    hd = keys["hidden_size"] // heads
+    qkv_rows = ckpt.tensor(0, fmt.module_index("layer", num_layers), "attention.query_key_value.weight").shape[0]
+    if qkv_rows * ckpt.tp != (heads + 2 * keys["num_kv_heads"]) * hd:
+        raise CheckpointError(f"{ckpt.dir}: query_key_value has {qkv_rows} rows per rank, but num_attention_heads "
+                              f"{heads} and num_kv_heads {keys['num_kv_heads']} at TP {ckpt.tp} need "
+                              f"{(heads + 2 * keys['num_kv_heads']) * hd // ckpt.tp} (wrong config?)")
     if "rms_norm_epsilon" not in c:
         print(f"warning: config has no rms_norm_epsilon; using GPT-NeoX's default {GPTNEOX_DEFAULT_RMS_EPS:g}",
               file=sys.stderr)
