@@ -4,6 +4,7 @@ node. It is recorded by the converter; the trainer's guarded start compares agai
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -57,7 +58,6 @@ def streamed_hf_logits(weights, tokens: list[int], rope_theta: float | None = No
     """Logits [len(tokens), vocab] of the Hugging Face model in ``weights`` (anything with the
     reading interface of HFWeights: ``config``, ``names()``, ``get()``), fp32, one layer at a time."""
     import transformers
-    from transformers.masking_utils import create_causal_mask
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
     raw = dict(weights.config)
@@ -70,8 +70,7 @@ def streamed_hf_logits(weights, tokens: list[int], rope_theta: float | None = No
     hidden = weights.get("model.embed_tokens.weight").float()[ids]
     positions = torch.arange(ids.shape[1]).unsqueeze(0)
     cos_sin = LlamaRotaryEmbedding(config)(hidden, positions)
-    mask = create_causal_mask(config=config, inputs_embeds=hidden, attention_mask=None,
-                              past_key_values=None, position_ids=positions)
+    mask = causal_mask(config, hidden, positions)
     for i in range(config.num_hidden_layers):
         with torch.device("meta"):
             layer = LlamaDecoderLayer(config, i)
@@ -84,3 +83,17 @@ def streamed_hf_logits(weights, tokens: list[int], rope_theta: float | None = No
     norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
     norm.weight.copy_(weights.get("model.norm.weight").float())
     return (norm(hidden) @ weights.get("lm_head.weight").float().T)[0]
+
+
+def causal_mask(config, hidden: torch.Tensor, positions: torch.Tensor):
+    """transformers' causal mask without a cache; its keyword names differ between 4.x and 5.x
+    (input_embeds / inputs_embeds, past_key_values / cache, cache_position)."""
+    from transformers.masking_utils import create_causal_mask
+
+    names = inspect.signature(create_causal_mask).parameters
+    kwargs = {"config": config, "attention_mask": None, "position_ids": positions,
+              ("inputs_embeds" if "inputs_embeds" in names else "input_embeds"): hidden,
+              ("cache" if "cache" in names else "past_key_values"): None}
+    if "cache_position" in names:
+        kwargs["cache_position"] = positions[0]
+    return create_causal_mask(**kwargs)
