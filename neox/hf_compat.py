@@ -83,3 +83,35 @@ def shard_hf_weights(source, names: Iterable[str], vocab: int, padded_vocab: int
             t = t.clone()  # a view of a larger tensor: torch.save would write all of it
         out[name] = t
     return out
+
+
+class ShardedWeights:
+    """Full HF tensors of a tensor-parallel checkpoint, joined with ``partition.unshard`` on
+    demand, with the reading interface of ``neox.checkpoints.HFWeights``. ``rank_weight(rank,
+    name)`` returns our weight ``name`` as rank ``rank`` of ``tp`` holds it. The full tensors of
+    the last weight read are cached (q, k and v are read one after another). Vocabulary rows
+    beyond ``vocab`` are dropped. ``config`` is an HF config.json dict for the model."""
+
+    def __init__(self, rank_weight, names, tp: int, dims: dict, vocab: int, config: dict):
+        self.rank_weight, self.tp, self.dims, self.vocab, self.config = rank_weight, tp, dims, vocab, config
+        self._ours = {hf: name for name in names for hf in partition.hf_names(name)}
+        self._cached = (None, None)
+
+    def names(self):
+        return list(self._ours)
+
+    def _full(self, hf_name) -> torch.Tensor:
+        name = self._ours[hf_name]
+        if self._cached[0] != name:
+            parts = partition.unshard([self.rank_weight(r, name) for r in range(self.tp)], name, self.dims)
+            self._cached = (name, dict(zip(partition.hf_names(name), parts)))
+        return partition.strip_vocab(self._cached[1][hf_name], name, self.vocab)
+
+    def shape(self, name) -> tuple:
+        return tuple(self._full(name).shape)
+
+    def get(self, name) -> torch.Tensor:
+        return self._full(name).clone()
+
+    def get_slice(self, name, dim: int, start: int, end: int) -> torch.Tensor:
+        return self._full(name).narrow(dim, start, end - start).clone()

@@ -1,4 +1,4 @@
-"""The source model's loss on a fixed reference batch, computed with transformers' own Llama layers
+"""The source model's loss (or logits) on a fixed reference batch, computed with transformers' own Llama layers
 streamed one at a time from disk (memory: one layer), so even a 34B model can be checked on a CPU
 node. It is recorded by the converter; the trainer's guarded start compares against it."""
 
@@ -48,6 +48,15 @@ def reference_tokens(hf_dir: str, length: int, vocab_size: int) -> list[int]:
 def streamed_hf_loss(weights, tokens: list[int], rope_theta: float | None = None) -> float:
     """Mean next-token loss of the Hugging Face model in ``weights`` (an HFWeights) on ``tokens``,
     in fp32, loading one decoder layer at a time. ``rope_theta`` overrides the model's theta."""
+    logits = streamed_hf_logits(weights, tokens, rope_theta)
+    ids = torch.tensor(tokens)
+    return torch.nn.functional.cross_entropy(logits[:-1], ids[1:]).item()
+
+
+@torch.no_grad()
+def streamed_hf_logits(weights, tokens: list[int], rope_theta: float | None = None) -> torch.Tensor:
+    """Logits [len(tokens), vocab] of the Hugging Face model in ``weights`` (anything with the
+    reading interface of HFWeights: ``config``, ``names()``, ``get()``), fp32, one layer at a time."""
     import transformers
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
@@ -73,8 +82,7 @@ def streamed_hf_loss(weights, tokens: list[int], rope_theta: float | None = None
         del layer, state
     norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
     norm.weight.copy_(weights.get("model.norm.weight").float())
-    logits = norm(hidden) @ weights.get("lm_head.weight").float().T
-    return torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).item()
+    return (norm(hidden) @ weights.get("lm_head.weight").float().T)[0]
 
 
 def causal_mask(config, hidden: torch.Tensor, positions: torch.Tensor):

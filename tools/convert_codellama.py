@@ -96,7 +96,7 @@ def source_dtype(weights: HFWeights, hf_names) -> str:
     return "fp32"
 
 
-def rank_state(weights: HFWeights, names, rank: int, tp: int, vocab: int, padded: int, dtype) -> dict:
+def rank_state(weights, names, rank: int, tp: int, vocab: int, padded: int, dtype) -> dict:
     """Weights of one TP rank, read slice by slice (the vocab shard of the last rank is padded)."""
     try:
         return shard_hf_weights(weights, names, vocab, padded, rank, tp, dtype)
@@ -114,6 +114,46 @@ def limit_heap_growth():
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB, fixed
     except (OSError, AttributeError):
         pass
+
+
+def write_checkpoint(out: str, source, names, tp: int, vocab: int, padded: int, dtype: str, meta: dict,
+                     tokenizer_dir=None, before_publish=None):
+    """Write a weights-only trainer checkpoint (``global_step0``, ``latest``, tokenizer files,
+    ``neox_conversion.json`` = ``meta``) to ``out``, one TP rank at a time from ``source`` (full HF
+    tensors: an HFWeights or anything with its reading interface). Built in a temporary directory
+    and renamed into place when complete, so a failure leaves ``out`` as it was.
+    ``before_publish(tmp)`` may check the written files (and raise) before the rename."""
+    tmp = f"{out}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.join(tmp, "global_step0"))
+    try:
+        bar = tqdm(total=tp * len(names), unit="tensor", desc="convert")
+        for rank in range(tp):
+            state = {}
+            for name, t in rank_state(source, names, rank, tp, vocab, padded, DTYPES[dtype]).items():
+                state[name] = t
+                bar.update(1)
+            torch.save({"module": state, "neox_conversion": meta, "mp_world_size": tp,
+                        "dp_world_size": 1, "iteration": 0, "global_steps": 0, "global_samples": 0},
+                       model_file(tmp, "global_step0", rank))
+            del state
+        bar.close()
+        os.makedirs(os.path.join(tmp, "tokenizer"))
+        for name in TOKENIZER_FILES if tokenizer_dir else []:
+            if os.path.isfile(os.path.join(tokenizer_dir, name)):
+                shutil.copy2(os.path.join(tokenizer_dir, name), os.path.join(tmp, "tokenizer", name))
+        with open(os.path.join(tmp, "latest"), "w") as f:
+            f.write("global_step0")
+        if before_publish is not None:
+            before_publish(tmp)
+        with open(os.path.join(tmp, CONVERSION_FILE), "w") as f:  # after the check: records its result
+            json.dump(meta, f, indent=1)
+        follow_umask(tmp)  # tokenizer copies keep the source's mode otherwise
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def convert(args) -> dict:
@@ -164,28 +204,7 @@ def convert(args) -> dict:
         "reference": reference,
     }
 
-    tmp = f"{out}.tmp-{os.getpid()}"  # written here first; renamed into place when complete
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.join(tmp, "global_step0"))
-    try:
-        bar = tqdm(total=args.tp * len(names), unit="tensor", desc="convert")
-        for rank in range(args.tp):
-            state = {}
-            for name, t in rank_state(weights, names, rank, args.tp, vocab, padded, DTYPES[dtype]).items():
-                state[name] = t
-                bar.update(1)
-            torch.save({"module": state, "neox_conversion": meta, "mp_world_size": args.tp,
-                        "dp_world_size": 1, "iteration": 0, "global_steps": 0, "global_samples": 0},
-                       model_file(tmp, "global_step0", rank))
-            del state
-        bar.close()
-        os.makedirs(os.path.join(tmp, "tokenizer"))
-        for name in TOKENIZER_FILES:
-            if os.path.isfile(os.path.join(args.hf_dir, name)):
-                shutil.copy2(os.path.join(args.hf_dir, name), os.path.join(tmp, "tokenizer", name))
-        with open(os.path.join(tmp, "latest"), "w") as f:
-            f.write("global_step0")
-
+    def verify_before_publish(tmp):
         if args.verify:
             from verify_conversion import verify
 
@@ -196,14 +215,9 @@ def convert(args) -> dict:
                     raise CheckpointError(f"verification failed: max abs logit diff {diff:.3e} > "
                                           f"{args.tolerance:g}; nothing written to {out}")
                 meta["verify_failed"] = True
-        with open(os.path.join(tmp, CONVERSION_FILE), "w") as f:  # after verify: records its result
-            json.dump(meta, f, indent=1)
-        follow_umask(tmp)  # tokenizer copies keep the source's mode otherwise
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_checkpoint(out, weights, names, args.tp, vocab, padded, dtype, meta, tokenizer_dir=args.hf_dir,
+                     before_publish=verify_before_publish)
     print(f"wrote {out}: TP={args.tp}, {dtype}, vocab {vocab} (padded {padded}), "
           f"rope theta {source_theta:g} -> {train_theta:g}")
     return meta
