@@ -51,6 +51,7 @@ PARTS = ("setup", "correctness", "training", "throughput", "llemma7b", "memory")
 PART_TIMEOUT_S = {"setup": 90, "correctness": 75, "training": 150, "throughput": 200, "llemma7b": 100, "memory": 20}
 BUDGET_S = 480
 PROBE = "bench/gpu_train_probe.py"
+LAUNCH_TIMEOUT_S = 60  # one smoke-model trainer launch on the GPU machine (start-up included)
 GPU_MEMORY_GIB = 139.0  # H200 as seen by torch; the planner's limit for these configs
 TOY_VOCAB = 3001  # tools/make_toy_data.py's tokenizer; explicit so the plan needs no tokenizer
 NEEDED = {"deepspeed": "deepspeed==0.19.8", "megatron.core": "megatron-core==0.16.1",
@@ -71,7 +72,8 @@ TARGETS = {"ours_vs_hf": 1.3, "ours_vs_plain": 0.9, "mfu": 0.40, "planner_error"
 TRAIN_ITERS, TRAIN_CKPT = 20, 10
 # the smoke model's few MB are below the allocator's workspaces (cuBLAS, the head-loss chunk):
 # its planner error is recorded, the 15% check applies to the runs planned at this size or more
-PLANNER_CHECK_MIN_GIB = 4.0  # training part: 20 steps, checkpoint at 10 and 20
+PLANNER_CHECK_MIN_GIB = 4.0
+CORRECTNESS_DEVICE = "cuda"  # "cpu" only to try the part's code on a machine without a GPU  # training part: 20 steps, checkpoint at 10 and 20
 
 
 def log(msg: str):
@@ -393,8 +395,8 @@ def part_setup(p: Part, args):
     p.check("toy_data", r.returncode == 0, r.returncode, 0, note=(r.stdout + r.stderr)[-500:] if r.returncode else "")
 
 
-def paired_models(flat: dict, dtype):
-    """transformers' LlamaForCausalLM and our model with the same random weights, on CUDA."""
+def paired_models(flat: dict, dtype, device: str):
+    """transformers' LlamaForCausalLM and our model with the same random weights."""
     import torch
     import transformers
 
@@ -415,7 +417,7 @@ def paired_models(flat: dict, dtype):
     ours = LlamaModel(cfg)
     missing, unexpected = ours.load_state_dict(weights, strict=False)
     assert not unexpected and all(k.endswith("_extra_state") for k in missing), (missing, unexpected)
-    return hf.to("cuda", dtype).eval(), ours.to("cuda", dtype).eval(), cfg
+    return hf.to(device, dtype).eval(), ours.to(device, dtype).eval(), cfg
 
 
 def loss_and_grads(model, tokens, labels, mask):
@@ -439,16 +441,16 @@ def part_correctness(p: Part, args):
     torch.set_float32_matmul_precision("highest")  # no TF32: the 1e-4 is about fp32
     flat = correctness_flat(args.out)
     gen = torch.Generator().manual_seed(1)
-    tokens = torch.randint(0, flat["vocab_size"], (2, flat["seq_length"]), generator=gen).cuda()
+    tokens = torch.randint(0, flat["vocab_size"], (2, flat["seq_length"]), generator=gen).to(CORRECTNESS_DEVICE)
     labels = torch.roll(tokens, -1, dims=1)
-    mask = (torch.rand(tokens.shape, generator=gen) > 0.1).float().cuda()
-    hf, ours, cfg = paired_models(flat, torch.float32)
+    mask = (torch.rand(tokens.shape, generator=gen) > 0.1).float().to(CORRECTNESS_DEVICE)
+    hf, ours, cfg = paired_models(flat, torch.float32, CORRECTNESS_DEVICE)
     with torch.no_grad():
         ref = hf(tokens).logits.float()
         fp32 = (ours.gather_logits(ours(tokens)) - ref).abs().max().item()
     p.check("fp32_logits_vs_transformers", fp32 <= 1e-4, fp32, 1e-4)
 
-    chunk_rows = max(1, head_loss.CHUNK_ELEMENTS["cuda"] // cfg.padded_vocab_size)
+    chunk_rows = max(1, head_loss.CHUNK_ELEMENTS[tokens.device.type] // cfg.padded_vocab_size)
     p.set(head_loss_chunk_rows=chunk_rows, head_loss_chunks=-(-tokens.numel() // chunk_rows))
     ours.train()
     got = {}
@@ -461,7 +463,7 @@ def part_correctness(p: Part, args):
     p.check("fused_head_loss_fp32_grads", grad_rel <= 1e-4, grad_rel, 1e-4, "max over weights of max|diff| / max|grad|")
     del hf, ours, got
 
-    hf16, ours16, cfg16 = paired_models(flat, torch.bfloat16)
+    hf16, ours16, _ = paired_models(flat, torch.bfloat16, CORRECTNESS_DEVICE)
     with torch.no_grad():
         hf_err = (hf16(tokens).logits.float() - ref).abs().max().item()
         with sdpa_kernel([SDPBackend.MATH]):
@@ -503,7 +505,7 @@ def part_training(p: Part, args):
     configs = all_configs(work, "unused", A100_PEAK_TFLOPS)["training"]
     runs = {}
     for name in ("uninterrupted", "uninterrupted_repeat"):
-        runs[name] = run_trainer(configs[name], work, name, min(60, p.time_left() - 5))
+        runs[name] = run_trainer(configs[name], work, name, min(args.launch_timeout_s, p.time_left() - 5))
         p.set(runs=runs)
     full, repeat = runs["uninterrupted"]["loss_by_step"], runs["uninterrupted_repeat"]["loss_by_step"]
     first, last = full[1], full[TRAIN_ITERS]
@@ -516,7 +518,7 @@ def part_training(p: Part, args):
     shutil.copytree(os.path.join(configs["uninterrupted"]["save"], tag), os.path.join(resumed_save, tag))
     with open(os.path.join(resumed_save, "latest"), "w") as f:
         f.write(tag)
-    runs["resumed"] = run_trainer(configs["resumed"], work, "resumed", min(60, p.time_left() - 5))
+    runs["resumed"] = run_trainer(configs["resumed"], work, "resumed", min(args.launch_timeout_s, p.time_left() - 5))
     p.set(runs=runs)
     resumed = runs["resumed"]["loss_by_step"]
     p.check("resumed_steps", sorted(resumed) == list(range(TRAIN_CKPT + 1, TRAIN_ITERS + 1)), sorted(resumed))
@@ -525,13 +527,13 @@ def part_training(p: Part, args):
     p.check("resume_equals_uninterrupted", diff <= tol, diff, tol,
             f"twice the run-to-run spread of two uninterrupted runs ({noise:.3g}), at least 1e-6")
     p.set(run_to_run_loss_spread=noise)
-    p.check("sigterm_exit_75", *sigterm_run(p, configs["sigterm"], work))
+    p.check("sigterm_exit_75", *sigterm_run(p, configs["sigterm"], work, args.launch_timeout_s))
 
 
-def sigterm_run(p: Part, flat: dict, work: str) -> tuple:
+def sigterm_run(p: Part, flat: dict, work: str, launch_timeout_s: float) -> tuple:
     """SIGTERM to the training process after step 3: checkpoint at the stop step, exit 75."""
     proc, log_path, mem = launch_trainer(flat, work, "sigterm")
-    deadline = time.time() + min(60, p.time_left() - 5)
+    deadline = time.time() + min(args.launch_timeout_s, p.time_left() - 5)
     while not any(r.get("step", 0) >= 3 for r in metrics_rows(flat["log_dir"])):
         if proc.poll() is not None or time.time() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -777,7 +779,8 @@ def run_all(args) -> int:
         timeout = min(PART_TIMEOUT_S[name], left)
         log(f"gpu_check: {name} (at most {timeout:.0f} s; log {os.path.join(args.out, name + '.log')})")
         argv = [sys.executable, os.path.abspath(__file__), "--part", name, "--out", args.out,
-                "--wheels", args.wheels, "--deadline", str(time.time() + timeout)]
+                "--wheels", args.wheels, "--deadline", str(time.time() + timeout),
+                "--launch-timeout-s", str(args.launch_timeout_s)]
         results[name] = run_part(name, argv, args.out, timeout)
         log(f"gpu_check: {name}: {results[name]['status']} in {results[name]['wall_s']:.1f} s")
     summary = {"finished_utc": _utc(), "wall_s": round(time.time() - start, 1), "budget_s": args.budget_s,
@@ -796,6 +799,8 @@ def main(argv=None) -> int:
     p.add_argument("--wheels", default=os.path.join(REPO, "gpu_wheels"), help="wheel folder from bench/gpu_wheels.sh")
     p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(PARTS)}")
     p.add_argument("--budget-s", type=float, default=BUDGET_S, help="overall time budget (default 480)")
+    p.add_argument("--launch-timeout-s", type=float, default=LAUNCH_TIMEOUT_S,
+                   help="limit of one smoke-model trainer launch in the training part (default 60)")
     p.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
