@@ -136,3 +136,27 @@ def test_usage_errors(args, message):
     r = subprocess.run([sys.executable, "bench/gpu_check.py", *args], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_memory_part_compares_each_run_with_the_planner(tmp_path):
+    import types
+
+    def planned(part, run):
+        flat = gpu_check.all_configs(str(tmp_path / "work" / part), "unused", 312.0)[part][run]
+        plan = gpu_check.describe(flat)["planner"]
+        return (plan["total_gib"] - plan["overhead_gib"]) * 2**30
+
+    records = {"throughput": {"ours": planned("throughput", "ours") / 1.10,  # planner 10% high: within 15%
+                              "ours_ckpt": planned("throughput", "ours_ckpt") / 1.30},  # 30% high: off
+               "training": {"uninterrupted": 300 * 2**20}}  # the smoke model: recorded, not judged
+    for part, runs in records.items():
+        gpu_check.write_json(str(tmp_path / f"{part}.json"), {"part": part, "runs": {
+            run: {"max_memory_allocated": int(b), "max_memory_reserved": int(b) + 2**30} for run, b in runs.items()}})
+    p = gpu_check.Part("memory", str(tmp_path), time.time() + 60)
+    gpu_check.part_memory(p, types.SimpleNamespace(out=str(tmp_path)))
+    checks = {c["name"]: (c["passed"], c["value"]) for c in p.data["checks"]}
+    assert set(checks) == {"planner_throughput_ours", "planner_throughput_ours_ckpt"}
+    assert checks["planner_throughput_ours"][0] and checks["planner_throughput_ours"][1] == pytest.approx(0.10, abs=1e-6)
+    assert not checks["planner_throughput_ours_ckpt"][0]
+    smoke = [r for r in p.data["runs"] if r["run"] == "uninterrupted"][0]
+    assert not smoke["checked"] and smoke["max_memory_reserved_gib"] == pytest.approx(300 / 1024 + 1)
