@@ -112,7 +112,8 @@ def training_flat(work: str, run: str, **overrides) -> dict:
     opts = {"model_parallel_size": 1, "num_gpus": 1, "vocab_size": TOY_VOCAB, "train_iters": TRAIN_ITERS,
             "lr_decay_iters": TRAIN_ITERS, "warmup_iters": 4, "checkpoint_factor": TRAIN_CKPT,
             "eval_interval": TRAIN_ITERS, "save": os.path.join(d, "ckpt"), "log_dir": os.path.join(d, "logs"),
-            "data_cache_dir": os.path.join(work, "index-cache"), "gpu_memory_gib": GPU_MEMORY_GIB, **overrides}
+            # one index cache per run: runs that start together would write the same cache files
+            "data_cache_dir": os.path.join(d, "index-cache"), "gpu_memory_gib": GPU_MEMORY_GIB, **overrides}
     cfg = load_config([os.path.join(REPO, "llemma_configs", "smoke.yml")], [f"{k}={v}" for k, v in opts.items()],
                       dry_run=True)
     return cfg.to_flat()
