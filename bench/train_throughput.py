@@ -356,16 +356,15 @@ def _stream(cmd, env, log_path, prefix, echo):
     return lines
 
 
-def run_ours(flat: dict, work: str, tag: str, script: str = "train.py", env_extra: dict | None = None) -> dict:
-    """`deepy.py SCRIPT <config>` (train.py, or bench/gpu_check's wrapper around it)."""
+def run_ours(flat: dict, work: str, tag: str) -> dict:
     import yaml
 
     cfg_path = os.path.join(work, f"{tag}.yml")
     with open(cfg_path, "w") as f:
         yaml.safe_dump(flat, f)
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env_extra or {}))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
-    _stream([sys.executable, os.path.join(REPO, "deepy.py"), os.path.join(REPO, script), cfg_path],
+    _stream([sys.executable, os.path.join(REPO, "deepy.py"), os.path.join(REPO, "train.py"), cfg_path],
             env, os.path.join(work, f"{tag}.log"), tag,
             lambda line: line.startswith(("step ", "error", "Traceback")))
     wall = time.perf_counter() - t0
