@@ -203,6 +203,12 @@ class LlamaModel(nn.Module):
     # ---- forward
 
     def forward(self, tokens, labels=None, loss_mask=None):
+        # batches are built on the CPU (neox.data, the prefetch thread, evaluation, the guarded
+        # start's reference batch) and neither the trainer nor DeepSpeed's engine moves them: on
+        # CUDA the embedding lookup would fail. A no-op when they are already on the weights' device.
+        device = self.embed.weight.device
+        tokens, labels, loss_mask = (t.to(device, non_blocking=True) if t is not None else None
+                                     for t in (tokens, labels, loss_mask))
         x = self.embed(tokens)
         cos, sin = self.rotary.cos_sin(tokens.shape[1], tokens.device)
         for i, layer in enumerate(self.layers):
