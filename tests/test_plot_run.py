@@ -54,9 +54,9 @@ def test_panel_data_of_a_run_with_a_skip_and_a_rollback(tmp_path):
     good, bad = data["good"], data["bad"]
     assert good["loss"]["step"] == list(range(1, 21))
     assert good["loss"]["value"][4] == pytest.approx(7.5)
-    # debiased EMA: first value is the raw value, then 0.9-weighted
+    # debiased EMA (weight 0.6): first value is the raw value, then 0.6 * previous average + 0.4 * value
     assert good["loss"]["smoothed"][0] == pytest.approx(7.9)
-    assert good["loss"]["smoothed"][1] == pytest.approx((0.9 * 0.1 * 7.9 + 0.1 * 7.8) / (1 - 0.81))
+    assert good["loss"]["smoothed"][1] == pytest.approx((0.6 * 0.4 * 7.9 + 0.4 * 7.8) / (1 - 0.36))
     assert good["validation"] == {"arxiv": {"step": [0, 20], "value": [8.0, 6.5]}}
     assert good["lr"]["value"][-1] == pytest.approx(0.02) and good["mfu"]["step"] == list(range(1, 21))
     assert good["skipped_steps"] == [] and good["rollbacks"] == []

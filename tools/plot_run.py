@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Draw one or more training runs from their metrics.jsonl.
 
-    python tools/plot_run.py LOG_DIR [LOG_DIR ...] --out FILE.png [--html FILE.html] [--names A,B] [--smooth 0.9]
+    python tools/plot_run.py LOG_DIR [LOG_DIR ...] --out FILE.png [--html FILE.html] [--names A,B] [--smooth 0.6] [--dpi 100]
 
 LOG_DIR is a run's ``log_dir`` (holding ``metrics.jsonl``), the file itself, or a directory with
 ``logs/metrics.jsonl`` (a sweep run). One figure: training loss (raw and smoothed), validation loss
@@ -98,7 +98,7 @@ def validation_series(rows: list[dict]) -> dict:
     return {c: {"step": sorted(d), "value": [d[s] for s in sorted(d)]} for c, d in by_component.items()}
 
 
-def panel_data(log_paths: list[str], names: list[str] | None = None, smoothing: float = 0.9) -> dict:
+def panel_data(log_paths: list[str], names: list[str] | None = None, smoothing: float = 0.6) -> dict:
     """The data behind every panel, per run: what the figure draws (and what the tests check)."""
     runs = {}
     for i, path in enumerate(log_paths):
@@ -198,7 +198,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--html", help="also write a self-contained HTML page with the same plots")
     p.add_argument("--names", help="comma-separated run names (default: the directory names)")
-    p.add_argument("--smooth", type=float, default=0.9, help="EMA weight of the smoothed loss, 0 <= w < 1")
+    p.add_argument("--smooth", type=float, default=0.6, help="EMA weight of the smoothed loss, 0 <= w < 1")
+    p.add_argument("--dpi", type=int, default=100, help="PNG resolution (the figure is 15 x 8 inches)")
     args = p.parse_args(argv)
     names = args.names.split(",") if args.names else None
     if names and len(names) != len(args.log_dirs):
@@ -213,7 +214,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     fig = draw(data)
-    fig.savefig(args.out)
+    fig.savefig(args.out, dpi=args.dpi)
     print(f"wrote {args.out}")
     if args.html:
         write_html(fig, data, args.html)
