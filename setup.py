@@ -22,7 +22,8 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "matplotlib>=3.8,<4"],  # matplotlib (and its pillow) for the plot tests
+        "plot": ["matplotlib>=3.8,<4"],  # tools/plot_run.py, tools/sweep.py compare
         "gpu": ["flash-attn>=2.5"],
         "tensorboard": ["tensorboard>=2.14"],
         "wandb": ["wandb>=0.16"],
