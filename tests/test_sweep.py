@@ -136,15 +136,15 @@ def test_rerun_launches_nothing(local_sweep):
         assert (out / "runs" / name / "logs" / "metrics.jsonl").read_bytes() == before
 
 
-def test_a_changed_sweep_file_is_refused_before_anything_is_written(local_sweep, tmp_path):
+def test_a_changed_sweep_file_is_refused_before_anything_is_written(local_sweep, tmp_path, capsys):
     out = local_sweep["out"]
     spec = write_sweep(tmp_path / "changed.yml", tmp_path / "cache", fixed={})
     text = yaml.safe_load(open(spec))
     text["tokens_per_run"] = 5000
     (tmp_path / "changed.yml").write_text(yaml.safe_dump(text))
     before = (out / "runs" / "equal" / "config.yml").read_text()
-    r = sweep_cli("mixture", spec, "--out", str(out))
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
+    assert sweep_tool.main(["mixture", spec, "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
         f"error: {out / 'runs' / 'llemma-2-4-1' / 'config.yml'} exists with a different config")
     assert (out / "runs" / "equal" / "config.yml").read_text() == before
 
@@ -187,11 +187,11 @@ def test_slurm_executor_submits_one_array_task_per_run(tmp_path, toy_data):
     assert not (out / "runs" / "equal" / "logs").exists()  # submitted, nothing trained here
 
 
-def test_dry_run_plans_the_whole_sweep_and_writes_nothing(tmp_path):
+def test_dry_run_plans_the_whole_sweep_and_writes_nothing(tmp_path, capsys, toy_data):
     spec = write_sweep(tmp_path / "sweep.yml", tmp_path / "cache")
-    r = sweep_cli("mixture", spec, "--out", str(tmp_path / "out"), "--dry-run")
-    assert r.returncode == 0, r.stderr
-    plan = json.loads(r.stdout)
+    assert sweep_tool.main(["mixture", spec, "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    r = capsys.readouterr()
+    plan = json.loads(r.out)
     # each run is the smoke model for 3 steps: the planner's GPU-hours for that config, times 3 runs
     one = load_config([os.path.join(REPO, "llemma_configs", "smoke.yml")],
                       [f"{k}={v}" for k, v in SMOKE_OVERRIDES.items()] + ["train_iters=3", "warmup_iters=1",
@@ -202,15 +202,14 @@ def test_dry_run_plans_the_whole_sweep_and_writes_nothing(tmp_path):
     per_run = planner(one)["gpu_hours_at_mfu"]
     assert [x["gpu_hours"] for x in plan["runs"]] == pytest.approx([per_run] * 3, rel=1e-12)
     assert plan["total_gpu_hours"] == pytest.approx(3 * per_run, rel=1e-12)
-    assert "GPU-hours at 35.0% MFU for the whole sweep" in r.stderr
+    assert "GPU-hours at 35.0% MFU for the whole sweep" in r.err
     assert not (tmp_path / "out").exists()
 
 
-def test_llemma_sweep_file_plans_six_7b_runs():
-    r = sweep_cli("mixture", os.path.join(REPO, "llemma_configs", "sweeps", "llemma_mixture.yml"),
-                  "--out", "/nonexistent/sweep", "--dry-run")
-    assert r.returncode == 0, r.stderr
-    plan = json.loads(r.stdout)
+def test_llemma_sweep_file_plans_six_7b_runs(capsys):
+    spec = os.path.join(REPO, "llemma_configs", "sweeps", "llemma_mixture.yml")
+    assert sweep_tool.main(["mixture", spec, "--out", "/nonexistent/sweep", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
     runs = {x["name"]: x for x in plan["runs"]}
     llemma = runs["arxiv-web-code-2-4-1"]["weights"]
     # 2:4:1 of 95% plus 2% and 3% general data: exactly data_mixture.yml's shares

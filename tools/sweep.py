@@ -507,13 +507,17 @@ def plot_results(plan: dict, results: list[dict], path: str):
 def draw_ternary(ax, searched: list[str], results: list[dict], fig):
     corners = [ternary_xy(w) for w in ([1, 0, 0], [0, 1, 0], [0, 0, 1])]
     ax.plot(*zip(*corners, corners[0]), color="black", linewidth=1)
-    for (x, y), name, dy in zip(corners, searched, (-0.06, -0.06, 0.04)):
-        ax.annotate(name, (x, y + dy), ha="center", fontsize=9)
+    for (x, y), name, dy in zip(corners, searched, (-0.06, -0.06, 0.03)):
+        ax.text(x, y + dy, name, ha="center", va="center", fontsize=9)
     pts = [ternary_xy([r["weights"][c] for c in searched]) for r in results]
     sc = ax.scatter(*zip(*pts), c=[r["selection_loss"] for r in results], cmap="viridis_r", s=60, zorder=3)
+    for (x, y), r in zip(pts, results):
+        ax.text(x, y + 0.035, r["run"], ha="center", fontsize=7)
     win = next(i for i, r in enumerate(results) if r["winner"])
     ax.scatter(*pts[win], marker="*", s=300, facecolor="none", edgecolor="red", zorder=4, label="winner")
     fig.colorbar(sc, ax=ax, label="selection loss")
+    ax.set_xlim(-0.15, 1.15)
+    ax.set_ylim(-0.1, 0.95)
     ax.set_aspect("equal")
     ax.axis("off")
     ax.set_title("mixtures on the simplex of the searched components")
