@@ -14,6 +14,7 @@ import yaml
 from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
+import plot_run  # noqa: E402
 import sweep as sweep_tool  # noqa: E402
 
 from neox.config import load_config  # noqa: E402
@@ -125,6 +126,28 @@ def test_olmix_csvs_have_the_documented_columns(local_sweep):
         assert sum(float(x) for x in row[1:]) == pytest.approx(1.0, abs=1e-12)
     priors = yaml.safe_load((out / "priors.yaml").read_text())["priors"]["token_counts"]
     assert list(priors) == COMPONENTS and all(v > 0 for v in priors.values())
+
+
+def test_plot_of_the_smoke_runs_overlaid(local_sweep, tmp_path):
+    """tools/plot_run.py on the real smoke runs' metrics.jsonl (sweep run directories)."""
+    from PIL import Image
+    import numpy as np
+
+    out = local_sweep["out"]
+    dirs = [str(out / "runs" / n) for n in MIXTURES]
+    data = plot_run.panel_data(dirs)
+    assert list(data) == list(MIXTURES)
+    for name in MIXTURES:
+        rows = metrics_rows(out, name)
+        assert data[name]["loss"]["value"] == [r["loss"] for r in rows if "loss" in r]
+        assert data[name]["lr"]["value"] == [r["lr"] for r in rows if "loss" in r]
+        assert data[name]["validation"]["arxiv"]["step"] == [0, 3]
+    png = tmp_path / "sweep.png"
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "plot_run.py"), *dirs, "--out", str(png)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    img = np.asarray(Image.open(png).convert("L"), dtype=float)
+    assert img.shape == (800, 1500) and img.std() > 10
 
 
 def test_rerun_launches_nothing(local_sweep):

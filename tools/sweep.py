@@ -334,12 +334,13 @@ def submit_slurm(plan: dict, todo: list[dict], sweep: dict) -> int:
     run_list = os.path.join(plan["out"], "slurm_runs.txt")
     with open(run_list, "w") as f:
         f.writelines(r["config"] + "\n" for r in todo)
+    os.makedirs(os.path.join(plan["out"], "slurm"), exist_ok=True)  # sbatch does not create it
     opts = sweep.get("slurm") or {}
     array = f"0-{len(todo) - 1}" + (f"%{opts['max_parallel']}" if opts.get("max_parallel") else "")
     first = todo[0]
     cmd = ["sbatch", f"--array={array}", f"--nodes={first['num_nodes']}", f"--ntasks-per-node={first['num_gpus']}",
            f"--gpus-per-node={first['num_gpus']}", f"--job-name=sweep-{os.path.basename(os.path.abspath(plan['out']))}",
-           f"--output={os.path.join(plan['out'], 'runs', 'slurm-%A_%a.out')}",
+           f"--output={os.path.join(plan['out'], 'slurm', '%A_%a.out')}",
            f"--export=ALL,SWEEP_RUN_LIST={run_list},REPO={REPO},PYTHON={sys.executable}",
            *[str(a) for a in opts.get("sbatch_args") or []], os.path.join(REPO, "slurm", "sweep_array.sbatch")]
     print("submitting: " + " ".join(cmd), file=sys.stderr)
