@@ -27,9 +27,11 @@ setup(
     extras_require={
         # lm-eval's math extra pins antlr4 4.11; math-verify must use the same grammar build
         # (its default antlr4 4.13 extra clashes), hence math-verify[antlr4_11_0].
-        "test": ["pytest>=8", *EVAL],
+        # matplotlib (and its pillow) for the plot tests.
+        "test": ["pytest>=8", "matplotlib>=3.8,<4", *EVAL],
         "eval": EVAL,
         "eval-gpu": [*EVAL, "vllm==0.33.0"],
+        "plot": ["matplotlib>=3.8,<4"],  # tools/plot_run.py, tools/sweep.py compare
         "gpu": ["flash-attn>=2.5"],
         "tensorboard": ["tensorboard>=2.14"],
         "wandb": ["wandb>=0.16"],
