@@ -97,8 +97,7 @@ def split_words(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     sep = (buf == 32) | (buf == 10)
     edges = np.flatnonzero(np.diff(np.concatenate(([True], sep, [True])).astype(np.int8)))
     starts, ends = edges[0::2], edges[1::2]  # a word starts where sep goes 1 -> 0 and ends at 0 -> 1
-    newlines = np.concatenate(([0], np.cumsum(buf == 10)))
-    return starts, ends, newlines[starts]
+    return starts, ends, np.searchsorted(np.flatnonzero(buf == 10), starts)
 
 
 def normalise_text(text: str) -> str:
@@ -350,7 +349,9 @@ class _Hits:
         """[(doc, example, key, count, first position)] sorted; a position counts once per group."""
         if not self.cols:
             return []
-        rows = np.unique(np.concatenate(self.cols, axis=1).T, axis=0)  # sorted lexicographically
+        cols = np.concatenate(self.cols, axis=1)
+        rows = cols[:, np.lexsort(cols[::-1])].T  # sorted by document, example, key, position
+        rows = rows[np.concatenate(([True], (np.diff(rows, axis=0) != 0).any(axis=1)))]  # distinct
         change = np.flatnonzero((np.diff(rows[:, :3], axis=0) != 0).any(axis=1)) + 1
         bounds = np.concatenate(([0], change, [len(rows)]))
         return [(int(rows[a, 0]), int(rows[a, 1]), int(rows[a, 2]), int(b - a), int(rows[a, 3]))
@@ -403,7 +404,7 @@ def scan_words(ds, lo, hi, index, sp, tokenizer_path, chunk=WORDS_CHUNK_TOKENS):
         a, b = int(ds.starts[d0]), int(ds.starts[d1 - 1] + ds.lengths[d1 - 1])
         toks = np.asarray(all_tokens[a:b])
         _check_ids(ds, toks, a, vocab, tokenizer_path)
-        pieces = [toks[s - a:s - a + ln].astype(np.int32) for s, ln in zip(ds.starts[d0:d1], ds.lengths[d0:d1])]
+        pieces = [toks[s:s + ln] for s, ln in zip((ds.starts[d0:d1] - a).tolist(), ds.lengths[d0:d1].tolist())]
         text = "\n".join(normalise_text(t) for t in sp.decode(pieces)).encode("utf-8")
         buf = np.frombuffer(text, dtype=np.uint8)
         ws, we, wdoc, vals = word_values(buf)
