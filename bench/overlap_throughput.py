@@ -7,7 +7,8 @@
 Writes (once; reused while the parameters match) a synthetic uint16 .bin/.idx of --tokens tokens
 with log-normal document lengths (median 1,500 tokens, like web and arXiv text; ids of the toy
 SentencePiece tokenizer, Zipf-distributed) and a MATH-shaped test file of --test-examples examples
-(problem ~80 tokens, solution ~220 tokens), 200 texts of which are planted whole in the training data.
+(problem ~80 tokens, solution ~220 tokens), 200 texts of which are planted whole in the training data
+(10 of them in the first documents, which the Python baselines scan).
 Then measures, in the same run:
   floor:     reading the whole .bin with numpy (memory map, every token touched), the I/O floor
   ours:      tokens mode, one process, every document of the file (n = 30, both keys)
@@ -54,7 +55,7 @@ def make_data(work, tokens, n_tests, sp, seed=17):
     """The synthetic .bin/.idx and test file; the planted (doc, test_id, key) triples."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    prefix = os.path.join(work, f"synthetic_{tokens}")
+    prefix = os.path.join(work, f"synthetic_{tokens}_v2")
     test_file = os.path.join(work, f"test_{n_tests}.jsonl")
     planted_file = prefix + f".planted_{n_tests}.json"
     if all(os.path.exists(p) for p in (prefix + ".idx", test_file, planted_file)):
@@ -70,7 +71,9 @@ def make_data(work, tokens, n_tests, sp, seed=17):
     lengths = lengths[: int(np.searchsorted(np.cumsum(lengths), tokens)) + 1]
     lengths[-1] -= int(lengths.sum()) - tokens
     lengths = lengths[lengths > 0]
-    plant_docs = set(rng.choice(np.flatnonzero(lengths >= 500), PLANTED, replace=False).tolist())
+    eligible = np.flatnonzero(lengths >= 500)
+    early = eligible[:10]  # inside the slice the Python baselines scan, so that their hits are compared
+    plant_docs = set(early.tolist()) | set(rng.choice(eligible[10:], PLANTED - early.size, replace=False).tolist())
     pool = zipf_ids(rng, 1 << 24, vocab)  # documents are slices of this pool at random offsets
     pool = np.concatenate([pool, pool[:200_000]])
     offsets = rng.integers(0, 1 << 24, lengths.size)

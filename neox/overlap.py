@@ -215,8 +215,7 @@ def build_index(tests: Examples, n: int, mode: str, sp) -> NgramIndex:
     h = window_hashes(hash_input, n)
     ends = np.cumsum(lengths)
     owner_of = np.repeat(np.arange(len(texts)), lengths)[: h.size]
-    valid = np.arange(h.size) + n <= ends[owner_of] if h.size else np.zeros(0, bool)
-    pos = np.flatnonzero(valid)
+    pos = np.flatnonzero(np.arange(h.size) + n <= ends[owner_of])  # the window lies within one text
     h, owner_of = h[pos], owner_of[pos]
     order = np.argsort(h, kind="stable")
     h, pos, owner_of = h[order], pos[order], owner_of[order]
@@ -224,9 +223,8 @@ def build_index(tests: Examples, n: int, mode: str, sp) -> NgramIndex:
     example_of = np.array([e for _, e, _ in texts], dtype=np.int32)
     uniq, first = np.unique(h, return_index=True)
     first = np.append(first, h.size).astype(np.int64)
-    index = NgramIndex(n, mode, list(tests.keys), tests.size, uniq, first, example_of[owner_of] if h.size else
-                      np.empty(0, np.int32), key_of[owner_of] if h.size else np.empty(0, np.int8), pos, units,
-                      word_starts, word_ends, text_bytes)
+    index = NgramIndex(n, mode, list(tests.keys), tests.size, uniq, first, example_of[owner_of], key_of[owner_of],
+                       pos, units, word_starts, word_ends, text_bytes)
     bits = max(10, math.ceil(math.log2(max(uniq.size, 1))))
     index.filters = [_Bitset(uniq, min(bits + 3, 24), low=False), _Bitset(uniq, min(bits + 6, 32), low=True)]
     return index
@@ -591,13 +589,20 @@ def run(test_file, keys, data, tokenizer, out, n=30, mode="tokens", workers=1, s
         _WORK.update(index=index, datasets=datasets, tokenizer=tokenizer, chunk=chunk or {})
         groups = [[] for _ in datasets]
         scanned = [[0, 0] for _ in datasets]
-        with tqdm(total=total, unit="tok", unit_scale=True, desc=f"overlap {shard[0]}/{shard[1]}",
-                  disable=not progress, mininterval=1.0) as bar:
-            for di, docs, tokens, g in _map(_scan_piece, pieces, workers):
-                groups[di] += g
-                scanned[di][0] += docs
-                scanned[di][1] += tokens
-                bar.update(tokens)
+        pool = _pool(workers, len(pieces))  # forked before tqdm starts its monitor thread
+        try:
+            results = pool.imap_unordered(_scan_piece, pieces) if pool else map(_scan_piece, pieces)
+            with tqdm(total=total, unit="tok", unit_scale=True, desc=f"overlap {shard[0]}/{shard[1]}",
+                      disable=not progress, mininterval=1.0) as bar:
+                for di, docs, tokens, g in results:
+                    groups[di] += g
+                    scanned[di][0] += docs
+                    scanned[di][1] += tokens
+                    bar.update(tokens)
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
         rows = sort_rows([r for di, ds in enumerate(datasets) for r in hit_rows(groups[di], index, tests, data[di])],
                          list(data), list(keys))
         meta = {"fingerprint": fp, "shard": shard[0], "shards": shard[1], "test_file": test_file,
@@ -622,14 +627,12 @@ def _pieces(ds, lo, hi, piece_tokens):
     return [r for r in (split_range(ds.starts, lo, hi, k, i) for i in range(k)) if r[1] > r[0]]
 
 
-def _map(fn, items, workers):
-    if workers <= 1 or len(items) <= 1:
-        yield from map(fn, items)
-        return
+def _pool(workers, pieces):
+    if workers <= 1 or pieces <= 1:
+        return None
     import multiprocessing
 
-    with multiprocessing.get_context("fork").Pool(min(workers, len(items))) as pool:
-        yield from pool.imap_unordered(fn, items)
+    return multiprocessing.get_context("fork").Pool(min(workers, pieces))
 
 
 def _load_part(base, fp):
