@@ -243,6 +243,12 @@ def test_cli_bad_key_is_one_error_line_exit_1(test_file, tok, tmp_path):
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [f"error: {test_file}:1: no 'question' key (has: level, problem, "
                                              f"solution, type); pick one with --test-key"]
+    import check_overlap  # a usage error is exit status 2, before anything is read
+
+    with pytest.raises(SystemExit) as e:
+        check_overlap.main(["--test-file", test_file, "--data", "x", "--tokenizer-model", tok, "--out",
+                            str(tmp_path / "o"), "--shard", "5/4"])
+    assert e.value.code == 2 and not os.path.exists(tmp_path / "o")
 
 
 # ---------------------------------------------------------------- Slurm array + merge, accuracy by overlap
