@@ -173,7 +173,7 @@ def read_test_file(path: str, keys: list[str]) -> Examples:
 
 @dataclass
 class NgramIndex:
-    """Every n-gram of every (example, key), hashed; entries sorted by hash."""
+    """The distinct n-grams of every (example, key), hashed; entries sorted by hash."""
     n: int
     mode: str
     keys: list[str]
@@ -219,6 +219,10 @@ def build_index(tests: Examples, n: int, mode: str, sp) -> NgramIndex:
     h, owner_of = h[pos], owner_of[pos]
     order = np.argsort(h, kind="stable")
     h, pos, owner_of = h[order], pos[order], owner_of[order]
+    # one entry per (n-gram, example, key): a text repeating an n-gram must not multiply the pairs
+    # to compare (within equal hashes the owners are ascending, so repeats are adjacent)
+    first_of_run = np.concatenate(([True], (h[1:] != h[:-1]) | (owner_of[1:] != owner_of[:-1])))
+    h, pos, owner_of = h[first_of_run], pos[first_of_run], owner_of[first_of_run]
     key_of = np.array([k for k, _, _ in texts], dtype=np.int8)
     example_of = np.array([e for _, e, _ in texts], dtype=np.int32)
     uniq, first = np.unique(h, return_index=True)

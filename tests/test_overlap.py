@@ -145,9 +145,15 @@ def test_hash_match_with_different_ngram_is_not_a_hit(planted_tokens, test_file,
     assert overlap.scan_tokens(ds, 0, 40, index, sp, tok) == []
 
 
-def test_sharded_and_merged_equals_one_run_and_parts_are_not_redone(planted_tokens, test_file, tok, tmp_path):
+def test_sharded_and_merged_equals_one_run_and_parts_are_not_redone(planted_tokens, test_file, tok, tmp_path,
+                                                                     capsys):
     prefix, docs, _, _ = planted_tokens
     prefix2 = write_tokens(str(tmp_path / "second"), docs[::-1])  # a second dataset: rows per prefix
+    import check_overlap
+
+    check_overlap.main(["--test-file", test_file, "--data", prefix, prefix2, "--tokenizer-model", tok,
+                        "--out", str(tmp_path / "cli"), "--no-progress"])
+    assert "12 test examples, 7 with hits (problem: 5, solution: 2)" in capsys.readouterr().out
     keys, data = ["problem", "solution"], [prefix, prefix2]
     one = overlap.run(test_file, keys, data, tok, str(tmp_path / "one"), n=N, progress=False, log=lambda m: None)
     for i in range(3):  # shards into two directories, merged together
@@ -156,7 +162,7 @@ def test_sharded_and_merged_equals_one_run_and_parts_are_not_redone(planted_toke
     with pytest.raises(OverlapError, match=r"shards 2 of 3 are not finished"):
         overlap.merge([str(tmp_path / "sa")], str(tmp_path / "merged"))
     merged = overlap.merge([str(tmp_path / "sa"), str(tmp_path / "sb")], str(tmp_path / "merged"))
-    assert rows_of(tmp_path / "merged") == rows_of(tmp_path / "one")
+    assert rows_of(tmp_path / "merged") == rows_of(tmp_path / "one") == rows_of(tmp_path / "cli")
     assert {r["data"] for r in rows_of(tmp_path / "one")} == {prefix, prefix2}
     assert {k: v for k, v in merged.items() if k not in ("seconds", "parts")} == \
         {k: v for k, v in one.items() if k not in ("seconds", "parts")}
@@ -275,7 +281,9 @@ def test_slurm_array_task_and_dependent_merge_then_join(planted_tokens, test_fil
     assert "check_overlap.py merge" in wrap and out in wrap
     overlap.run(test_file, ["problem", "solution"], [prefix], tok, out, n=N, shard=(1, 2), progress=False,
                 log=lambda m: None)
-    overlap.merge([out])  # what the merge job runs
+    import check_overlap
+
+    check_overlap.main(["merge", out])  # what the merge job runs
     assert as_set(rows_of(out)) == truth
 
     # join: samples as tools/evaluate.py writes them (doc_id = line, problem text, maj_correct)
@@ -285,7 +293,9 @@ def test_slurm_array_task_and_dependent_merge_then_join(planted_tokens, test_fil
     correct = {t: (t in hit_ids) == (t % 2 == 0) for t in lines}
     samples.write_text("".join(json.dumps({"doc_id": t, "problem": lines[t]["problem"], "correct": [correct[t]],
                                            "maj_correct": correct[t]}) + "\n" for t in lines))
-    table = overlap.join(out, str(samples))
+    check_overlap.main(["join", "--hits", out, "--samples", str(samples)])
+    table = json.load(open(os.path.join(out, "accuracy_by_overlap.json")))
+    assert "| Level 1 |" in open(os.path.join(out, "accuracy_by_overlap.md")).read()
     rows = {r["level"]: r for r in table["rows"]}
     for level in ("all", "Level 1", "Level 2", "Level 3"):
         ids = [t for t in lines if level == "all" or lines[t]["level"] == level]
