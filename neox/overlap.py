@@ -618,8 +618,8 @@ def run(test_file, keys, data, tokenizer, out, n=30, mode="tokens", workers=1, s
         os.makedirs(parts_dir, exist_ok=True)
         write_lines_atomic(base + ".jsonl", rows)
         write_json_atomic(base + ".json", meta)  # last: its presence marks the part done
-    if shard[1] == 1:
-        return merge([out], out)
+    if shard[1] == 1:  # this run's one part only, whatever else the directory holds
+        return combine_parts([base + ".json"], out, where=parts_dir)
     return meta
 
 
@@ -660,18 +660,25 @@ def _load_part(base, fp):
 
 def merge(dirs: list[str], out: str | None = None) -> dict:
     """Combine the parts under DIR/parts/ of `dirs` into out/hits.jsonl and out/summary.json."""
-    out = out or dirs[0]
-    found = {}
+    paths = []
     for d in dirs:
         parts_dir = os.path.join(d, "parts")
         names = sorted(f for f in os.listdir(parts_dir) if f.endswith(".json")) if os.path.isdir(parts_dir) else []
         if not names:
             raise OverlapError(f"{parts_dir}: no finished parts")
-        for name in names:
-            path = os.path.join(parts_dir, name)
+        paths += [os.path.join(parts_dir, name) for name in names]
+    return combine_parts(paths, out or dirs[0], where=", ".join(dirs))
+
+
+def combine_parts(paths: list[str], out: str, where: str) -> dict:
+    found = {}
+    for path in paths:
+        try:
             with open(path) as f:
                 meta = json.load(f)
-            found.setdefault(meta["shard"], (path, meta))
+        except ValueError:
+            raise OverlapError(f"{path}: not valid JSON (remove it and rerun that shard)") from None
+        found.setdefault(meta["shard"], (path, meta))
     first_path, first = next(iter(found.values()))
     for path, meta in found.values():
         if meta["fingerprint"] != first["fingerprint"]:
@@ -679,7 +686,7 @@ def merge(dirs: list[str], out: str | None = None) -> dict:
     missing = sorted(set(range(first["shards"])) - set(found))
     if missing:
         raise OverlapError(f"shards {', '.join(map(str, missing))} of {first['shards']} are not finished "
-                           f"(no {part_name(missing[0], first['shards'])}.json under {', '.join(dirs)})")
+                           f"(no {part_name(missing[0], first['shards'])}.json under {where})")
     parts = [found[i][1] for i in range(first["shards"])]
     prefixes = [d["prefix"] for d in first["data"]]
     rows = []
