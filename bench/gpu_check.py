@@ -34,7 +34,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -403,7 +402,6 @@ def part_setup(p: Part, args):
 def paired_models(flat: dict, dtype, device: str):
     """transformers' LlamaForCausalLM and our model with the same random weights."""
     import torch
-    import transformers
 
     from neox import partition
     from neox.hf_compat import shard_hf_weights

@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 import re
 from typing import Optional
 
@@ -260,3 +261,13 @@ def config_for_checkpoint(info: dict, tp: int, **overrides):
                 checkpoint_activations=False, checkpoint_layers=None, compile_blocks=False, **overrides)
     cfg = NeoXConfig.from_flat(_coerce_all(flat))
     return validate(cfg, dry_run=True)
+
+
+def exit_status(fn, *args) -> int:
+    """A tool's exit status: 0, or 1 with one `error:` line when ``fn`` raises CheckpointError."""
+    try:
+        fn(*args)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -118,7 +118,7 @@ def _warmup_fraction(value, flat):
     if iters is None:
         raise GPTNeoXKeyError("key 'warmup' is a fraction of train_iters, which is not set")
     if "warmup_iters" in flat:
-        raise GPTNeoXKeyError(f"keys 'warmup' (a fraction of train_iters) and 'warmup_iters' are both set: set one")
+        raise GPTNeoXKeyError("keys 'warmup' (a fraction of train_iters) and 'warmup_iters' are both set: set one")
     return {"warmup_iters": int(round(float(value) * int(iters)))}
 
 

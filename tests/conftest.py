@@ -49,3 +49,16 @@ def toy_data():
     subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_toy_data.py")], check=True,
                    cwd=REPO)
     return os.path.join(REPO, "data", "toy")
+
+
+@pytest.fixture(scope="module")
+def tok(toy_data):
+    """The toy SentencePiece model's path."""
+    return os.path.join(toy_data, "tokenizer.model")
+
+
+@pytest.fixture(scope="module")
+def sp(tok):
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=tok)

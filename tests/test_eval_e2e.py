@@ -1,6 +1,5 @@
 """tools/evaluate.py end to end on CPU: the toy stand-in model on small MATH/GSM8k/Proof-Pile-2 files."""
 
-import io
 import json
 import math
 import os

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import sentencepiece as spm
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
 from conftest import REPO
@@ -27,16 +26,6 @@ WORDS = ("let prove that the sum of two even integers is even suppose x and y ar
 
 def random_text(rng, words):
     return " ".join(rng.choice(WORDS, words))
-
-
-@pytest.fixture(scope="module")
-def tok(toy_data):
-    return os.path.join(toy_data, "tokenizer.model")
-
-
-@pytest.fixture(scope="module")
-def sp(tok):
-    return spm.SentencePieceProcessor(model_file=tok)
 
 
 @pytest.fixture(scope="module")

@@ -42,16 +42,6 @@ def write_jsonl(path, docs):
 
 
 @pytest.fixture(scope="module")
-def tok(toy_data):
-    return os.path.join(toy_data, "tokenizer.model")
-
-
-@pytest.fixture(scope="module")
-def sp(tok):
-    return spm.SentencePieceProcessor(model_file=tok)
-
-
-@pytest.fixture(scope="module")
 def corpus(toy_data):
     return os.path.join(toy_data, "corpus")
 

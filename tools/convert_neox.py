@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from neox import gptneox_format as fmt  # noqa: E402
 from neox import partition  # noqa: E402
-from neox.checkpoints import CheckpointError  # noqa: E402
+from neox.checkpoints import CheckpointError, exit_status  # noqa: E402
 from neox.config import padded_vocab_size  # noqa: E402
 from neox.hf_compat import ShardedWeights  # noqa: E402
 
@@ -448,12 +448,7 @@ def main(argv=None):
     if args.tp < 1:
         print("error: --tp must be >= 1", file=sys.stderr)
         return 2
-    try:
-        convert(args)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(convert, args)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from tqdm import tqdm  # noqa: E402
 
 from neox import partition  # noqa: E402
 from neox.checkpoints import (CONVERSION_FILE, DTYPES, TOKENIZER_FILES, CheckpointError,  # noqa: E402
-                              checkpoint_model_info, load_rank,
+                              checkpoint_model_info, exit_status, load_rank,
                               resolve_tag, tensor_parallel_size, unfused_hint)
 from neox.file_modes import follow_umask  # noqa: E402
 from neox.hf_tokenizer import UnsupportedTokenizer, write_hf_tokenizer  # noqa: E402
@@ -193,12 +193,8 @@ def main(argv=None):
     p.add_argument("--max-shard-size-gb", type=float, default=5.0)
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     args = p.parse_args(argv)
-    try:
-        export(args.ckpt, args.out, args.step, args.dtype, int(args.max_shard_size_gb * 2**30), args.force)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(export, args.ckpt, args.out, args.step, args.dtype, int(args.max_shard_size_gb * 2**30),
+                       args.force)
 
 
 if __name__ == "__main__":
