@@ -16,13 +16,11 @@ import base64
 import json
 import os
 import sys
-import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# megatron-core warns at import that optional CUDA libraries are absent (we use neither) and, on
-# every TP layer, about a CUDA setting; neither is actionable here.
-warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
-warnings.filterwarnings("ignore", message="When using async grad allreduce it is recommended")
+from neox.quiet import quiet_library_messages  # noqa: E402
+
+quiet_library_messages()
 
 from neox.config import ConfigError, config_from_flat, fit_to_cluster, load_config  # noqa: E402
 

@@ -33,6 +33,9 @@ def _ours_worker(rank, tp, port, ckpt, tag, tokens, out_path):
     """One TP rank: load its shard, run the batch, rank 0 saves layer outputs and full logits."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(tp), LOCAL_RANK=str(rank))
+    from neox.quiet import quiet_library_messages
+
+    quiet_library_messages()
     from neox import distributed
     from neox.model import LlamaModel
 
