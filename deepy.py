@@ -97,6 +97,14 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from neox.data_check import DataError, check_data
+
+    try:  # seconds, before anything is spawned (train.py checks again when started without deepy)
+        for w in check_data(cfg):
+            print(f"warning: {w}", file=sys.stderr)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     env = dict(os.environ)
     import torch
 

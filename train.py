@@ -63,6 +63,7 @@ def config_from_args(argv):
 
 def main(argv=None):
     from neox.checkpoints import CheckpointError
+    from neox.data_check import DataError
     from neox.guard import GuardStop
 
     try:
@@ -73,7 +74,7 @@ def main(argv=None):
     except ConfigError as e:  # one line naming the key or file, not a traceback; 2 as in deepy.py
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-    except (CheckpointError, GuardStop) as e:
+    except (CheckpointError, GuardStop, DataError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
 

@@ -222,6 +222,7 @@ class DataArgs:
     vocab_file: Optional[str] = None  # SentencePiece tokenizer.model
     tokenizer_type: str = "SPMTokenizer"
     data_cache_dir: Optional[str] = None  # where sample-index caches go (None: beside the data)
+    data_without_manifest: bool = False  # data with no preprocessing manifest: tokenizer not checked
 
     def check(self) -> None:
         if not self.train_data_paths:

@@ -45,6 +45,23 @@ def _unlink_shm_buffer():
         os.unlink(name)
 
 
+def on_rank0_for_all(fn):
+    """Run fn on rank 0 only; if it raises, every rank stops: rank 0 with the error, the others
+    with SystemExit(1) (a rank that raised alone would leave the others in the next collective)."""
+    error = None
+    if is_rank0():
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after every rank knows
+            error = e
+    failed = torch.tensor([float(error is not None)], device=device())
+    torch.distributed.broadcast(failed, src=0)
+    if error is not None:
+        raise error
+    if failed.item():
+        raise SystemExit(1)
+
+
 def destroy():
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()

@@ -36,7 +36,7 @@ RESUME_MAY_CHANGE = {
     "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "data_cache_dir",
     "peak_flops_per_gpu", "gpu_memory_gib", "planner_mfu", "attention_impl",
     "checkpoint_activations", "checkpoint_layers", "compile_blocks", "fused_head_loss",
-    "reference_loss_tolerance",
+    "reference_loss_tolerance", "data_without_manifest",
 }
 # The parallel layout: may change at resume only where neox.reshard can reshard the state (ZeRO).
 LAYOUT_KEYS = {"model_parallel_size"}

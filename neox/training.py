@@ -13,6 +13,7 @@ from megatron.core import parallel_state as ps
 from neox import distributed, validation
 from neox.checkpoints import load_finetune_weights
 from neox.config import NeoXConfig, derived
+from neox.data_check import DataError, check_data, out_of_vocab_samples
 from neox.data import (Prefetcher, SentencePieceTokenizer, build_eval_datasets, build_train_dataset,
                        component_name, component_of_sample, data_identity, format_mixture, mixture_table)
 from neox.distributed import is_rank0, print_rank0
@@ -51,6 +52,7 @@ class Trainer:
         self.step, saved_state = resume(self.engine, cfg, *resume_from) if resume_from[0] else (0, {})
         self.saved_step = self.step  # the newest step with a checkpoint of this run
         self.guard = LossGuard(cfg.guard, saved_state.get("guard"))
+        distributed.on_rank0_for_all(lambda: [print_rank0(f"warning: {w}") for w in check_data(cfg)])
         self.train_set = build_train_dataset(cfg, tokenizer)
         self.eval_sets = self._eval_sets(tokenizer)
         self.logger = self._logger()
@@ -120,7 +122,10 @@ class Trainer:
             lr = lr_for_config(cfg, update)
             set_lr(self.engine, lr)
             batch_index = self.guard.batch(self.step)
-            result = train_step(self.engine, self.micro_batches(batch_index, update), update, self.stop, self.faults)
+            result = train_step(self.engine, self.micro_batches(batch_index, update), update, self.stop, self.faults,
+                                cfg.model.vocab_size)
+            if result.out_of_vocab:
+                self.stop_for_bad_tokens(update, batch_index)
 
             verdict, reason = self.guard.check(update, result.loss, result.grad_norm)
             if verdict == "rollback":
@@ -207,6 +212,19 @@ class Trainer:
     def save(self, update: int):
         save_checkpoint(self.engine, self.cfg, update, self.guard, self.data_files)
         self.saved_step = update
+
+    def stop_for_bad_tokens(self, update: int, batch_index: int):
+        """A batch held token ids outside the vocabulary: stop before this update is saved,
+        naming the samples and their data files (found on the host: the slow path, once)."""
+        if not is_rank0():  # rank 0 names them; the others stop with it
+            raise SystemExit(1)
+        g, vocab = self.cfg.batch.train_batch_size, self.cfg.model.vocab_size
+        bad = out_of_vocab_samples(self.train_set, batch_index * g, (batch_index + 1) * g, vocab)
+        files = sorted({f for _, f in bad})
+        raise DataError(f"step {update}: token ids outside the vocabulary (0..{vocab - 1}) in global samples "
+                        f"{[i for i, _ in bad]} from data file {', '.join(files)}: the data was tokenized with "
+                        f"another tokenizer than vocab_file {self.cfg.data.vocab_file}; no checkpoint of this "
+                        f"step was written (the newest is step {self.saved_step})")
 
     def stop_for_requeue(self, update: int):
         """Checkpoint this update (unless it has one), then exit with the status that requeues."""
