@@ -65,6 +65,9 @@ def main(argv=None):
     from neox.checkpoints import CheckpointError
     from neox.data_check import DataError
     from neox.guard import GuardStop
+    from neox.resilience import follow_launcher
+
+    follow_launcher()
 
     try:
         cfg = config_from_args(argv)

@@ -247,9 +247,12 @@ class CheckpointArgs:
     finetune: bool = False  # load weights only: step 0, fresh optimizer and data position
     keep_last_n_checkpoints: Optional[int] = None  # None: keep all; never deletes the newest
     reference_loss_tolerance: float = 1e-3  # guarded start: |loss - converter's loss| allowed
+    save_lock_stale_minutes: float = 30.0  # a lock of another host not refreshed this long is stale
 
     def check(self) -> None:
         _finite(self, "reference_loss_tolerance")
+        _positive(self, "save_lock_stale_minutes")
+        _finite(self, "save_lock_stale_minutes")
         if self.keep_last_n_checkpoints is not None and self.keep_last_n_checkpoints < 1:
             raise ConfigError(f"key 'keep_last_n_checkpoints' must be >= 1, got {self.keep_last_n_checkpoints}")
         if self.checkpoint_factor is not None and self.checkpoint_factor <= 0:

@@ -18,6 +18,7 @@ import random
 import re
 import shutil
 import signal
+import sys
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ RESUME_MAY_CHANGE = {
     "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "data_cache_dir",
     "peak_flops_per_gpu", "gpu_memory_gib", "planner_mfu", "attention_impl",
     "checkpoint_activations", "checkpoint_layers", "compile_blocks", "fused_head_loss",
-    "reference_loss_tolerance", "data_without_manifest",
+    "reference_loss_tolerance", "data_without_manifest", "save_lock_stale_minutes",
 }
 # The parallel layout: may change at resume only where neox.reshard can reshard the state (ZeRO).
 LAYOUT_KEYS = {"model_parallel_size"}
@@ -87,10 +88,11 @@ def latest_complete_tag(save: str):
 
 
 def save_atomic(engine, save: str, step: int, client_state: dict, keep_last: int | None, rank0: bool,
-                extra_files: dict | None = None):
-    """Write global_step<step> by the protocol above; prune old complete checkpoints."""
+                extra_files: dict | None = None, job: str = "job"):
+    """Write global_step<step> by the protocol above; prune old complete checkpoints. The temp
+    directory carries the job's identity (neox.save_lock), so two writers never share one."""
     tag = f"global_step{step}"
-    tmp_tag = f".tmp-{tag}"
+    tmp_tag = f".tmp-{tag}.{job}"
     if rank0:
         shutil.rmtree(os.path.join(save, tmp_tag), ignore_errors=True)
     torch.distributed.barrier()
@@ -196,13 +198,40 @@ class StopSignal:
     """SIGTERM / SIGUSR1 (Slurm's pre-timeout or preemption signal) request a clean stop. The flag
     travels in the step's one all-reduce (neox.step), so every rank stops at the same step."""
 
-    def __init__(self):
+    def __init__(self, log_dir: str | None = None):
         self.requested = False
+        self.log_dir = log_dir
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
         self.requested = True
+        if launcher_gone():  # the kernel's SIGTERM of follow_launcher: nobody reads our output now
+            path = os.path.join(self.log_dir or ".", f"orphaned-rank{os.environ.get('RANK', 0)}.log")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+            print(f"launcher (deepy.py pid {os.environ['NEOX_LAUNCHER_PID']}) is gone: stopping after this step "
+                  "with a checkpoint", flush=True)
+
+
+def launcher_gone() -> bool:
+    launcher = os.environ.get("NEOX_LAUNCHER_PID")
+    return bool(launcher) and os.getppid() != int(launcher)
+
+
+def follow_launcher():
+    """Started by deepy.py: ask the kernel for a SIGTERM when deepy dies (Linux), so a rank left
+    behind by a `kill -9` of deepy checkpoints and stops instead of training on as an orphan."""
+    if not os.environ.get("NEOX_LAUNCHER_PID") or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if launcher_gone():  # deepy died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @torch.no_grad()

@@ -86,7 +86,7 @@ def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[int, dict
     return int(state["step"]), state
 
 
-def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_files: dict):
+def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_files: dict, job: str):
     """GPT-NeoX/DeepSpeed layout, written atomically (neox.resilience): <save>/global_step<N>/
     mp_rank_XX_model_states.pt + ZeRO shards + config.json + complete, then <save>/latest."""
     state = {"step": step, "consumed_samples": step * cfg.batch.train_batch_size,
@@ -94,7 +94,8 @@ def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_f
              "guard": guard.state()}
     save_atomic(engine, cfg.checkpoint.save, step, state, cfg.checkpoint.keep_last_n_checkpoints,
                 is_rank0(), extra_files={"config.json": json.dumps(cfg.to_flat(), indent=1),
-                                                  "data.json": json.dumps(data_files, indent=1)})
+                                                  "data.json": json.dumps(data_files, indent=1)},
+                job=job)
     print_rank0(f"saved checkpoint global_step{step} to {cfg.checkpoint.save}")
 
 
@@ -114,6 +115,28 @@ def rollback(engine, cfg: NeoXConfig, guard: LossGuard, update: int, reason: str
         raise CheckpointError(f"rollback: could not load checkpoint {os.path.join(save, tag)}")
     restore_rng(state.get("rng"))
     return int(state["step"])
+
+
+def lock_save_dir(cfg: NeoXConfig) -> str:
+    """Rank 0 takes <save>'s lock (released at exit); every rank gets the job token for temp names."""
+    import atexit
+
+    import torch
+
+    from neox.distributed import on_rank0_for_all
+    from neox.save_lock import SaveLock
+
+    lock = SaveLock(cfg.checkpoint.save, cfg.checkpoint.save_lock_stale_minutes)
+
+    def take():
+        for w in lock.acquire():
+            print_rank0(f"warning: {w}")
+        atexit.register(lock.release)
+
+    on_rank0_for_all(take)
+    token = [lock.token]
+    torch.distributed.broadcast_object_list(token, src=0)
+    return token[0]
 
 
 def guarded_start(model, cfg: NeoXConfig, conversion: dict) -> dict:

@@ -24,7 +24,8 @@ from neox.lr_schedule import lr_for_config
 from neox.metrics import MetricsLogger, format_line
 from neox.model import LlamaModel
 from neox.resilience import EXIT_REQUEUE, StopSignal
-from neox.run_state import check_resumable, find_resume_dir, guarded_start, resume, rollback, save_checkpoint
+from neox.run_state import (check_resumable, find_resume_dir, guarded_start, lock_save_dir, resume, rollback,
+                            save_checkpoint)
 from neox.step import Faults, StepResult, train_step
 
 
@@ -40,6 +41,7 @@ class Trainer:
         distributed.init_distributed(cfg.parallel.model_parallel_size)
         seed_everything(cfg.misc.seed)
         self.cfg = cfg
+        self.job = lock_save_dir(cfg) if cfg.checkpoint.save else None  # before anything is written there
         self._write_resolved_config()
         tokenizer = SentencePieceTokenizer(cfg.data.vocab_file)
         model = LlamaModel(cfg)
@@ -47,7 +49,7 @@ class Trainer:
         resume_from = find_resume_dir(cfg)  # (directory, tag) or (None, None)
         self.data_files = data_identity(cfg.data.train_data_paths)
         self.reference_record = self._check_or_finetune(model, *resume_from)
-        self.stop = StopSignal()
+        self.stop = StopSignal(cfg.logging.log_dir)
         self.engine = build_engine(cfg, model)
         self.step, saved_state = resume(self.engine, cfg, *resume_from) if resume_from[0] else (0, {})
         self.saved_step = self.step  # the newest step with a checkpoint of this run
@@ -210,7 +212,7 @@ class Trainer:
             print_rank0(f"eval at step {step}: " + " | ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
     def save(self, update: int):
-        save_checkpoint(self.engine, self.cfg, update, self.guard, self.data_files)
+        save_checkpoint(self.engine, self.cfg, update, self.guard, self.data_files, self.job)
         self.saved_step = update
 
     def stop_for_bad_tokens(self, update: int, batch_index: int):

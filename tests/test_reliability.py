@@ -135,3 +135,175 @@ def test_token_ids_beyond_the_vocabulary_stop_the_run_naming_samples_and_file(to
     assert samples == list(range(8))  # the whole first global batch
     assert f"from data file {prefix}.bin:" in errors[0]
     assert not list((tmp_path / "run" / "ckpt").glob("global_step*"))
+
+
+# ----------------------------------------------------------------------------- one job per save directory
+
+
+def test_save_lock_refuses_a_live_holder_and_takes_over_stale_ones(tmp_path):
+    import socket
+
+    from neox.checkpoints import CheckpointError
+    from neox.save_lock import SaveLock
+
+    save = tmp_path / "ckpt"
+    first = SaveLock(str(save), stale_minutes=30)
+    assert first.acquire() == []
+    held = json.loads((save / ".lock").read_text())
+    assert held["host"] == socket.gethostname() and held["pid"] == os.getpid()
+    with pytest.raises(CheckpointError, match=rf"save directory {save} is in use by another job \(host "
+                                              rf"{socket.gethostname()} pid {os.getpid()}, started "):
+        SaveLock(str(save), 30).acquire()
+    first.release()
+    assert not (save / ".lock").exists()
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (save / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "start_time": "t0"}))
+    (save / f".tmp-global_step8.{socket.gethostname()}-{dead.pid}-local").mkdir()
+    (save / "global_step4").mkdir()
+    warnings = SaveLock(str(save), 30).acquire()
+    assert warnings == [f"save directory {save}: took over the stale lock of host {socket.gethostname()} pid "
+                        f"{dead.pid}, started t0 (pid {dead.pid} is not running)",
+                        f"removed 1 unfinished checkpoint directory of earlier jobs: .tmp-global_step8."
+                        f"{socket.gethostname()}-{dead.pid}-local"]
+    assert sorted(p.name for p in save.iterdir()) == [".lock", "global_step4"]
+
+    # another host: alive while it refreshes the lock, stale once it is older than the limit
+    other = {"host": "gpu-node-17", "pid": 1, "slurm_job_id": "4242", "start_time": "t1"}
+    (save / ".lock").write_text(json.dumps(other))
+    with pytest.raises(CheckpointError, match=r"in use by another job \(host gpu-node-17 pid 1, Slurm job 4242"):
+        SaveLock(str(save), 30).acquire()
+    old = time.time() - 31 * 60
+    os.utime(save / ".lock", (old, old))
+    assert SaveLock(str(save), 30).acquire()[0].endswith("(not refreshed for 31 minutes (save_lock_stale_minutes 30))")
+
+
+def metrics(run_dir):
+    path = run_dir / "logs" / "metrics.jsonl"
+    return [json.loads(line) for line in open(path) if line.strip()] if path.exists() else []
+
+
+def wait_for_step(p, run_dir, step, limit=300):
+    deadline = time.time() + limit
+    while not any(r.get("step", 0) >= step and "loss" in r for r in metrics(run_dir)):
+        assert time.time() < deadline and p.poll() is None, p.poll()
+        time.sleep(0.2)
+
+
+def processes_of(session: int) -> list[str]:
+    """Processes of a session still alive (zombies waiting for init to reap them do not count)."""
+    ps = subprocess.run(["ps", "-o", "pid=,stat=,args=", "-s", str(session)], capture_output=True, text=True).stdout
+    return [line for line in ps.splitlines() if line.split()[1][0] != "Z"]
+
+
+def test_one_job_per_save_directory_and_deepy_owns_its_ranks(toy_data, tmp_path):
+    """Job A trains; job B on A's save directory is refused naming A; SIGTERM to deepy.py alone
+    checkpoints and exits 75 with no process left; A resumes, deepy.py is killed with -9 and the
+    orphaned ranks checkpoint and stop by themselves; every complete checkpoint survives."""
+    run_a, ckpt = tmp_path / "a", tmp_path / "a" / "ckpt"
+    args = ("train_iters=40", "checkpoint_factor=4")
+    a = deepy(tmp_path, *args, popen=True, run_dir="a")
+    wait_for_step(a, run_a, 1)
+    holder = json.loads((ckpt / ".lock").read_text())
+    ranks = os.getpgid(holder["pid"])  # rank 0 leads the ranks' process group
+    os.killpg(ranks, signal.SIGSTOP)  # A holds still (alive) while B starts
+    code, out = deepy(tmp_path, *args, f"save={ckpt}", run_dir="b")
+    os.killpg(ranks, signal.SIGCONT)
+    assert code == 1 and error_lines(out) == [
+        f"error: save directory {ckpt} is in use by another job (host {holder['host']} pid {holder['pid']}, "
+        f"started {holder['start_time']}; lock {ckpt}/.lock): two jobs would delete each other's "
+        "checkpoints; stop that job or give this one another save directory"], out[-3000:]
+    assert a.poll() is None
+
+    # SIGTERM to deepy.py only (what many schedulers do): passed on, checkpoint, exit 75, nothing left
+    wait_for_step(a, run_a, 5)
+    a.send_signal(signal.SIGTERM)
+    t0 = time.time()
+    out_a, _ = a.communicate(timeout=300)
+    assert a.returncode == 75 and "deepy: SIGTERM: passed on to the ranks" in out_a, out_a[-3000:]
+    assert time.time() - t0 < 60 and processes_of(a.pid) == []
+    stopped = next(r["step"] for r in metrics(run_a) if r.get("stopped_by_signal"))
+    saved = sorted(int(p.name[11:]) for p in ckpt.glob("global_step*"))
+    assert saved == sorted({*range(4, stopped + 1, 4), stopped}) and not (ckpt / ".lock").exists()
+    assert all((ckpt / f"global_step{s}" / "complete").is_file() for s in saved)
+
+    # kill -9 of deepy.py: the kernel tells the ranks (SIGTERM), they checkpoint and stop
+    a = deepy(tmp_path, *args, popen=True, run_dir="a")
+    wait_for_step(a, run_a, stopped + 2)
+    os.kill(a.pid, signal.SIGKILL)
+    t0 = time.time()
+    while processes_of(a.pid):
+        assert time.time() - t0 < 60, processes_of(a.pid)
+        time.sleep(0.2)
+    orphan_log = (run_a / "logs" / "orphaned-rank0.log").read_text()
+    assert f"launcher (deepy.py pid {a.pid}) is gone: stopping after this step with a checkpoint" in orphan_log
+    last = max(r["step"] for r in metrics(run_a) if r.get("stopped_by_signal"))
+    assert last > stopped and (ckpt / f"global_step{last}" / "complete").is_file()
+    assert (ckpt / "latest").read_text() == f"global_step{last}"
+    assert all((ckpt / f"global_step{s}" / "complete").is_file() for s in saved)
+
+
+# ----------------------------------------------------------------------------- the launcher owns its children
+
+STAND_IN_RANK = r'''
+import os, signal, sys, time
+def on_term(*_):
+    time.sleep(1)  # "writing a checkpoint"
+    print(f"rank {os.environ['RANK']} saved", flush=True)
+    sys.exit(75)
+signal.signal(signal.SIGTERM, on_term)
+print(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} ready", flush=True)
+time.sleep(60)
+'''
+
+
+@pytest.fixture
+def stand_in_job(tmp_path):
+    """deepy's LocalJob around two stand-in ranks (no torch: they start in a blink)."""
+    from neox.local_launch import LocalJob
+
+    script = tmp_path / "rank.py"
+    script.write_text(STAND_IN_RANK)
+    lines = []
+
+    def pump(stream, _out):
+        lines.extend(stream)
+
+    job = LocalJob([sys.executable, str(script)], 2, 12345, dict(os.environ), pump)
+    job.start()
+    deadline = time.time() + 30
+    while sum("ready" in line for line in lines) < 2:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    yield job, lines
+    job.signal_job(signal.SIGKILL)
+
+
+def test_ctrl_c_once_checkpoints_and_exits_75_twice_stops_at_once(stand_in_job, capsys):
+    job, lines = stand_in_job
+    assert os.getpgid(job.procs[1].pid) == job.procs[0].pid != os.getpgid(0)  # a terminal's Ctrl-C reaches deepy only
+    job.on_signal(signal.SIGINT, None)
+    assert job.wait() == 75 and sorted(line for line in lines if "saved" in line) == ["rank 0 saved\n", "rank 1 saved\n"]
+    assert "deepy: Ctrl-C: the ranks checkpoint after this step and exit 75" in capsys.readouterr().err
+
+
+def test_second_ctrl_c_kills_at_once(stand_in_job, capsys):
+    job, lines = stand_in_job
+    t0 = time.time()
+    job.on_signal(signal.SIGINT, None)
+    job.on_signal(signal.SIGINT, None)
+    assert job.wait() == 130 and time.time() - t0 < 1  # the ranks' 1 s "checkpoint" was cut short
+    assert not any("saved" in line for line in lines)
+    assert "deepy: second Ctrl-C: killing the ranks now (no checkpoint)" in capsys.readouterr().err
+
+
+def test_kill_9_of_rank_0_is_blamed_on_rank_0(stand_in_job, capsys):
+    job, lines = stand_in_job
+    t0 = time.time()
+    os.kill(job.procs[0].pid, signal.SIGKILL)
+    assert job.wait() == 128 + 9 and time.time() - t0 < 10
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"deepy: rank 0 (pid {job.procs[0].pid}) was killed by signal SIGKILL; stopping the other ranks "
+        "(SIGTERM, SIGKILL after 30 s)")
+    assert "rank 1 saved\n" in lines  # the other rank got SIGTERM: its own stop
