@@ -96,12 +96,12 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from neox.data_check import DataError, check_data
+    from neox.checkpoints import CheckpointError
+    from neox.data_check import DataError
 
     try:  # seconds, before anything is spawned (train.py checks again when started without deepy)
-        for w in check_data(cfg):
-            print(f"warning: {w}", file=sys.stderr)
-    except DataError as e:
+        check_before_spawn(cfg)
+    except (DataError, CheckpointError) as e:  # the data tools' status
         print(f"error: {e}", file=sys.stderr)
         return 1
     env = dict(os.environ)
@@ -117,6 +117,18 @@ def main(argv=None) -> int:
     print(startup_line(cfg, info, torch.cuda.is_available(), log_path), file=sys.stderr, flush=True)
     cmd = [sys.executable, "-u", args.script, "--neox-config-b64", encode_config(cfg.to_flat())]
     return run_quietly(cmd, cfg.parallel.num_gpus, cfg.parallel.master_port or free_port(), env, log_path)
+
+
+def check_before_spawn(cfg):
+    """The data (neox.data_check) and the save directory: writable, room for a checkpoint."""
+    from neox.data_check import check_data
+    from neox.planner import checkpoint_bytes
+    from neox.save_lock import check_save_dir
+
+    for w in check_data(cfg):
+        print(f"warning: {w}", file=sys.stderr)
+    if cfg.checkpoint.save:
+        check_save_dir(cfg.checkpoint.save, checkpoint_bytes(cfg))
 
 
 def startup_line(cfg, info: dict, cuda: bool, log_path: str) -> str:

@@ -12,9 +12,11 @@ batch and gradient accumulation are re-derived so the global batch stays exactly
 """
 
 import argparse
+import faulthandler
 import base64
 import json
 import os
+import signal
 import sys
 import warnings
 
@@ -68,6 +70,7 @@ def main(argv=None):
     from neox.resilience import follow_launcher
 
     follow_launcher()
+    faulthandler.register(signal.SIGUSR2, all_threads=True)  # kill -USR2 <rank>: its Python stacks to stderr
 
     try:
         cfg = config_from_args(argv)

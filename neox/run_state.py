@@ -13,7 +13,7 @@ from neox.config import NeoXConfig
 from neox.distributed import is_rank0, print_rank0
 from neox.guard import LossGuard, samples_of_batch
 from neox.resilience import (check_reference, config_differences, find_corrupt_file, latest_complete_tag,
-                             reference_losses, restore_rng, rng_state, save_atomic, step_of, verify_manifest)
+                             reference_losses, restore_rng, resume_tag, rng_state, save_atomic, step_of, verify_manifest)
 
 
 def find_resume_dir(cfg: NeoXConfig):
@@ -23,7 +23,9 @@ def find_resume_dir(cfg: NeoXConfig):
     over from the base model. Otherwise a non-finetune ``load`` must hold a complete checkpoint."""
     save, load = cfg.checkpoint.save, cfg.checkpoint.load
     if save and os.path.isdir(save):
-        tag = latest_complete_tag(save)
+        tag, warnings = resume_tag(save)
+        for w in warnings:
+            print_rank0(f"warning: {w}")
         if tag:
             return save, tag
     if load and not cfg.checkpoint.finetune and os.path.abspath(load) != os.path.abspath(save or ""):
@@ -124,11 +126,13 @@ def lock_save_dir(cfg: NeoXConfig) -> str:
     import torch
 
     from neox.distributed import on_rank0_for_all
-    from neox.save_lock import SaveLock
+    from neox.planner import checkpoint_bytes
+    from neox.save_lock import SaveLock, check_save_dir
 
     lock = SaveLock(cfg.checkpoint.save, cfg.checkpoint.save_lock_stale_minutes)
 
     def take():
+        check_save_dir(cfg.checkpoint.save, checkpoint_bytes(cfg))
         for w in lock.acquire():
             print_rank0(f"warning: {w}")
         atexit.register(lock.release)

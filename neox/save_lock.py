@@ -58,6 +58,41 @@ def stale_reason(holder: dict, age_seconds: float, stale_minutes: float) -> str 
     return None
 
 
+def io_cause(error: Exception, directory: str) -> str:
+    """The operating system's reason for a failed write. torch.save reports a full disk as
+    'unexpected pos 3328 vs 3220', so a small probe write in the same directory asks again."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    probe = os.path.join(directory if os.path.isdir(directory) else os.path.dirname(directory), f".write-probe-{os.getpid()}")
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        if os.path.exists(probe):
+            os.remove(probe)
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+def check_save_dir(save: str, needed_bytes: int):
+    """At start: <save> can be created and written (a probe file) and holds one checkpoint."""
+    try:
+        os.makedirs(save, exist_ok=True)
+        probe = os.path.join(save, f".write-probe-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("probe")
+        os.remove(probe)
+    except OSError as e:
+        raise CheckpointError(f"key 'save': cannot write to {save}: {e.strerror or e}") from None
+    free = shutil.disk_usage(save).free
+    if free < needed_bytes:
+        raise CheckpointError(f"key 'save': {save} has {free / 2**20:,.1f} MiB free but one checkpoint needs "
+                              f"{needed_bytes / 2**20:,.1f} MiB (planner): free space or save elsewhere")
+
+
 class SaveLock:
     def __init__(self, save: str, stale_minutes: float):
         self.save, self.path, self.stale_minutes = save, os.path.join(save, LOCK), stale_minutes

@@ -119,6 +119,9 @@ class Trainer:
             self.logger.log(self.reference_record)
         if self.eval_sets and self.step == 0:
             self.evaluate(0)
+        if self.step and self.step >= cfg.schedule.train_iters:
+            print_rank0(f"warning: train_iters {cfg.schedule.train_iters} is at or below the checkpoint's step "
+                        f"{self.step}: nothing to train; exit status 0 (raise train_iters to train on)")
         while self.step < cfg.schedule.train_iters:
             update = self.step + 1  # updates count from 1; update s uses lr(s)
             lr = lr_for_config(cfg, update)

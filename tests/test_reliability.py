@@ -200,7 +200,8 @@ def processes_of(session: int) -> list[str]:
 def test_one_job_per_save_directory_and_deepy_owns_its_ranks(toy_data, tmp_path):
     """Job A trains; job B on A's save directory is refused naming A; SIGTERM to deepy.py alone
     checkpoints and exits 75 with no process left; A resumes, deepy.py is killed with -9 and the
-    orphaned ranks checkpoint and stop by themselves; every complete checkpoint survives."""
+    orphaned ranks checkpoint and stop by themselves; every complete checkpoint survives; a
+    restart past the end warns about what it skips and trains nothing."""
     run_a, ckpt = tmp_path / "a", tmp_path / "a" / "ckpt"
     args = ("train_iters=40", "checkpoint_factor=4")
     a = deepy(tmp_path, *args, popen=True, run_dir="a")
@@ -242,6 +243,21 @@ def test_one_job_per_save_directory_and_deepy_owns_its_ranks(toy_data, tmp_path)
     assert last > stopped and (ckpt / f"global_step{last}" / "complete").is_file()
     assert (ckpt / "latest").read_text() == f"global_step{last}"
     assert all((ckpt / f"global_step{s}" / "complete").is_file() for s in saved)
+
+    # say what it does: `latest` names a missing tag, the newest directory has no `complete`, and
+    # train_iters is at the checkpoint's step: three warnings, nothing trained, exit 0
+    (ckpt / "latest").write_text("global_step99")
+    (ckpt / "global_step98").mkdir()
+    code, out = deepy(tmp_path, f"train_iters={last}", "checkpoint_factor=4", run_dir="a")
+    assert code == 0, out[-3000:]
+    assert [line for line in out.splitlines() if line.startswith("warning:")] == [
+        f"warning: {ckpt}/latest names global_step99, which does not exist; resuming from the newest complete "
+        f"checkpoint global_step{last} instead",
+        f"warning: {ckpt}/global_step98 has no 'complete' marker (a save that did not finish): ignored; resuming "
+        f"from global_step{last}",
+        f"warning: train_iters {last} is at or below the checkpoint's step {last}: nothing to train; exit status 0 "
+        "(raise train_iters to train on)"]
+    assert max(r["step"] for r in metrics(run_a)) == last
 
 
 # ----------------------------------------------------------------------------- the launcher owns its children
@@ -307,3 +323,93 @@ def test_kill_9_of_rank_0_is_blamed_on_rank_0(stand_in_job, capsys):
         f"deepy: rank 0 (pid {job.procs[0].pid}) was killed by signal SIGKILL; stopping the other ranks "
         "(SIGTERM, SIGKILL after 30 s)")
     assert "rank 1 saved\n" in lines  # the other rank got SIGTERM: its own stop
+
+
+def test_resume_tag_says_what_it_passes_over(tmp_path):
+    from neox.resilience import resume_tag
+
+    for step in (4, 8):
+        (tmp_path / f"global_step{step}").mkdir()
+        (tmp_path / f"global_step{step}" / "complete").write_text(f"{step}\n")
+    (tmp_path / "global_step12").mkdir()  # a save that died after the rename, before the marker
+    (tmp_path / "latest").write_text("global_step12")
+    assert resume_tag(str(tmp_path)) == ("global_step8", [
+        f"{tmp_path}/latest names global_step12, which has no 'complete' marker; resuming from the newest complete "
+        "checkpoint global_step8 instead",
+        f"{tmp_path}/global_step12 has no 'complete' marker (a save that did not finish): ignored; resuming from "
+        "global_step8"])
+    (tmp_path / "latest").write_text("global_step4")
+    assert resume_tag(str(tmp_path))[0] == "global_step4"  # `latest` wins when it is complete
+
+
+# ----------------------------------------------------------------------------- save failures: clear and early
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """mount(size_mib, read_only=False) -> a fresh tmpfs of that size (unmounted afterwards)."""
+    mounts = []
+
+    def mount(size_mib, read_only=False):
+        where = tmp_path / f"fs{len(mounts)}"
+        where.mkdir()
+        opts = f"size={size_mib}m" + (",ro" if read_only else "")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"a small filesystem needs mount (root): {r.stderr.strip()}")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", str(where)])
+
+
+def test_save_directory_checked_at_start(tmp_path):
+    """Not writable, or too small for one checkpoint: one line naming save, before any step."""
+    from neox.checkpoints import CheckpointError
+    from neox.save_lock import check_save_dir, io_cause
+
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(CheckpointError, match=rf"key 'save': {tmp_path}/ckpt has [\d,.]+ MiB free but one "
+                                              r"checkpoint needs [\d,.]+ MiB \(planner\)"):
+        check_save_dir(str(tmp_path / "ckpt"), free + 2**30)
+    check_save_dir(str(tmp_path / "ckpt"), 2**20)
+    with pytest.raises(CheckpointError, match=r"key 'save': cannot write to /proc/version/ckpt: Not a directory"):
+        check_save_dir("/proc/version/ckpt", 1)
+    assert io_cause(OSError(28, "No space left on device"), str(tmp_path)) == "No space left on device"
+    assert io_cause(RuntimeError("unexpected pos 3328 vs 3220"), str(tmp_path)) == (
+        "RuntimeError: unexpected pos 3328 vs 3220")  # the probe write succeeded: torch's own words
+
+
+def test_planner_checkpoint_size_is_what_a_save_writes(toy_data):
+    from neox.config import load_config
+    from neox.planner import checkpoint_bytes
+
+    cfg = load_config([os.path.join(REPO, "llemma_configs", "smoke.yml")], ["precision=fp32"], dry_run=True)
+    assert checkpoint_bytes(cfg) == pytest.approx(18_180_402, rel=0.01)  # du -sb of a smoke checkpoint
+
+
+def test_save_not_writable_too_small_and_disk_full_during_a_save(toy_data, tmp_path, small_filesystem):
+    read_only, tiny, small = small_filesystem(4, read_only=True), small_filesystem(8), small_filesystem(30)
+    code, out = deepy(tmp_path, f"save={read_only}/ckpt")
+    assert code == 1 and error_lines(out) == [f"error: key 'save': cannot write to {read_only}/ckpt: Read-only file system"]
+    code, out = deepy(tmp_path, f"save={tiny}/ckpt")
+    assert code == 1 and error_lines(out) == [
+        f"error: key 'save': {tiny}/ckpt has 8.0 MiB free but one checkpoint needs 17.3 MiB (planner): free space or "
+        "save elsewhere"], out
+    assert "deepy: 2 processes" not in out  # nothing was spawned
+
+    # 30 MiB: the checkpoint of step 4 fits (18.2 MB), the one of step 8 does not
+    ckpt = small / "ckpt"
+    code, out = deepy(tmp_path, f"save={ckpt}", "train_iters=12", "checkpoint_factor=4")
+    errors = error_lines(out)
+    assert code == 1 and errors and errors[0].startswith(f"error: saving checkpoint global_step8 to {ckpt}/.tmp-global_step8."), out[-3000:]
+    assert errors[0].endswith(f"failed: No space left on device; the unfinished directory was removed; the newest "
+                              f"complete checkpoint is {ckpt}/global_step4")
+    checkpoints = sorted(p.name for p in ckpt.iterdir() if p.name.startswith((".tmp", "global_step")))
+    assert checkpoints == ["global_step4"] and (ckpt / "latest").read_text() == "global_step4"
+    from neox.resilience import verify_manifest
+
+    verify_manifest(str(ckpt / "global_step4"))
+    assert (ckpt / "global_step4" / "complete").is_file()
