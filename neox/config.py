@@ -74,6 +74,7 @@ class ModelArgs:
                   "seq_length", "max_position_embeddings", "rotary_emb_base", "vocab_size",
                   "make_vocab_size_divisible_by", "rms_norm_epsilon")
         _finite(self, "rms_norm_epsilon", "init_method_std", "rotary_emb_base")
+        _positive(self, "init_method_std")
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_attention_heads
         if self.max_position_embeddings is None:
@@ -127,6 +128,10 @@ class ParallelArgs:
 
     def check(self) -> None:
         _positive(self, "model_parallel_size", "num_gpus", "num_nodes")
+        if self.pipe_parallel_size < 0:
+            raise ConfigError(f"key 'pipe_parallel_size' must be 0 or 1, got {self.pipe_parallel_size}")
+        if self.master_port is not None and not 0 < self.master_port < 65536:
+            raise ConfigError(f"key 'master_port' must be a TCP port (1..65535), got {self.master_port}")
         if self.pipe_parallel_size > 1:
             raise ConfigError(f"key 'pipe_parallel_size' ({self.pipe_parallel_size}) is not supported; "
                               "use 0 or 1 (Llemma used tensor parallelism only)")
@@ -251,6 +256,8 @@ class CheckpointArgs:
 
     def check(self) -> None:
         _finite(self, "reference_loss_tolerance")
+        if self.reference_loss_tolerance < 0:
+            raise ConfigError(f"key 'reference_loss_tolerance' must be >= 0, got {self.reference_loss_tolerance}")
         _positive(self, "save_lock_stale_minutes")
         _finite(self, "save_lock_stale_minutes")
         if self.keep_last_n_checkpoints is not None and self.keep_last_n_checkpoints < 1:
@@ -290,6 +297,7 @@ class PlannerArgs:
 
     def check(self) -> None:
         _finite(self, "gpu_memory_gib", "planner_mfu")
+        _positive(self, "gpu_memory_gib")
         if not 0 < self.planner_mfu <= 1:
             raise ConfigError(f"key 'planner_mfu' must be in (0, 1], got {self.planner_mfu}")
 

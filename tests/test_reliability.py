@@ -413,3 +413,54 @@ def test_save_not_writable_too_small_and_disk_full_during_a_save(toy_data, tmp_p
 
     verify_manifest(str(ckpt / "global_step4"))
     assert (ckpt / "global_step4" / "complete").is_file()
+
+
+# ----------------------------------------------------------------------------- config values
+
+
+def numeric_keys():
+    import dataclasses
+
+    from neox.config import SECTIONS
+
+    return [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)
+            if str(f.type) in ("int", "float", "Optional[int]", "Optional[float]")]
+
+
+# keys documented to accept a non-finite value (none so far)
+ACCEPTS_NON_FINITE = set()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_every_numeric_key_rejects_non_finite_values(value):
+    from conftest import tiny_cfg
+    from neox.config import ConfigError
+
+    keys = numeric_keys()
+    assert len(keys) >= 40 and {"seed", "eval_iters", "rotary_emb_base", "min_lr", "planner_mfu"} <= set(keys)
+    accepted = []
+    for key in keys:
+        try:
+            tiny_cfg(**{key: value})
+        except ConfigError as e:
+            assert f"'{key}'" in str(e), (key, str(e))
+        else:
+            accepted.append(key)
+    assert sorted(accepted) == sorted(ACCEPTS_NON_FINITE)
+    for dotted in ("lr", "eps"):  # inside optimizer.params
+        with pytest.raises(ConfigError, match=rf"key 'optimizer.params(.{dotted})?'"):
+            tiny_cfg(optimizer={"type": "AdamW", "params": {"lr": 1e-4, dotted: value}})
+    with pytest.raises(ConfigError, match="key 'optimizer.params'"):
+        tiny_cfg(optimizer={"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, value]}})
+    with pytest.raises(ConfigError, match="key 'train_data_weights'"):
+        tiny_cfg(train_data_weights=[value])
+
+
+def test_every_numeric_key_rejects_minus_one():
+    """Negative seeds, eval_iters and the like: no numeric key takes -1 (none is documented to)."""
+    from conftest import tiny_cfg
+    from neox.config import ConfigError
+
+    for key in numeric_keys():
+        with pytest.raises(ConfigError, match=f"'{key}'"):
+            tiny_cfg(**{key: -1})
