@@ -125,9 +125,10 @@ class ParallelArgs:
     num_nodes: int = 1
     launcher: str = "local"
     master_port: Optional[int] = None
+    distributed_timeout_minutes: int = 10  # every process group: a collective waits this long, then fails
 
     def check(self) -> None:
-        _positive(self, "model_parallel_size", "num_gpus", "num_nodes")
+        _positive(self, "model_parallel_size", "num_gpus", "num_nodes", "distributed_timeout_minutes")
         if self.pipe_parallel_size < 0:
             raise ConfigError(f"key 'pipe_parallel_size' must be 0 or 1, got {self.pipe_parallel_size}")
         if self.master_port is not None and not 0 < self.master_port < 65536:
@@ -311,9 +312,13 @@ class GuardArgs:
     loss_spike_min_history: int = 50  # no spike test before this many good steps
     max_bad_steps_in_a_row: int = 3  # this many skipped steps in a row also roll back
     max_rollbacks: int = 5  # one more rollback stops the run with an error
+    watchdog_min_seconds: float = 300.0  # a step may take max(5 x median step time, this) (neox.watchdog)
+    watchdog_first_step_seconds: float = 1800.0  # setup and the first step; each checkpoint and evaluation
 
     def check(self) -> None:
-        _positive(self, "loss_spike_window", "loss_spike_min_history", "max_bad_steps_in_a_row")
+        _positive(self, "loss_spike_window", "loss_spike_min_history", "max_bad_steps_in_a_row",
+                  "watchdog_min_seconds", "watchdog_first_step_seconds")
+        _finite(self, "watchdog_min_seconds", "watchdog_first_step_seconds")
         _finite(self, "loss_spike_std_factor")
         if self.loss_spike_std_factor < 0 or self.max_rollbacks < 0:
             raise ConfigError("keys 'loss_spike_std_factor' and 'max_rollbacks' must be >= 0")

@@ -15,8 +15,11 @@ def use_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def init_distributed(tensor_parallel_size: int):
-    """Initialise torch.distributed from the launcher's environment and the TP/DP groups."""
+def init_distributed(tensor_parallel_size: int, timeout_minutes: int = 10):
+    """Initialise torch.distributed from the launcher's environment and the TP/DP groups; every
+    group's collectives fail after timeout_minutes instead of megatron's 30-minute default."""
+    from datetime import timedelta
+
     import deepspeed
 
     if use_cpu():
@@ -24,14 +27,16 @@ def init_distributed(tensor_parallel_size: int):
     else:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="gloo" if use_cpu() else "nccl")
+        deepspeed.init_distributed(dist_backend="gloo" if use_cpu() else "nccl",
+                                   timeout=timedelta(minutes=timeout_minutes))
         if use_cpu():
             _unlink_shm_buffer()
     world = torch.distributed.get_world_size()
     if world % tensor_parallel_size:
         raise RuntimeError(f"world size {world} does not divide by model_parallel_size {tensor_parallel_size}")
     if not ps.model_parallel_is_initialized():
-        ps.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel_size)
+        ps.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel_size,
+                                     distributed_timeout_minutes=timeout_minutes)
 
 
 def _unlink_shm_buffer():

@@ -21,6 +21,7 @@ import time
 
 # after a rank failed (not a stop), the others get SIGTERM and this long before SIGKILL
 GRACE_SECONDS = 30
+HUNG_GRACE_SECONDS = 5  # after a watchdog exit (the others are stuck too)
 
 
 def exit_status(returncode: int) -> int:
@@ -101,14 +102,17 @@ class LocalJob:
     def _first_failure(self, rank: int, p: subprocess.Popen, code: int, others: bool):
         from neox.resilience import EXIT_REQUEUE
 
+        from neox.watchdog import EXIT_HUNG
+
         if code == EXIT_REQUEUE:
             return  # a stop on request: the other ranks stop after the same step
+        grace = HUNG_GRACE_SECONDS if code == EXIT_HUNG else GRACE_SECONDS  # hung ranks cannot checkpoint
         print(f"deepy: rank {rank} (pid {p.pid}) {describe_status(code)}"
-              + (f"; stopping the other ranks (SIGTERM, SIGKILL after {GRACE_SECONDS} s)" if others else ""),
+              + (f"; stopping the other ranks (SIGTERM, SIGKILL after {grace} s)" if others else ""),
               file=sys.stderr, flush=True)
         if others:
             self.signal_job(signal.SIGTERM)
-            kill = threading.Timer(GRACE_SECONDS, self.signal_job, args=(signal.SIGKILL,))
+            kill = threading.Timer(grace, self.signal_job, args=(signal.SIGKILL,))
             kill.daemon = True
             kill.start()
 

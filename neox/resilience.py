@@ -38,6 +38,7 @@ RESUME_MAY_CHANGE = {
     "peak_flops_per_gpu", "gpu_memory_gib", "planner_mfu", "attention_impl",
     "checkpoint_activations", "checkpoint_layers", "compile_blocks", "fused_head_loss",
     "reference_loss_tolerance", "data_without_manifest", "save_lock_stale_minutes",
+    "distributed_timeout_minutes", "watchdog_min_seconds", "watchdog_first_step_seconds",
 }
 # The parallel layout: may change at resume only where neox.reshard can reshard the state (ZeRO).
 LAYOUT_KEYS = {"model_parallel_size"}

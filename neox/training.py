@@ -27,6 +27,7 @@ from neox.resilience import EXIT_REQUEUE, StopSignal
 from neox.run_state import (check_resumable, find_resume_dir, guarded_start, lock_save_dir, resume, rollback,
                             save_checkpoint)
 from neox.step import Faults, StepResult, train_step
+from neox.watchdog import Watchdog
 
 
 def train(cfg: NeoXConfig):
@@ -38,7 +39,10 @@ class Trainer:
 
     def __init__(self, cfg: NeoXConfig):
         """Setup: process groups, model, engine, resume or finetune, data, logger; nothing trains."""
-        distributed.init_distributed(cfg.parallel.model_parallel_size)
+        distributed.init_distributed(cfg.parallel.model_parallel_size, cfg.parallel.distributed_timeout_minutes)
+        self.watchdog = Watchdog(cfg.logging.log_dir, torch.distributed.get_rank(), cfg.guard.watchdog_min_seconds,
+                                 cfg.guard.watchdog_first_step_seconds)
+        self.watchdog.expect_slow("setup (model, data indexes)")
         seed_everything(cfg.misc.seed)
         self.cfg = cfg
         self.job = lock_save_dir(cfg) if cfg.checkpoint.save else None  # before anything is written there
@@ -61,6 +65,7 @@ class Trainer:
         self.consumed = ConsumedSamples(self.train_set, cfg)
         self.consumed.recount(self.step, self.guard)
         self.faults = Faults(rank0=is_rank0())
+        self.last_step_seconds = None  # the watchdog's measure of a step
         self.prefetch = Prefetcher(self.train_set, ps.get_data_parallel_rank(),
                                    cfg.batch.train_micro_batch_size_per_gpu, cfg.data_parallel_size,
                                    cfg.batch.train_batch_size)
@@ -127,8 +132,10 @@ class Trainer:
             lr = lr_for_config(cfg, update)
             set_lr(self.engine, lr)
             batch_index = self.guard.batch(self.step)
+            self.watchdog.expect_step(update, self.last_step_seconds)
             result = train_step(self.engine, self.micro_batches(batch_index, update), update, self.stop, self.faults,
                                 cfg.model.vocab_size)
+            self.last_step_seconds = result.seconds
             if result.out_of_vocab:
                 self.stop_for_bad_tokens(update, batch_index)
 
@@ -164,6 +171,7 @@ class Trainer:
 
     def roll_back(self, update: int, reason: str):
         """Back to the newest complete checkpoint; the offending batches are on the skip-list now."""
+        self.watchdog.expect_slow(f"the rollback at step {update}")
         self.step = rollback(self.engine, self.cfg, self.guard, update, reason, self.logger)
         self.consumed.recount(self.step, self.guard)
         self.saved_step = self.step
@@ -209,12 +217,14 @@ class Trainer:
         print_rank0(format_line(record, cfg.schedule.train_iters, show_mfu=distributed.device() == "cuda"))
 
     def evaluate(self, step: int):
+        self.watchdog.expect_slow(f"the evaluation at step {step}")
         values = validation.evaluate(self.engine, self.eval_sets, self.cfg)
         if self.logger:
             self.logger.log({"step": step, **values})
             print_rank0(f"eval at step {step}: " + " | ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
     def save(self, update: int):
+        self.watchdog.expect_slow(f"the checkpoint of step {update}")
         save_checkpoint(self.engine, self.cfg, update, self.guard, self.data_files, self.job)
         self.saved_step = update
 
@@ -241,12 +251,14 @@ class Trainer:
         raise SystemExit(EXIT_REQUEUE)
 
     def close(self, last_record: dict | None = None):
+        self.watchdog.expect_slow("the end of the run")
         self.prefetch.close()
         if self.logger:
             if last_record:
                 self.logger.log(last_record)
             self.logger.close()
         torch.distributed.barrier()
+        self.watchdog.close()
         distributed.destroy()
 
 

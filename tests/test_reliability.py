@@ -464,3 +464,50 @@ def test_every_numeric_key_rejects_minus_one():
     for key in numeric_keys():
         with pytest.raises(ConfigError, match=f"'{key}'"):
             tiny_cfg(**{key: -1})
+
+
+# ----------------------------------------------------------------------------- no silent hangs
+
+
+def rank_pid(session: int, rank: int) -> int:
+    for line in processes_of(session):
+        pid = line.split()[0]
+        if "train.py" in line and f"RANK={rank}" in open(f"/proc/{pid}/environ").read().split("\0"):
+            return int(pid)
+    raise AssertionError(f"no rank {rank} in session {session}")
+
+
+def test_a_stopped_rank_is_a_watchdog_exit_with_every_stack(toy_data, tmp_path):
+    """SIGSTOP of rank 1 (a stuck NCCL call looks the same): rank 0 waits in the step's all-reduce
+    until the watchdog (10 s here) writes its stacks and exits 76; deepy.py stops the rest."""
+    run_dir, ckpt = tmp_path / "run", tmp_path / "run" / "ckpt"
+    p = deepy(tmp_path, "train_iters=400", "checkpoint_factor=2", "watchdog_min_seconds=10",
+              "watchdog_first_step_seconds=300", "distributed_timeout_minutes=1", popen=True)
+    wait_for_step(p, run_dir, 3)
+    os.kill(rank_pid(p.pid, 1), signal.SIGSTOP)
+    t0 = time.time()
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 76 and time.time() - t0 < 10 + 30, out[-3000:]
+    assert "watchdog: rank 0 waited too long for step" in out and "watchdog_min_seconds 10)" in out
+    assert f"deepy: rank 0 (pid " in out and "exited with status 76; stopping the other ranks (SIGTERM, SIGKILL after 5 s)" in out
+    stacks = (run_dir / "logs" / "watchdog-rank0.txt").read_text()
+    assert "neox/step.py" in stacks and "train_step" in stacks and 'Thread 0x' in stacks
+    assert processes_of(p.pid) == []
+    saved = sorted(int(d.name[11:]) for d in ckpt.glob("global_step*"))
+    assert saved and all((ckpt / f"global_step{s}" / "complete").is_file() for s in saved)
+
+
+def test_distributed_timeout_minutes_reaches_every_process_group(toy_data):
+    """One process of its own (process groups are per process): the default group and
+    megatron-core's TP and DP groups all time out after the configured minutes."""
+    code = ("import sys, torch; sys.path.insert(0, '.'); from neox import distributed; "
+            "from megatron.core import parallel_state as ps; distributed.init_distributed(1, 3); "
+            "groups = [torch.distributed.distributed_c10d._get_default_group(), ps.get_tensor_model_parallel_group(), "
+            "ps.get_data_parallel_group()]; "
+            "print([str(g._get_backend(torch.device('cpu')).options._timeout) for g in groups])")
+    from conftest import free_port
+
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1",
+           "LOCAL_RANK": "0", "DS_ACCELERATOR": "cpu"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert r.stdout.strip().splitlines()[-1] == "['0:03:00', '0:03:00', '0:03:00']", r.stderr[-2000:]
