@@ -139,11 +139,10 @@ def startup_line(cfg, info: dict, cuda: bool, log_path: str) -> str:
             f"{cfg.schedule.train_iters} steps; launcher and library messages: {log_path}")
 
 
-# Lines of the DeepSpeed launcher and of library start-up chatter that tell a user nothing new: they go
+# Lines of library start-up chatter that tell a user nothing new: they go
 # to <log_dir>/launcher.log only. Errors, tracebacks and everything of ours still reach the terminal.
 NOISE = re.compile(
-    r"^\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING)\] \[(runner|launch)\.py:\d+:\w+\] (?!.*(return code|Killing))"
-    r"|^DeepSpeed deepspeed\.ops\.\S+ built successfully"
+    r"^DeepSpeed deepspeed\.ops\.\S+ built successfully"
     r"|^(MA [\d.]+ GB |CPU Virtual Memory: |begin bf16_optimizer|end bf16_ optimizer|(before|after) initializing group \d+)")
 
 
