@@ -342,6 +342,24 @@ def test_resume_tag_says_what_it_passes_over(tmp_path):
     assert resume_tag(str(tmp_path))[0] == "global_step4"  # `latest` wins when it is complete
 
 
+def test_kill_9_of_rank_0_in_a_real_job(toy_data, tmp_path):
+    """TP=2: rank 0 dies by SIGKILL; deepy names rank 0 and its signal (DeepSpeed's launcher named
+    --local_rank=1), rank 1 is stopped, nothing is left running, the checkpoints stay complete."""
+    run_dir, ckpt = tmp_path / "run", tmp_path / "run" / "ckpt"
+    p = deepy(tmp_path, "train_iters=400", "checkpoint_factor=2", popen=True)
+    wait_for_step(p, run_dir, 3)
+    rank0 = rank_pid(p.pid, 0)
+    os.kill(rank0, signal.SIGKILL)
+    t0 = time.time()
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 137 and time.time() - t0 < 30 + 15, out[-3000:]
+    assert (f"deepy: rank 0 (pid {rank0}) was killed by signal SIGKILL; stopping the other ranks (SIGTERM, SIGKILL "
+            "after 30 s)") in out
+    assert processes_of(p.pid) == []
+    saved = sorted(int(d.name[11:]) for d in ckpt.glob("global_step*"))
+    assert saved and all((ckpt / f"global_step{s}" / "complete").is_file() for s in saved)
+
+
 # ----------------------------------------------------------------------------- save failures: clear and early
 
 
@@ -402,7 +420,7 @@ def test_save_not_writable_too_small_and_disk_full_during_a_save(toy_data, tmp_p
 
     # 30 MiB: the checkpoint of step 4 fits (18.2 MB), the one of step 8 does not
     ckpt = small / "ckpt"
-    code, out = deepy(tmp_path, f"save={ckpt}", "train_iters=12", "checkpoint_factor=4")
+    code, out = deepy(tmp_path, f"save={ckpt}", "train_iters=12", "checkpoint_factor=4", "watchdog_first_step_seconds=120")
     errors = error_lines(out)
     assert code == 1 and errors and errors[0].startswith(f"error: saving checkpoint global_step8 to {ckpt}/.tmp-global_step8."), out[-3000:]
     assert errors[0].endswith(f"failed: No space left on device; the unfinished directory was removed; the newest "
