@@ -42,7 +42,8 @@ LAUNCHERS = {
 
 
 def ranks_of(out: str) -> dict:
-    return {line.split()[1]: int(line.split()[3]) for line in out.splitlines() if line.startswith("rank ") and " pid " in line}
+    return {line.split()[1]: int(line.split()[3]) for line in out.splitlines()
+            if line.startswith("rank ") and " pid " in line}
 
 
 def trial(name: str, script: str, mode: str, env: dict) -> dict:

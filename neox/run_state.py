@@ -13,7 +13,8 @@ from neox.config import NeoXConfig
 from neox.distributed import is_rank0, print_rank0
 from neox.guard import LossGuard, samples_of_batch
 from neox.resilience import (check_reference, config_differences, find_corrupt_file, latest_complete_tag,
-                             reference_losses, restore_rng, resume_tag, rng_state, save_atomic, step_of, verify_manifest)
+                             reference_losses, restore_rng, resume_tag, rng_state, save_atomic, step_of,
+                             verify_manifest)
 
 
 def find_resume_dir(cfg: NeoXConfig):

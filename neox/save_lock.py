@@ -63,7 +63,8 @@ def io_cause(error: Exception, directory: str) -> str:
     'unexpected pos 3328 vs 3220', so a small probe write in the same directory asks again."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    probe = os.path.join(directory if os.path.isdir(directory) else os.path.dirname(directory), f".write-probe-{os.getpid()}")
+    where = directory if os.path.isdir(directory) else os.path.dirname(directory)
+    probe = os.path.join(where, f".write-probe-{os.getpid()}")
     try:
         with open(probe, "wb") as f:
             f.write(b"\0" * (1 << 20))

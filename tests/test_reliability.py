@@ -73,7 +73,8 @@ def test_idx_and_bin_faults_name_the_file(toy_data, tmp_path):
     open(binf, "wb").write(good_bin)
     # a garbled length (the one that made megatron write a 3 GB index cache) and a garbled pointer
     assert garbled(HEADER_BYTES + 4 * 7, 1 << 30, np.int32).startswith(f"{idx}: sequence 8 starts at byte")
-    assert garbled(HEADER_BYTES + 4 * 7, -5, np.int32) == f"{idx}: sequence 7 has negative length -5: the index is garbled"
+    assert garbled(HEADER_BYTES + 4 * 7, -5, np.int32) == (
+        f"{idx}: sequence 7 has negative length -5: the index is garbled")
     assert "the index pointers are garbled" in garbled(HEADER_BYTES + 4 * n + 8 * 3, 12345, np.int64)
     open(idx, "wb").write(good_idx[:-8])  # truncated .idx
     with pytest.raises(DataError, match=rf"{idx}: {len(good_idx) - 8} bytes, but its header promises 329 sequences"):
@@ -91,7 +92,8 @@ def test_tokenizer_of_the_data_must_be_the_runs(toy_data, tmp_path):
     other.write_bytes(open(tok, "rb").read() + b"\0")  # another tokenizer file (another hash)
     with pytest.raises(DataError) as e:
         check_tokenizer(prefix, str(other), 3001, False)
-    assert str(e.value).startswith(f"{prefix}.bin was tokenized with ../tokenizer.model (vocabulary 3001, sha256 fbc6483b73b4)")
+    assert str(e.value).startswith(
+        f"{prefix}.bin was tokenized with ../tokenizer.model (vocabulary 3001, sha256 fbc6483b73b4)")
     assert f"but vocab_file is {other} (vocabulary 3001" in str(e.value)
     with pytest.raises(DataError, match="vocabulary 3001, sha256 fbc6483b73b4.*vocabulary 32000"):
         check_tokenizer(prefix, tok, 32000, False)
@@ -300,7 +302,8 @@ def test_ctrl_c_once_checkpoints_and_exits_75_twice_stops_at_once(stand_in_job, 
     job, lines = stand_in_job
     assert os.getpgid(job.procs[1].pid) == job.procs[0].pid != os.getpgid(0)  # a terminal's Ctrl-C reaches deepy only
     job.on_signal(signal.SIGINT, None)
-    assert job.wait() == 75 and sorted(line for line in lines if "saved" in line) == ["rank 0 saved\n", "rank 1 saved\n"]
+    assert job.wait() == 75
+    assert sorted(line for line in lines if "saved" in line) == ["rank 0 saved\n", "rank 1 saved\n"]
     assert "deepy: Ctrl-C: the ranks checkpoint after this step and exit 75" in capsys.readouterr().err
 
 
@@ -411,7 +414,8 @@ def test_planner_checkpoint_size_is_what_a_save_writes(toy_data):
 def test_save_not_writable_too_small_and_disk_full_during_a_save(toy_data, tmp_path, small_filesystem):
     read_only, tiny, small = small_filesystem(4, read_only=True), small_filesystem(8), small_filesystem(30)
     code, out = deepy(tmp_path, f"save={read_only}/ckpt")
-    assert code == 1 and error_lines(out) == [f"error: key 'save': cannot write to {read_only}/ckpt: Read-only file system"]
+    assert code == 1 and error_lines(out) == [
+        f"error: key 'save': cannot write to {read_only}/ckpt: Read-only file system"]
     code, out = deepy(tmp_path, f"save={tiny}/ckpt")
     assert code == 1 and error_lines(out) == [
         f"error: key 'save': {tiny}/ckpt has 8.0 MiB free but one checkpoint needs 17.3 MiB (planner): free space or "
@@ -420,9 +424,11 @@ def test_save_not_writable_too_small_and_disk_full_during_a_save(toy_data, tmp_p
 
     # 30 MiB: the checkpoint of step 4 fits (18.2 MB), the one of step 8 does not
     ckpt = small / "ckpt"
-    code, out = deepy(tmp_path, f"save={ckpt}", "train_iters=12", "checkpoint_factor=4", "watchdog_first_step_seconds=120")
+    code, out = deepy(tmp_path, f"save={ckpt}", "train_iters=12", "checkpoint_factor=4",
+                      "watchdog_first_step_seconds=120")
     errors = error_lines(out)
-    assert code == 1 and errors and errors[0].startswith(f"error: saving checkpoint global_step8 to {ckpt}/.tmp-global_step8."), out[-3000:]
+    assert code == 1 and errors, out[-3000:]
+    assert errors[0].startswith(f"error: saving checkpoint global_step8 to {ckpt}/.tmp-global_step8."), errors
     assert errors[0].endswith(f"failed: No space left on device; the unfinished directory was removed; the newest "
                               f"complete checkpoint is {ckpt}/global_step4")
     checkpoints = sorted(p.name for p in ckpt.iterdir() if p.name.startswith((".tmp", "global_step")))
@@ -507,7 +513,8 @@ def test_a_stopped_rank_is_a_watchdog_exit_with_every_stack(toy_data, tmp_path):
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 76 and time.time() - t0 < 10 + 30, out[-3000:]
     assert "watchdog: rank 0 waited too long for step" in out and "watchdog_min_seconds 10)" in out
-    assert f"deepy: rank 0 (pid " in out and "exited with status 76; stopping the other ranks (SIGTERM, SIGKILL after 5 s)" in out
+    assert "deepy: rank 0 (pid " in out
+    assert "exited with status 76; stopping the other ranks (SIGTERM, SIGKILL after 5 s)" in out
     stacks = (run_dir / "logs" / "watchdog-rank0.txt").read_text()
     assert "neox/step.py" in stacks and "train_step" in stacks and 'Thread 0x' in stacks
     assert processes_of(p.pid) == []
