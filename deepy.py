@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import re
-import subprocess
 import sys
 import threading
 
@@ -97,6 +96,14 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from neox.checkpoints import CheckpointError
+    from neox.data_check import DataError
+
+    try:  # seconds, before anything is spawned (train.py checks again when started without deepy)
+        check_before_spawn(cfg)
+    except (DataError, CheckpointError) as e:  # the data tools' status
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     env = dict(os.environ)
     import torch
 
@@ -108,11 +115,20 @@ def main(argv=None) -> int:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.parallel.num_gpus)))
     log_path = os.path.join(cfg.logging.log_dir, "launcher.log")
     print(startup_line(cfg, info, torch.cuda.is_available(), log_path), file=sys.stderr, flush=True)
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner",
-           "--num_gpus", str(cfg.parallel.num_gpus),
-           "--master_port", str(cfg.parallel.master_port or free_port()),
-           args.script, "--neox-config-b64", encode_config(cfg.to_flat())]
-    return run_quietly(cmd, env, log_path)
+    cmd = [sys.executable, "-u", args.script, "--neox-config-b64", encode_config(cfg.to_flat())]
+    return run_quietly(cmd, cfg.parallel.num_gpus, cfg.parallel.master_port or free_port(), env, log_path)
+
+
+def check_before_spawn(cfg):
+    """The data (neox.data_check) and the save directory: writable, room for a checkpoint."""
+    from neox.data_check import check_data
+    from neox.planner import checkpoint_bytes
+    from neox.save_lock import check_save_dir
+
+    for w in check_data(cfg):
+        print(f"warning: {w}", file=sys.stderr)
+    if cfg.checkpoint.save:
+        check_save_dir(cfg.checkpoint.save, checkpoint_bytes(cfg))
 
 
 def startup_line(cfg, info: dict, cuda: bool, log_path: str) -> str:
@@ -123,19 +139,20 @@ def startup_line(cfg, info: dict, cuda: bool, log_path: str) -> str:
             f"{cfg.schedule.train_iters} steps; launcher and library messages: {log_path}")
 
 
-# Lines of the DeepSpeed launcher and of library start-up chatter that tell a user nothing new: they go
+# Lines of library start-up chatter that tell a user nothing new: they go
 # to <log_dir>/launcher.log only. Errors, tracebacks and everything of ours still reach the terminal.
 NOISE = re.compile(
-    r"^\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING)\] \[(runner|launch)\.py:\d+:\w+\] (?!.*(return code|Killing))"
-    r"|^DeepSpeed deepspeed\.ops\.\S+ built successfully"
+    r"^DeepSpeed deepspeed\.ops\.\S+ built successfully"
     r"|^(MA [\d.]+ GB |CPU Virtual Memory: |begin bf16_optimizer|end bf16_ optimizer|(before|after) initializing group \d+)")
 
 
-def run_quietly(cmd: list, env: dict, log_path: str) -> int:
-    """Run the launcher; every line goes to log_path, all but the NOISE lines also to the terminal."""
+def run_quietly(cmd: list, num_ranks: int, port: int, env: dict, log_path: str) -> int:
+    """Run the ranks (neox.local_launch); every line goes to log_path, all but the NOISE lines
+    also to the terminal. Returns the job's exit status."""
+    from neox.local_launch import run_job
+
     os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
-    with open(log_path, "a") as log, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                                     stderr=subprocess.PIPE, text=True, bufsize=1) as proc:
+    with open(log_path, "a") as log:
         lock = threading.Lock()
 
         def pump(stream, out):
@@ -147,19 +164,7 @@ def run_quietly(cmd: list, env: dict, log_path: str) -> int:
                     out.write(line)
                     out.flush()
 
-        pumps = [threading.Thread(target=pump, args=(proc.stdout, sys.stdout), daemon=True),
-                 threading.Thread(target=pump, args=(proc.stderr, sys.stderr), daemon=True)]
-        for t in pumps:
-            t.start()
-        while True:
-            try:
-                code = proc.wait()
-                break
-            except KeyboardInterrupt:  # the ranks got it too (same process group): let them finish
-                continue
-        for t in pumps:
-            t.join(timeout=10)
-        return code
+        return run_job(cmd, num_ranks, port, env, pump)
 
 
 if __name__ == "__main__":

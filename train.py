@@ -12,9 +12,11 @@ batch and gradient accumulation are re-derived so the global batch stays exactly
 """
 
 import argparse
+import faulthandler
 import base64
 import json
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +63,12 @@ def config_from_args(argv):
 
 def main(argv=None):
     from neox.checkpoints import CheckpointError
+    from neox.data_check import DataError
     from neox.guard import GuardStop
+    from neox.resilience import follow_launcher
+
+    follow_launcher()
+    faulthandler.register(signal.SIGUSR2, all_threads=True)  # kill -USR2 <rank>: its Python stacks to stderr
 
     try:
         cfg = config_from_args(argv)
@@ -71,7 +78,7 @@ def main(argv=None):
     except ConfigError as e:  # one line naming the key or file, not a traceback; 2 as in deepy.py
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-    except (CheckpointError, GuardStop) as e:
+    except (CheckpointError, GuardStop, DataError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
 

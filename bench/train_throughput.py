@@ -13,7 +13,7 @@ trainer's own dataset code (neox.data), so every implementation sees the same ba
 the same data-fetch cost inside its timed step.
 
 Implementations, each in its own fresh process, run one after the other:
-  ours       `deepy.py train.py <config>`: the real launcher, DeepSpeed launcher, trainer, DeepSpeed
+  ours       `deepy.py train.py <config>`: the real launcher (deepy starts the ranks), trainer, DeepSpeed
              engine (ZeRO-1, bf16 weights, fp32 master weights, fp32 AdamW state, fp32 gradient
              accumulation). Step times are read from its metrics.jsonl (`step_time_s`).
   ours_tp2   the same with model_parallel_size 2 on 2 processes (not with --tp 1); same global batch.
@@ -97,6 +97,7 @@ def neox_flat(shape: dict, total_steps: int, data_prefix: str, work: str, tp: in
         "precision": "bf16",
         "train_iters": total_steps, "lr_decay_style": "constant", "warmup_iters": 0,
         "train_data_paths": [data_prefix], "vocab_file": TOKENIZER, "tokenizer_type": "SPMTokenizer",
+        "data_without_manifest": True,  # synthetic ids below vocab_size, not tokenized text
         "data_cache_dir": os.path.join(work, "index-cache"),
         "log_dir": os.path.join(work, f"logs-{tag}"), "log_interval": 1, "eval_iters": 0,
         "peak_flops_per_gpu": peak_flops, "seed": SEED,

@@ -74,6 +74,7 @@ class ModelArgs:
                   "seq_length", "max_position_embeddings", "rotary_emb_base", "vocab_size",
                   "make_vocab_size_divisible_by", "rms_norm_epsilon")
         _finite(self, "rms_norm_epsilon", "init_method_std", "rotary_emb_base")
+        _positive(self, "init_method_std")
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_attention_heads
         if self.max_position_embeddings is None:
@@ -124,9 +125,14 @@ class ParallelArgs:
     num_nodes: int = 1
     launcher: str = "local"
     master_port: Optional[int] = None
+    distributed_timeout_minutes: int = 10  # every process group: a collective waits this long, then fails
 
     def check(self) -> None:
-        _positive(self, "model_parallel_size", "num_gpus", "num_nodes")
+        _positive(self, "model_parallel_size", "num_gpus", "num_nodes", "distributed_timeout_minutes")
+        if self.pipe_parallel_size < 0:
+            raise ConfigError(f"key 'pipe_parallel_size' must be 0 or 1, got {self.pipe_parallel_size}")
+        if self.master_port is not None and not 0 < self.master_port < 65536:
+            raise ConfigError(f"key 'master_port' must be a TCP port (1..65535), got {self.master_port}")
         if self.pipe_parallel_size > 1:
             raise ConfigError(f"key 'pipe_parallel_size' ({self.pipe_parallel_size}) is not supported; "
                               "use 0 or 1 (Llemma used tensor parallelism only)")
@@ -222,6 +228,7 @@ class DataArgs:
     vocab_file: Optional[str] = None  # SentencePiece tokenizer.model
     tokenizer_type: str = "SPMTokenizer"
     data_cache_dir: Optional[str] = None  # where sample-index caches go (None: beside the data)
+    data_without_manifest: bool = False  # data with no preprocessing manifest: tokenizer not checked
 
     def check(self) -> None:
         if not self.train_data_paths:
@@ -247,9 +254,14 @@ class CheckpointArgs:
     keep_last_n_checkpoints: Optional[int] = None  # None: keep all; never deletes the newest
     reference_loss_tolerance: float = 1e-3  # guarded start: |loss - converter's loss| allowed
     eval_after_checkpoint: Optional[str] = None  # shell command started after each complete checkpoint
+    save_lock_stale_minutes: float = 30.0  # a lock of another host not refreshed this long is stale
 
     def check(self) -> None:
         _finite(self, "reference_loss_tolerance")
+        if self.reference_loss_tolerance < 0:
+            raise ConfigError(f"key 'reference_loss_tolerance' must be >= 0, got {self.reference_loss_tolerance}")
+        _positive(self, "save_lock_stale_minutes")
+        _finite(self, "save_lock_stale_minutes")
         if self.eval_after_checkpoint:
             from llemma_eval.hooks import check_command
 
@@ -294,6 +306,7 @@ class PlannerArgs:
 
     def check(self) -> None:
         _finite(self, "gpu_memory_gib", "planner_mfu")
+        _positive(self, "gpu_memory_gib")
         if not 0 < self.planner_mfu <= 1:
             raise ConfigError(f"key 'planner_mfu' must be in (0, 1], got {self.planner_mfu}")
 
@@ -307,9 +320,13 @@ class GuardArgs:
     loss_spike_min_history: int = 50  # no spike test before this many good steps
     max_bad_steps_in_a_row: int = 3  # this many skipped steps in a row also roll back
     max_rollbacks: int = 5  # one more rollback stops the run with an error
+    watchdog_min_seconds: float = 300.0  # a step may take max(5 x median step time, this) (neox.watchdog)
+    watchdog_first_step_seconds: float = 1800.0  # setup and the first step; each checkpoint and evaluation
 
     def check(self) -> None:
-        _positive(self, "loss_spike_window", "loss_spike_min_history", "max_bad_steps_in_a_row")
+        _positive(self, "loss_spike_window", "loss_spike_min_history", "max_bad_steps_in_a_row",
+                  "watchdog_min_seconds", "watchdog_first_step_seconds")
+        _finite(self, "watchdog_min_seconds", "watchdog_first_step_seconds")
         _finite(self, "loss_spike_std_factor")
         if self.loss_spike_std_factor < 0 or self.max_rollbacks < 0:
             raise ConfigError("keys 'loss_spike_std_factor' and 'max_rollbacks' must be >= 0")

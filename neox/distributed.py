@@ -15,8 +15,11 @@ def use_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def init_distributed(tensor_parallel_size: int):
-    """Initialise torch.distributed from the launcher's environment and the TP/DP groups."""
+def init_distributed(tensor_parallel_size: int, timeout_minutes: int = 10):
+    """Initialise torch.distributed from the launcher's environment and the TP/DP groups; every
+    group's collectives fail after timeout_minutes instead of megatron's 30-minute default."""
+    from datetime import timedelta
+
     import deepspeed
 
     if use_cpu():
@@ -24,14 +27,16 @@ def init_distributed(tensor_parallel_size: int):
     else:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="gloo" if use_cpu() else "nccl")
+        deepspeed.init_distributed(dist_backend="gloo" if use_cpu() else "nccl",
+                                   timeout=timedelta(minutes=timeout_minutes))
         if use_cpu():
             _unlink_shm_buffer()
     world = torch.distributed.get_world_size()
     if world % tensor_parallel_size:
         raise RuntimeError(f"world size {world} does not divide by model_parallel_size {tensor_parallel_size}")
     if not ps.model_parallel_is_initialized():
-        ps.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel_size)
+        ps.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel_size,
+                                     distributed_timeout_minutes=timeout_minutes)
 
 
 def _unlink_shm_buffer():
@@ -43,6 +48,23 @@ def _unlink_shm_buffer():
             f"{os.environ.get('MASTER_PORT', '')}_{torch.distributed.get_rank()}")
     if os.path.exists(name):
         os.unlink(name)
+
+
+def on_rank0_for_all(fn):
+    """Run fn on rank 0 only; if it raises, every rank stops: rank 0 with the error, the others
+    with SystemExit(1) (a rank that raised alone would leave the others in the next collective)."""
+    error = None
+    if is_rank0():
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after every rank knows
+            error = e
+    failed = torch.tensor([float(error is not None)], device=device())
+    torch.distributed.broadcast(failed, src=0)
+    if error is not None:
+        raise error
+    if failed.item():
+        raise SystemExit(1)
 
 
 def destroy():

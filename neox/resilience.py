@@ -18,6 +18,7 @@ import random
 import re
 import shutil
 import signal
+import sys
 
 import numpy as np
 import torch
@@ -39,7 +40,9 @@ RESUME_MAY_CHANGE = {
     "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "data_cache_dir",
     "peak_flops_per_gpu", "gpu_memory_gib", "planner_mfu", "attention_impl",
     "checkpoint_activations", "checkpoint_layers", "compile_blocks", "fused_head_loss",
-    "reference_loss_tolerance", "eval_after_checkpoint",
+    "reference_loss_tolerance", "eval_after_checkpoint", "data_without_manifest",
+    "save_lock_stale_minutes",
+    "distributed_timeout_minutes", "watchdog_min_seconds", "watchdog_first_step_seconds",
 }
 # The parallel layout: may change at resume only where neox.reshard can reshard the state (ZeRO).
 LAYOUT_KEYS = {"model_parallel_size"}
@@ -79,48 +82,100 @@ def complete_tags(save: str) -> list[str]:
 
 def latest_complete_tag(save: str):
     """The tag to resume from: `latest` if it is complete, else the newest complete one."""
+    return resume_tag(save)[0]
+
+
+def resume_tag(save: str) -> tuple[str | None, list[str]]:
+    """latest_complete_tag, with a warning line for each thing passed over: a `latest` naming a
+    tag that is missing or incomplete, and newer checkpoint directories without `complete`."""
+    tags = complete_tags(save)
+    chosen, warnings = (tags[-1] if tags else None), []
     latest = os.path.join(save, "latest")
     if os.path.isfile(latest):
         with open(latest) as f:
-            tag = f.read().strip()
-        if os.path.isfile(os.path.join(save, tag, COMPLETE)):
-            return tag
-    tags = complete_tags(save)
-    return tags[-1] if tags else None
+            named = f.read().strip()
+        if os.path.isfile(os.path.join(save, named, COMPLETE)):
+            chosen = named
+        else:
+            state = "has no 'complete' marker" if os.path.isdir(os.path.join(save, named)) else "does not exist"
+            warnings.append(f"{latest} names {named}, which {state}; resuming from the newest complete checkpoint "
+                            f"{chosen} instead" if chosen else f"{latest} names {named}, which {state}; no complete "
+                            "checkpoint: starting from step 0")
+    for path in sorted(glob.glob(os.path.join(save, "global_step*")), key=lambda p: step_of(os.path.basename(p))):
+        tag = os.path.basename(path)
+        if step_of(tag) > (step_of(chosen) if chosen else -1) and not os.path.isfile(os.path.join(path, COMPLETE)):
+            warnings.append(f"{path} has no 'complete' marker (a save that did not finish): ignored; "
+                            + (f"resuming from {chosen}" if chosen else "starting from step 0"))
+    return chosen, warnings
 
 
 def save_atomic(engine, save: str, step: int, client_state: dict, keep_last: int | None, rank0: bool,
-                extra_files: dict | None = None):
-    """Write global_step<step> by the protocol above; prune old complete checkpoints."""
+                extra_files: dict | None = None, job: str = "job"):
+    """Write global_step<step> by the protocol above; prune old complete checkpoints. The temp
+    directory carries the job's identity (neox.save_lock), so two writers never share one."""
     tag = f"global_step{step}"
-    tmp_tag = f".tmp-{tag}"
+    tmp_tag = f".tmp-{tag}.{job}"
+    tmp, final = os.path.join(save, tmp_tag), os.path.join(save, tag)
     if rank0:
-        shutil.rmtree(os.path.join(save, tmp_tag), ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     torch.distributed.barrier()
-    engine.save_checkpoint(save, tag=tmp_tag, client_state=client_state, save_latest=False)
-    torch.distributed.barrier()
+    _on_every_rank_or_fail(lambda: engine.save_checkpoint(save, tag=tmp_tag, client_state=client_state,
+                                                          save_latest=False), save, tmp, final, rank0)
+    _on_every_rank_or_fail(lambda: _finish(save, tmp, final, step, keep_last, extra_files) if rank0 else None,
+                           save, tmp, final, rank0)
+
+
+def _finish(save: str, tmp: str, final: str, step: int, keep_last: int | None, extra_files: dict | None):
+    """Rank 0, after every rank wrote its files: manifest, fsync, rename, marker, latest, pruning."""
+    tag = os.path.basename(final)
+    for script in DEEPSPEED_SCRIPTS:  # DeepSpeed's save copies them with no option not to
+        if os.path.isfile(os.path.join(save, script)):
+            os.remove(os.path.join(save, script))
+    for name, text in (extra_files or {}).items():
+        with open(os.path.join(tmp, name), "w") as f:
+            f.write(text)
+    _write_manifest(tmp)
+    _fsync_tree(tmp)
+    _fault("NEOX_FAULT_KILL_DURING_SAVE", step)  # test-only: die before the rename
+    if os.path.isdir(final):  # the same step saved again (e.g. after a restart)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fault("NEOX_FAULT_KILL_AFTER_RENAME", step)  # test-only: die before the marker
+    _write_atomic(os.path.join(final, COMPLETE), f"{step}\n")
+    _write_atomic(os.path.join(save, "latest"), tag)
+    if keep_last:
+        for old in complete_tags(save)[:-keep_last]:
+            if old != tag:
+                shutil.rmtree(os.path.join(save, old), ignore_errors=True)
+
+
+def _on_every_rank_or_fail(write, save: str, tmp: str, final: str, rank0: bool):
+    """Run this rank's part of a save; if any rank failed, every rank stops (after one
+    all-reduce: a rank raising alone would leave the others waiting in a barrier), rank 0
+    removes the unfinished directory, and the failing ranks name the path and the cause."""
+    from neox.distributed import device
+    from neox.save_lock import io_cause
+
+    error = cause = None
+    try:
+        write()
+    except Exception as e:  # noqa: BLE001 - every failure of a save ends the run the same way
+        error = e
+        cause = io_cause(error, tmp if os.path.isdir(tmp) else save)  # now, while the disk is still full
+    failed = torch.tensor([float(error is not None)], device=device())
+    torch.distributed.all_reduce(failed)
+    if not failed.item():
+        return
     if rank0:
-        tmp, final = os.path.join(save, tmp_tag), os.path.join(save, tag)
-        for script in DEEPSPEED_SCRIPTS:  # DeepSpeed's save copies them with no option not to
-            if os.path.isfile(os.path.join(save, script)):
-                os.remove(os.path.join(save, script))
-        for name, text in (extra_files or {}).items():
-            with open(os.path.join(tmp, name), "w") as f:
-                f.write(text)
-        _write_manifest(tmp)
-        _fsync_tree(tmp)
-        _fault("NEOX_FAULT_KILL_DURING_SAVE", step)  # test-only: die before the rename
-        if os.path.isdir(final):  # the same step saved again (e.g. after a restart)
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fault("NEOX_FAULT_KILL_AFTER_RENAME", step)  # test-only: die before the marker
-        _write_atomic(os.path.join(final, COMPLETE), f"{step}\n")
-        _write_atomic(os.path.join(save, "latest"), tag)
-        if keep_last:
-            for old in complete_tags(save)[:-keep_last]:
-                if old != tag:
-                    shutil.rmtree(os.path.join(save, old), ignore_errors=True)
-    torch.distributed.barrier()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.isdir(final) and not os.path.isfile(os.path.join(final, COMPLETE)):
+            shutil.rmtree(final, ignore_errors=True)
+    if error is None:
+        raise SystemExit(1)  # another rank failed and says why
+    newest = latest_complete_tag(save) if os.path.isdir(save) else None
+    raise CheckpointError(f"saving checkpoint {os.path.basename(final)} to {tmp} failed: {cause}; the unfinished "
+                          f"directory was removed; the newest complete checkpoint is "
+                          f"{os.path.join(save, newest) if newest else 'none'}") from error
 
 
 def _fault(variable: str, step: int):
@@ -183,8 +238,8 @@ def config_differences(current: dict, saved: dict, layout_may_change: bool = Fal
 
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():  # this rank's GPU only: the job that resumes may see fewer GPUs
-        state["cuda"] = torch.cuda.get_rng_state()
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
@@ -195,23 +250,47 @@ def restore_rng(state: dict):
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"]
-        if isinstance(cuda, (list, tuple)):  # older checkpoints: every visible GPU's state
-            cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
-        torch.cuda.set_rng_state(cuda)
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class StopSignal:
     """SIGTERM / SIGUSR1 (Slurm's pre-timeout or preemption signal) request a clean stop. The flag
     travels in the step's one all-reduce (neox.step), so every rank stops at the same step."""
 
-    def __init__(self):
+    def __init__(self, log_dir: str | None = None):
         self.requested = False
+        self.log_dir = log_dir
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
         self.requested = True
+        if launcher_gone():  # the kernel's SIGTERM of follow_launcher: nobody reads our output now
+            path = os.path.join(self.log_dir or ".", f"orphaned-rank{os.environ.get('RANK', 0)}.log")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+            print(f"launcher (deepy.py pid {os.environ['NEOX_LAUNCHER_PID']}) is gone: stopping after this step "
+                  "with a checkpoint", flush=True)
+
+
+def launcher_gone() -> bool:
+    launcher = os.environ.get("NEOX_LAUNCHER_PID")
+    return bool(launcher) and os.getppid() != int(launcher)
+
+
+def follow_launcher():
+    """Started by deepy.py: ask the kernel for a SIGTERM when deepy dies (Linux), so a rank left
+    behind by a `kill -9` of deepy checkpoints and stops instead of training on as an orphan."""
+    if not os.environ.get("NEOX_LAUNCHER_PID") or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if launcher_gone():  # deepy died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @torch.no_grad()

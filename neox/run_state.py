@@ -13,7 +13,8 @@ from neox.config import NeoXConfig
 from neox.distributed import is_rank0, print_rank0
 from neox.guard import LossGuard, samples_of_batch
 from neox.resilience import (check_reference, config_differences, find_corrupt_file, latest_complete_tag,
-                             reference_losses, restore_rng, rng_state, save_atomic, step_of, verify_manifest)
+                             reference_losses, restore_rng, resume_tag, rng_state, save_atomic, step_of,
+                             verify_manifest)
 
 
 def find_resume_dir(cfg: NeoXConfig):
@@ -23,7 +24,9 @@ def find_resume_dir(cfg: NeoXConfig):
     over from the base model. Otherwise a non-finetune ``load`` must hold a complete checkpoint."""
     save, load = cfg.checkpoint.save, cfg.checkpoint.load
     if save and os.path.isdir(save):
-        tag = latest_complete_tag(save)
+        tag, warnings = resume_tag(save)
+        for w in warnings:
+            print_rank0(f"warning: {w}")
         if tag:
             return save, tag
     if load and not cfg.checkpoint.finetune and os.path.abspath(load) != os.path.abspath(save or ""):
@@ -86,7 +89,7 @@ def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[int, dict
     return int(state["step"]), state
 
 
-def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_files: dict):
+def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_files: dict, job: str):
     """GPT-NeoX/DeepSpeed layout, written atomically (neox.resilience): <save>/global_step<N>/
     mp_rank_XX_model_states.pt + ZeRO shards + config.json + complete, then <save>/latest."""
     state = {"step": step, "consumed_samples": step * cfg.batch.train_batch_size,
@@ -94,7 +97,8 @@ def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_f
              "guard": guard.state()}
     save_atomic(engine, cfg.checkpoint.save, step, state, cfg.checkpoint.keep_last_n_checkpoints,
                 is_rank0(), extra_files={"config.json": json.dumps(cfg.to_flat(), indent=1),
-                                                  "data.json": json.dumps(data_files, indent=1)})
+                                                  "data.json": json.dumps(data_files, indent=1)},
+                job=job)
     print_rank0(f"saved checkpoint global_step{step} to {cfg.checkpoint.save}")
     if cfg.checkpoint.eval_after_checkpoint and is_rank0():  # the checkpoint is complete by now
         from llemma_eval.hooks import after_checkpoint
@@ -118,6 +122,30 @@ def rollback(engine, cfg: NeoXConfig, guard: LossGuard, update: int, reason: str
         raise CheckpointError(f"rollback: could not load checkpoint {os.path.join(save, tag)}")
     restore_rng(state.get("rng"))
     return int(state["step"])
+
+
+def lock_save_dir(cfg: NeoXConfig) -> str:
+    """Rank 0 takes <save>'s lock (released at exit); every rank gets the job token for temp names."""
+    import atexit
+
+    import torch
+
+    from neox.distributed import on_rank0_for_all
+    from neox.planner import checkpoint_bytes
+    from neox.save_lock import SaveLock, check_save_dir
+
+    lock = SaveLock(cfg.checkpoint.save, cfg.checkpoint.save_lock_stale_minutes)
+
+    def take():
+        check_save_dir(cfg.checkpoint.save, checkpoint_bytes(cfg))
+        for w in lock.acquire():
+            print_rank0(f"warning: {w}")
+        atexit.register(lock.release)
+
+    on_rank0_for_all(take)
+    token = [lock.token]
+    torch.distributed.broadcast_object_list(token, src=0)
+    return token[0]
 
 
 def guarded_start(model, cfg: NeoXConfig, conversion: dict) -> dict:

@@ -13,6 +13,7 @@ from megatron.core import parallel_state as ps
 from neox import distributed, validation
 from neox.checkpoints import load_finetune_weights
 from neox.config import NeoXConfig, derived
+from neox.data_check import DataError, check_data, out_of_vocab_samples
 from neox.data import (Prefetcher, SentencePieceTokenizer, build_eval_datasets, build_train_dataset,
                        component_name, component_of_sample, data_identity, format_mixture, mixture_table)
 from neox.distributed import is_rank0, print_rank0
@@ -23,8 +24,10 @@ from neox.lr_schedule import lr_for_config
 from neox.metrics import MetricsLogger, format_line
 from neox.model import LlamaModel
 from neox.resilience import EXIT_REQUEUE, StopSignal
-from neox.run_state import check_resumable, find_resume_dir, guarded_start, resume, rollback, save_checkpoint
+from neox.run_state import (check_resumable, find_resume_dir, guarded_start, lock_save_dir, resume, rollback,
+                            save_checkpoint)
 from neox.step import Faults, StepResult, train_step
+from neox.watchdog import Watchdog
 
 
 def train(cfg: NeoXConfig):
@@ -36,9 +39,13 @@ class Trainer:
 
     def __init__(self, cfg: NeoXConfig):
         """Setup: process groups, model, engine, resume or finetune, data, logger; nothing trains."""
-        distributed.init_distributed(cfg.parallel.model_parallel_size)
+        distributed.init_distributed(cfg.parallel.model_parallel_size, cfg.parallel.distributed_timeout_minutes)
+        self.watchdog = Watchdog(cfg.logging.log_dir, torch.distributed.get_rank(), cfg.guard.watchdog_min_seconds,
+                                 cfg.guard.watchdog_first_step_seconds)
+        self.watchdog.expect_slow("setup (model, data indexes)")
         seed_everything(cfg.misc.seed)
         self.cfg = cfg
+        self.job = lock_save_dir(cfg) if cfg.checkpoint.save else None  # before anything is written there
         self._write_resolved_config()
         tokenizer = SentencePieceTokenizer(cfg.data.vocab_file)
         model = LlamaModel(cfg)
@@ -46,17 +53,19 @@ class Trainer:
         resume_from = find_resume_dir(cfg)  # (directory, tag) or (None, None)
         self.data_files = data_identity(cfg.data.train_data_paths)
         self.reference_record = self._check_or_finetune(model, *resume_from)
-        self.stop = StopSignal()
+        self.stop = StopSignal(cfg.logging.log_dir)
         self.engine = build_engine(cfg, model)
         self.step, saved_state = resume(self.engine, cfg, *resume_from) if resume_from[0] else (0, {})
         self.saved_step = self.step  # the newest step with a checkpoint of this run
         self.guard = LossGuard(cfg.guard, saved_state.get("guard"))
+        distributed.on_rank0_for_all(lambda: [print_rank0(f"warning: {w}") for w in check_data(cfg)])
         self.train_set = build_train_dataset(cfg, tokenizer)
         self.eval_sets = self._eval_sets(tokenizer)
         self.logger = self._logger()
         self.consumed = ConsumedSamples(self.train_set, cfg)
         self.consumed.recount(self.step, self.guard)
         self.faults = Faults(rank0=is_rank0())
+        self.last_step_seconds = None  # the watchdog's measure of a step
         self.prefetch = Prefetcher(self.train_set, ps.get_data_parallel_rank(),
                                    cfg.batch.train_micro_batch_size_per_gpu, cfg.data_parallel_size,
                                    cfg.batch.train_batch_size)
@@ -115,12 +124,20 @@ class Trainer:
             self.logger.log(self.reference_record)
         if self.eval_sets and self.step == 0:
             self.evaluate(0)
+        if self.step and self.step >= cfg.schedule.train_iters:
+            print_rank0(f"warning: train_iters {cfg.schedule.train_iters} is at or below the checkpoint's step "
+                        f"{self.step}: nothing to train; exit status 0 (raise train_iters to train on)")
         while self.step < cfg.schedule.train_iters:
             update = self.step + 1  # updates count from 1; update s uses lr(s)
             lr = lr_for_config(cfg, update)
             set_lr(self.engine, lr)
             batch_index = self.guard.batch(self.step)
-            result = train_step(self.engine, self.micro_batches(batch_index, update), update, self.stop, self.faults)
+            self.watchdog.expect_step(update, self.last_step_seconds)
+            result = train_step(self.engine, self.micro_batches(batch_index, update), update, self.stop, self.faults,
+                                cfg.model.vocab_size)
+            self.last_step_seconds = result.seconds
+            if result.out_of_vocab:
+                self.stop_for_bad_tokens(update, batch_index)
 
             verdict, reason = self.guard.check(update, result.loss, result.grad_norm)
             if verdict == "rollback":
@@ -154,6 +171,7 @@ class Trainer:
 
     def roll_back(self, update: int, reason: str):
         """Back to the newest complete checkpoint; the offending batches are on the skip-list now."""
+        self.watchdog.expect_slow(f"the rollback at step {update}")
         self.step = rollback(self.engine, self.cfg, self.guard, update, reason, self.logger)
         self.consumed.recount(self.step, self.guard)
         self.saved_step = self.step
@@ -199,14 +217,29 @@ class Trainer:
         print_rank0(format_line(record, cfg.schedule.train_iters, show_mfu=distributed.device() == "cuda"))
 
     def evaluate(self, step: int):
+        self.watchdog.expect_slow(f"the evaluation at step {step}")
         values = validation.evaluate(self.engine, self.eval_sets, self.cfg)
         if self.logger:
             self.logger.log({"step": step, **values})
             print_rank0(f"eval at step {step}: " + " | ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
     def save(self, update: int):
-        save_checkpoint(self.engine, self.cfg, update, self.guard, self.data_files)
+        self.watchdog.expect_slow(f"the checkpoint of step {update}")
+        save_checkpoint(self.engine, self.cfg, update, self.guard, self.data_files, self.job)
         self.saved_step = update
+
+    def stop_for_bad_tokens(self, update: int, batch_index: int):
+        """A batch held token ids outside the vocabulary: stop before this update is saved,
+        naming the samples and their data files (found on the host: the slow path, once)."""
+        if not is_rank0():  # rank 0 names them; the others stop with it
+            raise SystemExit(1)
+        g, vocab = self.cfg.batch.train_batch_size, self.cfg.model.vocab_size
+        bad = out_of_vocab_samples(self.train_set, batch_index * g, (batch_index + 1) * g, vocab)
+        files = sorted({f for _, f in bad})
+        raise DataError(f"step {update}: token ids outside the vocabulary (0..{vocab - 1}) in global samples "
+                        f"{[i for i, _ in bad]} from data file {', '.join(files)}: the data was tokenized with "
+                        f"another tokenizer than vocab_file {self.cfg.data.vocab_file}; no checkpoint of this "
+                        f"step was written (the newest is step {self.saved_step})")
 
     def stop_for_requeue(self, update: int):
         """Checkpoint this update (unless it has one), then exit with the status that requeues."""
@@ -218,12 +251,14 @@ class Trainer:
         raise SystemExit(EXIT_REQUEUE)
 
     def close(self, last_record: dict | None = None):
+        self.watchdog.expect_slow("the end of the run")
         self.prefetch.close()
         if self.logger:
             if last_record:
                 self.logger.log(last_record)
             self.logger.close()
         torch.distributed.barrier()
+        self.watchdog.close()
         distributed.destroy()
 
 

@@ -22,5 +22,8 @@ done
 echo "$(date) training exited with status $rc"
 if [[ $rc -eq ${REQUEUE_EXIT_CODE:-75} ]]; then  # the trainer stopped early to be continued
   scontrol requeue "$SLURM_JOB_ID"
+elif [[ $rc -eq 76 && ${SLURM_RESTART_COUNT:-0} -lt ${MAX_HUNG_REQUEUES:-3} ]]; then
+  # the step watchdog found a hang (stacks in the log dir): resume from the newest checkpoint, a few times
+  scontrol requeue "$SLURM_JOB_ID"
 fi
 exit "$rc"
