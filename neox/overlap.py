@@ -20,7 +20,6 @@ test example's text (under that key).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,6 +29,8 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from neox.data_check import sha256_of
 
 HASH_BASE = 0x9E3779B97F4A7C15  # odd, so invertible mod 2^64
 BYTE_BASE = 0xC2B2AE3D27D4EB4F  # another odd base for hashing the bytes of one word
@@ -430,18 +431,11 @@ SCANNERS = {"tokens": scan_tokens, "words": scan_words}
 
 # ---------------------------------------------------------------- identity, parts and merging
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def fingerprint(test_file, keys, n, mode, tokenizer, datasets, shards) -> dict:
     """What must be equal for parts to belong to one run (checked by resume and by merge)."""
-    return {"version": FORMAT_VERSION, "test_file": os.path.abspath(test_file), "test_sha256": sha256_file(test_file),
-            "test_keys": list(keys), "n": n, "mode": mode, "tokenizer_sha256": sha256_file(tokenizer),
+    return {"version": FORMAT_VERSION, "test_file": os.path.abspath(test_file), "test_sha256": sha256_of(test_file),
+            "test_keys": list(keys), "n": n, "mode": mode, "tokenizer_sha256": sha256_of(tokenizer),
             "data": [{"prefix": os.path.abspath(d.prefix), "documents": d.num_docs, "tokens": d.num_tokens,
                       "bin_bytes": os.path.getsize(d.prefix + ".bin")} for d in datasets],
             "shards": shards}
