@@ -99,12 +99,14 @@ def main(argv=None) -> int:
     from neox.checkpoints import CheckpointError
     from neox.data_check import DataError
 
-    try:  # seconds, before anything is spawned (train.py checks again when started without deepy)
+    try:  # seconds, before anything is spawned (train.py checks on rank 0 when started without deepy)
         check_before_spawn(cfg)
     except (DataError, CheckpointError) as e:  # the data tools' status
         print(f"error: {e}", file=sys.stderr)
         return 1
-    env = dict(os.environ)
+    from neox.data_check import DATA_CHECKED_ENV
+
+    env = {**os.environ, DATA_CHECKED_ENV: "1"}
     import torch
 
     if not torch.cuda.is_available():  # CPU: DeepSpeed's CPU accelerator, gloo, 1 thread team per rank

@@ -22,6 +22,9 @@ class DataError(ValueError):
     """Bad training data; the message names the file (exit status 1, as the data tools)."""
 
 
+# Set by deepy.py for the ranks it starts: the data was checked before spawning, not again on rank 0.
+DATA_CHECKED_ENV = "NEOX_DATA_CHECKED"
+
 def _header(idx: str) -> tuple[np.dtype, int, int]:
     size = os.path.getsize(idx)
     with open(idx, "rb") as f:

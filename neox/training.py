@@ -13,7 +13,7 @@ from megatron.core import parallel_state as ps
 from neox import distributed, validation
 from neox.checkpoints import load_finetune_weights
 from neox.config import NeoXConfig, derived
-from neox.data_check import DataError, check_data, out_of_vocab_samples
+from neox.data_check import DATA_CHECKED_ENV, DataError, check_data, out_of_vocab_samples
 from neox.data import (Prefetcher, SentencePieceTokenizer, build_eval_datasets, build_train_dataset,
                        component_name, component_of_sample, data_identity, format_mixture, mixture_table)
 from neox.distributed import is_rank0, print_rank0
@@ -47,6 +47,8 @@ class Trainer:
         self.cfg = cfg
         self.job = lock_save_dir(cfg) if cfg.checkpoint.save else None  # before anything is written there
         self._write_resolved_config()
+        if os.environ.get(DATA_CHECKED_ENV) != "1":  # deepy.py checked before spawning; srun/torchrun did not
+            distributed.on_rank0_for_all(lambda: [print_rank0(f"warning: {w}") for w in check_data(cfg)])
         tokenizer = SentencePieceTokenizer(cfg.data.vocab_file)
         model = LlamaModel(cfg)
         model.init_weights(cfg.misc.seed)
@@ -58,7 +60,6 @@ class Trainer:
         self.step, saved_state = resume(self.engine, cfg, *resume_from) if resume_from[0] else (0, {})
         self.saved_step = self.step  # the newest step with a checkpoint of this run
         self.guard = LossGuard(cfg.guard, saved_state.get("guard"))
-        distributed.on_rank0_for_all(lambda: [print_rank0(f"warning: {w}") for w in check_data(cfg)])
         self.train_set = build_train_dataset(cfg, tokenizer)
         self.eval_sets = self._eval_sets(tokenizer)
         self.logger = self._logger()
