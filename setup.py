@@ -1,6 +1,6 @@
 from setuptools import find_packages, setup
 
-EVAL = ["lm-eval[hf,math]==0.4.13", "math-verify[antlr4_11_0]==0.9.0"]  # [math] pins antlr4 4.11
+EVAL = ["lm-eval[hf,math]==0.4.13", "math-verify==0.9.0"]  # [math] pins antlr4 4.11 and its math-verify grammar
 
 setup(
     name="llemma-neox",
@@ -25,14 +25,17 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
-        # lm-eval's math extra pins antlr4 4.11; math-verify must use the same grammar build
-        # (its default antlr4 4.13 extra clashes), hence math-verify[antlr4_11_0].
+        # lm-eval's math extra pins antlr4 4.11 and asks for math-verify's matching grammar build
+        # (its antlr4 4.13 build clashes); naming that extra here too trips pip 23's extra spelling.
         # matplotlib (and its pillow) for the plot tests.
         "test": ["pytest>=8", "matplotlib>=3.8,<4", *EVAL],
         "eval": EVAL,
         "eval-gpu": [*EVAL, "vllm==0.33.0"],
         "plot": ["matplotlib>=3.8,<4"],  # tools/plot_run.py, tools/sweep.py compare
         "gpu": ["flash-attn>=2.5"],
+        # bench/train_throughput.py's LitGPT peer; on its own venv: litgpt caps huggingface-hub
+        # below 1.4, so pip settles on an older transformers 5 there than the test venv gets
+        "bench": ["litgpt==0.5.13"],
         "tensorboard": ["tensorboard>=2.14"],
         "wandb": ["wandb>=0.16"],
     },

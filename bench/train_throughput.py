@@ -307,6 +307,61 @@ def build_hf(cfg):
     return step
 
 
+def litgpt_config(cfg):
+    """LitGPT's Config for the benchmark model (its Llama-2 layout: RMSNorm, LLaMAMLP, no biases)."""
+    from litgpt import Config
+
+    m = cfg.model
+    return Config(block_size=m.seq_length, vocab_size=m.vocab_size, padded_vocab_size=m.vocab_size,
+                  n_layer=m.num_layers, n_head=m.num_attention_heads, n_embd=m.hidden_size,
+                  n_query_groups=m.num_kv_heads, rotary_percentage=1.0, parallel_residual=False,
+                  bias=False, norm_class_name="RMSNorm", norm_eps=m.rms_norm_epsilon,
+                  mlp_class_name="LLaMAMLP", intermediate_size=m.intermediate_size, rope_base=m.rotary_emb_base)
+
+
+def build_litgpt(cfg):
+    """LitGPT's GPT trained the way its pretraining script (litgpt/pretrain.py) does it: Lightning
+    Fabric with precision bf16-mixed (fp32 weights, gradients and AdamW state, bf16 autocast),
+    torch.compile of the whole model, torch's AdamW (fused only on CUDA, as LitGPT asks),
+    LitGPT's chunked cross entropy, fabric.clip_gradients."""
+    import lightning as L
+    import torch
+    from litgpt import GPT
+    from litgpt.pretrain import initialize_weights
+    from litgpt.utils import chunked_cross_entropy
+    from torch.profiler import record_function
+
+    device = _device()
+    train_set = train_dataset(cfg)
+    fabric = L.Fabric(devices=1, accelerator="cuda" if device == "cuda" else "cpu", precision="bf16-mixed")
+    fabric.seed_everything(SEED)
+    config = litgpt_config(cfg)
+    with fabric.init_module(empty_init=True):
+        model = GPT(config)
+    initialize_weights(fabric, model, n_layer=config.n_layer, n_embd=config.n_embd)
+    model = fabric.setup(torch.compile(model))
+    opt = torch.optim.AdamW(_param_groups(model.named_parameters()), lr=LR, betas=tuple(BETAS), eps=EPS,
+                            fused=device == "cuda")
+    opt = fabric.setup_optimizers(opt)
+
+    def step(i):
+        batch = _fetch(train_set, cfg, i, device)
+        with record_function("bench::forward"):
+            loss = chunked_cross_entropy(model(batch["tokens"]), batch["labels"])
+        with record_function("bench::backward"):
+            fabric.backward(loss)
+        with record_function("bench::optimizer"):
+            norm = fabric.clip_gradients(model, opt, max_norm=CLIP)
+            opt.step()
+            opt.zero_grad()
+        return loss.item(), float(norm)
+
+    return step
+
+
+BUILDERS = {"plain": "build_plain", "hf": "build_hf", "litgpt": "build_litgpt"}
+
+
 def run_worker(impl: str, flat: dict, total_steps: int) -> dict:
     """In a fresh process: build, then time total_steps steps (perf_counter around each step)."""
     import torch
@@ -315,7 +370,7 @@ def run_worker(impl: str, flat: dict, total_steps: int) -> dict:
     if impl == "plain":
         init_single_process_group()
     cfg = load_cfg(flat)
-    step = build_plain(cfg) if impl == "plain" else build_hf(cfg)
+    step = globals()[BUILDERS[impl]](cfg)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     setup_s = time.perf_counter() - t_start
     times, losses, norms = [], [], []
@@ -339,8 +394,18 @@ def run_worker(impl: str, flat: dict, total_steps: int) -> dict:
 # ----------------------------------------------------------------------------- launching
 
 
+# Runs the command given after it and writes the peak RSS (KiB) of its largest process, itself or
+# any descendant it waited for (deepy.py waits for its ranks), to the file named first.
+RSS_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
+               "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+               "sys.exit(rc)")
+
+
 def _stream(cmd, env, log_path, prefix, echo):
-    """Run cmd, its output to log_path; lines for which echo(line) is true also to stderr."""
+    """Run cmd, its output to log_path; lines for which echo(line) is true also to stderr. Returns
+    its output lines and its peak RSS in MiB."""
+    rss_path = log_path + ".rss"
+    cmd = [sys.executable, "-c", RSS_WRAPPER, rss_path, *cmd]
     with open(log_path, "w") as f:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1)
@@ -354,7 +419,8 @@ def _stream(cmd, env, log_path, prefix, echo):
     if rc != 0:
         tail = "".join(lines[-40:])
         raise RuntimeError(f"{prefix} failed with exit status {rc}; log {log_path}; last lines:\n{tail}")
-    return lines
+    with open(rss_path) as f:
+        return lines, int(f.read()) / 1024
 
 
 def run_ours(flat: dict, work: str, tag: str) -> dict:
@@ -365,16 +431,16 @@ def run_ours(flat: dict, work: str, tag: str) -> dict:
         yaml.safe_dump(flat, f)
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
-    _stream([sys.executable, os.path.join(REPO, "deepy.py"), os.path.join(REPO, "train.py"), cfg_path],
-            env, os.path.join(work, f"{tag}.log"), tag,
-            lambda line: line.startswith(("step ", "error", "Traceback")))
+    _, rss = _stream([sys.executable, os.path.join(REPO, "deepy.py"), os.path.join(REPO, "train.py"), cfg_path],
+                     env, os.path.join(work, f"{tag}.log"), tag,
+                     lambda line: line.startswith(("step ", "error", "Traceback")))
     wall = time.perf_counter() - t0
     with open(os.path.join(flat["log_dir"], "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     rows = [r for r in rows if "step_time_s" in r]
     return {"step_time_s": [r["step_time_s"] for r in rows], "loss": [r["loss"] for r in rows],
             "grad_norm": [r["grad_norm"] for r in rows], "mfu_logged": [r["mfu"] for r in rows],
-            "wall_s": wall}
+            "wall_s": wall, "peak_rss_mib": rss}
 
 
 def run_in_process_impl(impl: str, flat: dict, work: str, total_steps: int, threads: int) -> dict:
@@ -383,9 +449,10 @@ def run_in_process_impl(impl: str, flat: dict, work: str, total_steps: int, thre
         json.dump({"flat": flat, "total_steps": total_steps}, f)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
-    lines = _stream([sys.executable, os.path.abspath(__file__), "--worker", impl, "--spec", spec], env,
-                    os.path.join(work, f"{impl}.log"), impl, lambda line: line.startswith(f"  {impl} step"))
+    lines, rss = _stream([sys.executable, os.path.abspath(__file__), "--worker", impl, "--spec", spec], env,
+                         os.path.join(work, f"{impl}.log"), impl, lambda line: line.startswith(f"  {impl} step"))
     result = json.loads(lines[-1])
+    result["peak_rss_mib"] = rss
     result["wall_s"] = time.perf_counter() - t0
     return result
 
@@ -399,22 +466,73 @@ def summarize(result: dict, warmup: int, tokens_per_step: int, flops_per_token: 
             "mfu": tps * flops_per_token / (peak_tflops * 1e12)}
 
 
+KEYS = {"ours": "ours", "ours_tp2": "ours_tp2", "plain": "plain_torch", "hf": "hf", "litgpt": "litgpt"}
+IMPLS = ("ours", "plain", "hf", "litgpt")
+
+
+def aggregate(rounds: dict) -> dict:
+    """Medians over the rounds: each implementation's tokens/s, step time, MFU and peak RSS, and
+    each ratio of ours to another taken within a round (the machine's drift cancels in a ratio)."""
+    out = {}
+    med = statistics.median
+    for name, rs in rounds.items():
+        k = KEYS[name]
+        for field in ("tokens_per_sec", "step_time_s", "step_time_mean_s", "mfu"):
+            out[f"{k}_{field}"] = med(r["summary"][field] for r in rs)
+        out[f"{k}_peak_rss_mib"] = med(r["peak_rss_mib"] for r in rs)
+    if "ours" in rounds:
+        out["ours_mfu_logged"] = med(med(r["mfu_logged"]) for r in rounds["ours"])
+        for other in ("hf", "plain", "litgpt", "ours_tp2"):
+            if other not in rounds:
+                continue
+            num, den = (other, "ours") if other == "ours_tp2" else ("ours", other)
+            ratios = [a["summary"]["tokens_per_sec"] / b["summary"]["tokens_per_sec"]
+                      for a, b in zip(rounds[num], rounds[den])]
+            key = "ours_tp2_vs_ours" if other == "ours_tp2" else f"ours_vs_{KEYS[other]}"
+            out[key] = med(ratios)
+            out[f"{key}_per_round"] = [round(x, 3) for x in ratios]
+        if "litgpt" in rounds:
+            out["ours_peak_rss_vs_litgpt"] = out["ours_peak_rss_mib"] / out["litgpt_peak_rss_mib"]
+    if "plain" in rounds and "hf" in rounds:
+        out["plain_torch_vs_hf"] = out["plain_torch_tokens_per_sec"] / out["hf_tokens_per_sec"]
+    if "ours" in rounds and "plain" in rounds:  # same model, data and policy: the losses should agree
+        out["loss_max_abs_diff_plain_vs_ours"] = max(
+            abs(a - b) for a, b in zip(rounds["ours"][0]["loss"], rounds["plain"][0]["loss"]))
+    return out
+
+
+def cpu_flags() -> list:
+    """The bf16 hardware of this CPU (the ratios depend on it): amx_bf16, avx512_bf16, or neither."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted({"amx_bf16", "avx512_bf16"} & set(flags))
+
+
+def litgpt_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("litgpt") is not None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=10, help="measured steps per implementation")
     p.add_argument("--warmup", type=int, default=2, help="steps run first and not measured")
-    p.add_argument("--tp", type=int, choices=(1, 2), default=2,
-                   help="2 (default): ours at TP=1 and at TP=2 (2 processes); 1: TP=1 only")
-    p.add_argument("--only", default="ours,plain,hf",
-                   help="comma-separated subset of ours,plain,hf (default: all)")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="run every implementation this many times (in turn) and keep each one's best round")
+    p.add_argument("--tp", type=int, choices=(1, 2), default=1,
+                   help="1 (default): ours at TP=1; 2: also ours at TP=2 (2 processes)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated subset of ours,plain,hf,litgpt (default: all; litgpt when installed)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="run every implementation this many times, interleaved, and report medians (default 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="trainer config key for ours and plain (YAML value), e.g. compile_blocks=true")
     p.add_argument("--quick", action="store_true", help="tiny model (smoke test, numbers meaningless)")
     p.add_argument("--work-dir", default=None, help="default: a temporary directory, removed afterwards")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs, data)")
-    p.add_argument("--worker", choices=("plain", "hf"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("plain", "hf", "litgpt"), help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -424,9 +542,16 @@ def main(argv=None):
         print(json.dumps(run_worker(args.worker, spec["flat"], spec["total_steps"])), flush=True)
         return 0
 
-    impls = [x.strip() for x in args.only.split(",") if x.strip()]
-    if set(impls) - {"ours", "plain", "hf"} or not impls:
-        p.error(f"--only: choose from ours, plain, hf; got {args.only!r}")
+    if args.only is None:
+        impls = [i for i in IMPLS if i != "litgpt" or litgpt_available()]
+        if "litgpt" not in impls:
+            log("warning: litgpt is not installed (pip install -e '.[bench]'), so its run is left out")
+    else:
+        impls = [x.strip() for x in args.only.split(",") if x.strip()]
+        if set(impls) - set(IMPLS) or not impls:
+            p.error(f"--only: choose from {', '.join(IMPLS)}; got {args.only!r}")
+        if "litgpt" in impls and not litgpt_available():
+            p.error("--only litgpt: litgpt is not installed; pip install -e '.[bench]' (see README)")
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
         p.error("--steps and --rounds must be >= 1 and --warmup >= 0")
     shape = SHAPES["quick" if args.quick else "bench"]
@@ -482,10 +607,10 @@ def main(argv=None):
         log(f"model: {json.dumps(shape)}; {parameter_count(cfg):,} parameters, {fpt / 1e6:.1f} MFLOP/token, "
             f"{tokens_per_step} tokens/step; {args.warmup} warm-up + {args.steps} measured steps")
 
-        runs = {}
         plan = [(i, 1) for i in impls]
         if "ours" in impls and args.tp == 2:
             plan.append(("ours", 2))
+        rounds = {}  # name -> one result per round; the rounds interleave the implementations
         for rnd in range(args.rounds):
             for impl, tp in plan:
                 name = impl if tp == 1 else f"{impl}_tp{tp}"
@@ -499,35 +624,21 @@ def main(argv=None):
                     r = run_in_process_impl(impl, flat, work, total, threads)
                 r["summary"] = s = summarize(r, args.warmup, tokens_per_step, fpt, peak)
                 log(f"{name}: median step {s['step_time_s']:.3f} s, {s['tokens_per_sec']:,.0f} tokens/s, "
-                    f"MFU {100 * s['mfu']:.1f}% (process wall {r['wall_s']:.1f} s)")
-                if name not in runs or s["step_time_s"] < runs[name]["summary"]["step_time_s"]:
-                    runs[name] = r  # best round
+                    f"MFU {100 * s['mfu']:.1f}%, peak RSS {r['peak_rss_mib']:,.0f} MiB "
+                    f"(process wall {r['wall_s']:.1f} s)")
+                rounds.setdefault(name, []).append(r)
 
-        out = {"quick": args.quick, "model": shape, "settings": settings, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-               "statistic": "median step_time_s of the measured steps", "tokens_per_step": tokens_per_step,
+        out = {"quick": args.quick, "model": shape, "settings": settings, "steps": args.steps, "warmup": args.warmup,
+               "rounds": args.rounds, "cpu_flags": cpu_flags(),
+               "statistic": "per round: median step_time_s of the measured steps; over rounds: median "
+                            "(tokens/s, MFU, peak RSS, and each ratio of two implementations in the same round)",
+               "tokens_per_step": tokens_per_step,
                "threads": threads, "num_parameters": parameter_count(cfg), "flops_per_token": fpt,
                "matmul_peak_tflops": peak, "matmul_peak_tflops_1thread": peak_1thread}
-        keys = {"ours": "ours", "ours_tp2": "ours_tp2", "plain": "plain_torch", "hf": "hf"}
-        for name, r in runs.items():
-            k, s = keys[name], r["summary"]
-            out[f"{k}_tokens_per_sec"] = s["tokens_per_sec"]
-            out[f"{k}_step_time_s"] = s["step_time_s"]
-            out[f"{k}_step_time_mean_s"] = s["step_time_mean_s"]
-            out[f"{k}_mfu"] = s["mfu"]
-        if "ours" in runs:
-            out["ours_mfu_logged"] = statistics.median(runs["ours"]["mfu_logged"][args.warmup:])
-            for other, k in (("hf", "ours_vs_hf"), ("plain", "ours_vs_plain_torch"), ("ours_tp2", "ours_tp2_vs_ours")):
-                if other in runs:
-                    a, b = (runs[other], runs["ours"]) if other == "ours_tp2" else (runs["ours"], runs[other])
-                    out[k] = a["summary"]["tokens_per_sec"] / b["summary"]["tokens_per_sec"]
-        if "plain" in runs and "hf" in runs:
-            out["plain_torch_vs_hf"] = runs["plain"]["summary"]["tokens_per_sec"] / runs["hf"]["summary"]["tokens_per_sec"]
-        if "ours" in runs and "plain" in runs:  # same model, data and policy: the losses should agree
-            out["loss_max_abs_diff_plain_vs_ours"] = max(
-                abs(a - b) for a, b in zip(runs["ours"]["loss"], runs["plain"]["loss"]))
-        out["step_times_s"] = {keys[n]: [round(t, 4) for t in r["step_time_s"]] for n, r in runs.items()}
-        out["losses"] = {keys[n]: [round(x, 4) for x in r["loss"]] for n, r in runs.items()}
-        out["process_wall_s"] = {keys[n]: round(r["wall_s"], 1) for n, r in runs.items()}
+        out.update(aggregate(rounds))
+        out["step_times_s"] = {KEYS[n]: [[round(t, 4) for t in r["step_time_s"]] for r in rs] for n, rs in rounds.items()}
+        out["losses"] = {KEYS[n]: [round(x, 4) for x in rs[0]["loss"]] for n, rs in rounds.items()}
+        out["process_wall_s"] = {KEYS[n]: [round(r["wall_s"], 1) for r in rs] for n, rs in rounds.items()}
         print(json.dumps(out))
     finally:
         if args.keep:

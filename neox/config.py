@@ -13,7 +13,7 @@ import difflib
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -48,6 +48,9 @@ def _gpt_neox_call(fn, *args):
 # ----------------------------------------------------------------------------- sections
 
 
+BoolOrAuto = Union[bool, str]  # true, false or "auto"
+
+
 @dataclass
 class ModelArgs:
     num_layers: Optional[int] = None
@@ -66,7 +69,10 @@ class ModelArgs:
     checkpoint_activations: bool = False  # recompute layer activations in backward (all layers ...)
     checkpoint_layers: Optional[list] = None  # ... or only these layer indices (None: all)
     attention_impl: str = "auto"  # auto | sdpa | flash
-    compile_blocks: bool = False  # torch.compile each transformer block (on CPU needs a C++ compiler)
+    # torch.compile each transformer block; auto: when the backend compiles here and train_iters
+    # repays it (neox.speed, decided at start-up)
+    compile_blocks: BoolOrAuto = "auto"
+    cpu_keep_freed_memory: bool = True  # on CPU: malloc keeps freed memory for reuse (neox.speed)
     fused_head_loss: bool = True  # output head + cross entropy chunk by chunk (neox.head_loss)
 
     def check(self) -> None:
@@ -571,6 +577,12 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
         if base == "bool":
             if not isinstance(value, bool):
                 raise ValueError
+            return value
+        if base == "BoolOrAuto":
+            if isinstance(value, str) and value.lower() == "auto":
+                return "auto"
+            if not isinstance(value, bool):
+                raise ConfigError(f"key '{key}' must be true, false or auto, got {value!r}")
             return value
         if base == "str":
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):

@@ -166,7 +166,7 @@ class LlamaModel(nn.Module):
             dim = partition.split_dim(name)
             # DeepSpeed reads these attributes to count each shard once in the global grad norm
             set_tensor_model_parallel_attributes(param, dim is not None, dim if dim is not None else -1, 1)
-        if m.compile_blocks:
+        if m.compile_blocks is True:  # "auto" is resolved at start-up (neox.speed.apply); unresolved: eager
             # megatron's RowParallelLinear warns on every call; let dynamo emit warnings after the
             # graph instead of breaking it there
             torch._dynamo.config.ignore_logging_functions.add(warnings.warn)

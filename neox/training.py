@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from megatron.core import parallel_state as ps
 
-from neox import distributed, validation
+from neox import distributed, speed, validation
 from neox.checkpoints import load_finetune_weights
 from neox.config import NeoXConfig, derived
 from neox.data_check import DATA_CHECKED_ENV, DataError, check_data, out_of_vocab_samples
@@ -50,6 +50,8 @@ class Trainer:
         if os.environ.get(DATA_CHECKED_ENV) != "1":  # deepy.py checked before spawning; srun/torchrun did not
             distributed.on_rank0_for_all(lambda: [print_rank0(f"warning: {w}") for w in check_data(cfg)])
         tokenizer = SentencePieceTokenizer(cfg.data.vocab_file)
+        for line in speed.apply(cfg, distributed.device()):  # compile_blocks: auto, the CPU allocator
+            print_rank0(line)
         model = LlamaModel(cfg)
         model.init_weights(cfg.misc.seed)
         resume_from = find_resume_dir(cfg)  # (directory, tag) or (None, None)

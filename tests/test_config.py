@@ -126,7 +126,7 @@ def test_checkpoint_layers_select_layers_and_the_memory_plan(env):
     from neox.planner import memory_per_gpu
 
     cfg = load_config([env(checkpoint_activations=True, checkpoint_layers=[1])])
-    assert cfg.model.checkpointed_layers() == [1] and not cfg.model.compile_blocks
+    assert cfg.model.checkpointed_layers() == [1] and cfg.model.compile_blocks == "auto"
     assert load_config([env(checkpoint_activations=True)]).model.checkpointed_layers() == [0, 1]
     assert load_config([env()]).model.checkpointed_layers() == []
     msg = error_of([env(checkpoint_layers=[1])])
@@ -135,7 +135,9 @@ def test_checkpoint_layers_select_layers_and_the_memory_plan(env):
            for kw in ({}, {"checkpoint_activations": True, "checkpoint_layers": [0, 2]},
                       {"checkpoint_activations": True})]
     assert act[0] > act[1] > act[2]  # fewer checkpointed layers, more activation memory
-    assert "'compile_blocks' must be bool" in error_of([env(compile_blocks="yes")])
+    assert "key 'compile_blocks' must be true, false or auto, got 'yes'" in error_of([env(compile_blocks="yes")])
+    assert load_config([env(compile_blocks="AUTO")]).model.compile_blocks == "auto"
+    assert load_config([env(compile_blocks=True)]).model.compile_blocks is True
 
 
 def test_rotary_base_is_required(env):
