@@ -20,6 +20,9 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from neox.speed import use_compile_cache  # noqa: E402
+
+use_compile_cache()  # before megatron-core is imported: it sets torch's default cache directory
 from neox.quiet import quiet_library_messages  # noqa: E402
 
 quiet_library_messages()

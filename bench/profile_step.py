@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where a training step of the benchmark model spends its time (torch.profiler).
 
-    python bench/profile_step.py [--impl ours|plain|hf] [--steps 3] [--warmup 1] [--quick] [--top 25]
+    python bench/profile_step.py [--impl ours|plain|hf] [--steps 3] [--warmup 1] [--eager] [--quick] [--top 25]
 
 Same model, data and settings as bench/train_throughput.py, in this one process (TP=1):
   ours   (default) neox.model.LlamaModel on the DeepSpeed engine exactly as neox.training.train
@@ -111,6 +111,10 @@ def build_ours(cfg):
 
     BF16_Optimizer.update_hp_grads = update_hp_grads
 
+    from neox import speed
+
+    for line in speed.apply(cfg, tt._device()):  # as the trainer: compile_blocks, the CPU allocator
+        tt.log(line)
     seed_everything(cfg.misc.seed)
     model = LlamaModel(cfg)
     model.init_weights(cfg.misc.seed)
@@ -188,6 +192,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3, help="profiled steps")
     p.add_argument("--warmup", type=int, default=1, help="unprofiled steps first")
     p.add_argument("--quick", action="store_true", help="tiny model (smoke test)")
+    p.add_argument("--eager", action="store_true", help="ours/plain: compile_blocks false (default: auto, "
+                   "decided as for a long run)")
     p.add_argument("--top", type=int, default=25, help="ops listed on stderr")
     p.add_argument("--trace", default=None, help="also write a Chrome trace to this file")
     args = p.parse_args(argv)
@@ -208,6 +214,11 @@ def main(argv=None):
         if args.impl in ("ours", "plain"):
             tt.init_single_process_group()
         cfg = tt.load_cfg(tt.neox_flat(shape, total, prefix, work))
+        if args.impl in ("ours", "plain"):  # compile_blocks: auto as in a long run (train_throughput.py)
+            from neox.speed import COMPILE_MIN_TRAIN_ITERS, resolve_compile_blocks
+
+            cfg.model.compile_blocks = not args.eager and resolve_compile_blocks(
+                "auto", COMPILE_MIN_TRAIN_ITERS, tt._device())[0]
         build = {"ours": build_ours, "plain": tt.build_plain, "hf": tt.build_hf}[args.impl]
         step = build(cfg)
         use_device = torch.cuda.is_available()

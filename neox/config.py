@@ -582,7 +582,7 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
             if isinstance(value, str) and value.lower() == "auto":
                 return "auto"
             if not isinstance(value, bool):
-                raise ConfigError(f"key '{key}' must be true, false or auto, got {value!r}")
+                raise ValueError
             return value
         if base == "str":
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -599,7 +599,8 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
                 raise ValueError
             return value
     except (TypeError, ValueError):
-        raise ConfigError(f"key '{key}' must be {base}, got {value!r}") from None
+        kind = {"BoolOrAuto": "true, false or auto"}.get(base, base)
+        raise ConfigError(f"key '{key}' must be {kind}, got {value!r}") from None
     return value
 
 

@@ -21,7 +21,7 @@ import tempfile
 
 # Measured on the benchmark model of bench/train_throughput.py (2-core CPU, cold cache): compiling
 # costs about 20 s in the first step and saves about 0.5 s per step, so it repays itself after
-# about 40 steps; 200 leaves a 5x margin for slower compilers and bigger models (docs/performance.md).
+# about 40 steps; 200 leaves a 5x margin for slower compilers and bigger models (README, Model).
 COMPILE_MIN_TRAIN_ITERS = 200
 
 
@@ -33,7 +33,8 @@ def cache_dir() -> str:
 
 def use_compile_cache() -> str:
     """Point torch's inductor cache (compiled kernels and FX graphs, reused by later runs) at
-    cache_dir()/torchinductor unless the user chose one (TORCHINDUCTOR_CACHE_DIR)."""
+    cache_dir()/torchinductor unless the user chose one (TORCHINDUCTOR_CACHE_DIR). Called first
+    thing in train.py: importing megatron-core sets torch's default (/tmp) in the environment."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache_dir(), "torchinductor"))
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
@@ -119,7 +120,8 @@ def apply(cfg, device: str) -> list[str]:
     compile_on, why = resolve_compile_blocks(m.compile_blocks, cfg.schedule.train_iters, device)
     m.compile_blocks = compile_on
     if compile_on:
-        lines.append(f"compile_blocks: on ({why}); compiled kernels cached in {use_compile_cache()}")
+        lines.append(f"compile_blocks: on ({why}); compiled kernels cached in "
+                     f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR') or use_compile_cache()}")
     else:
         lines.append(f"compile_blocks: off ({why})")
     if device == "cpu" and m.cpu_keep_freed_memory:

@@ -131,3 +131,24 @@ def test_copying_the_first_gradient_changes_no_number(single_process_group, accu
     for a, b in zip(ref[0] + ref[1], got[0] + got[1]):
         assert torch.equal(a, b)
     assert not torch.equal(ref[0][0], train_weights(ours, steps=1, gradient_accumulation_steps=accumulation)[0][0])
+
+
+def test_benchmark_ratios_are_medians_of_same_round_ratios():
+    """bench/train_throughput.py: a slow round slows every implementation in it; the ratio is
+    taken within a round, then the median over rounds (not a ratio of medians)."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import train_throughput as tt
+
+    def run(tps, rss):
+        return {"summary": {"tokens_per_sec": tps, "step_time_s": 2048 / tps, "step_time_mean_s": 2048 / tps,
+                            "mfu": tps / 1000}, "peak_rss_mib": rss, "mfu_logged": [tps / 1000], "loss": [1.0]}
+
+    rounds = {"ours": [run(800, 2000), run(400, 2100), run(900, 2050)],
+              "litgpt": [run(640, 2300), run(400, 2400), run(600, 2200)],
+              "plain": [run(800, 1900), run(380, 1900), run(950, 1900)]}
+    out = tt.aggregate(rounds)
+    assert out["ours_vs_litgpt_per_round"] == [1.25, 1.0, 1.5] and out["ours_vs_litgpt"] == 1.25
+    assert out["ours_vs_plain_torch_per_round"] == [1.0, 1.053, 0.947] and out["ours_vs_plain_torch"] == 1.0
+    assert out["ours_tokens_per_sec"] == 800 and out["litgpt_tokens_per_sec"] == 600
+    assert out["ours_peak_rss_vs_litgpt"] == pytest.approx(2050 / 2300)
+    assert "ours_vs_hf" not in out
