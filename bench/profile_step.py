@@ -215,10 +215,9 @@ def main(argv=None):
             tt.init_single_process_group()
         cfg = tt.load_cfg(tt.neox_flat(shape, total, prefix, work))
         if args.impl in ("ours", "plain"):  # compile_blocks: auto as in a long run (train_throughput.py)
-            from neox.speed import COMPILE_MIN_TRAIN_ITERS, resolve_compile_blocks
+            from neox.speed import compile_blocks_of_a_long_run
 
-            cfg.model.compile_blocks = not args.eager and resolve_compile_blocks(
-                "auto", COMPILE_MIN_TRAIN_ITERS, tt._device())[0]
+            cfg.model.compile_blocks = not args.eager and compile_blocks_of_a_long_run(tt._device())[0]
         build = {"ours": build_ours, "plain": tt.build_plain, "hf": tt.build_hf}[args.impl]
         step = build(cfg)
         use_device = torch.cuda.is_available()

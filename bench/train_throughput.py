@@ -597,9 +597,9 @@ def main(argv=None):
     if "compile_blocks" not in settings:
         # The default config's compile_blocks: auto, decided as for a real run (the benchmark's few
         # steps are far below the threshold and would always run eager)
-        from neox.speed import COMPILE_MIN_TRAIN_ITERS, resolve_compile_blocks
+        from neox.speed import COMPILE_MIN_TRAIN_ITERS, compile_blocks_of_a_long_run
 
-        settings["compile_blocks"], why = resolve_compile_blocks("auto", COMPILE_MIN_TRAIN_ITERS, _device())
+        settings["compile_blocks"], why = compile_blocks_of_a_long_run(_device())
         log(f"compile_blocks: auto -> {str(settings['compile_blocks']).lower()} for ours and plain, as in a run "
             f"of {COMPILE_MIN_TRAIN_ITERS}+ steps ({why.removeprefix('auto: ')})")
     threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)

@@ -24,12 +24,11 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core import tensor_parallel as mtp
 
-# fp32 logits elements per chunk. CPU: 2M (8 MiB, 65 tokens of a 32,016 vocabulary) was the
-# fastest of 0.5M-128M on the benchmark head (1M-4M within 5%). CUDA: larger chunks keep the
-# chunk GEMM efficient (2,048 tokens of Llemma 7B's 16,008-row TP=2 slice; not measured here).
-# Logits per chunk. CPU: 8M (256 tokens of a 32k vocabulary); measured on the benchmark head,
-# interleaved in one process, 740 ms per forward + backward against 801 ms with 2M (64 tokens):
-# the head GEMM runs faster on taller chunks than the chunk gains from staying in cache.
+# fp32 logits elements per chunk. CPU: 8M (256 tokens of a 32,016 vocabulary): on a CPU without
+# AMX, interleaved in one process, 740 ms per head forward + backward against 801 ms with 2M
+# (earlier the fastest on an AMX CPU, within 5% of its neighbours): the head GEMM gains more
+# from taller chunks than the chunk from staying in cache. CUDA: larger chunks keep the chunk
+# GEMM efficient (2,048 tokens of Llemma 7B's 16,008-row TP=2 slice; not measured here).
 CHUNK_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 25}
 
 

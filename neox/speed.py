@@ -67,10 +67,12 @@ def _cpp_compiler_works() -> tuple[bool, str]:
                                 capture_output=True, timeout=120).returncode == 0
         except (OSError, subprocess.SubprocessError):
             ok = False
-    try:
+    try:  # atomically: the ranks of a node may probe at the same time
         os.makedirs(cache_dir(), exist_ok=True)
-        with open(cache, "w") as f:
+        tmp_cache = f"{cache}.{os.getpid()}"
+        with open(tmp_cache, "w") as f:
             json.dump({**known, key: ok}, f)
+        os.replace(tmp_cache, cache)
     except OSError:
         pass  # a read-only home: probe again next time
     return ok, f"{cxx} ({'builds' if ok else 'fails to build'} a test library)"
@@ -113,6 +115,12 @@ def keep_freed_memory() -> tuple[bool, str]:
     return True, "cpu allocator: freed memory kept for reuse (cpu_keep_freed_memory: fewer page faults per step)"
 
 
+def compile_blocks_of_a_long_run(device: str) -> tuple[bool, str]:
+    """What auto decides for a run of COMPILE_MIN_TRAIN_ITERS steps or more (the benchmarks,
+    whose own few steps would always run eager)."""
+    return resolve_compile_blocks("auto", COMPILE_MIN_TRAIN_ITERS, device)
+
+
 def apply(cfg, device: str) -> list[str]:
     """Resolve cfg.model.compile_blocks in place and set the allocator; the start-up lines."""
     m = cfg.model
@@ -120,8 +128,7 @@ def apply(cfg, device: str) -> list[str]:
     compile_on, why = resolve_compile_blocks(m.compile_blocks, cfg.schedule.train_iters, device)
     m.compile_blocks = compile_on
     if compile_on:
-        lines.append(f"compile_blocks: on ({why}); compiled kernels cached in "
-                     f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR') or use_compile_cache()}")
+        lines.append(f"compile_blocks: on ({why}); compiled kernels cached in {use_compile_cache()}")
     else:
         lines.append(f"compile_blocks: off ({why})")
     if device == "cpu" and m.cpu_keep_freed_memory:
