@@ -119,10 +119,55 @@ def save_atomic(engine, save: str, step: int, client_state: dict, keep_last: int
     if rank0:
         shutil.rmtree(tmp, ignore_errors=True)
     torch.distributed.barrier()
-    _on_every_rank_or_fail(lambda: engine.save_checkpoint(save, tag=tmp_tag, client_state=client_state,
-                                                          save_latest=False), save, tmp, final, rank0)
+    _on_every_rank_or_fail(lambda: _deepspeed_save(engine, save, tmp_tag, client_state, step),
+                           save, tmp, final, rank0)
     _on_every_rank_or_fail(lambda: _finish(save, tmp, final, step, keep_last, extra_files) if rank0 else None,
                            save, tmp, final, rank0)
+
+
+def _deepspeed_save(engine, save: str, tag: str, client_state: dict, step: int):
+    """DeepSpeed's save_checkpoint, with every collective in it reached by every rank.
+
+    It ends in a barrier: a rank whose write raised (a full disk) would skip it, and the ranks
+    whose writes succeeded would wait there until the watchdog. So a failed write is kept, the
+    rest of this rank's writes are skipped, and the error is raised once save_checkpoint returned."""
+    errors = []
+    writer = engine.checkpoint_engine
+
+    def keep_first_error(write):
+        def guarded(*args, **kwargs):
+            if errors:
+                return None
+            try:
+                _fault_write_error(step)
+                return write(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - raised below, after the collectives
+                errors.append(e)
+                return None
+        return guarded
+
+    patched = [(writer, "save"), (engine, "_copy_recovery_script")]  # rank 0 copies two scripts too
+    before = [vars(obj).get(name) for obj, name in patched]
+    for obj, name in patched:
+        setattr(obj, name, keep_first_error(getattr(obj, name)))
+    try:
+        engine.save_checkpoint(save, tag=tag, client_state=client_state, save_latest=False)
+    finally:
+        for (obj, name), old in zip(patched, before):
+            if old is None:
+                delattr(obj, name)  # back to the method of its class
+            else:
+                setattr(obj, name, old)
+    if errors:
+        raise errors[0]
+
+
+def _fault_write_error(step: int):
+    """Test-only: NEOX_FAULT_WRITE_ERROR=<rank>:<step> makes that rank's checkpoint writes fail
+    at that step as on a full disk, while the other ranks' writes succeed."""
+    rank, _, at = os.environ.get("NEOX_FAULT_WRITE_ERROR", "").partition(":")
+    if at and int(at) == step and int(rank) == torch.distributed.get_rank():
+        raise OSError(28, "No space left on device")
 
 
 def _finish(save: str, tmp: str, final: str, step: int, keep_last: int | None, extra_files: dict | None):

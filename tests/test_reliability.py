@@ -439,6 +439,22 @@ def test_save_not_writable_too_small_and_disk_full_during_a_save(toy_data, tmp_p
     assert (ckpt / "global_step4" / "complete").is_file()
 
 
+def test_a_write_failing_on_one_rank_only_ends_the_save_on_every_rank(toy_data, tmp_path):
+    """Rank 1's write fails, rank 0's succeeds: rank 0 must not wait in DeepSpeed's closing barrier
+    (it did, until the watchdog ended the run with 76); every rank stops at once with exit 1."""
+    ckpt = tmp_path / "run" / "ckpt"
+    code, out = deepy(tmp_path, "train_iters=12", "checkpoint_factor=4", "watchdog_first_step_seconds=120",
+                      env={"NEOX_FAULT_WRITE_ERROR": "1:8"})
+    assert code == 1 and "watchdog" not in out, out[-3000:]
+    errors = error_lines(out)  # rank 1's line; rank 0 stops without one
+    assert len(errors) == 1 and errors[0].startswith(f"error: saving checkpoint global_step8 to {ckpt}/.tmp-global_step8."
+                                                     ), out[-3000:]
+    assert errors[0].endswith("failed: No space left on device; the unfinished directory was removed; the newest "
+                              f"complete checkpoint is {ckpt}/global_step4")
+    assert sorted(p.name for p in ckpt.iterdir() if p.name.startswith((".tmp", "global_step"))) == ["global_step4"]
+    assert (ckpt / "latest").read_text() == "global_step4" and (ckpt / "global_step4" / "complete").is_file()
+
+
 # ----------------------------------------------------------------------------- config values
 
 
