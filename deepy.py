@@ -18,6 +18,7 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from neox.config import ConfigError, derived, load_config  # noqa: E402
+from neox.local_launch import RANK_CONFIG_FLAG  # noqa: E402
 from neox.ports import free_port  # noqa: E402
 
 
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.parallel.num_gpus)))
     log_path = os.path.join(cfg.logging.log_dir, "launcher.log")
     print(startup_line(cfg, info, torch.cuda.is_available(), log_path), file=sys.stderr, flush=True)
-    cmd = [sys.executable, "-u", args.script, "--neox-config-b64", encode_config(cfg.to_flat())]
+    cmd = [sys.executable, "-u", args.script, RANK_CONFIG_FLAG, encode_config(cfg.to_flat())]
     return run_quietly(cmd, cfg.parallel.num_gpus, cfg.parallel.master_port or free_port(), env, log_path)
 
 

@@ -28,13 +28,14 @@ from neox.quiet import quiet_library_messages  # noqa: E402
 quiet_library_messages()
 
 from neox.config import ConfigError, config_from_flat, fit_to_cluster, load_config  # noqa: E402
+from neox.local_launch import RANK_CONFIG_FLAG  # noqa: E402
 
 
 def config_from_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("configs", nargs="*")
     p.add_argument("-o", "--override", action="append", default=[])
-    p.add_argument("--neox-config-b64", help="resolved config, written by deepy.py")
+    p.add_argument(RANK_CONFIG_FLAG, dest="neox_config_b64", help="resolved config, written by deepy.py")
     p.add_argument("--local_rank", type=int, default=None)  # passed by the DeepSpeed launcher
     args = p.parse_args(argv)
     if args.neox_config_b64:

@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 
+# how deepy.py hands each rank its resolved config (also how a rank is told from deepy itself)
+RANK_CONFIG_FLAG = "--neox-config-b64"
 # after a rank failed (not a stop), the others get SIGTERM and this long before SIGKILL
 GRACE_SECONDS = 30
 HUNG_GRACE_SECONDS = 5  # after a watchdog exit (the others are stuck too)

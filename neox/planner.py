@@ -2,17 +2,30 @@
 
 Memory per GPU (bytes), for P parameters of which P_gpu live on one GPU (TP shard plus the
 replicated norms), data-parallel size D, ZeRO stage 1:
-  weights bf16 2 P_gpu + gradients bf16 2 P_gpu + (fp32 master 4 + Adam m and v 8) P_gpu / D
-  (ZeRO stage 0: the 12 bytes are not divided by D; fp32 training: 4 + 4 + 12 / D)
+  bf16:  weights 2 P_gpu + gradients 4 P_gpu + (fp32 master 4 + Adam m and v 8) P_gpu / D
+         (DeepSpeed's BF16_Optimizer accumulates gradients in one fp32 buffer of the full model
+         shard on every rank; the bf16 gradients of the backward are freed before the next one)
+  fp32:  weights 4 P_gpu + gradients 4 P_gpu + (master 4 + Adam 8) P_gpu / D
+  (ZeRO stage 0: the optimizer bytes are not divided by D)
 Activations at micro batch b, sequence s, hidden h, TP t, vocab V, with C of the L layers
 checkpointed (all, some or none: checkpoint_activations / checkpoint_layers):
-  stored inputs of checkpointed layers   C * s b h * 2
-  other layers keep their working set    (L - C) * s b h * (10 + 24 / t)   (SDPA/flash: no s^2 term)
-  one layer recomputed (if C > 0)        s b h * (10 + 24 / t)
-  logits gradient (fused_head_loss)      s b V / t * 2                     (bf16; fp32 chunks are small)
-  logits and their gradient (unfused)    2 * s b V / t * 4                 (fp32 for the cross entropy)
-plus a fixed overhead for the CUDA context, communication buffers and fragmentation.
-These are estimates to catch plans that cannot fit; they are not a guarantee.
+  stored inputs of checkpointed layers   C * s b h * e                      (e: 2 bf16, 4 fp32)
+  other layers keep what autograd saves  (L - C) * s b * layer_bytes_per_token
+  one layer recomputed (if C > 0)        s b * layer_bytes_per_token
+  logits gradient (fused_head_loss)      s b V / t * e                      (fp32 chunks are small)
+  logits and their gradient (unfused)    2 * s b V / t * 4                  (fp32 for the cross entropy)
+layer_bytes_per_token is what one layer of neox.model saves for backward, per token, with q, k
+the query and key/value widths and f the MLP width on this rank (each / t), h unsplit:
+  eager           16 h + e (2 h + 3 q + 3 k + 4 f)   norms: fp32 input and normalised value (8 h
+                                                     each) + their output; the fused qkv output,
+                                                     rotated q and k, attention output; gate/up
+                                                     output, silu(gate), silu(gate) * up
+  compile_blocks  e (4 h + 3 q + 3 k + 3 f)          inductor keeps the norms' inputs and outputs
+                                                     and recomputes the fp32 and silu values
+  both            + 4 (heads / t) + 8                the attention's logsumexp and two rsqrt
+Counted by tests/test_planner_memory.py with autograd's saved-tensor hooks and measured on an
+H200 (README, GPU check). A fixed overhead covers the CUDA context, communication buffers and
+fragmentation. These are estimates to catch plans that cannot fit; they are not a guarantee.
 """
 
 from __future__ import annotations
@@ -38,6 +51,18 @@ def parameters_per_gpu(cfg) -> int:
     return total
 
 
+def layer_bytes_per_token(cfg) -> int:
+    """Bytes one decoder layer keeps for backward per token on one rank (formula above)."""
+    m, tp = cfg.model, cfg.parallel.model_parallel_size
+    e = 2 if cfg.optim.precision == "bf16" else 4
+    h, head_dim = m.hidden_size, m.hidden_size // m.num_attention_heads
+    q, k, f = m.num_attention_heads * head_dim // tp, m.num_kv_heads * head_dim // tp, m.intermediate_size // tp
+    small = 4 * m.num_attention_heads // tp + 8
+    if m.compile_blocks is True:  # "auto" stays eager until neox.speed resolves it at start-up
+        return e * (4 * h + 3 * q + 3 * k + 3 * f) + small
+    return 16 * h + e * (2 * h + 3 * q + 3 * k + 4 * f) + small
+
+
 def memory_per_gpu(cfg) -> dict:
     """Estimated bytes per GPU by category, and the total in GiB."""
     m, tp = cfg.model, cfg.parallel.model_parallel_size
@@ -46,11 +71,11 @@ def memory_per_gpu(cfg) -> dict:
     zero = cfg.optim.zero_optimization.get("stage", 0) >= 1
     bf16 = cfg.optim.precision == "bf16"
     weights = (2 if bf16 else 4) * p
-    grads = (2 if bf16 else 4) * p
+    grads = 4 * p  # fp32: bf16 runs accumulate in DeepSpeed's fp32 buffer
     optimizer = (12 if bf16 else 8) * p / (dp if zero else 1)  # (fp32 master +) Adam m, v
     s, b, h, L = m.seq_length, cfg.batch.train_micro_batch_size_per_gpu, m.hidden_size, m.num_layers
     act_bytes = 2 if bf16 else 4
-    layer_working = s * b * h * (10 + 24 / tp) * act_bytes / 2
+    layer_working = s * b * layer_bytes_per_token(cfg)
     c = len(m.checkpointed_layers())
     activations = c * s * b * h * act_bytes + (L - c) * layer_working + (layer_working if c else 0)
     logits = (s * b * cfg.padded_vocab_size / tp * act_bytes if m.fused_head_loss
