@@ -20,6 +20,9 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from neox import stop_request  # noqa: E402
+
+stop_request.listen()  # a SIGTERM / SIGUSR1 during the imports below is a stop request too
 from neox.speed import use_compile_cache  # noqa: E402
 
 use_compile_cache()  # before megatron-core is imported: it sets torch's default cache directory
@@ -85,6 +88,25 @@ def main(argv=None):
     except (CheckpointError, GuardStop, DataError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except RuntimeError as e:
+        if not peer_lost(e):
+            raise
+        # another rank died (killed, crashed): the launcher names it; here one line, not gloo's stack
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: rank {os.environ.get('RANK', '0')}: a collective failed because another rank is gone "
+              f"({first[:200]})", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def peer_lost(e: RuntimeError) -> bool:
+    """A collective's error because a peer process went away (gloo's closed or reset connection,
+    NCCL's remote error, a distributed store that lost its server)."""
+    import torch.distributed as dist
+
+    text = str(e)
+    return isinstance(e, getattr(dist, "DistNetworkError", ())) or any(s in text for s in (
+        "Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
+        "NCCL communicator was aborted", "ncclRemoteError"))
 
 
 if __name__ == "__main__":

@@ -797,12 +797,14 @@ def fit_to_cluster(cfg: NeoXConfig, num_nodes: int, gpus_per_node: int, dry_run:
 
 def load_config(paths: list[str], overrides: list[str] = (), dry_run: bool = False,
                 unset_defaults: Optional[dict] = None) -> NeoXConfig:
-    """Load, merge, override, translate GPT-NeoX keys and validate. ``unset_defaults`` fills keys
-    that neither the files nor the overrides set (train.py: the cluster it was started on)."""
+    """Load, merge, override, translate GPT-NeoX keys and validate. ``unset_defaults`` fills its
+    keys when the files and overrides set none of them (train.py: the cluster it was started on; a
+    config that names part of its cluster, num_gpus only, keeps the rest of its own defaults, and
+    train.py fits it to the real cluster after validation)."""
     flat, _ = load_yaml_files(list(paths))
     flat = apply_overrides(flat, list(overrides))
-    for key, value in (unset_defaults or {}).items():
-        flat.setdefault(key, value)
+    if unset_defaults and not any(key in flat for key in unset_defaults):
+        flat.update(unset_defaults)
     cfg, gpt_neox = from_gpt_neox_flat(flat)
     cfg.gpt_neox = gpt_neox
     return validate(cfg, dry_run=dry_run)

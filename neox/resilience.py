@@ -23,6 +23,7 @@ import sys
 import numpy as np
 import torch
 
+from neox import stop_request
 from neox.checkpoints import CheckpointError
 
 COMPLETE = "complete"
@@ -302,17 +303,21 @@ def restore_rng(state: dict):
 
 
 class StopSignal:
-    """SIGTERM / SIGUSR1 (Slurm's pre-timeout or preemption signal) request a clean stop. The flag
-    travels in the step's one all-reduce (neox.step), so every rank stops at the same step."""
+    """SIGTERM / SIGUSR1 (Slurm's pre-timeout or preemption signal) request a clean stop
+    (neox.stop_request, listening since train.py started). The flag travels in the step's one
+    all-reduce (neox.step), so every rank stops at the same step."""
 
     def __init__(self, log_dir: str | None = None):
-        self.requested = False
         self.log_dir = log_dir
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
+        stop_request.listen(on_request=self._on_request)
+        if stop_request.requested():  # arrived during start-up
+            self._on_request()
 
-    def _handle(self, signum, frame):
-        self.requested = True
+    @property
+    def requested(self) -> bool:
+        return stop_request.requested()
+
+    def _on_request(self):
         if launcher_gone():  # the kernel's SIGTERM of follow_launcher: nobody reads our output now
             path = os.path.join(self.log_dir or ".", f"orphaned-rank{os.environ.get('RANK', 0)}.log")
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -321,6 +326,11 @@ class StopSignal:
             os.close(fd)
             print(f"launcher (deepy.py pid {os.environ['NEOX_LAUNCHER_PID']}) is gone: stopping after this step "
                   "with a checkpoint", flush=True)
+
+
+def stopping():
+    """The stop is decided on every rank: further signals are ignored (neox.stop_request)."""
+    stop_request.ignore_from_now()
 
 
 def launcher_gone() -> bool:

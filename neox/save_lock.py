@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 
@@ -49,10 +50,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def slurm_job_running(job: str) -> bool | None:
+    """Whether Slurm still runs the job (squeue), None where there is no squeue to ask."""
+    try:
+        r = subprocess.run(["squeue", "-h", "-j", str(job), "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.returncode == 0 and r.stdout.strip() in ("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED")
+
+
 def stale_reason(holder: dict, age_seconds: float, stale_minutes: float) -> str | None:
     """Why the lock's holder is gone, or None if it may still be running."""
+    job = holder.get("slurm_job_id")
+    if job and job == os.environ.get("SLURM_JOB_ID"):
+        # Slurm starts a requeued job only after its earlier run has ended, on whichever nodes
+        return "an earlier run of this Slurm job (requeued), whose rank 0 did not release it"
     if holder.get("host") == socket.gethostname():
         return None if _pid_alive(int(holder.get("pid", -1))) else f"pid {holder.get('pid')} is not running"
+    if job and slurm_job_running(job) is False:
+        return f"Slurm job {job} is no longer running"
     if age_seconds > stale_minutes * 60:
         return f"not refreshed for {age_seconds / 60:.0f} minutes (save_lock_stale_minutes {stale_minutes:g})"
     return None

@@ -23,7 +23,7 @@ from neox.guard import LossGuard, samples_of_batch
 from neox.lr_schedule import lr_for_config
 from neox.metrics import MetricsLogger, format_line
 from neox.model import LlamaModel
-from neox.resilience import EXIT_REQUEUE, StopSignal
+from neox.resilience import EXIT_REQUEUE, StopSignal, stopping
 from neox.run_state import (check_resumable, find_resume_dir, guarded_start, lock_save_dir, resume, rollback,
                             save_checkpoint)
 from neox.step import Faults, StepResult, train_step
@@ -246,6 +246,7 @@ class Trainer:
 
     def stop_for_requeue(self, update: int):
         """Checkpoint this update (unless it has one), then exit with the status that requeues."""
+        stopping()
         if self.cfg.checkpoint.save and self.saved_step != update:
             self.save(update)
         print_rank0(f"stop requested by signal: stopped after step {update}; exit status {EXIT_REQUEUE} "

@@ -62,3 +62,63 @@ def sp(tok):
     import sentencepiece as spm
 
     return spm.SentencePieceProcessor(model_file=tok)
+
+
+# ---------------------------------------------------------------- the real Slurm of .ci/slurm.sh
+
+SLURM_FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+               "BOOT_FAIL", "DEADLINE"}
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """The local cluster started by `bash .ci/slurm.sh up` (.ci/run does it): nodes n1, n2."""
+    import subprocess
+
+    r = subprocess.run(["sinfo", "-h", "-o", "%D %t"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip(), (
+        "no Slurm cluster answers sinfo: start it with `bash .ci/slurm.sh up` (as root; .ci/run does)\n" + r.stderr)
+    return True
+
+
+def sbatch(*args, cwd=REPO, env=None) -> str:
+    """Submit as a user would (from the repository); the job id."""
+    import subprocess
+
+    r = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, cwd=cwd,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip().split(";")[0]
+
+
+def job_info(job: str) -> dict:
+    """scontrol's fields of a job (JobState, Restarts, ExitCode, ...); {} once Slurm forgot it."""
+    import subprocess
+
+    r = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True)
+    return dict(kv.split("=", 1) for kv in r.stdout.split() if "=" in kv) if r.returncode == 0 else {}
+
+
+def sacct_states(job: str) -> list:
+    """Every run of the job, requeued ones included, oldest first (sacct -D)."""
+    import subprocess
+
+    r = subprocess.run(["sacct", "-j", job, "-D", "-X", "-n", "-P", "--format=State"], capture_output=True,
+                       text=True)
+    return [s.split()[0] for s in r.stdout.split("\n") if s.strip()]
+
+
+def wait_for_sacct(job: str, count: int, timeout_s: float = 900) -> list:
+    """The final states of the job's `count` array tasks (or of the job, count 1) once all ended."""
+    import subprocess
+    import time
+
+    deadline = time.time() + timeout_s
+    while True:
+        r = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "--format=JobID,State"], capture_output=True,
+                           text=True)
+        rows = [line.split("|") for line in r.stdout.splitlines() if line.strip()]
+        states = [s.split()[0] for _, s in rows]
+        if len(rows) >= count and all(s in SLURM_FINAL for s in states) or time.time() > deadline:
+            return states
+        time.sleep(1)

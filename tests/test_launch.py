@@ -18,29 +18,36 @@ def test_every_script_parses():
         assert r.returncode == 0, f"{path}: {r.stderr}"
 
 
-def test_slurm_launcher_with_faked_slurm(tmp_path):
-    """2 nodes x 2 tasks: each srun task gets its rank, world size and the first node as master."""
+def launch_dry_run(tmp_path, node_addr: str, procid: int = 0, **env_extra):
+    """slurm/launch.sh in its dry-run mode, under a scontrol that knows 2 nodes gpu07, gpu08 and
+    gives gpu07's NodeAddr (the real two-node run is tests/test_slurm.py)."""
     fake = tmp_path / "bin"
-    fake.mkdir()
+    fake.mkdir(exist_ok=True)
     scontrol = fake / "scontrol"
-    scontrol.write_text('#!/usr/bin/env bash\n[[ "$1 $2 $3" == "show hostnames gpu[07-08]" ]] || exit 9\n'
-                        'printf "gpu07\\ngpu08\\n"\n')
+    scontrol.write_text('#!/usr/bin/env bash\n'
+                        'if [[ "$1 $2 $3" == "show hostnames gpu[07-08]" ]]; then printf "gpu07\\ngpu08\\n"; exit; fi\n'
+                        f'if [[ "$1 $2 $3" == "show node gpu07" ]]; then echo "NodeName=gpu07 NodeAddr={node_addr} x=y"; exit; fi\n'
+                        'exit 9\n')
     scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
-    seen = []
-    for procid in range(4):
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))},
-               "PATH": f"{fake}:{os.environ['PATH']}", "SLURM_PROCID": str(procid), "SLURM_NTASKS": "4",
-               "SLURM_LOCALID": str(procid % 2), "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]",
-               "SLURM_JOB_ID": "4242", "NEOX_LAUNCH_DRY_RUN": "1", "PYTHON": "/opt/venv/bin/python"}
-        r = subprocess.run(["bash", os.path.join(REPO, "slurm", "launch.sh"), "llemma_configs/7b.yml",
-                            "llemma_configs/data_mixture.yml", "-o", "save=/ckpt"],
-                           env=env, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        env_line, cmd = r.stdout.strip().splitlines()
-        seen.append(env_line)
-        assert cmd == "/opt/venv/bin/python train.py llemma_configs/7b.yml llemma_configs/data_mixture.yml -o save=/ckpt"
-    assert seen == [f"RANK={i} WORLD_SIZE=4 LOCAL_RANK={i % 2} NODES=2 MASTER_ADDR=gpu07 MASTER_PORT=24242"
-                    for i in range(4)]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))},
+           "PATH": f"{fake}:{os.environ['PATH']}", "SLURM_PROCID": str(procid), "SLURM_NTASKS": "4",
+           "SLURM_LOCALID": str(procid % 2), "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]",
+           "SLURM_JOB_ID": "4242", "NEOX_LAUNCH_DRY_RUN": "1", "PYTHON": "/opt/venv/bin/python", **env_extra}
+    return subprocess.run(["bash", os.path.join(REPO, "slurm", "launch.sh"), "llemma_configs/7b.yml", "-o", "save=/c"],
+                          env=env, capture_output=True, text=True)
+
+
+def test_slurm_launcher_master_is_the_first_nodes_address_or_a_clear_error(tmp_path):
+    r = launch_dry_run(tmp_path, "127.0.0.1", procid=3)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["RANK=3 WORLD_SIZE=4 LOCAL_RANK=1 NODES=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=24242",
+                                     "/opt/venv/bin/python train.py llemma_configs/7b.yml -o save=/c"]
+    # gpu07 resolves nowhere (before: MASTER_ADDR=gpu07, and c10d retried until its timeout)
+    r = launch_dry_run(tmp_path, "gpu07.invalid")
+    assert r.returncode == 2 and "error: the first node 'gpu07' of the allocation has no address" in r.stderr
+    assert "set MASTER_ADDR" in r.stderr
+    r = launch_dry_run(tmp_path, "gpu07.invalid", MASTER_ADDR="10.1.2.3")
+    assert r.returncode == 0 and "MASTER_ADDR=10.1.2.3 " in r.stdout
 
 
 def test_train_py_under_torchrun_fits_the_batch_to_the_world(tmp_path, toy_data):

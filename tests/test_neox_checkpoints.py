@@ -5,6 +5,7 @@ GPT-NeoX's own layouts (its transformer.py attention/MLP and its checkpoint conv
 the tools' helpers, so a layout mistake in the tools cannot cancel out."""
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -349,3 +350,62 @@ def test_export_layout_choice_for_gptneox_training(tmp_path):
         for i, m in want.items():
             for k, v in m.items():
                 assert torch.equal(got[f"sequential.{i}.{k}"], v), (r, i, k)
+
+
+TOKENIZER_TEXT = "Let $x^2 + y^2 = 1$; then (x + y)^2 <= 2."
+
+
+def tiny_bpe_json(path):
+    """A byte-level BPE tokenizer.json (the kind Llama 3 and Qwen2.5 ship), trained on a few lines."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([TOKENIZER_TEXT, "x^2 + y^2", "then 1 <= 2"] * 5,
+                            trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(path)
+    return tok
+
+
+@pytest.mark.parametrize("source", ["converter_copy", "vocab_file", "tokenizer_json"])
+def test_export_copies_its_tokenizer_and_both_configs_name_it(tmp_path, toy_data, source):
+    """The converter's copy in <ckpt>/tokenizer/, a trained run's checkpoint (no tokenizer/ folder,
+    the run's vocab_file) and a tokenizer/ with only tokenizer.json: the configs' vocab_file loads
+    the same tokenizer (before the fix: never copied, a TypeError, an IsADirectoryError)."""
+    import sentencepiece as spm
+    from tokenizers import Tokenizer
+
+    from neox.checkpoints import model_file
+
+    hf_dir, ours, neox = (str(tmp_path / x) for x in ("hf", "ours", "neox"))
+    make_hf(2, seed=9).save_pretrained(hf_dir)
+    assert convert_codellama.main(["--hf-dir", hf_dir, "--out", ours, "--tp", "1", "--dtype", "fp32",
+                                   "--reference-tokens", "0"]) == 0
+    sp_model = os.path.join(toy_data, "tokenizer.model")
+    tok_dir = os.path.join(ours, "tokenizer")
+    if source == "converter_copy":
+        os.makedirs(tok_dir, exist_ok=True)
+        shutil.copyfile(sp_model, os.path.join(tok_dir, "tokenizer.model"))
+    elif source == "vocab_file":
+        shutil.rmtree(tok_dir, ignore_errors=True)
+        path = model_file(ours, "global_step0", 0)
+        state = torch.load(path, weights_only=False)
+        state["neox_conversion"]["neox_model_keys"]["vocab_file"] = sp_model
+        torch.save(state, path)
+    else:
+        shutil.rmtree(tok_dir, ignore_errors=True)
+        os.makedirs(tok_dir)
+        bpe = tiny_bpe_json(os.path.join(tok_dir, "tokenizer.json"))
+    assert export_neox.main(["--ckpt", ours, "--out", neox, "--reference-tokens", "0"]) == 0
+    for config in ("convert_neox_to_hf.yml", os.path.join("global_step0", "configs", "model.yml")):
+        with open(os.path.join(neox, config)) as f:
+            cfg = yaml.safe_load(f)
+        assert cfg["vocab_file"].startswith(os.path.join(neox, "tokenizer")), cfg
+        if source == "tokenizer_json":
+            assert cfg["tokenizer_type"] == "HFTokenizer"
+            assert Tokenizer.from_file(cfg["vocab_file"]).encode(TOKENIZER_TEXT).ids == bpe.encode(TOKENIZER_TEXT).ids
+        else:
+            assert cfg["tokenizer_type"] == "SPMTokenizer"
+            got = spm.SentencePieceProcessor(model_file=cfg["vocab_file"]).encode(TOKENIZER_TEXT)
+            assert got == spm.SentencePieceProcessor(model_file=sp_model).encode(TOKENIZER_TEXT) and got

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-from conftest import REPO
+from conftest import sbatch, wait_for_sacct, REPO
 from neox import overlap
 from neox.overlap import OverlapError
 
@@ -248,32 +248,23 @@ def test_cli_bad_key_is_one_error_line_exit_1(test_file, tok, tmp_path):
 
 # ---------------------------------------------------------------- Slurm array + merge, accuracy by overlap
 
-def test_slurm_array_task_and_dependent_merge_then_join(planted_tokens, test_file, tok, tmp_path):
-    """Array task 0 of 2 runs the CLI on its shard and submits the merge job after the whole array."""
+def test_slurm_array_and_dependent_merge_then_join(slurm, planted_tokens, test_file, tok, tmp_path):
+    """The real Slurm: a 2-task array (its CPU and memory requests overridden on sbatch's command
+    line, as on a small partition) scans one shard each; task 0 submits the merge, which runs
+    after the whole array and finds every planted hit."""
     prefix, _, _, truth = planted_tokens
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "sbatch").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/sbatch_args\necho 4242\n')
-    (fake / "sbatch").chmod(0o755)
     out = str(tmp_path / "out")
-    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", REPO=REPO, PYTHON=sys.executable,
-               TEST_FILE=test_file, DATA=prefix, TOKENIZER=tok, OUT=out, CHECK_ARGS="--n 30 --workers 1",
-               SLURM_ARRAY_JOB_ID="777", SLURM_ARRAY_TASK_ID="0", SLURM_ARRAY_TASK_COUNT="2",
-               SLURM_ARRAY_TASK_MIN="0", SLURM_CPUS_PER_TASK="1")
-    r = subprocess.run(["bash", os.path.join(REPO, "slurm", "check_overlap.sbatch")], env=env,
-                       capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "shard 0/2" in r.stdout
-    args = open(tmp_path / "sbatch_args").read().splitlines()
-    assert "--dependency=afterok:777" in args
-    wrap = args[args.index("--wrap") + 1] if "--wrap" in args else next(a for a in args if a.startswith("--wrap="))
-    assert "check_overlap.py merge" in wrap and out in wrap
-    overlap.run(test_file, ["problem", "solution"], [prefix], tok, out, n=N, shard=(1, 2), progress=False,
-                log=lambda m: None)
-    import check_overlap
-
-    check_overlap.main(["merge", out])  # what the merge job runs
+    env = dict(PYTHON=sys.executable, TEST_FILE=test_file, DATA=prefix, TOKENIZER=tok, OUT=out,
+               CHECK_ARGS="--n 30")
+    job = sbatch("--array=0-1", "--cpus-per-task=1", "--mem=1G", "--time=10", "slurm/check_overlap.sbatch", env=env)
+    assert wait_for_sacct(job, 2) == ["COMPLETED", "COMPLETED"]
+    merge = subprocess.run(["sacct", "-n", "-X", "-P", "--name=check-overlap-merge", "--format=JobID"],
+                           capture_output=True, text=True).stdout.split()
+    merge = max((m for m in merge if int(m) > int(job)), key=int)
+    assert wait_for_sacct(merge, 1) == ["COMPLETED"]
+    assert "shard 0/2" in open(os.path.join(REPO, "logs", f"check-overlap-{job}_0.out")).read()
     assert as_set(rows_of(out)) == truth
+    import check_overlap
 
     # join: samples as tools/evaluate.py writes them (doc_id = line, problem text, maj_correct)
     lines = read_lines(test_file)

@@ -4,14 +4,14 @@ import csv
 import json
 import math
 import os
-import stat
+import re
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, wait_for_sacct
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import plot_run  # noqa: E402
@@ -172,42 +172,25 @@ def test_a_changed_sweep_file_is_refused_before_anything_is_written(local_sweep,
     assert (out / "runs" / "equal" / "config.yml").read_text() == before
 
 
-def test_slurm_executor_submits_one_array_task_per_run(tmp_path, toy_data):
-    """Faked sbatch runs each array task's script; the faked srun runs launch.sh in its dry-run mode."""
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "sbatch").write_text(
-        "#!/usr/bin/env bash\n"
-        'printf "%s\\n" "$@" > "$FAKE_LOG/sbatch_args"\n'
-        'script="${@: -1}"; last=0\n'
-        'for a in "$@"; do\n'
-        '  if [[ $a == --array=* ]]; then last="${a#--array=0-}"; last="${last%%%*}"; fi\n'
-        '  if [[ $a == --export=* ]]; then IFS=, read -ra kvs <<< "${a#--export=}"\n'
-        '    for kv in "${kvs[@]}"; do [[ $kv == ALL ]] || export "$kv"; done; fi\n'
-        'done\n'
-        'for i in $(seq 0 "$last"); do SLURM_ARRAY_TASK_ID=$i SLURM_JOB_ID=77 bash "$script" '
-        '> "$FAKE_LOG/task_$i.out" 2>&1 || exit 1; done\n'
-        'echo "Submitted batch job 77"\n')
-    (fake / "srun").write_text(
-        "#!/usr/bin/env bash\n"
-        'while [[ $1 == --* ]]; do shift; done\n'
-        'SLURM_PROCID=0 SLURM_NTASKS=1 SLURM_LOCALID=0 SLURM_JOB_NODELIST=node1 MASTER_ADDR=node1 '
-        'NEOX_LAUNCH_DRY_RUN=1 exec "$@"\n')
-    for f in fake.iterdir():
-        f.chmod(f.stat().st_mode | stat.S_IEXEC)
-    spec = write_sweep(tmp_path / "sweep.yml", tmp_path / "cache", slurm={"max_parallel": 2})
+def test_slurm_executor_runs_one_array_task_per_run_on_slurm(slurm, tmp_path, toy_data):
+    """The real Slurm: one array task per mixture, no --gpus-per-node unless the sweep file asks,
+    each task trains its run through slurm/sweep_array.sbatch; compare reads the results."""
+    spec = write_sweep(tmp_path / "sweep.yml", tmp_path / "cache",
+                       slurm={"max_parallel": 3, "sbatch_args": ["--cpus-per-task=1", "--time=20"]})
     out = tmp_path / "out"
-    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "FAKE_LOG": str(tmp_path)}
-    r = sweep_cli("mixture", spec, "--out", str(out), "--executor", "slurm", env=env)
+    r = sweep_cli("mixture", spec, "--out", str(out), "--executor", "slurm",
+                  env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "Submitted batch job 77" in r.stdout
-    args = (tmp_path / "sbatch_args").read_text().splitlines()
-    assert args[0] == "--array=0-2%2" and "--nodes=1" in args and "--ntasks-per-node=1" in args
-    assert args[-1] == os.path.join(REPO, "slurm", "sweep_array.sbatch")
-    for i, name in enumerate(MIXTURES):
-        task = (tmp_path / f"task_{i}.out").read_text()
-        assert f"{sys.executable} train.py {out / 'runs' / name / 'config.yml'}" in task, task
-    assert not (out / "runs" / "equal" / "logs").exists()  # submitted, nothing trained here
+    job = re.search(r"Submitted batch job (\d+)", r.stdout).group(1)
+    submitted = next(line for line in r.stderr.splitlines() if line.startswith("submitting: "))
+    assert "--array=0-2%3" in submitted and "--gpus-per-node" not in submitted
+    states = wait_for_sacct(job, len(MIXTURES))
+    logs = {p.name: p.read_text() for p in (out / "slurm").iterdir()}
+    assert states == ["COMPLETED"] * len(MIXTURES), (states, logs)
+    for name in MIXTURES:
+        assert [row["step"] for row in metrics_rows(out, name) if "loss" in row] == [1, 2, 3]
+    compare = sweep_cli("compare", str(out))
+    assert compare.returncode == 0, compare.stderr[-3000:]
 
 
 def test_dry_run_plans_the_whole_sweep_and_writes_nothing(tmp_path, capsys, toy_data):

@@ -44,7 +44,8 @@ from neox.hf_compat import ShardedWeights  # noqa: E402
 
 
 
-def gptneox_config(info: dict, tp: int, divisible_by: int, vocab_file, dtype: str) -> dict:
+def gptneox_config(info: dict, tp: int, divisible_by: int, vocab_file, dtype: str,
+                   tokenizer_type: str = "SPMTokenizer") -> dict:
     """GPT-NeoX main config keys for the model (main's meaning of intermediate_size: 3x the width)."""
     config = {
         "pipe_parallel_size": 0, "model_parallel_size": tp, "make_vocab_size_divisible_by": divisible_by,
@@ -59,7 +60,7 @@ def gptneox_config(info: dict, tp: int, divisible_by: int, vocab_file, dtype: st
         "norm": "rmsnorm", "rms_norm_epsilon": info["rms_norm_epsilon"], "use_bias_in_norms": False,
         "use_bias_in_attn_linear": False, "use_bias_in_mlp": False,
         "precision": "bfloat16" if dtype == "bf16" else "float32",
-        "tokenizer_type": "SPMTokenizer",
+        "tokenizer_type": tokenizer_type,
     }
     if vocab_file:
         config["vocab_file"] = vocab_file
@@ -131,6 +132,7 @@ def export(ckpt: str, out: str, step=None, tp_out=None, layout="per-rank", dtype
     tag_out = f"global_step{step_n}"
     os.makedirs(os.path.join(tmp, tag_out, "configs"))
     try:
+        tokenizer_type, vocab_file = copy_tokenizer(ckpt, info, tmp, out)
         bar = tqdm(total=tp_out * len(names), unit="tensor", desc="export")
         for rank in range(tp_out):
             state = rank_module(view, L, rank, tp_out, vocab, padded, DTYPES[dtype], dims)
@@ -140,13 +142,12 @@ def export(ckpt: str, out: str, step=None, tp_out=None, layout="per-rank", dtype
                         "args": {"num_layers": L, "hidden_size": info["hidden_size"], "num_attention_heads": heads,
                                  "max_position_embeddings": info.get("max_position_embeddings"),
                                  "make_vocab_size_divisible_by": divisible_by, "padded_vocab_size": padded,
-                                 "tokenizer_type": "SPMTokenizer", "model_parallel_size": tp_out},
+                                 "tokenizer_type": tokenizer_type, "model_parallel_size": tp_out},
                         fmt.EXPORT_KEY: record},
                        os.path.join(tmp, tag_out, f"mp_rank_{rank:02d}_model_states.pt"))
             del state
         bar.close()
-        vocab_file = copy_tokenizer(ckpt, info, tmp, out)
-        config = gptneox_config(info, tp_out, divisible_by, vocab_file, dtype)
+        config = gptneox_config(info, tp_out, divisible_by, vocab_file, dtype, tokenizer_type)
         write_yaml(os.path.join(tmp, tag_out, "configs", "model.yml"), config,
                    "Model of this checkpoint in GPT-NeoX main's keys (written by llemma-neox tools/export_neox.py).\n"
                    "intermediate_size is main's: its gated MLP is int(intermediate_size * 2/3) / 2 wide.")
@@ -178,20 +179,25 @@ def rank_module(view, L, rank, tp, vocab, padded, dtype, dims) -> dict:
     return state
 
 
-def copy_tokenizer(ckpt, info, tmp, out):
-    """The SentencePiece model into <out>/tokenizer/ (the path both configs name), if there is one."""
+def copy_tokenizer(ckpt, info, tmp, out) -> tuple[str, str | None]:
+    """The checkpoint's tokenizer into <out>/tokenizer/; (tokenizer_type, vocab_file) for both
+    configs. A SentencePiece model (the converter's copy in <ckpt>/tokenizer/, else the run's
+    vocab_file) is GPT-NeoX's SPMTokenizer; a Hugging Face tokenizer.json alone its HFTokenizer."""
     from export_hf import find_tokenizer
 
-    tok_dir, files = find_tokenizer(ckpt, info)
-    src = os.path.join(tok_dir, "tokenizer.model") if tok_dir and "tokenizer.model" in files else \
-        (files[0] if files and tok_dir is None else None)
-    if src is None:
-        print("warning: no SentencePiece tokenizer found (<ckpt>/tokenizer/, vocab_file); set vocab_file in "
-              "the written configs before using them with GPT-NeoX", file=sys.stderr)
-        return None
+    model, hf_dir = find_tokenizer(ckpt, info)
+    hf_json = os.path.join(hf_dir, "tokenizer.json") if hf_dir else None
+    if model:
+        src, name, kind = model, "tokenizer.model", "SPMTokenizer"
+    elif hf_json and os.path.isfile(hf_json):
+        src, name, kind = hf_json, "tokenizer.json", "HFTokenizer"
+    else:
+        print("warning: no tokenizer found (<ckpt>/tokenizer/, vocab_file); set vocab_file in the written "
+              "configs before using them with GPT-NeoX", file=sys.stderr)
+        return "SPMTokenizer", None
     os.makedirs(os.path.join(tmp, "tokenizer"), exist_ok=True)
-    shutil.copy2(src, os.path.join(tmp, "tokenizer", "tokenizer.model"))
-    return os.path.join(out, "tokenizer", "tokenizer.model")
+    shutil.copy2(src, os.path.join(tmp, "tokenizer", name))
+    return kind, os.path.join(os.path.abspath(out), "tokenizer", name)
 
 
 def main(argv=None):

@@ -44,7 +44,8 @@ SWEEP_KEYS = {
     "mixtures": "list: [{name, weights}], grid: {steps: N}, dirichlet: {n, seed, alpha}; any of them",
     "selection": "sets: validation prefixes the runs are judged on (default: the base valid_data_paths); "
                  "metric: mean (of their losses) or one set's name",
-    "slurm": "max_parallel (array throttle), sbatch_args (list of extra sbatch options)",
+    "slurm": "max_parallel (array throttle), gpus_per_node (--gpus-per-node; none unless set), "
+             "sbatch_args (list of extra sbatch options)",
 }
 MIXTURE_KINDS = ("list", "grid", "dirichlet")
 
@@ -338,8 +339,10 @@ def submit_slurm(plan: dict, todo: list[dict], sweep: dict) -> int:
     opts = sweep.get("slurm") or {}
     array = f"0-{len(todo) - 1}" + (f"%{opts['max_parallel']}" if opts.get("max_parallel") else "")
     first = todo[0]
+    # GPUs only when the sweep file asks (slurm: gpus_per_node): a CPU or GRES-less partition refuses them
+    gpus = [f"--gpus-per-node={opts['gpus_per_node']}"] if opts.get("gpus_per_node") else []
     cmd = ["sbatch", f"--array={array}", f"--nodes={first['num_nodes']}", f"--ntasks-per-node={first['num_gpus']}",
-           f"--gpus-per-node={first['num_gpus']}", f"--job-name=sweep-{os.path.basename(os.path.abspath(plan['out']))}",
+           *gpus, f"--job-name=sweep-{os.path.basename(os.path.abspath(plan['out']))}",
            f"--output={os.path.join(plan['out'], 'slurm', '%A_%a.out')}",
            f"--export=ALL,SWEEP_RUN_LIST={run_list},REPO={REPO},PYTHON={sys.executable}",
            *[str(a) for a in opts.get("sbatch_args") or []], os.path.join(REPO, "slurm", "sweep_array.sbatch")]

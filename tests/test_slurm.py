@@ -1,0 +1,228 @@
+"""The training scripts on a real Slurm (.ci/slurm.sh: slurmctld, slurmd n1 and n2, slurmdbd),
+submitted unedited as a user would. Every job is submitted at once and driven by one loop (signal,
+cancel, kill or requeue at a chosen moment); each test then reads its own job's outcome from
+sacct, scontrol, the job's log and the trainer's metrics."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, SLURM_FINAL, job_info, sacct_states, sbatch
+
+STEPS = 8
+# one node, two ranks (the smoke model at TP=2): what the defaults of llemma_7b.sbatch become on a
+# CPU partition, overridden on sbatch's command line
+NODE = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=20",
+        "--signal=B:USR1@10"]
+# (sbatch options, action) per job; action: (what, when) with when = the step the trainer has logged,
+# 0 = started (its config resolved) but no step yet
+JOBS = {
+    "reference": ([], None),
+    "preempt_time_limit": (["--time=2", "--signal=B:USR1@100"], ("extend_after_requeue", None)),
+    "preempt_at_start": ([], ("usr1", 0)),
+    "preempt_step1": ([], ("usr1", 1)),
+    "preempt_step2": ([], ("usr1", 2)),
+    "preempt_step3": ([], ("usr1", 3)),
+    "cancel": ([], ("scancel", 1)),
+    "kill_rank1": ([], ("kill9_rank1", 1)),
+    "kill_rank0": ([], ("kill9_rank0", 1)),
+    "config_error": ([], None),
+    "external_requeue": ([], ("requeue", 1)),
+    "two_nodes": (["--nodes=2", "--ntasks-per-node=1"], None),
+}
+PREEMPTED = ["preempt_time_limit", "preempt_at_start", "preempt_step1", "preempt_step2", "preempt_step3"]
+DEADLINE_S = 900
+
+
+def train_args(run_dir, name):
+    args = ["llemma_configs/smoke.yml", "-o", f"train_iters={STEPS}", "-o", f"lr_decay_iters={STEPS}",
+            "-o", "eval_iters=0", "-o", f"save={run_dir}/ckpt", "-o", f"log_dir={run_dir}/logs",
+            "-o", f"data_cache_dir={run_dir}/cache"]
+    if name == "config_error":
+        args += ["-o", "hidden_size=lots"]
+    if name == "two_nodes":
+        args += ["-o", "model_parallel_size=1"]
+    return args
+
+
+def logged_steps(run_dir) -> list:
+    path = os.path.join(run_dir, "logs", "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    return [r for r in rows if "loss" in r and "step" in r]
+
+
+def rank_pid(job: str, rank: int):
+    """The trainer process of one rank of a job (from /proc: SLURM_JOB_ID and RANK in its env)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            env = dict(kv.split(b"=", 1) for kv in open(f"/proc/{entry}/environ", "rb").read().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        if any(c.endswith(b"train.py") for c in cmd) and b"bash" not in cmd[0] and \
+                env.get(b"SLURM_JOB_ID") == job.encode() and env.get(b"RANK") == str(rank).encode():
+            return int(entry)
+    return None
+
+
+def act(what: str, job: str) -> str:
+    """Do it; '' or why it could not be done (the job's test reports it)."""
+    commands = {"usr1": ["scancel", "-b", "--signal=USR1", job],  # what a time limit's --signal=B:USR1 does
+                "scancel": ["scancel", job], "requeue": ["scontrol", "requeue", job]}
+    if what in commands:
+        r = subprocess.run(commands[what], capture_output=True, text=True)
+        return r.stderr.strip() if r.returncode else ""
+    pid = rank_pid(job, int(what[-1]))
+    if not pid:
+        return f"no trainer process of {what[-5:]}"
+    os.kill(pid, signal.SIGKILL)
+    return ""
+
+
+@pytest.fixture(scope="module")
+def jobs(slurm, toy_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("slurm")
+    out = {}
+    for name, (options, action) in JOBS.items():
+        run_dir = root / name
+        job = sbatch(*NODE, *options, f"--job-name=t-{name}", "slurm/llemma_7b.sbatch", *train_args(run_dir, name),
+                     env={"PYTHON": sys.executable})
+        out[name] = {"job": job, "dir": str(run_dir), "action": action, "done_action": False,
+                     "log": os.path.join(REPO, "logs", f"t-{name}-{job}.out")}
+    start = time.time()
+    while time.time() - start < DEADLINE_S:
+        pending = 0
+        for name, j in out.items():
+            info = job_info(j["job"])
+            state = info.get("JobState", "")
+            if state in SLURM_FINAL and not (j["action"] and not j["done_action"]):
+                continue
+            pending += 1
+            if not j["action"] or j["done_action"]:
+                continue
+            what, at = j["action"]
+            if what == "extend_after_requeue":  # the time limit preempted it once: give the rerun time
+                if state in SLURM_FINAL:
+                    j["done_action"] = True
+                elif int(info.get("Restarts", 0)) >= 1:
+                    subprocess.run(["scontrol", "update", f"JobId={j['job']}", "TimeLimit=20"], check=True)
+                    j["done_action"] = True
+                continue
+            if state != "RUNNING":
+                if state in SLURM_FINAL:
+                    j["done_action"] = True  # ended before its moment: the test says so
+                continue
+            started = os.path.exists(j["log"]) and "run: resolved config" in open(j["log"], errors="replace").read()
+            if (at == 0 and started) or (at and len(logged_steps(j["dir"])) >= at):
+                j["action_error"] = act(what, j["job"])
+                j["done_action"] = True
+                j["acted_at_steps"] = len(logged_steps(j["dir"]))
+        if not pending:
+            break
+        time.sleep(0.5)
+    for j in out.values():
+        j["info"] = job_info(j["job"])
+        j["sacct"] = sacct_states(j["job"])
+        j["text"] = open(j["log"], errors="replace").read() if os.path.exists(j["log"]) else ""
+        j["steps"] = logged_steps(j["dir"])
+    return out
+
+
+def outcome(j) -> str:
+    return (f"job {j['job']}: {j['info'].get('JobState')} sacct {j['sacct']} action {j['action']} "
+            f"{j.get('action_error', 'not done')!r} at step {j.get('acted_at_steps')}\n{j['text'][-3000:]}")
+
+
+def losses(j) -> dict:
+    return {r["step"]: r["loss"] for r in j["steps"]}
+
+
+def test_a_training_job_runs_to_completion_from_a_fresh_checkout(jobs):
+    j = jobs["reference"]
+    assert j["info"]["JobState"] == "COMPLETED" and j["sacct"] == ["COMPLETED"], outcome(j)
+    assert sorted(losses(j)) == list(range(1, STEPS + 1))
+    assert "training finished: all 2 ranks exited 0" in j["text"]
+    assert os.path.isfile(os.path.join(j["dir"], "ckpt", f"global_step{STEPS}", "complete"))
+
+
+@pytest.mark.parametrize("name", PREEMPTED)
+def test_preemption_checkpoints_requeues_and_resumes_exactly(jobs, name):
+    """Five moments: a real time limit, during start-up, after steps 1, 2 and 3. Each run is
+    REQUEUED, then COMPLETED, and the losses equal the uninterrupted run's bit for bit."""
+    j, ref = jobs[name], jobs["reference"]
+    assert j["info"]["JobState"] == "COMPLETED", outcome(j)
+    assert j["sacct"][-2:] == ["REQUEUED", "COMPLETED"], outcome(j)
+    starts = re.findall(r"^========== .* job \d+, start (\d+)", j["text"], flags=re.M)
+    assert starts[:2] == ["1", "2"], outcome(j)  # appended: the first run's lines are still there
+    assert re.search(r"stopped on request (after a complete checkpoint|before training started|: rank)", j["text"])
+    assert f"requeueing job {j['job']}" in j["text"]
+    assert losses(j) == losses(ref), outcome(j)
+    assert "exited with status 143" not in j["text"] and "Terminated" not in j["text"].split("requeueing")[0][-300:]
+
+
+def test_scancel_cancels_after_a_checkpoint(jobs):
+    j = jobs["cancel"]
+    assert j["info"]["JobState"] == "CANCELLED" and j["sacct"] == ["CANCELLED"], outcome(j)
+    assert "not requeued" in j["text"] and f"requeueing job {j['job']}" not in j["text"]
+    stopped = max(r["step"] for r in j["steps"])
+    assert stopped < STEPS and os.path.isfile(os.path.join(j["dir"], "ckpt", f"global_step{stopped}", "complete"))
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_killed_rank_is_named_and_the_survivor_says_one_line(jobs, rank):
+    j = jobs[f"kill_rank{rank}"]
+    assert j["info"]["JobState"] == "FAILED" and j["info"]["ExitCode"] == "137:0", outcome(j)
+    assert f"rank {rank} failed first: it was killed by SIGKILL (status 137)" in j["text"], outcome(j)
+    other = 1 - rank
+    assert f"error: rank {other}: a collective failed because another rank is gone" in j["text"], outcome(j)
+    assert "Traceback" not in j["text"], outcome(j)
+
+
+def test_a_dead_rank0_lock_is_taken_over_by_the_next_job(jobs, tmp_path):
+    """Rank 0 killed with SIGKILL cannot release <save>/.lock; the next job on it takes it over,
+    says so, and resumes from the newest checkpoint."""
+    j = jobs["kill_rank0"]
+    assert os.path.exists(os.path.join(j["dir"], "ckpt", ".lock"))
+    job = sbatch(*NODE, "--job-name=t-after-kill", "slurm/llemma_7b.sbatch", *train_args(j["dir"], "after"))
+    for _ in range(600):
+        info = job_info(job)
+        if info.get("JobState") in SLURM_FINAL:
+            break
+        time.sleep(0.5)
+    text = open(os.path.join(REPO, "logs", f"t-after-kill-{job}.out"), errors="replace").read()
+    assert info["JobState"] == "COMPLETED", text[-3000:]
+    assert "took over the stale lock" in text, text[-3000:]
+    assert "resumed from" in text
+
+
+def test_a_config_error_is_reported_as_one(jobs):
+    j = jobs["config_error"]
+    assert j["info"]["JobState"] == "FAILED" and j["info"]["ExitCode"] == "2:0", outcome(j)
+    assert "failed first: it exited with status 2: a config error" in j["text"], outcome(j)
+    assert "error: key 'hidden_size'" in j["text"] and "143" not in j["text"]
+
+
+def test_an_external_requeue_is_not_an_error(jobs):
+    j = jobs["external_requeue"]
+    assert j["info"]["JobState"] == "COMPLETED" and j["sacct"][-1] == "COMPLETED", outcome(j)
+    assert int(j["info"]["Restarts"]) >= 1 and "scontrol requeue failed" not in j["text"]
+    assert sorted(losses(j)) == list(range(1, STEPS + 1))
+
+
+def test_two_nodes_train_data_parallel(jobs):
+    """n1 and n2 (names that resolve nowhere): the master is the first node's address."""
+    j = jobs["two_nodes"]
+    assert j["info"]["JobState"] == "COMPLETED", outcome(j)
+    assert j["info"]["NodeList"] == "n[1-2]"
+    assert "training finished: all 2 ranks exited 0" in j["text"]
+    assert re.search(r"data parallel 2|DP 2|TP 1 x DP 2", j["text"]) or "cluster: 2 GPUs" in j["text"], outcome(j)
