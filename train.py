@@ -58,10 +58,11 @@ def config_from_args(argv):
                           f"needs {cfg.world_size}: start it with python deepy.py train.py {' '.join(args.configs)} "
                           "(or torchrun --nproc_per_node=N train.py ..., or slurm/)")
     if (nodes, world // nodes) != (cfg.parallel.num_nodes, cfg.parallel.num_gpus):
-        before = (cfg.world_size, cfg.batch.train_micro_batch_size_per_gpu, cfg.batch.gradient_accumulation_steps)
+        before = (f"{cfg.parallel.num_nodes} x {cfg.parallel.num_gpus}", cfg.batch.train_micro_batch_size_per_gpu,
+                  cfg.batch.gradient_accumulation_steps)
         cfg = fit_to_cluster(cfg, nodes, world // nodes)
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"cluster: {world} GPUs instead of {before[0]}: micro batch {before[1]} -> "
+            print(f"cluster: {world} GPUs ({nodes} nodes x {world // nodes}) instead of {before[0]}: micro batch {before[1]} -> "
                   f"{cfg.batch.train_micro_batch_size_per_gpu}, accumulation {before[2]} -> "
                   f"{cfg.batch.gradient_accumulation_steps}, global batch {cfg.batch.train_batch_size} kept",
                   flush=True)
