@@ -62,3 +62,13 @@ def test_train_py_under_torchrun_fits_the_batch_to_the_world(tmp_path, toy_data)
     assert "micro batch 4 -> 4, accumulation 2 -> 1, global batch 8 kept" in r.stdout
     rows = [json.loads(line) for line in open(tmp_path / "logs" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["consumed_samples"] == 24
+
+
+def test_a_fresh_checkout_has_the_directory_slurm_writes_its_logs_to():
+    """Slurm does not create --output's directory: without logs/ a job fails with no output at all
+    (JobLaunchFailure). The checkout carries it (logs/.gitignore keeps the logs out of git)."""
+    tracked = subprocess.run(["git", "ls-files", "logs"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    assert tracked == ["logs/.gitignore"]
+    for script in ("llemma_7b.sbatch", "llemma_34b.sbatch", "check_overlap.sbatch", "evaluate.sbatch"):
+        text = open(os.path.join(REPO, "slurm", script)).read()
+        assert "#SBATCH --output=logs/" in text, script
