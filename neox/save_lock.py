@@ -26,6 +26,7 @@ HEARTBEAT_SECONDS = 60
 
 def job_identity() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "slurm_cluster": os.environ.get("SLURM_CLUSTER_NAME"),
             "start_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -62,12 +63,15 @@ def slurm_job_running(job: str) -> bool | None:
 def stale_reason(holder: dict, age_seconds: float, stale_minutes: float) -> str | None:
     """Why the lock's holder is gone, or None if it may still be running."""
     job = holder.get("slurm_job_id")
-    if job and job == os.environ.get("SLURM_JOB_ID"):
+    # job ids mean something only on their own cluster (save directories can be shared between two)
+    cluster = os.environ.get("SLURM_CLUSTER_NAME")
+    this_cluster = bool(job) and cluster is not None and holder.get("slurm_cluster") == cluster
+    if this_cluster and job == os.environ.get("SLURM_JOB_ID"):
         # Slurm starts a requeued job only after its earlier run has ended, on whichever nodes
         return "an earlier run of this Slurm job (requeued), whose rank 0 did not release it"
     if holder.get("host") == socket.gethostname():
         return None if _pid_alive(int(holder.get("pid", -1))) else f"pid {holder.get('pid')} is not running"
-    if job and slurm_job_running(job) is False:
+    if this_cluster and slurm_job_running(job) is False:
         return f"Slurm job {job} is no longer running"
     if age_seconds > stale_minutes * 60:
         return f"not refreshed for {age_seconds / 60:.0f} minutes (save_lock_stale_minutes {stale_minutes:g})"

@@ -81,12 +81,20 @@ def slurm():
     return True
 
 
+def submit_env(**extra) -> dict:
+    """This process's environment as a user's shell would have it: without the rendezvous
+    variables earlier tests set here (sbatch exports the environment to the job, and a shared
+    MASTER_PORT would put every job on one port)."""
+    ours = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    return {**{k: v for k, v in os.environ.items() if k not in ours}, "OMP_NUM_THREADS": "1", **extra}
+
+
 def sbatch(*args, cwd=REPO, env=None) -> str:
     """Submit as a user would (from the repository); the job id."""
     import subprocess
 
     r = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, cwd=cwd,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+                       env=submit_env(**(env or {})))
     assert r.returncode == 0, r.stderr
     return r.stdout.strip().split(";")[0]
 

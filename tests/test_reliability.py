@@ -181,6 +181,21 @@ def test_save_lock_refuses_a_live_holder_and_takes_over_stale_ones(tmp_path):
     assert SaveLock(str(save), 30).acquire()[0].endswith("(not refreshed for 31 minutes (save_lock_stale_minutes 30))")
 
 
+def test_a_lock_of_a_slurm_job_that_ended_is_stale_on_its_own_cluster_only(tmp_path, monkeypatch):
+    """Rank 0 killed with SIGKILL cannot release the lock: a requeue of the same job, or any job once
+    squeue no longer runs the holder's, takes it over; a job id of another cluster proves nothing."""
+    from neox import save_lock
+
+    monkeypatch.setattr(save_lock, "slurm_job_running", lambda job: job == "17")
+    monkeypatch.setenv("SLURM_CLUSTER_NAME", "ours")
+    monkeypatch.setenv("SLURM_JOB_ID", "99")
+    holder = {"host": "gpu-node-17", "pid": 1, "slurm_job_id": "4242", "slurm_cluster": "ours"}
+    assert save_lock.stale_reason(holder, 0, 30) == "Slurm job 4242 is no longer running"
+    assert save_lock.stale_reason({**holder, "slurm_job_id": "17"}, 0, 30) is None
+    assert save_lock.stale_reason({**holder, "slurm_cluster": "theirs"}, 0, 30) is None
+    assert save_lock.stale_reason({**holder, "slurm_job_id": "99"}, 0, 30).startswith("an earlier run of this Slurm job")
+
+
 def metrics(run_dir):
     path = run_dir / "logs" / "metrics.jsonl"
     return [json.loads(line) for line in open(path) if line.strip()] if path.exists() else []

@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, wait_for_sacct
+from conftest import REPO, submit_env, wait_for_sacct
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import plot_run  # noqa: E402
@@ -178,8 +178,7 @@ def test_slurm_executor_runs_one_array_task_per_run_on_slurm(slurm, tmp_path, to
     spec = write_sweep(tmp_path / "sweep.yml", tmp_path / "cache",
                        slurm={"max_parallel": 3, "sbatch_args": ["--cpus-per-task=1", "--time=20"]})
     out = tmp_path / "out"
-    r = sweep_cli("mixture", spec, "--out", str(out), "--executor", "slurm",
-                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = sweep_cli("mixture", spec, "--out", str(out), "--executor", "slurm", env=submit_env())
     assert r.returncode == 0, r.stderr[-3000:]
     job = re.search(r"Submitted batch job (\d+)", r.stdout).group(1)
     submitted = next(line for line in r.stderr.splitlines() if line.startswith("submitting: "))
