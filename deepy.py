@@ -144,9 +144,7 @@ def startup_line(cfg, info: dict, cuda: bool, log_path: str) -> str:
 
 # Lines of library start-up chatter that tell a user nothing new: they go
 # to <log_dir>/launcher.log only. Errors, tracebacks and everything of ours still reach the terminal.
-NOISE = re.compile(
-    r"^DeepSpeed deepspeed\.ops\.\S+ built successfully"
-    r"|^(MA [\d.]+ GB |CPU Virtual Memory: |begin bf16_optimizer|end bf16_ optimizer|(before|after) initializing group \d+)")
+NOISE = re.compile(r"^DeepSpeed deepspeed\.ops\.\S+ built successfully")
 
 
 def run_quietly(cmd: list, num_ranks: int, port: int, env: dict, log_path: str) -> int:

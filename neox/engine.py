@@ -58,8 +58,11 @@ def set_lr(engine, lr: float):
 def build_engine(cfg: NeoXConfig, model: torch.nn.Module):
     """The DeepSpeed engine around the model: our AdamW, ZeRO-1, bf16, the megatron-core mpu."""
     import deepspeed
+    from deepspeed.runtime import bf16_optimizer
     from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
 
+    # its memory report (five times two lines on rank 0, forced on) would open every Slurm log
+    bf16_optimizer.see_memory_usage = lambda *args, **kwargs: None
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(cfg, model),
                                            config=deepspeed_config(cfg), mpu=distributed.MegatronCoreMPU())
     if ps.get_data_parallel_world_size() == 1 and isinstance(engine.optimizer, BF16_Optimizer):

@@ -9,8 +9,6 @@ model must not touch them: reduced-precision RoPE tables were a known GPT-NeoX b
 
 from __future__ import annotations
 
-import os
-import warnings
 import zlib
 
 import torch
@@ -70,17 +68,15 @@ class Rotary:
         return (x32 * cos + rotated * sin).to(x.dtype)
 
 
-def spend_megatron_warning_before_compile(tp: int):
+def spend_megatron_warning_before_compile():
     """megatron-core's linear layers warn once, from inside their forward, when TP > 1 and
-    CUDA_DEVICE_MAX_CONNECTIONS is not 1; in a compiled block that warnings.warn is a graph break
-    and a recompile. It is said here instead, before compiling, and megatron's is marked as said.
-    (Adding warnings.warn to dynamo's ignore_logging_functions made torch 2.11 log a traceback
-    at every compile: its compile-metrics logger cannot serialise that set.)"""
+    CUDA_DEVICE_MAX_CONNECTIONS is not 1 (a warning neox.quiet filters out: not actionable here);
+    in a compiled block that warnings.warn would be a graph break and a recompile, so it is marked
+    as said before compiling. (Adding warnings.warn to dynamo's ignore_logging_functions instead
+    made torch 2.11 log a traceback at every compile: its compile-metrics logger cannot serialise
+    that set.)"""
     from megatron.core.tensor_parallel import layers
 
-    if tp > 1 and os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS") != "1":
-        warnings.warn("megatron-core: with tensor parallelism, CUDA_DEVICE_MAX_CONNECTIONS=1 lets the "
-                      "input-gradient all-reduce overlap the weight-gradient GEMM")
     layers.linear_with_grad_accumulation_and_async_allreduce.warned = True
 
 
@@ -182,7 +178,7 @@ class LlamaModel(nn.Module):
             # DeepSpeed reads these attributes to count each shard once in the global grad norm
             set_tensor_model_parallel_attributes(param, dim is not None, dim if dim is not None else -1, 1)
         if m.compile_blocks is True:  # "auto" is resolved at start-up (neox.speed.apply); unresolved: eager
-            spend_megatron_warning_before_compile(self.tp)
+            spend_megatron_warning_before_compile()
             for layer in self.layers:
                 layer.compile()  # in place: parameter names stay the same
 
