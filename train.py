@@ -62,8 +62,8 @@ def config_from_args(argv):
                   cfg.batch.gradient_accumulation_steps)
         cfg = fit_to_cluster(cfg, nodes, world // nodes)
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"cluster: {world} GPUs ({nodes} nodes x {world // nodes}) instead of {before[0]}: micro batch {before[1]} -> "
-                  f"{cfg.batch.train_micro_batch_size_per_gpu}, accumulation {before[2]} -> "
+            print(f"cluster: {world} GPUs ({nodes} nodes x {world // nodes}) instead of {before[0]}: "
+                  f"micro batch {before[1]} -> {cfg.batch.train_micro_batch_size_per_gpu}, accumulation {before[2]} -> "
                   f"{cfg.batch.gradient_accumulation_steps}, global batch {cfg.batch.train_batch_size} kept",
                   flush=True)
     return cfg
@@ -101,13 +101,10 @@ def main(argv=None):
 
 def peer_lost(e: RuntimeError) -> bool:
     """A collective's error because a peer process went away (gloo's closed or reset connection,
-    NCCL's remote error, a distributed store that lost its server)."""
-    import torch.distributed as dist
-
+    NCCL's remote error). Other distributed errors (a port already in use) keep their traceback."""
     text = str(e)
-    return isinstance(e, getattr(dist, "DistNetworkError", ())) or any(s in text for s in (
-        "Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
-        "NCCL communicator was aborted", "ncclRemoteError"))
+    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                                   "remote process exited", "NCCL communicator was aborted", "ncclRemoteError"))
 
 
 if __name__ == "__main__":

@@ -328,11 +328,6 @@ class StopSignal:
                   "with a checkpoint", flush=True)
 
 
-def stopping():
-    """The stop is decided on every rank: further signals are ignored (neox.stop_request)."""
-    stop_request.ignore_from_now()
-
-
 def launcher_gone() -> bool:
     launcher = os.environ.get("NEOX_LAUNCHER_PID")
     return bool(launcher) and os.getppid() != int(launcher)

@@ -31,6 +31,11 @@ def requested() -> bool:
     return _state["requested"]
 
 
+def clear():
+    """The request was acted on (the run ended): a later run in this process starts without it."""
+    _state["requested"] = False
+
+
 def ignore_from_now():
     """The stop is decided: further SIGTERM / SIGUSR1 change nothing, until the process ends."""
     for sig in SIGNALS:

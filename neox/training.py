@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from megatron.core import parallel_state as ps
 
-from neox import distributed, speed, validation
+from neox import distributed, speed, stop_request, validation
 from neox.checkpoints import load_finetune_weights
 from neox.config import NeoXConfig, derived
 from neox.data_check import DATA_CHECKED_ENV, DataError, check_data, out_of_vocab_samples
@@ -23,7 +23,7 @@ from neox.guard import LossGuard, samples_of_batch
 from neox.lr_schedule import lr_for_config
 from neox.metrics import MetricsLogger, format_line
 from neox.model import LlamaModel
-from neox.resilience import EXIT_REQUEUE, StopSignal, stopping
+from neox.resilience import EXIT_REQUEUE, StopSignal
 from neox.run_state import (check_resumable, find_resume_dir, guarded_start, lock_save_dir, resume, rollback,
                             save_checkpoint)
 from neox.step import Faults, StepResult, train_step
@@ -246,7 +246,7 @@ class Trainer:
 
     def stop_for_requeue(self, update: int):
         """Checkpoint this update (unless it has one), then exit with the status that requeues."""
-        stopping()
+        stop_request.ignore_from_now()  # every rank decided: later signals must not turn 75 into 143
         if self.cfg.checkpoint.save and self.saved_step != update:
             self.save(update)
         print_rank0(f"stop requested by signal: stopped after step {update}; exit status {EXIT_REQUEUE} "
@@ -262,6 +262,7 @@ class Trainer:
                 self.logger.log(last_record)
             self.logger.close()
         torch.distributed.barrier()
+        stop_request.clear()
         self.watchdog.close()
         distributed.destroy()
 
