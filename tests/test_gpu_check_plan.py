@@ -89,15 +89,16 @@ def test_summary_table_from_part_records():
                        "ratios": {"ours_vs_hf": 1.42}, "mfu": {"ours": 0.385}},
         "llemma7b": {"status": "passed", "wall_s": 60.0, "checks": [], "projection": {
             "tokens_per_sec_per_gpu": 5100.0, "llemma_scaled_to_this_gpu_tokens_per_sec": [5320.5, 6080.5]}},
-        "memory": {"status": "passed", "wall_s": 1.0, "checks": [], "runs": [{"planner_error": -0.08},
-                                                                           {"planner_error": 0.05}]},
+        "memory": {"status": "passed", "wall_s": 1.0, "checks": [], "runs": [
+            {"planner_error": -0.08, "checked": True}, {"planner_error": 0.05, "checked": True},
+            {"planner_error": -0.72, "checked": False}]},  # a smoke run: recorded, not in the range
         "training": {"status": "timeout", "wall_s": 150.0, "checks": [], "error": "killed after its 150 s"},
     }
     lines = gpu_check.summary_table(results).splitlines()
     assert "peak 790 TFLOP/s" in lines[1] and "1/1" in lines[1]
     assert "ours_vs_hf 1.42; MFU ours 38.5%" in lines[2] and "failed" in lines[2]
     assert "5,100 tokens/s/GPU" in lines[3] and "5,320-6,080" in lines[3]
-    assert "-8.0% .. +5.0% over 2 runs" in lines[4]
+    assert "-8.0% .. +5.0% over 2 checked runs (1 too small" in lines[4]
     assert "timeout" in lines[5] and "killed after its 150 s" in lines[5]
 
 
