@@ -67,7 +67,7 @@ import os, sys, torch, transformers
 sys.path.insert(0, sys.argv[3])
 from neox import partition
 from neox.config import padded_vocab_size
-from neox.hf_compat import shard_hf_weights
+from neox.interop.hf_compat import shard_hf_weights
 src, out, tp = sys.argv[1], sys.argv[2], 2
 model = transformers.LlamaForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
 hf = model.state_dict()

@@ -5,7 +5,7 @@
     python bench/gpu_check.py --plan [--out DIR]      # CPU: every part's config built and validated
 
 Parts, in order, each in its own process (its own session, killed with its children when its
-timeout or the overall budget runs out), each writing DIR/<part>.json (schema in the README):
+timeout or the overall budget runs out), each writing DIR/<part>.json (schema in docs/gpu_check.md):
   setup        install deepspeed, megatron-core, lm-dataformat, zstandard from the wheel folder
                (bench/gpu_wheels.sh) when missing; versions; bf16 matmul peak (best of 10 8192^3);
                the toy data (tools/make_toy_data.py)
@@ -45,6 +45,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, BENCH)
 
 import train_throughput as tt  # noqa: E402  (its configs, data, loops and launcher are reused)
+
 from neox.local_launch import RANK_CONFIG_FLAG  # noqa: E402
 
 PARTS = ("setup", "correctness", "training", "throughput", "llemma7b", "memory")
@@ -75,7 +76,8 @@ TRAIN_ITERS, TRAIN_CKPT = 20, 10
 # the smoke model's few MB are below the allocator's workspaces (cuBLAS, the head-loss chunk):
 # its planner error is recorded, the 15% check applies to the runs planned at this size or more
 PLANNER_CHECK_MIN_GIB = 4.0
-CORRECTNESS_DEVICE = "cuda"  # "cpu" only to try the part's code on a machine without a GPU  # training part: 20 steps, checkpoint at 10 and 20
+CORRECTNESS_DEVICE = "cuda"  # "cpu" only to try the part's code on a machine without a GPU
+# training part: 20 steps, checkpoint at 10 and 20
 
 
 def log(msg: str):
@@ -408,7 +410,7 @@ def paired_models(flat: dict, dtype, device: str):
     import torch
 
     from neox import partition
-    from neox.hf_compat import shard_hf_weights
+    from neox.interop.hf_compat import shard_hf_weights
     from neox.model import LlamaModel
 
     cfg = validated(flat, dry_run=True)

@@ -27,6 +27,6 @@ def write_memory_peak():
 
 if __name__ == "__main__":
     atexit.register(write_memory_peak)
-    import train
+    from neox.cli.train import main
 
-    train.main()
+    main()

@@ -165,7 +165,9 @@ def child(work, mode):
 
     from neox.data import build_train_dataset, format_mixture, mixture_table
 
-    peak = lambda: round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    def peak():
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
     rss = {"after_imports": peak()}
     t_start = time.perf_counter()
     cfg = llemma_7b_cfg(work)
@@ -247,7 +249,9 @@ def main():
         cache_mb = disk_mb(os.path.join(work, "index-cache"))
         warm = run_child(work, "warm")
         assert not warm["phases"].get("document_index"), "warm build rebuilt the indices"
-        ok = lambda r: {"wall": r["wall_s"] < TARGET_S, "peak_rss": r["peak_rss_mb"] < TARGET_MB}
+        def ok(r):
+            return {"wall": r["wall_s"] < TARGET_S, "peak_rss": r["peak_rss_mb"] < TARGET_MB}
+
         out = {
             "benchmark": "index_build_scale",
             "components": [{"name": n, "tokens": t, "documents": d, "weight": w} for n, t, d, w in COMPONENTS],

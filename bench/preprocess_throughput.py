@@ -25,8 +25,7 @@ import sentencepiece as spm
 import zstandard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import make_toy_corpus  # noqa: E402
+from neox.cli import make_toy_corpus  # noqa: E402
 
 
 def make_inputs(out, mb, n_files, seed=4321):
@@ -63,7 +62,7 @@ def main(argv=None):
         print(f"generated {len(texts)} docs, {sum(map(len, texts)) / 1e6:.1f} MB text in "
               f"{len(paths)} files ({sum(map(os.path.getsize, paths)) / 1e6:.1f} MB zstd) "
               f"in {time.monotonic() - t0:.1f}s", file=sys.stderr)
-        import preprocess_data  # late: megatron.core takes seconds to import, not part of the timing
+        from neox.cli import preprocess_data  # late: megatron.core takes seconds to import, not part of the timing
 
         sp = spm.SentencePieceProcessor(model_file=tok)
         ours_s, raw_s, raw_np_s = [], [], []

@@ -92,14 +92,14 @@ def build_ours(cfg):
     """Our model on the DeepSpeed engine, built as neox.training.train builds it; the returned
     step mirrors one iteration of its loop (gradient_accumulation_steps = 1)."""
     import torch
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
     from megatron.core import parallel_state as ps
     from torch.profiler import record_function
 
-    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
     from neox.data import get_micro_batch
+    from neox.engine import build_engine, seed_everything, set_lr
     from neox.lr_schedule import lr_for_config
     from neox.model import LlamaModel
-    from neox.engine import build_engine, seed_everything, set_lr
     from neox.validation import dp_mean
 
     # label DeepSpeed's fp32 gradient accumulation (the end of engine.backward) for the profile

@@ -221,9 +221,8 @@ def build_plain(cfg):
     import torch
     from torch.profiler import record_function
 
-    from neox.model import LlamaModel
-
     from neox import speed
+    from neox.model import LlamaModel
 
     device = _device()
     train_set = train_dataset(cfg)
@@ -569,7 +568,7 @@ def main(argv=None):
         if set(impls) - set(IMPLS) or not impls:
             p.error(f"--only: choose from {', '.join(IMPLS)}; got {args.only!r}")
         if "litgpt" in impls and not litgpt_available():
-            p.error("--only litgpt: litgpt is not installed; pip install -e '.[bench]' (see README)")
+            p.error("--only litgpt: litgpt is not installed; pip install -e '.[bench]' (see bench/README.md)")
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
         p.error("--steps and --rounds must be >= 1 and --warmup >= 0")
     shape = SHAPES["quick" if args.quick else "bench"]

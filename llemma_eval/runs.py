@@ -1,7 +1,7 @@
 """Every complete checkpoint of a training run, evaluated once each, into one table with the step.
 
 A checkpoint global_step<N> is complete when it holds the marker file `complete` (written by the
-trainer after all ranks saved; see neox/resilience.py). Results of step N go to
+trainer after all ranks saved; see neox/checkpoint/atomic.py). Results of step N go to
 <out>/step_<N>/, and one row per (step, task) is added to <out>/run_results.jsonl under a
 file lock (Slurm array tasks finish in any order); <out>/run_results.md is rebuilt from it.
 """
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 from llemma_eval.runner import format_value
 
-COMPLETE = "complete"  # neox.resilience.COMPLETE (not imported: that module pulls in torch)
+COMPLETE = "complete"  # neox.checkpoint.atomic.COMPLETE (not imported: that module pulls in torch)
 
 
 def complete_steps(save_dir: str) -> list[int]:

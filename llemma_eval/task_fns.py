@@ -4,7 +4,7 @@ The prompts are lm-eval's own: Minerva's 4-shot MATH examples and prompt format 
 minerva_math task module, and the 8-shot chain-of-thought GSM8k examples from its gsm8k-cot.yaml,
 read from the installed lm-eval rather than copied here.
 
-Under tools/evaluate.py (LLEMMA_EVAL_DEFER_SCORING=1) scoring is skipped inside lm-eval and done
+Under tools/run_eval.py (LLEMMA_EVAL_DEFER_SCORING=1) scoring is skipped inside lm-eval and done
 afterwards by llemma_eval.scoring in a pool of checkers, so the accelerator is not held for SymPy;
 with plain `lm-eval --include_path llemma_eval/tasks` the same scoring runs here.
 """

@@ -269,7 +269,7 @@ class CheckpointArgs:
         _positive(self, "save_lock_stale_minutes")
         _finite(self, "save_lock_stale_minutes")
         if self.eval_after_checkpoint:
-            from llemma_eval.hooks import check_command
+            from neox.checkpoint.hooks import check_command
 
             try:
                 check_command(self.eval_after_checkpoint)

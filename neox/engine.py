@@ -81,7 +81,7 @@ def copy_first_gradient(opt):
     of a step writes its gradient in (a converting copy: 0 + g is g, bit for bit), later micro
     batches add; the buffers are not zeroed after the step, only the gradient of a weight that got
     none in a step is zeroed before it. Same numbers, two passes over the fp32 gradients fewer
-    (measured: README, Training throughput)."""
+    (measured: bench/README.md, Training throughput)."""
     assert getattr(opt, "autoep_folding_tp_group", None) is None and not opt.immediate_grad_update
     has_grad = opt.fp32_groups_has_gradients
 

@@ -14,7 +14,7 @@ Every GPT-NeoX key that is not also one of ours (``neox.config.SECTIONS``) has e
 - ``Lacking``: a feature we do not have; setting it is an error.
 
 The rules follow GPT-NeoX's ``llemma`` branch (commit 5dd36653, the code Llemma was trained with)
-and GPT-NeoX main (commit ea7aefd8). The README's "Coming from GPT-NeoX" table is generated from
+and GPT-NeoX main (commit ea7aefd8). docs/config.md's "Coming from GPT-NeoX" table is generated from
 this table (``markdown_table``).
 """
 
@@ -402,11 +402,11 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-# ----------------------------------------------------------------------------- the README table
+# ------------------------------------------------------------------------ the docs/config.md table
 
 
 def markdown_table() -> str:
-    """The README's table of fates (tests/test_readme.py checks the README holds exactly this)."""
+    """The table of fates in docs/config.md (tests/test_gpt_neox_configs.py checks it is there verbatim)."""
     names = {Translate: "translated", Derive: "derived", Always: "always", NoEffect: "no effect", Lacking: "refused"}
     rows = ["| GPT-NeoX key | fate | here |", "|---|---|---|"]
     for key, fate in sorted(GPT_NEOX_KEYS.items(), key=lambda kv: (list(names).index(type(kv[1])), kv[0])):

@@ -22,7 +22,6 @@ not on the skip-list.
 from __future__ import annotations
 
 import math
-import os
 from collections import deque
 
 
@@ -107,8 +106,3 @@ def samples_of_batch(batch: int, global_batch: int) -> list[int]:
     """[first, end) global sample indices of a batch."""
     return [batch * global_batch, (batch + 1) * global_batch]
 
-
-def fault_steps(name: str) -> set[int]:
-    """Test-only fault injection: updates listed in an environment variable, e.g. "7" or "13,14"."""
-    value = os.environ.get(name, "")
-    return {int(v) for v in value.split(",") if v.strip()}

@@ -26,7 +26,9 @@ import os
 import signal
 import sys
 
-EXIT_REQUEUE, EXIT_HUNG, EXIT_CONFIG = 75, 76, 2
+from neox.exit_status import BAD_INPUT as EXIT_CONFIG
+from neox.exit_status import HUNG as EXIT_HUNG
+from neox.exit_status import STOPPED as EXIT_REQUEUE
 
 
 def read_statuses(status_dir: str, num_ranks: int) -> dict[int, tuple[int, float] | None]:

@@ -1,13 +1,13 @@
 """deepy.py's local launcher: the ranks of one node as children of deepy itself.
 
 Neither DeepSpeed's runner nor torchrun keeps a stopped job's exit status and its ranks' truth
-(measured by bench/launchers.py; README, "Checkpoints and reliability"), so deepy starts the
+(measured by bench/launchers.py; docs/checkpoints.md), so deepy starts the
 ranks the way both do on one node (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and
 owns them: the ranks form one process group of their own (a terminal's Ctrl-C reaches deepy
 only); SIGTERM and SIGUSR1 are passed on to them; the first Ctrl-C is passed on as SIGTERM
 (checkpoint, exit 75), a second one kills them at once; the first rank to fail is named with its
 status or signal; deepy exits with the job's status. Each rank asks the kernel for a SIGTERM
-if deepy dies (neox.resilience.follow_launcher), so an orphan checkpoints and stops.
+if deepy dies (neox.stop_request.follow_launcher), so an orphan checkpoints and stops.
 """
 
 from __future__ import annotations
@@ -102,8 +102,7 @@ class LocalJob:
         return exit_status(first) if first is not None else 0
 
     def _first_failure(self, rank: int, p: subprocess.Popen, code: int, others: bool):
-        from neox.resilience import EXIT_REQUEUE
-
+        from neox.exit_status import STOPPED as EXIT_REQUEUE
         from neox.watchdog import EXIT_HUNG
 
         if code == EXIT_REQUEUE:

@@ -713,7 +713,7 @@ def _read_jsonl(path: str, what: str) -> list[tuple[int, dict]]:
 
 
 def _sample_correct(rec: dict, path: str, lineno: int) -> bool:
-    """A record of tools/evaluate.py's samples/<task>.jsonl: maj@k's verdict (at k = 1: the greedy one)."""
+    """A record of tools/run_eval.py's samples/<task>.jsonl: maj@k's verdict (at k = 1: the greedy one)."""
     if "maj_correct" in rec:
         return bool(rec["maj_correct"])
     if isinstance(rec.get("correct"), list) and rec["correct"]:

@@ -24,7 +24,7 @@ the query and key/value widths and f the MLP width on this rank (each / t), h un
                                                      and recomputes the fp32 and silu values
   both            + 4 (heads / t) + 8                the attention's logsumexp and two rsqrt
 Counted by tests/test_planner_memory.py with autograd's saved-tensor hooks and measured on an
-H200 (README, GPU check). A fixed overhead covers the CUDA context, communication buffers and
+H200 (docs/gpu_check.md). A fixed overhead covers the CUDA context, communication buffers and
 fragmentation. These are estimates to catch plans that cannot fit; they are not a guarantee.
 """
 

@@ -21,7 +21,7 @@ import tempfile
 
 # Measured on the benchmark model of bench/train_throughput.py (2-core CPU, cold cache): compiling
 # costs about 20 s in the first step and saves about 0.5 s per step, so it repays itself after
-# about 40 steps; 200 leaves a 5x margin for slower compilers and bigger models (README, Model).
+# about 40 steps; 200 leaves a 5x margin for slower compilers and bigger models (docs/training.md, Model).
 COMPILE_MIN_TRAIN_ITERS = 200
 
 

@@ -10,8 +10,7 @@ from typing import Iterable
 import torch
 from megatron.core import parallel_state as ps
 
-from neox import distributed
-from neox.guard import fault_steps
+from neox import distributed, faults
 
 
 @dataclass
@@ -23,29 +22,7 @@ class StepResult:
     out_of_vocab: bool = False  # some rank's micro-batch held a token id outside [0, vocab_size)
 
 
-class Faults:
-    """Test-only fault injection (README, "Checkpoints and reliability"): the loss of the updates
-    in NEOX_FAULT_NAN_STEP becomes NaN on rank 0; those in NEOX_FAULT_SPIKE_STEP report a loss
-    100 higher (gradients unchanged). Each fires once, so a replayed step after a rollback is clean."""
-
-    def __init__(self, rank0: bool):
-        self.nan = fault_steps("NEOX_FAULT_NAN_STEP") if rank0 else set()
-        self.spike = fault_steps("NEOX_FAULT_SPIKE_STEP")
-
-    def nan_loss(self, update: int, loss: torch.Tensor) -> torch.Tensor:
-        if update not in self.nan:
-            return loss
-        self.nan.discard(update)
-        return loss * float("nan")
-
-    def spike_loss(self, update: int, loss_sum: torch.Tensor, accum: int) -> torch.Tensor:
-        if update not in self.spike:
-            return loss_sum
-        self.spike.discard(update)
-        return loss_sum + 100.0 * accum
-
-
-def train_step(engine, micro_batches: Iterable[dict], update: int, stop, faults: Faults,
+def train_step(engine, micro_batches: Iterable[dict], update: int, stop,
                vocab_size: int) -> StepResult:
     """Forward, backward and engine.step per micro-batch (DeepSpeed applies the update after the
     last one), then one all-reduce carrying the summed loss, ``stop.requested`` and the count of
@@ -58,7 +35,7 @@ def train_step(engine, micro_batches: Iterable[dict], update: int, stop, faults:
         out_of_vocab += _out_of_vocab(batch, vocab_size, device)
         loss = engine(batch["tokens"], batch["labels"], batch["loss_mask"])
         if accum == 1:
-            loss = faults.nan_loss(update, loss)
+            loss = faults.nan_loss(update, loss)  # test-only switches (neox.faults)
         engine.backward(loss)
         engine.step()
         loss_sum += loss.detach().float()

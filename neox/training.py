@@ -10,23 +10,39 @@ import numpy as np
 import torch
 from megatron.core import parallel_state as ps
 
-from neox import distributed, speed, stop_request, validation
-from neox.checkpoints import load_finetune_weights
+from neox import distributed, faults, speed, stop_request, validation
+from neox.checkpoint.files import load_finetune_weights
+from neox.checkpoint.run_state import (
+    check_resumable,
+    find_resume_dir,
+    guarded_start,
+    lock_save_dir,
+    resume,
+    rollback,
+    save_checkpoint,
+)
 from neox.config import NeoXConfig, derived
+from neox.data import (
+    Prefetcher,
+    SentencePieceTokenizer,
+    build_eval_datasets,
+    build_train_dataset,
+    component_name,
+    component_of_sample,
+    data_identity,
+    format_mixture,
+    mixture_table,
+)
 from neox.data_check import DATA_CHECKED_ENV, DataError, check_data, out_of_vocab_samples
-from neox.data import (Prefetcher, SentencePieceTokenizer, build_eval_datasets, build_train_dataset,
-                       component_name, component_of_sample, data_identity, format_mixture, mixture_table)
 from neox.distributed import is_rank0, print_rank0
 from neox.engine import build_engine, seed_everything, set_lr
+from neox.exit_status import STOPPED as EXIT_REQUEUE
 from neox.flops import mfu
 from neox.guard import LossGuard, samples_of_batch
 from neox.lr_schedule import lr_for_config
 from neox.metrics import MetricsLogger, format_line
 from neox.model import LlamaModel
-from neox.resilience import EXIT_REQUEUE, StopSignal
-from neox.run_state import (check_resumable, find_resume_dir, guarded_start, lock_save_dir, resume, rollback,
-                            save_checkpoint)
-from neox.step import Faults, StepResult, train_step
+from neox.step import StepResult, train_step
 from neox.watchdog import Watchdog
 
 
@@ -57,7 +73,7 @@ class Trainer:
         resume_from = find_resume_dir(cfg)  # (directory, tag) or (None, None)
         self.data_files = data_identity(cfg.data.train_data_paths)
         self.reference_record = self._check_or_finetune(model, *resume_from)
-        self.stop = StopSignal(cfg.logging.log_dir)
+        self.stop = stop_request.StopSignal(cfg.logging.log_dir)
         self.engine = build_engine(cfg, model)
         self.step, saved_state = resume(self.engine, cfg, *resume_from) if resume_from[0] else (0, {})
         self.saved_step = self.step  # the newest step with a checkpoint of this run
@@ -67,7 +83,7 @@ class Trainer:
         self.logger = self._logger()
         self.consumed = ConsumedSamples(self.train_set, cfg)
         self.consumed.recount(self.step, self.guard)
-        self.faults = Faults(rank0=is_rank0())
+        faults.arm_loss_faults(rank0=is_rank0())  # test-only switches; no-ops in a real run
         self.last_step_seconds = None  # the watchdog's measure of a step
         self.prefetch = Prefetcher(self.train_set, ps.get_data_parallel_rank(),
                                    cfg.batch.train_micro_batch_size_per_gpu, cfg.data_parallel_size,
@@ -136,7 +152,7 @@ class Trainer:
             set_lr(self.engine, lr)
             batch_index = self.guard.batch(self.step)
             self.watchdog.expect_step(update, self.last_step_seconds)
-            result = train_step(self.engine, self.micro_batches(batch_index, update), update, self.stop, self.faults,
+            result = train_step(self.engine, self.micro_batches(batch_index, update), update, self.stop,
                                 cfg.model.vocab_size)
             self.last_step_seconds = result.seconds
             if result.out_of_vocab:

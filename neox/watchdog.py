@@ -19,7 +19,8 @@ import sys
 import threading
 import time
 
-EXIT_HUNG = 76
+from neox.exit_status import HUNG as EXIT_HUNG
+
 STEP_FACTOR = 5
 
 

@@ -21,7 +21,7 @@ else
   # shellcheck disable=SC2206  # CONFIGS and EXTRA_ARGS are word lists on purpose
   train_args=($CONFIGS ${EXTRA_ARGS:-})
 fi
-REQUEUE_EXIT_CODE=75 HUNG_EXIT_CODE=76
+REQUEUE_EXIT_CODE=75 HUNG_EXIT_CODE=76  # neox/exit_status.py STOPPED, HUNG (tests/test_job_status.py checks)
 restart=${SLURM_RESTART_COUNT:-0}
 # each rank's exit status (slurm/launch.sh); one directory per start of the job
 export NEOX_STATUS_DIR="$REPO/logs/status/${SLURM_JOB_ID:?run with sbatch}-$restart"

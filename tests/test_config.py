@@ -9,8 +9,8 @@ import time
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from neox.config import ConfigError, load_config
 
 BASE = {

@@ -8,17 +8,16 @@ import sys
 import pytest
 import torch
 import transformers
+from conftest import REPO
 from safetensors.torch import load_file
 
-from conftest import REPO
-
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import convert_codellama  # noqa: E402
-import export_hf  # noqa: E402
-from make_stand_in_codellama import make  # noqa: E402
-
 from neox import partition  # noqa: E402
-from neox.checkpoints import HFWeights  # noqa: E402
+from neox.checkpoint.files import HFWeights  # noqa: E402
+from neox.cli.make_stand_in_codellama import make  # noqa: E402
+from neox.interop import (
+    convert_codellama,  # noqa: E402
+    export_hf,  # noqa: E402
+)
 
 TOOLS = os.path.join(REPO, "tools")
 
@@ -142,7 +141,7 @@ def test_verify_passes_and_catches_a_corrupted_checkpoint(tmp_path, tp, dtype):
 
 
 def test_reference_loss_is_the_source_models_loss(tmp_path, toy_data):
-    from neox.reference import reference_tokens, streamed_hf_loss
+    from neox.interop.reference import reference_tokens, streamed_hf_loss
 
     hf = str(tmp_path / "hf")
     make(hf, tokenizer=os.path.join(toy_data, "tokenizer.model"), seed=5)

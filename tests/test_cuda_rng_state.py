@@ -3,7 +3,7 @@
 
 import torch
 
-from neox import resilience
+from neox.checkpoint import rng as resilience
 
 
 def fake_cuda(monkeypatch, device_count: int, current: int):

@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 import zstandard
+from conftest import REPO, tiny_cfg
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from conftest import REPO, tiny_cfg
+from neox.cli import preprocess_data  # noqa: E402
 from neox.data import SentencePieceTokenizer, build_train_dataset, micro_batch_indices
-
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import preprocess_data  # noqa: E402
 
 
 def read_jsonl_zst(path):

@@ -1,4 +1,4 @@
-"""tools/evaluate.py end to end on CPU: the toy stand-in model on small MATH/GSM8k/Proof-Pile-2 files."""
+"""tools/run_eval.py end to end on CPU: the toy stand-in model on small MATH/GSM8k/Proof-Pile-2 files."""
 
 import json
 import math
@@ -11,10 +11,9 @@ import time
 
 import pytest
 import torch
-
 from conftest import REPO
 
-TOOL = os.path.join(REPO, "tools", "evaluate.py")
+TOOL = os.path.join(REPO, "tools", "run_eval.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 DOCS = {"arxiv": ["Let $x$ be a prime. Then the theorem holds for every $n$."],
         "open-web-math": ["The derivative of $x^2$ is $2x$, as the limit shows.",
@@ -47,8 +46,7 @@ def write_benchmarks(root):
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, toy_data):
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    from make_stand_in_codellama import make
+    from neox.cli.make_stand_in_codellama import make
 
     root = tmp_path_factory.mktemp("eval")
     make(str(root / "hf"), os.path.join(toy_data, "tokenizer.model"), max_positions=4096)
@@ -118,7 +116,8 @@ def test_perplexity_equals_transformers_with_one_bos(evaluated):
     assert results["value"] == pytest.approx(math.exp(-total_ll / total_tokens), rel=1e-4)
     assert results["components"] == {"arxiv": 1, "open-web-math": 1}
     table = open(root / "out" / "results.md").read()
-    assert f"| proof_pile_2_ppl/arxiv | token_perplexity | {results['metrics']['arxiv/token_perplexity']:.4f} | 1 | 1 | |" in table
+    ppl = results["metrics"]["arxiv/token_perplexity"]
+    assert f"| proof_pile_2_ppl/arxiv | token_perplexity | {ppl:.4f} | 1 | 1 | |" in table
 
 
 def test_every_checkpoint_of_a_run_exported_on_the_fly(evaluated, tmp_path):
@@ -174,7 +173,8 @@ def test_bad_arguments_fail_fast(tmp_path):
     r = subprocess.run([sys.executable, TOOL, str(tmp_path / "hf"), "--out", str(tmp_path / "o"), "--data-dir",
                         str(tmp_path / "data"), "--tasks", "llemma_math"], capture_output=True, text=True)
     assert r.returncode == 2
-    assert r.stderr == f"error: --data-dir: task llemma_math needs {tmp_path}/data/MATH/test/<subject>/*.json (or MATH/test.jsonl)\n"
+    needs = f"{tmp_path}/data/MATH/test/<subject>/*.json (or MATH/test.jsonl)"
+    assert r.stderr == f"error: --data-dir: task llemma_math needs {needs}\n"
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:  # CPU machines: the GPU extra is not installed
@@ -186,7 +186,7 @@ def test_bad_arguments_fail_fast(tmp_path):
 
 
 def test_eval_after_checkpoint_submits_without_blocking(tmp_path):
-    from llemma_eval.hooks import after_checkpoint, check_command
+    from neox.checkpoint.hooks import after_checkpoint, check_command
 
     fake = tmp_path / "bin"
     fake.mkdir()
@@ -222,7 +222,7 @@ def test_evaluate_sbatch_array_task_takes_its_step(tmp_path):
     r = subprocess.run(["bash", os.path.join(REPO, "slurm", "evaluate.sbatch"), "/ckpt/run", "/evals", "200,400",
                         "--limit", "5"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == ("tools/evaluate.py --run /ckpt/run --step 400 --out /evals --tasks llemma_math "
+    assert r.stdout.strip() == ("tools/run_eval.py --run /ckpt/run --step 400 --out /evals --tasks llemma_math "
                                 "--data-dir /data/bench --backend vllm --tensor-parallel-size 4 --workers 16 --limit 5")
     env.pop("SLURM_ARRAY_TASK_ID")
     r = subprocess.run(["bash", os.path.join(REPO, "slurm", "evaluate.sbatch"), "/ckpt/run", "/evals", "200,400"],

@@ -3,21 +3,18 @@
 import json
 import os
 import stat
-import sys
 
 import pytest
 import sentencepiece as spm
 import torch
 import transformers
 
-from conftest import REPO
-
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import convert_codellama  # noqa: E402
-import export_hf  # noqa: E402
-from make_stand_in_codellama import make  # noqa: E402
-
-from neox.checkpoints import model_file  # noqa: E402
+from neox.checkpoint.files import model_file  # noqa: E402
+from neox.cli.make_stand_in_codellama import make  # noqa: E402
+from neox.interop import (
+    convert_codellama,  # noqa: E402
+    export_hf,  # noqa: E402
+)
 
 HF_TOKENIZER_FILES = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
 
@@ -119,7 +116,7 @@ def test_user_defined_pieces_are_emitted_whole_like_sentencepiece(tmp_path, toy_
     """Code Llama's kind of vocabulary: pieces such as '▁<PRE>' that SentencePiece never splits."""
     import io
 
-    import train_toy_tokenizer
+    from neox.cli import train_toy_tokenizer
     from neox.hf_tokenizer import write_hf_tokenizer
 
     lines = list(train_toy_tokenizer.iter_train_lines(os.path.join(toy_data, "corpus")))[:2000]

@@ -9,12 +9,19 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from neox import gpt_neox_keys
 from neox.config import KEY_TO_SECTION, ConfigError, load_config
-from neox.gpt_neox_keys import (GPT_NEOX_KEYS, Always, Lacking, NoEffect, Translate, llemma_branch_mlp_width,
-                                main_swiglu_mlp_width)
+from neox.gpt_neox_keys import (
+    GPT_NEOX_KEYS,
+    Always,
+    Lacking,
+    NoEffect,
+    Translate,
+    llemma_branch_mlp_width,
+    main_swiglu_mlp_width,
+)
 from neox.planner import plan
 
 HERE = os.path.join(REPO, "tests", "gpt_neox_configs")
@@ -67,7 +74,7 @@ def test_llemma_34b_resolves_to_the_published_values():
 
 
 def test_llemma_dry_run_command_line(toy_data):
-    """The README's command, as a user types it: the GPT-NeoX files with the reference cluster."""
+    """docs/config.md's command, as a user types it: the GPT-NeoX files with the reference cluster."""
     cmd = [sys.executable, "deepy.py", "train.py", os.path.join(HERE, "llemma_7b.yml"),
            os.path.join(HERE, "data_mixture.yml"), "-o", "num_gpus=8", "-o", "num_nodes=32", "--dry-run"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -141,7 +148,7 @@ def test_a_gpt_neox_model_config_without_mlp_rule_is_gelu_and_refused():
 
 
 def test_readme_table_is_generated_from_the_declared_table():
-    readme = open(os.path.join(REPO, "README.md")).read()
+    readme = open(os.path.join(REPO, "docs", "config.md")).read()
     assert gpt_neox_keys.markdown_table() in readme
     for fate in (Translate, Always, NoEffect, Lacking):
         assert any(isinstance(f, fate) for f in GPT_NEOX_KEYS.values())

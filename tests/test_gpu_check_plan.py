@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "bench"))

@@ -4,8 +4,8 @@ import math
 import statistics
 
 import pytest
-
 from conftest import tiny_cfg
+
 from neox.guard import GuardStop, LossGuard, batch_of_step
 
 

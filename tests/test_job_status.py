@@ -38,3 +38,18 @@ def test_command_line(tmp_path, capsys):
     assert main([str(tmp_path), "2"]) == 75
     assert "rank 0 exited 75 first" in capsys.readouterr().out
     assert main([str(tmp_path)]) == 2
+
+
+def test_the_shell_side_uses_the_exit_status_table():
+    """slurm/common.sh's requeue rules and its refusals name the statuses of neox/exit_status.py."""
+    import os
+    import re
+
+    from neox import exit_status
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "slurm", "common.sh")).read()
+    codes = dict(re.findall(r"\b(REQUEUE_EXIT_CODE|HUNG_EXIT_CODE)=(\d+)", text))
+    assert codes == {"REQUEUE_EXIT_CODE": str(exit_status.STOPPED), "HUNG_EXIT_CODE": str(exit_status.HUNG)}
+    assert set(re.findall(r"(?:^\s*|\|\|\s*)exit (\d+)\s*$", text, re.M)) == {str(exit_status.BAD_INPUT)}  # a wrong REPO: refused
+    assert set(exit_status.MEANING) == {exit_status.OK, exit_status.FAILED, exit_status.BAD_INPUT,
+                                        exit_status.STOPPED, exit_status.HUNG}

@@ -26,7 +26,8 @@ def launch_dry_run(tmp_path, node_addr: str, procid: int = 0, **env_extra):
     scontrol = fake / "scontrol"
     scontrol.write_text('#!/usr/bin/env bash\n'
                         'if [[ "$1 $2 $3" == "show hostnames gpu[07-08]" ]]; then printf "gpu07\\ngpu08\\n"; exit; fi\n'
-                        f'if [[ "$1 $2 $3" == "show node gpu07" ]]; then echo "NodeName=gpu07 NodeAddr={node_addr} x=y"; exit; fi\n'
+                        'if [[ "$1 $2 $3" == "show node gpu07" ]]; then\n'
+                        f'  echo "NodeName=gpu07 NodeAddr={node_addr} x=y"; exit\nfi\n'
                         'exit 9\n')
     scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))},

@@ -3,8 +3,8 @@
 import os
 
 import pytest
-
 from conftest import REPO
+
 from neox.config import ConfigError, fit_to_cluster, load_config
 from neox.lr_schedule import lr_for_config
 from neox.planner import gpu_hours, memory_per_gpu, plan

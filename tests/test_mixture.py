@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 import zstandard
-
 from conftest import REPO, tiny_cfg
+
 from neox.data import SentencePieceTokenizer, build_train_dataset, cache_dir, component_of_sample, mixture_table
 
 COMPONENTS = ["arxiv", "open-web-math", "algebraic-stack"]

@@ -4,10 +4,10 @@ model)."""
 
 import pytest
 import torch
-
 from conftest import tiny_cfg
+
 from neox import partition
-from neox.hf_compat import shard_hf_weights
+from neox.interop.hf_compat import shard_hf_weights
 
 
 def gqa_hf_weights(layers=2, hidden=48, heads=6, kv_heads=2, inter=96, vocab=101, seed=0):
@@ -130,8 +130,8 @@ def test_fused_head_loss_gives_the_same_loss_and_gradients(single_process_group,
 
 
 def test_fused_adamw_takes_the_same_steps_as_the_for_loop_adamw(single_process_group):
-    from neox.model import LlamaModel
     from neox.engine import build_optimizer
+    from neox.model import LlamaModel
 
     cfg = tiny_cfg(weight_decay=0.1)
     tokens = torch.randint(0, 101, (2, 17), generator=torch.Generator().manual_seed(3))

@@ -2,10 +2,10 @@
 
 import torch
 import transformers
-
 from conftest import tiny_cfg
+
 from neox import partition
-from neox.hf_compat import neox_model_keys_from_hf, shard_hf_weights
+from neox.interop.hf_compat import neox_model_keys_from_hf, shard_hf_weights
 
 
 def make_hf_model(vocab=101, theta=1e6, seed=0):

@@ -6,22 +6,20 @@ the tools' helpers, so a layout mistake in the tools cannot cancel out."""
 
 import os
 import shutil
-import sys
 
 import pytest
 import torch
 import transformers
 import yaml
-
-from conftest import REPO, tiny_cfg
-
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import convert_codellama  # noqa: E402
-import convert_neox  # noqa: E402
-import export_neox  # noqa: E402
+from conftest import tiny_cfg
 
 from neox import partition  # noqa: E402
-from neox.hf_compat import shard_hf_weights  # noqa: E402
+from neox.interop import (
+    convert_codellama,  # noqa: E402
+    convert_neox,  # noqa: E402
+    export_neox,  # noqa: E402
+)
+from neox.interop.hf_compat import shard_hf_weights  # noqa: E402
 
 SEQ = 24
 THETA = 10000.0
@@ -136,7 +134,7 @@ def load_ours(ckpt, rank=0):
 
 def our_logits(ckpt, tokens):
     """Our model started the way ``finetune: true`` starts it from ``ckpt``."""
-    from neox.checkpoints import load_finetune_weights
+    from neox.checkpoint.files import load_finetune_weights
     from neox.model import LlamaModel
 
     keys = dict(load_ours(ckpt)["neox_conversion"]["neox_model_keys"])
@@ -376,7 +374,7 @@ def test_export_copies_its_tokenizer_and_both_configs_name_it(tmp_path, toy_data
     import sentencepiece as spm
     from tokenizers import Tokenizer
 
-    from neox.checkpoints import model_file
+    from neox.checkpoint.files import model_file
 
     hf_dir, ours, neox = (str(tmp_path / x) for x in ("hf", "ours", "neox"))
     make_hf(2, seed=9).save_pretrained(hf_dir)

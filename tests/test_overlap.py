@@ -10,14 +10,12 @@ import time
 
 import numpy as np
 import pytest
+from conftest import REPO, sbatch, wait_for_sacct
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-from conftest import sbatch, wait_for_sacct, REPO
 from neox import overlap
+from neox.cli import preprocess_data  # noqa: E402
 from neox.overlap import OverlapError
-
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import preprocess_data  # noqa: E402
 
 N = 30
 WORDS = ("let prove that the sum of two even integers is even suppose x and y are real numbers with "
@@ -139,7 +137,7 @@ def test_sharded_and_merged_equals_one_run_and_parts_are_not_redone(planted_toke
                                                                      capsys):
     prefix, docs, _, _ = planted_tokens
     prefix2 = write_tokens(str(tmp_path / "second"), docs[::-1])  # a second dataset: rows per prefix
-    import check_overlap
+    from neox.cli import check_overlap
 
     check_overlap.main(["--test-file", test_file, "--data", prefix, prefix2, "--tokenizer-model", tok,
                         "--out", str(tmp_path / "cli"), "--no-progress"])
@@ -239,7 +237,7 @@ def test_cli_bad_key_is_one_error_line_exit_1(test_file, tok, tmp_path):
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [f"error: {test_file}:1: no 'question' key (has: level, problem, "
                                              f"solution, type); pick one with --test-key"]
-    import check_overlap  # a usage error is exit status 2, before anything is read
+    from neox.cli import check_overlap  # a usage error is exit status 2, before anything is read
 
     with pytest.raises(SystemExit) as e:
         check_overlap.main(["--test-file", test_file, "--data", "x", "--tokenizer-model", tok, "--out",
@@ -270,9 +268,9 @@ def test_slurm_array_and_dependent_merge_then_join(slurm, planted_tokens, test_f
     assert wait_for_sacct(merge, 1) == ["COMPLETED"]
     assert "shard 0/2" in open(os.path.join(REPO, "logs", f"check-overlap-{job}_0.out")).read()
     assert as_set(rows_of(out)) == truth
-    import check_overlap
+    from neox.cli import check_overlap
 
-    # join: samples as tools/evaluate.py writes them (doc_id = line, problem text, maj_correct)
+    # join: samples as tools/run_eval.py writes them (doc_id = line, problem text, maj_correct)
     lines = read_lines(test_file)
     hit_ids = {t for _, t, _, _ in truth}
     samples = tmp_path / "math.jsonl"

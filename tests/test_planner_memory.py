@@ -1,12 +1,12 @@
 """The planner's memory model against what the trainer really holds: the bytes autograd saves for
 one decoder layer (counted with saved-tensor hooks, eager and compiled) and the tensors
 DeepSpeed's bf16 optimizer keeps (an engine built in this process). On an H200 the same formula
-came within 3% of torch.cuda.max_memory_allocated (README, GPU check)."""
+came within 3% of torch.cuda.max_memory_allocated (docs/gpu_check.md)."""
 
 import pytest
 import torch
-
 from conftest import tiny_cfg
+
 from neox import planner
 
 # GQA (4 query heads, 2 KV heads) and an MLP width that is no multiple of the hidden size

@@ -8,11 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import plot_run  # noqa: E402
+from neox.cli import plot_run  # noqa: E402
 
 
 def write_log(path, rows):

@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import tarfile
 
 import lm_dataformat
@@ -18,11 +17,8 @@ import sentencepiece as spm
 import zstandard
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from conftest import REPO
-
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import preprocess_data  # noqa: E402
-from preprocess_data import PreprocessError, preprocess  # noqa: E402
+from neox.cli import preprocess_data  # noqa: E402
+from neox.cli.preprocess_data import PreprocessError, preprocess  # noqa: E402
 
 
 def texts_of(path):

@@ -1,4 +1,4 @@
-"""The reliability fault table (README, "Checkpoints and reliability"): each fault reproduced on
+"""The reliability fault table (docs/checkpoints.md, faults): each fault reproduced on
 CPU and the trainer's answer asserted (error text naming the file or key, exit status, a time
 bound for hangs and orphans, complete checkpoints kept). Pure checks run in-process; the few
 DeepSpeed launches each carry several faults."""
@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from neox.data_check import HEADER_BYTES, DataError, check_index, check_tokenizer
 
 TOY = os.path.join(REPO, "data", "toy")
@@ -145,8 +145,8 @@ def test_token_ids_beyond_the_vocabulary_stop_the_run_naming_samples_and_file(to
 def test_save_lock_refuses_a_live_holder_and_takes_over_stale_ones(tmp_path):
     import socket
 
-    from neox.checkpoints import CheckpointError
-    from neox.save_lock import SaveLock
+    from neox.checkpoint.files import CheckpointError
+    from neox.checkpoint.lock import SaveLock
 
     save = tmp_path / "ckpt"
     first = SaveLock(str(save), stale_minutes=30)
@@ -184,7 +184,7 @@ def test_save_lock_refuses_a_live_holder_and_takes_over_stale_ones(tmp_path):
 def test_a_lock_of_a_slurm_job_that_ended_is_stale_on_its_own_cluster_only(tmp_path, monkeypatch):
     """Rank 0 killed with SIGKILL cannot release the lock: a requeue of the same job, or any job once
     squeue no longer runs the holder's, takes it over; a job id of another cluster proves nothing."""
-    from neox import save_lock
+    from neox.checkpoint import lock as save_lock
 
     monkeypatch.setattr(save_lock, "slurm_job_running", lambda job: job == "17")
     monkeypatch.setenv("SLURM_CLUSTER_NAME", "ours")
@@ -344,7 +344,7 @@ def test_kill_9_of_rank_0_is_blamed_on_rank_0(stand_in_job, capsys):
 
 
 def test_resume_tag_says_what_it_passes_over(tmp_path):
-    from neox.resilience import resume_tag
+    from neox.checkpoint.atomic import resume_tag
 
     for step in (4, 8):
         (tmp_path / f"global_step{step}").mkdir()
@@ -403,8 +403,8 @@ def small_filesystem(tmp_path):
 
 def test_save_directory_checked_at_start(tmp_path):
     """Not writable, or too small for one checkpoint: one line naming save, before any step."""
-    from neox.checkpoints import CheckpointError
-    from neox.save_lock import check_save_dir, io_cause
+    from neox.checkpoint.files import CheckpointError
+    from neox.checkpoint.lock import check_save_dir, io_cause
 
     free = shutil.disk_usage(tmp_path).free
     with pytest.raises(CheckpointError, match=rf"key 'save': {tmp_path}/ckpt has [\d,.]+ MiB free but one "
@@ -448,7 +448,7 @@ def test_save_not_writable_too_small_and_disk_full_during_a_save(toy_data, tmp_p
                               f"complete checkpoint is {ckpt}/global_step4")
     checkpoints = sorted(p.name for p in ckpt.iterdir() if p.name.startswith((".tmp", "global_step")))
     assert checkpoints == ["global_step4"] and (ckpt / "latest").read_text() == "global_step4"
-    from neox.resilience import verify_manifest
+    from neox.checkpoint.atomic import verify_manifest
 
     verify_manifest(str(ckpt / "global_step4"))
     assert (ckpt / "global_step4" / "complete").is_file()
@@ -489,6 +489,7 @@ ACCEPTS_NON_FINITE = set()
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
 def test_every_numeric_key_rejects_non_finite_values(value):
     from conftest import tiny_cfg
+
     from neox.config import ConfigError
 
     keys = numeric_keys()
@@ -514,6 +515,7 @@ def test_every_numeric_key_rejects_non_finite_values(value):
 def test_every_numeric_key_rejects_minus_one():
     """Negative seeds, eval_iters and the like: no numeric key takes -1 (none is documented to)."""
     from conftest import tiny_cfg
+
     from neox.config import ConfigError
 
     for key in numeric_keys():

@@ -1,10 +1,9 @@
-"""Resume at another parallel layout (neox.reshard): TP=2 x DP=1 -> TP=1 x DP=2, -> TP=1 x DP=1,
+"""Resume at another parallel layout (neox.checkpoint.reshard): TP=2 x DP=1 -> TP=1 x DP=2, -> TP=1 x DP=1,
 and TP=1 x DP=2 -> TP=2 x DP=1, with the optimizer state; the losses continue the uninterrupted run."""
 
 import shutil
 
 import pytest
-
 from test_resilience import losses, metrics, run
 
 SCHEDULE = ["train_iters=4", "lr_decay_iters=20", "warmup_iters=4"]
@@ -60,7 +59,7 @@ def test_tp2_to_tp1_dp1(full_tp2):
 
 
 def test_layout_change_needs_zero():
-    from neox.resilience import config_differences
+    from neox.checkpoint.atomic import config_differences
 
     saved = {"model_parallel_size": 2, "num_gpus": 2, "seed": 1}
     current = {"model_parallel_size": 1, "num_gpus": 1, "seed": 1}

@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO
 
 
@@ -222,7 +221,8 @@ def test_corrupt_checkpoint_and_changed_data_are_clear_errors(tmp_path, uninterr
     recorded[changed]["sha256"] = "0" * 64
     data_json.write_text(json.dumps(recorded, indent=1))  # same size: the manifest still matches
     code, out = run(tmp_path, "c", *args, ok=False)
-    assert code != 0 and f"error: data file {changed} changed since the run started" in out, [l for l in out.splitlines() if "rror" in l]
+    errors = [line for line in out.splitlines() if "rror" in line]
+    assert code != 0 and f"error: data file {changed} changed since the run started" in out, errors
     data_json.write_text(original)
 
     # a truncated file is caught from the manifest before the model is built

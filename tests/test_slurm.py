@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO, SLURM_FINAL, job_info, sacct_states, sbatch
 
 STEPS = 8

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO, tiny_cfg
+
 from neox import speed
 
 

@@ -10,13 +10,10 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import REPO, submit_env, wait_for_sacct
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import plot_run  # noqa: E402
-import sweep as sweep_tool  # noqa: E402
-
+from neox.cli import plot_run  # noqa: E402
+from neox.cli import sweep as sweep_tool  # noqa: E402
 from neox.config import load_config  # noqa: E402
 
 SMOKE_OVERRIDES = {"num_gpus": 1, "model_parallel_size": 1, "eval_iters": 1}
@@ -130,8 +127,8 @@ def test_olmix_csvs_have_the_documented_columns(local_sweep):
 
 def test_plot_of_the_smoke_runs_overlaid(local_sweep, tmp_path):
     """tools/plot_run.py on the real smoke runs' metrics.jsonl (sweep run directories)."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     out = local_sweep["out"]
     dirs = [str(out / "runs" / n) for n in MIXTURES]

@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from conftest import REPO, free_port, tiny_flat
 
 

@@ -1,101 +1,12 @@
 #!/usr/bin/env python
 """Test-set overlap (Llemma's 30-gram check) of test examples with tokenized .bin/.idx training data.
 
-    python tools/check_overlap.py --test-file F.jsonl [--test-key problem] [--test-key solution]
-        --data PREFIX [PREFIX ...] --tokenizer-model M [--n 30] [--mode tokens|words]
-        [--workers N] [--shard I/K] --out DIR
-    python tools/check_overlap.py merge DIR [DIR ...] [--out DIR]
-    python tools/check_overlap.py join --hits DIR --samples SAMPLES.jsonl [--key K] [--test-file F]
-
-The check writes DIR/hits.jsonl (one row per test example, key and document sharing an n-gram)
-and DIR/summary.json. With --shard I/K (I from 0) it scans the I-th of K token-balanced, contiguous
-document ranges of every prefix into DIR/parts/ and `merge` combines the K parts. A finished part
-is never redone. `join` writes Llemma's table: accuracy with and without hits, per MATH level.
-The logic is in neox/overlap.py.
+The program is neox.cli.check_overlap; installed, the same is `llemma-neox check_overlap`.
 """
 
-import argparse
-import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from neox import overlap  # noqa: E402
-
-
-def _scan(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--test-file", required=True, help="jsonl, one test example per line")
-    p.add_argument("--test-key", action="append", help="text field(s) to check (default: problem and solution)")
-    p.add_argument("--data", nargs="+", required=True, help=".bin/.idx prefixes (without the extension)")
-    p.add_argument("--tokenizer-model", required=True, help="the SentencePiece model the data was tokenized with")
-    p.add_argument("--n", type=int, default=30, help="n-gram length (Llemma: 30)")
-    p.add_argument("--mode", choices=overlap.MODES, default="tokens",
-                   help="tokens: our token ids; words: whitespace words of the decoded text (Llemma's)")
-    p.add_argument("--workers", type=int, default=1, help="processes scanning in parallel")
-    p.add_argument("--shard", default=None, help="I/K: scan only the I-th (from 0) of K document ranges")
-    p.add_argument("--out", required=True)
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        shard = overlap.parse_shard(args.shard) if args.shard else (0, 1)
-    except overlap.OverlapError as e:
-        p.error(str(e))  # a usage error: exit status 2
-    if args.workers < 1:
-        p.error(f"--workers {args.workers}: must be at least 1")
-    keys = args.test_key or ["problem", "solution"]
-    res = overlap.run(args.test_file, keys, args.data, args.tokenizer_model, args.out, n=args.n, mode=args.mode,
-                      workers=args.workers, shard=shard, progress=not args.no_progress,
-                      log=lambda m: print(m, file=sys.stderr))
-    if shard[1] == 1:
-        hits = res["test_examples_with_hits"]
-        print(f"{res['test_examples']} test examples, {hits['any']} with hits "
-              f"({', '.join(f'{k}: {hits[k]}' for k in keys)}); {res['tokens_scanned']} tokens in "
-              f"{res['seconds']:.1f} s; wrote {args.out}/hits.jsonl and summary.json")
-    else:
-        print(f"shard {shard[0]}/{shard[1]}: {res['hits']} hit rows; run `merge {args.out}` when all shards are done")
-
-
-def _merge(argv):
-    p = argparse.ArgumentParser(prog="check_overlap.py merge", description="combine shard parts into one result")
-    p.add_argument("dirs", nargs="+", help="--out directories of the shards")
-    p.add_argument("--out", default=None, help="where to write hits.jsonl and summary.json (default: first DIR)")
-    args = p.parse_args(argv)
-    res = overlap.merge(args.dirs, args.out)
-    print(f"merged {res['parts']} parts: {res['test_examples_with_hits']['any']} of {res['test_examples']} test "
-          f"examples with hits; wrote {args.out or args.dirs[0]}/hits.jsonl and summary.json")
-
-
-def _join(argv):
-    p = argparse.ArgumentParser(prog="check_overlap.py join", description="accuracy with and without overlap")
-    p.add_argument("--hits", required=True, help="the check's --out directory")
-    p.add_argument("--samples", required=True, help="tools/evaluate.py's samples/<task>.jsonl")
-    p.add_argument("--key", action="append", help="count hits of these keys only (default: all checked keys)")
-    p.add_argument("--test-file", default=None, help="default: the one the check ran on")
-    args = p.parse_args(argv)
-    table = overlap.join(args.hits, args.samples, args.test_file, args.key)
-    md = overlap.accuracy_markdown(table)
-    overlap.write_json_atomic(os.path.join(args.hits, "accuracy_by_overlap.json"), table)
-    with open(os.path.join(args.hits, "accuracy_by_overlap.md"), "w") as f:
-        f.write(md)
-    print(md, end="")
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    command = {"merge": _merge, "join": _join}.get(argv[0] if argv else None, _scan)
-    try:
-        command(argv[1:] if command is not _scan else argv)
-    except overlap.OverlapError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except (OSError, json.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: interrupted (finished parts are kept; rerun to resume)", file=sys.stderr)
-        sys.exit(130)
-
+from neox.cli.check_overlap import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,8 +15,8 @@ from __future__ import annotations
 import glob
 import json
 import os
-import sys
 import re
+import sys
 from typing import Optional
 
 import torch

@@ -15,7 +15,8 @@ is written to disk.
    into the full tensor; vocabulary rows beyond the real vocabulary are dropped (their padding
    depends on TP).
 3. Cut this rank's shard for the new layout with ``hf_compat.shard_hf_weights`` (the same
-   code that shards a Hugging Face model: re-pads the vocabulary, follows the table), and write the part this DP rank owns into DeepSpeed's ZeRO partition through the engine's
+   code that shards a Hugging Face model: re-pads the vocabulary, follows the table), and write
+   the part this DP rank owns into DeepSpeed's ZeRO partition through the engine's
    own fragment mappings (``param._hp_mapping``, the path DeepSpeed's universal-checkpoint
    loader uses, working for the fp32 ZeRO-1 optimizer and the BF16_Optimizer alike). Then the
    optimizer copies the master weights into the module weights.
@@ -40,8 +41,8 @@ import torch
 from megatron.core import parallel_state as ps
 
 from neox import partition
-from neox.checkpoints import CheckpointError, load_rank, tensor_parallel_size
-from neox.hf_compat import shard_hf_weights
+from neox.checkpoint.files import CheckpointError, load_rank, tensor_parallel_size
+from neox.interop.hf_compat import shard_hf_weights
 
 OPTIM_FILE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 ADAM_KEYS = ("exp_avg", "exp_avg_sq")

@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 
-from neox.checkpoints import CheckpointError
+from neox.checkpoint.files import CheckpointError
 
 LOCK = ".lock"
 HEARTBEAT_SECONDS = 60

@@ -1,20 +1,29 @@
 """A run's state on disk, in one place: which checkpoint to resume from and its checks, resume,
 save, rollback to the newest complete checkpoint, and the guarded start from converted weights.
-The atomic write protocol itself is neox.resilience."""
+The atomic write protocol itself is neox.checkpoint.atomic."""
 
 from __future__ import annotations
 
 import json
 import os
 
-from neox import reshard
-from neox.checkpoints import CheckpointError
+import torch
+
+from neox.checkpoint import reshard
+from neox.checkpoint.atomic import (
+    config_differences,
+    find_corrupt_file,
+    latest_complete_tag,
+    resume_tag,
+    save_atomic,
+    step_of,
+    verify_manifest,
+)
+from neox.checkpoint.files import CheckpointError
+from neox.checkpoint.rng import restore_rng, rng_state
 from neox.config import NeoXConfig
 from neox.distributed import is_rank0, print_rank0
 from neox.guard import LossGuard, samples_of_batch
-from neox.resilience import (check_reference, config_differences, find_corrupt_file, latest_complete_tag,
-                             reference_losses, restore_rng, resume_tag, rng_state, save_atomic, step_of,
-                             verify_manifest)
 
 
 def find_resume_dir(cfg: NeoXConfig):
@@ -40,7 +49,7 @@ def find_resume_dir(cfg: NeoXConfig):
 
 def check_resumable(cfg: NeoXConfig, checkpoint: str, data_files: dict):
     """Before anything expensive: every file of the checkpoint is there with its size, the config
-    differs only in RESUME_MAY_CHANGE keys (and the TP/DP layout, which neox.reshard handles under
+    differs only in RESUME_MAY_CHANGE keys (and the TP/DP layout, which neox.checkpoint.reshard handles under
     ZeRO) and the training data are the ones the run started with."""
     verify_manifest(checkpoint)
     with open(os.path.join(checkpoint, "config.json")) as f:
@@ -64,7 +73,7 @@ def check_resumable(cfg: NeoXConfig, checkpoint: str, data_files: dict):
 def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[int, dict]:
     """Weights, ZeRO-1 optimizer state, step, RNG and guard state (skip-list); the LR and the data
     position follow the step. A checkpoint written at another TP/DP layout is resharded into this
-    one (neox.reshard). Returns (step, the checkpoint's client state)."""
+    one (neox.checkpoint.reshard). Returns (step, the checkpoint's client state)."""
     try:
         if reshard.needed(cfg, directory, tag):
             tp, dp = reshard.saved_layout(directory, tag)
@@ -90,7 +99,7 @@ def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[int, dict
 
 
 def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_files: dict, job: str):
-    """GPT-NeoX/DeepSpeed layout, written atomically (neox.resilience): <save>/global_step<N>/
+    """GPT-NeoX/DeepSpeed layout, written atomically (neox.checkpoint.atomic): <save>/global_step<N>/
     mp_rank_XX_model_states.pt + ZeRO shards + config.json + complete, then <save>/latest."""
     state = {"step": step, "consumed_samples": step * cfg.batch.train_batch_size,
              "neox_config": cfg.to_flat(), "rng": rng_state(),
@@ -101,7 +110,7 @@ def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_f
                 job=job)
     print_rank0(f"saved checkpoint global_step{step} to {cfg.checkpoint.save}")
     if cfg.checkpoint.eval_after_checkpoint and is_rank0():  # the checkpoint is complete by now
-        from llemma_eval.hooks import after_checkpoint
+        from neox.checkpoint.hooks import after_checkpoint
 
         after_checkpoint(cfg.checkpoint.eval_after_checkpoint, cfg.checkpoint.save, step)
 
@@ -130,9 +139,9 @@ def lock_save_dir(cfg: NeoXConfig) -> str:
 
     import torch
 
+    from neox.checkpoint.lock import SaveLock, check_save_dir
     from neox.distributed import on_rank0_for_all
     from neox.planner import checkpoint_bytes
-    from neox.save_lock import SaveLock, check_save_dir
 
     lock = SaveLock(cfg.checkpoint.save, cfg.checkpoint.save_lock_stale_minutes)
 
@@ -162,3 +171,28 @@ def guarded_start(model, cfg: NeoXConfig, conversion: dict) -> dict:
                 f"{cfg.model.rotary_emb_base:g}")
     return {"step": 0, "reference_loss": at_source, "reference_loss_recorded": conversion["reference"]["loss"],
             "reference_loss_training_theta": at_train}
+
+
+@torch.no_grad()
+def reference_losses(model, reference: dict, source_theta: float, train_theta: float) -> tuple[float, float]:
+    """Loss of the loaded model on the converter's reference batch at the checkpoint's own RoPE
+    theta (comparable to the recorded loss) and at the training theta."""
+    tokens = torch.tensor([reference["tokens"]])
+    out = []
+    for theta in (source_theta, train_theta):
+        saved = model.rotary.base, model.rotary._cache
+        model.rotary.base, model.rotary._cache = float(theta), {}
+        try:
+            out.append(model(tokens[:, :-1], tokens[:, 1:]).item())
+        finally:
+            model.rotary.base, model.rotary._cache = saved
+    return out[0], out[1]
+
+
+def check_reference(loss: float, reference: dict, tolerance: float, load: str):
+    recorded = reference["loss"]
+    if not abs(loss - recorded) <= tolerance:
+        raise CheckpointError(
+            f"guarded start: {load} gives loss {loss:.6f} on the converter's reference batch but the source "
+            f"model gave {recorded:.6f} (tolerance {tolerance:g}): wrong checkpoint path, weight layout or "
+            "corrupted weights; re-run tools/convert_codellama.py --verify")

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Evaluate the Llemma way on lm-eval: MATH and GSM8k (greedy and maj@k), held-out perplexity.
 
-    python tools/evaluate.py MODEL --tasks llemma_math,llemma_gsm8k --out DIR
+    python tools/run_eval.py MODEL --tasks llemma_math,llemma_gsm8k --out DIR
         [--data-dir D] [--limit N] [--k K] [--backend hf|vllm] [--tensor-parallel-size N]
         [--device cpu|cuda] [--dtype auto|bfloat16|float32] [--batch-size B] [--max-gen-toks T]
         [--step N] [--workers W] [--timeout S]
-    python tools/evaluate.py --run SAVE --every N --out DIR [--step N] [--list-pending] [same options]
-    python tools/evaluate.py rescore --samples DIR [--workers W] [--timeout S]
-    python tools/evaluate.py equiv PRED GOLD          (prints true/false, exits 0/1)
+    python tools/run_eval.py --run SAVE --every N --out DIR [--step N] [--list-pending] [same options]
+    python tools/run_eval.py rescore --samples DIR [--workers W] [--timeout S]
+    python tools/run_eval.py equiv PRED GOLD          (prints true/false, exits 0/1)
 
 MODEL is a Hugging Face directory or a trainer checkpoint (exported on the fly to a temporary
 directory with tools/export_hf.py; --step picks the checkpoint, default latest). Writes
@@ -23,13 +23,12 @@ import os
 import sys
 import tempfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tools"))
+from llemma_eval import runs
+from llemma_eval.checker import DEFAULT_TIMEOUT, Checker
+from llemma_eval.runner import TASKS, check_tasks
+from neox.paths import project_root
 
-from llemma_eval import runs  # noqa: E402
-from llemma_eval.checker import DEFAULT_TIMEOUT, Checker  # noqa: E402
-from llemma_eval.runner import TASKS, check_tasks  # noqa: E402
+REPO = project_root()
 
 DEFAULT_TASKS = "llemma_math,llemma_gsm8k"
 
@@ -99,7 +98,7 @@ def evaluate_source(args, source: str, out: str, step=None) -> dict:
     tasks = args.tasks.split(",")
     if os.path.isfile(os.path.join(source, "config.json")):
         return evaluate_model(source, tasks, out, **kwargs)
-    from export_hf import export
+    from neox.interop.export_hf import export
 
     with tempfile.TemporaryDirectory(prefix="llemma-eval-export-") as tmp:
         export(source, os.path.join(tmp, "hf"), step=step)
@@ -134,7 +133,7 @@ def rescore(argv) -> int:
     from llemma_eval.runner import summarize_ppl, write_results
     from llemma_eval.scoring import read_samples, score_records, summarize, write_samples
 
-    p = argparse.ArgumentParser(prog="evaluate.py rescore", description="Rescore samples files (CPU only).")
+    p = argparse.ArgumentParser(prog="run_eval.py rescore", description="Rescore samples files (CPU only).")
     p.add_argument("--samples", required=True, help="directory of <task>.jsonl samples files")
     p.add_argument("--out", help="where results.json goes (default: the parent of a 'samples' directory, "
                                  "else --samples itself)")
@@ -171,7 +170,7 @@ def rescore(argv) -> int:
 
 
 def equiv(argv) -> int:
-    p = argparse.ArgumentParser(prog="evaluate.py equiv", description="Is PRED equal to GOLD as a MATH answer?")
+    p = argparse.ArgumentParser(prog="run_eval.py equiv", description="Is PRED equal to GOLD as a MATH answer?")
     p.add_argument("pred")
     p.add_argument("gold")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
@@ -202,7 +201,7 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from llemma_eval.data import DataError
-    from neox.checkpoints import CheckpointError
+    from neox.checkpoint.files import CheckpointError
 
     try:
         if args.run:

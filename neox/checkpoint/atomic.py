@@ -1,4 +1,4 @@
-"""Surviving week-long jobs: atomic checkpoints, exact resume, stop-on-signal, guarded start.
+"""The checkpoint save protocol: atomic checkpoints, their manifest, and which one a resume takes.
 
 Checkpoint protocol (rank 0 finishes what every rank wrote):
   1. every rank writes its files into <save>/.tmp-global_step<N> (DeepSpeed's save, no `latest`)
@@ -14,24 +14,19 @@ from __future__ import annotations
 import glob
 import json
 import os
-import random
 import re
 import shutil
-import signal
-import sys
 
-import numpy as np
 import torch
 
-from neox import stop_request
-from neox.checkpoints import CheckpointError
+from neox import faults
+from neox.checkpoint.files import CheckpointError
 
 COMPLETE = "complete"
 # Copied into <save> by every DeepSpeed save; they read TP rank 0 only, so at TP > 1 they would
 # recover part of the model: tools/export_hf.py is the way out of a checkpoint.
 DEEPSPEED_SCRIPTS = ("zero_to_fp32.py", "zero_to_torch.py")
 # A stopped run exits with this status after its checkpoint; slurm/common.sh requeues on it.
-EXIT_REQUEUE = 75
 # Keys a resume may change; anything else differing from the checkpoint's config is refused.
 RESUME_MAY_CHANGE = {
     "train_iters", "log_interval", "eval_interval", "eval_iters", "checkpoint_factor",
@@ -45,7 +40,7 @@ RESUME_MAY_CHANGE = {
     "save_lock_stale_minutes",
     "distributed_timeout_minutes", "watchdog_min_seconds", "watchdog_first_step_seconds",
 }
-# The parallel layout: may change at resume only where neox.reshard can reshard the state (ZeRO).
+# The parallel layout: may change at resume only where neox.checkpoint.reshard can reshard the state (ZeRO).
 LAYOUT_KEYS = {"model_parallel_size"}
 
 
@@ -113,7 +108,7 @@ def resume_tag(save: str) -> tuple[str | None, list[str]]:
 def save_atomic(engine, save: str, step: int, client_state: dict, keep_last: int | None, rank0: bool,
                 extra_files: dict | None = None, job: str = "job"):
     """Write global_step<step> by the protocol above; prune old complete checkpoints. The temp
-    directory carries the job's identity (neox.save_lock), so two writers never share one."""
+    directory carries the job's identity (neox.checkpoint.lock), so two writers never share one."""
     tag = f"global_step{step}"
     tmp_tag = f".tmp-{tag}.{job}"
     tmp, final = os.path.join(save, tmp_tag), os.path.join(save, tag)
@@ -140,7 +135,7 @@ def _deepspeed_save(engine, save: str, tag: str, client_state: dict, step: int):
             if errors:
                 return None
             try:
-                _fault_write_error(step)
+                faults.write_error(step, torch.distributed.get_rank())
                 return write(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - raised below, after the collectives
                 errors.append(e)
@@ -163,14 +158,6 @@ def _deepspeed_save(engine, save: str, tag: str, client_state: dict, step: int):
         raise errors[0]
 
 
-def _fault_write_error(step: int):
-    """Test-only: NEOX_FAULT_WRITE_ERROR=<rank>:<step> makes that rank's checkpoint writes fail
-    at that step as on a full disk, while the other ranks' writes succeed."""
-    rank, _, at = os.environ.get("NEOX_FAULT_WRITE_ERROR", "").partition(":")
-    if at and int(at) == step and int(rank) == torch.distributed.get_rank():
-        raise OSError(28, "No space left on device")
-
-
 def _finish(save: str, tmp: str, final: str, step: int, keep_last: int | None, extra_files: dict | None):
     """Rank 0, after every rank wrote its files: manifest, fsync, rename, marker, latest, pruning."""
     tag = os.path.basename(final)
@@ -182,11 +169,11 @@ def _finish(save: str, tmp: str, final: str, step: int, keep_last: int | None, e
             f.write(text)
     _write_manifest(tmp)
     _fsync_tree(tmp)
-    _fault("NEOX_FAULT_KILL_DURING_SAVE", step)  # test-only: die before the rename
+    faults.kill_at("NEOX_FAULT_KILL_DURING_SAVE", step)  # test-only: die before the rename
     if os.path.isdir(final):  # the same step saved again (e.g. after a restart)
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fault("NEOX_FAULT_KILL_AFTER_RENAME", step)  # test-only: die before the marker
+    faults.kill_at("NEOX_FAULT_KILL_AFTER_RENAME", step)  # test-only: die before the marker
     _write_atomic(os.path.join(final, COMPLETE), f"{step}\n")
     _write_atomic(os.path.join(save, "latest"), tag)
     if keep_last:
@@ -199,8 +186,8 @@ def _on_every_rank_or_fail(write, save: str, tmp: str, final: str, rank0: bool):
     """Run this rank's part of a save; if any rank failed, every rank stops (after one
     all-reduce: a rank raising alone would leave the others waiting in a barrier), rank 0
     removes the unfinished directory, and the failing ranks name the path and the cause."""
+    from neox.checkpoint.lock import io_cause
     from neox.distributed import device
-    from neox.save_lock import io_cause
 
     error = cause = None
     try:
@@ -222,11 +209,6 @@ def _on_every_rank_or_fail(write, save: str, tmp: str, final: str, rank0: bool):
     raise CheckpointError(f"saving checkpoint {os.path.basename(final)} to {tmp} failed: {cause}; the unfinished "
                           f"directory was removed; the newest complete checkpoint is "
                           f"{os.path.join(save, newest) if newest else 'none'}") from error
-
-
-def _fault(variable: str, step: int):
-    if int(os.environ.get(variable, "-1")) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 MANIFEST = "manifest.json"
@@ -280,92 +262,3 @@ def config_differences(current: dict, saved: dict, layout_may_change: bool = Fal
         if current.get(key) != saved.get(key):
             diffs.append(f"{key} ({saved.get(key)!r} -> {current.get(key)!r})")
     return diffs
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():  # this rank's GPU only: the job that resumes may see fewer GPUs
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def restore_rng(state: dict):
-    if not state:
-        return
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"]
-        if isinstance(cuda, (list, tuple)):  # older checkpoints: every visible GPU's state
-            cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
-        torch.cuda.set_rng_state(cuda)
-
-
-class StopSignal:
-    """SIGTERM / SIGUSR1 (Slurm's pre-timeout or preemption signal) request a clean stop
-    (neox.stop_request, listening since train.py started). The flag travels in the step's one
-    all-reduce (neox.step), so every rank stops at the same step."""
-
-    def __init__(self, log_dir: str | None = None):
-        self.log_dir = log_dir
-        stop_request.listen(on_request=self._on_request)
-        if stop_request.requested():  # arrived during start-up
-            self._on_request()
-
-    @property
-    def requested(self) -> bool:
-        return stop_request.requested()
-
-    def _on_request(self):
-        if launcher_gone():  # the kernel's SIGTERM of follow_launcher: nobody reads our output now
-            path = os.path.join(self.log_dir or ".", f"orphaned-rank{os.environ.get('RANK', 0)}.log")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            os.close(fd)
-            print(f"launcher (deepy.py pid {os.environ['NEOX_LAUNCHER_PID']}) is gone: stopping after this step "
-                  "with a checkpoint", flush=True)
-
-
-def launcher_gone() -> bool:
-    launcher = os.environ.get("NEOX_LAUNCHER_PID")
-    return bool(launcher) and os.getppid() != int(launcher)
-
-
-def follow_launcher():
-    """Started by deepy.py: ask the kernel for a SIGTERM when deepy dies (Linux), so a rank left
-    behind by a `kill -9` of deepy checkpoints and stops instead of training on as an orphan."""
-    if not os.environ.get("NEOX_LAUNCHER_PID") or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
-    if launcher_gone():  # deepy died before the request was in place
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-@torch.no_grad()
-def reference_losses(model, reference: dict, source_theta: float, train_theta: float) -> tuple[float, float]:
-    """Loss of the loaded model on the converter's reference batch at the checkpoint's own RoPE
-    theta (comparable to the recorded loss) and at the training theta."""
-    tokens = torch.tensor([reference["tokens"]])
-    out = []
-    for theta in (source_theta, train_theta):
-        saved = model.rotary.base, model.rotary._cache
-        model.rotary.base, model.rotary._cache = float(theta), {}
-        try:
-            out.append(model(tokens[:, :-1], tokens[:, 1:]).item())
-        finally:
-            model.rotary.base, model.rotary._cache = saved
-    return out[0], out[1]
-
-
-def check_reference(loss: float, reference: dict, tolerance: float, load: str):
-    recorded = reference["loss"]
-    if not abs(loss - recorded) <= tolerance:
-        raise CheckpointError(
-            f"guarded start: {load} gives loss {loss:.6f} on the converter's reference batch but the source "
-            f"model gave {recorded:.6f} (tolerance {tolerance:g}): wrong checkpoint path, weight layout or "
-            "corrupted weights; re-run tools/convert_codellama.py --verify")

@@ -34,7 +34,7 @@ def neox_model_keys_from_hf(hf_config) -> dict:
 
 class InMemoryWeights:
     """Full HF tensors held in memory (a dict, or a function of the name), with the reading
-    interface of ``neox.checkpoints.HFWeights``."""
+    interface of ``neox.checkpoint.files.HFWeights``."""
 
     def __init__(self, tensors):
         self._get = tensors if callable(tensors) else tensors.__getitem__
@@ -87,7 +87,7 @@ def shard_hf_weights(source, names: Iterable[str], vocab: int, padded_vocab: int
 
 class ShardedWeights:
     """Full HF tensors of a tensor-parallel checkpoint, joined with ``partition.unshard`` on
-    demand, with the reading interface of ``neox.checkpoints.HFWeights``. ``rank_weight(rank,
+    demand, with the reading interface of ``neox.checkpoint.files.HFWeights``. ``rank_weight(rank,
     name)`` returns our weight ``name`` as rank ``rank`` of ``tp`` holds it. The full tensors of
     the last weight read are cached (q, k and v are read one after another). Vocabulary rows
     beyond ``vocab`` are dropped. ``config`` is an HF config.json dict for the model."""

@@ -1,0 +1,60 @@
+"""Test-only fault switches, all in one place. Each ``NEOX_FAULT_*`` environment variable makes
+the trainer fail at a chosen moment the way a real fault would, so the tests can check what the
+trainer does then (docs/checkpoints.md, "Faults and what the trainer does"). Unset, as in every
+real run, each costs a set lookup or a dictionary read.
+
+  NEOX_FAULT_NAN_STEP=7,9          the loss of these updates becomes NaN on rank 0
+  NEOX_FAULT_SPIKE_STEP=13         these updates report a loss 100 higher (gradients unchanged)
+  NEOX_FAULT_WRITE_ERROR=<rank>:<step>  that rank's checkpoint writes fail as on a full disk
+  NEOX_FAULT_KILL_DURING_SAVE=<step>    rank 0 is killed (SIGKILL) before the checkpoint's rename
+  NEOX_FAULT_KILL_AFTER_RENAME=<step>   ... after the rename, before the completion marker
+
+The loss faults fire once each, so a step replayed after a rollback is clean.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_nan_steps: set[int] = set()
+_spike_steps: set[int] = set()
+
+
+def steps(name: str) -> set[int]:
+    """Updates listed in an environment variable, e.g. "7" or "13,14"."""
+    return {int(v) for v in os.environ.get(name, "").split(",") if v.strip()}
+
+
+def arm_loss_faults(rank0: bool) -> None:
+    """Read the loss faults for this run (the trainer calls it once, at start)."""
+    global _nan_steps, _spike_steps
+    _nan_steps = steps("NEOX_FAULT_NAN_STEP") if rank0 else set()
+    _spike_steps = steps("NEOX_FAULT_SPIKE_STEP")
+
+
+def nan_loss(update: int, loss):
+    if update not in _nan_steps:
+        return loss
+    _nan_steps.discard(update)
+    return loss * float("nan")
+
+
+def spike_loss(update: int, loss_sum, accum: int):
+    if update not in _spike_steps:
+        return loss_sum
+    _spike_steps.discard(update)
+    return loss_sum + 100.0 * accum
+
+
+def write_error(step: int, rank: int) -> None:
+    """Raise the full disk's OSError in this rank's checkpoint writes at that step."""
+    target, _, at = os.environ.get("NEOX_FAULT_WRITE_ERROR", "").partition(":")
+    if at and int(at) == step and int(target) == rank:
+        raise OSError(28, "No space left on device")
+
+
+def kill_at(variable: str, step: int) -> None:
+    """Die at once (SIGKILL: no handler, no cleanup) when the variable names this step."""
+    if int(os.environ.get(variable, "-1")) == step:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,12 @@
+#!/usr/bin/env python
+"""Evaluate the Llemma way on lm-eval: MATH and GSM8k (greedy and maj@k), held-out perplexity.
+
+The program is llemma_eval.cli; installed, the same is `llemma-neox run_eval`.
+"""
+
+import sys
+
+from llemma_eval.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
