@@ -18,7 +18,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${1:-$REPO/gpu_wheels}
 PY=${PYTHON:-$REPO/.venv/bin/python}
 [ -x "$PY" ] || PY=$(command -v python3)
-# the same pins as setup.py
+# the same pins as pyproject.toml
 TOP=("megatron-core==0.16.1" "lm-dataformat>=0.0.20" "zstandard>=0.22")
 DEEPSPEED="deepspeed==0.19.8"
 TARGET=(--only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none

@@ -108,3 +108,21 @@ def test_converter_round_trip_from_the_wheel(installed, tok):
     assert set(back) == set(source)
     for name, tensor in source.items():
         assert torch.equal(back[name], tensor), name  # bit-identical through TP=2 and back
+
+
+def test_library_code_is_layered():
+    """No sys.path edits outside tests/ and bench/; the trainer (neox/) imports nothing from the
+    evaluation package or from tools/ (the llemma-neox table names llemma_eval.cli as a string,
+    imported only when that command runs)."""
+    import ast
+
+    files = subprocess.run(["git", "ls-files", "*.py", "*.sh"], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout.split()
+    edits = [f for f in files if not f.startswith(("tests/", "bench/"))
+             and "sys.path.insert" in open(os.path.join(REPO, f)).read()]
+    assert edits == []
+    for f in (f for f in files if f.startswith("neox/") and f.endswith(".py")):
+        for node in ast.walk(ast.parse(open(os.path.join(REPO, f)).read())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] in ("llemma_eval", "tools") for n in names), (f, names)

@@ -215,6 +215,15 @@ def checkpoint_model_info(ckpt_dir: str, tag: str, state: dict) -> dict:
     raise CheckpointError(f"{model_file(ckpt_dir, tag, 0)}: no model metadata (neox_conversion or neox_config)")
 
 
+def open_checkpoint(ckpt_dir: str, step: Optional[int] = None) -> tuple[str, int, list[dict], dict]:
+    """(tag, TP size, every TP rank's state memory-mapped and read lazily, model keys) of the
+    checkpoint at ``step`` (default: ``latest``): what the exporters read."""
+    tag = resolve_tag(ckpt_dir, step)
+    tp = tensor_parallel_size(ckpt_dir, tag)
+    ranks = [load_rank(ckpt_dir, tag, r) for r in range(tp)]
+    return tag, tp, ranks, checkpoint_model_info(ckpt_dir, tag, ranks[0])
+
+
 def load_finetune_weights(model, cfg):
     """``finetune: true``: this rank's weights from <load>/latest; nothing else is restored.
 

@@ -31,11 +31,8 @@ from neox.checkpoint.files import (
     DTYPES,
     TOKENIZER_FILES,
     CheckpointError,
-    checkpoint_model_info,
     exit_status,
-    load_rank,
-    resolve_tag,
-    tensor_parallel_size,
+    open_checkpoint,
     unfused_hint,
 )
 from neox.hf_tokenizer import UnsupportedTokenizer, write_hf_tokenizer
@@ -119,10 +116,7 @@ def export(ckpt: str, out: str, step=None, dtype: str = "auto", max_shard_bytes:
            force: bool = False) -> dict:
     from safetensors.torch import save_file
 
-    tag = resolve_tag(ckpt, step)
-    tp = tensor_parallel_size(ckpt, tag)
-    ranks = [load_rank(ckpt, tag, r) for r in range(tp)]  # memory-mapped, read lazily
-    info = checkpoint_model_info(ckpt, tag, ranks[0])
+    tag, tp, ranks, info = open_checkpoint(ckpt, step)
     source = {}
     if os.path.isfile(os.path.join(ckpt, CONVERSION_FILE)):
         with open(os.path.join(ckpt, CONVERSION_FILE)) as f:

@@ -36,10 +36,7 @@ from neox import partition
 from neox.checkpoint.files import (
     DTYPES,
     CheckpointError,
-    checkpoint_model_info,
-    load_rank,
-    resolve_tag,
-    tensor_parallel_size,
+    open_checkpoint,
     unfused_hint,
 )
 from neox.config import padded_vocab_size
@@ -90,10 +87,7 @@ def ours_as_hf(tp, info, ranks) -> ShardedWeights:
 
 def export(ckpt: str, out: str, step=None, tp_out=None, layout="per-rank", dtype="auto", divisible_by=None,
            force=False, reference_tokens=128) -> dict:
-    tag = resolve_tag(ckpt, step)
-    tp = tensor_parallel_size(ckpt, tag)
-    ranks = [load_rank(ckpt, tag, r) for r in range(tp)]  # memory-mapped, read lazily
-    info = checkpoint_model_info(ckpt, tag, ranks[0])
+    tag, tp, ranks, info = open_checkpoint(ckpt, step)
     L = int(info["num_layers"])
     names = partition.expected_names(L)
     missing = [n for n in names if n not in ranks[0]["module"]]
