@@ -399,7 +399,7 @@ def part_setup(p: Part, args):
     peak = tt.matmul_peak_tflops(n=8192, repeats=10)
     p.set(matmul_peak_tflops=peak, matmul_peak_note="best of 10 bf16 8192^3 matmuls (after one untimed)")
     t0 = time.time()
-    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_toy_data.py")], cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "neox.cli.make_toy_data"], cwd=REPO,  # no install needed
                        capture_output=True, text=True)
     p.set(toy_data_s=round(time.time() - t0, 1))
     p.check("toy_data", r.returncode == 0, r.returncode, 0, note=(r.stdout + r.stderr)[-500:] if r.returncode else "")

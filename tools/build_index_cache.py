@@ -4,9 +4,7 @@
 The program is neox.cli.build_index_cache; installed, the same is `llemma-neox build_index_cache`.
 """
 
-import sys
-
-from neox.cli.build_index_cache import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("neox.cli.build_index_cache")

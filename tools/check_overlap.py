@@ -4,9 +4,7 @@
 The program is neox.cli.check_overlap; installed, the same is `llemma-neox check_overlap`.
 """
 
-import sys
-
-from neox.cli.check_overlap import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("neox.cli.check_overlap")

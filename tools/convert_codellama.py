@@ -4,9 +4,7 @@
 The program is neox.interop.convert_codellama; installed, the same is `llemma-neox convert_codellama`.
 """
 
-import sys
-
-from neox.interop.convert_codellama import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("neox.interop.convert_codellama")

@@ -4,9 +4,7 @@
 The program is neox.interop.export_hf; installed, the same is `llemma-neox export_hf`.
 """
 
-import sys
-
-from neox.interop.export_hf import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("neox.interop.export_hf")

@@ -4,9 +4,7 @@
 The program is neox.interop.export_neox; installed, the same is `llemma-neox export_neox`.
 """
 
-import sys
-
-from neox.interop.export_neox import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("neox.interop.export_neox")

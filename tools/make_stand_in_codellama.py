@@ -4,9 +4,7 @@
 The program is neox.cli.make_stand_in_codellama; installed, the same is `llemma-neox make_stand_in_codellama`.
 """
 
-import sys
-
-from neox.cli.make_stand_in_codellama import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("neox.cli.make_stand_in_codellama")

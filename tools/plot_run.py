@@ -4,9 +4,7 @@
 The program is neox.cli.plot_run; installed, the same is `llemma-neox plot_run`.
 """
 
-import sys
-
-from neox.cli.plot_run import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("neox.cli.plot_run")

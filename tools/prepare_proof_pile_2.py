@@ -5,9 +5,7 @@ llemma_configs/data_mixture.yml names.
 The program is neox.cli.prepare_proof_pile_2; installed, the same is `llemma-neox prepare_proof_pile_2`.
 """
 
-import sys
-
-from neox.cli.prepare_proof_pile_2 import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("neox.cli.prepare_proof_pile_2")

@@ -4,9 +4,7 @@
 The program is neox.cli.preprocess_data; installed, the same is `llemma-neox preprocess_data`.
 """
 
-import sys
-
-from neox.cli.preprocess_data import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("neox.cli.preprocess_data")

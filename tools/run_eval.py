@@ -4,9 +4,7 @@
 The program is llemma_eval.cli; installed, the same is `llemma-neox run_eval`.
 """
 
-import sys
-
-from llemma_eval.cli import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("llemma_eval.cli")

@@ -5,9 +5,7 @@ held-out loss (how Llemma chose 2:4:1 arXiv : web : code).
 The program is neox.cli.sweep; installed, the same is `llemma-neox sweep`.
 """
 
-import sys
-
-from neox.cli.sweep import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("neox.cli.sweep")

@@ -4,9 +4,7 @@
 The program is neox.cli.toy_pipeline; installed, the same is `llemma-neox toy_pipeline`.
 """
 
-import sys
-
-from neox.cli.toy_pipeline import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("neox.cli.toy_pipeline")

@@ -4,9 +4,7 @@
 The program is neox.cli.train_toy_tokenizer; installed, the same is `llemma-neox train_toy_tokenizer`.
 """
 
-import sys
-
-from neox.cli.train_toy_tokenizer import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("neox.cli.train_toy_tokenizer")

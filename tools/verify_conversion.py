@@ -4,9 +4,7 @@
 The program is neox.interop.verify_conversion; installed, the same is `llemma-neox verify_conversion`.
 """
 
-import sys
-
-from neox.interop.verify_conversion import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("neox.interop.verify_conversion")
