@@ -7,7 +7,8 @@ The package by concern (importing it imports nothing else):
   under tensor parallelism), ``distributed``, ``engine`` (DeepSpeed), ``training`` (``Trainer.run``)
   and ``step`` (one step and its policies), ``guard``, ``watchdog``, ``stop_request``,
   ``lr_schedule``, ``head_loss``, ``metrics``, ``speed``, ``planner``, ``local_launch``;
-- data: ``data`` (tokenizers, datasets, mixture), ``data_check``, ``overlap`` (n-gram scanner);
+- data: ``tokenizer`` (SentencePiece and Hugging Face tokenizer.json behind one interface),
+  ``data`` (datasets, mixture), ``data_check``, ``overlap`` (n-gram scanner);
 - ``checkpoint/``: the save/resume protocol (``atomic``), the run's state on disk (``run_state``),
   the save-directory lock, resuming at another layout (``reshard``), reading checkpoint files
   (``files``), the after-save hook (``hooks``);

@@ -51,6 +51,26 @@ def _gpt_neox_call(fn, *args):
 BoolOrAuto = Union[bool, str]  # true, false or "auto"
 
 
+ROPE_SCALING_KEYS = {"linear": {"factor"},
+                     "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}}
+
+
+def check_rope_scaling(scaling) -> None:
+    """``rope_scaling``: None, or one of the types of ROPE_SCALING_KEYS with exactly its numbers."""
+    if scaling is None:
+        return
+    kind = scaling.get("rope_type") if isinstance(scaling, dict) else None
+    if kind not in ROPE_SCALING_KEYS:
+        raise ConfigError(f"key 'rope_scaling': rope_type must be one of {sorted(ROPE_SCALING_KEYS)}, got {scaling!r}")
+    given = set(scaling) - {"rope_type"}
+    if given != ROPE_SCALING_KEYS[kind]:
+        raise ConfigError(f"key 'rope_scaling' of rope_type {kind} needs exactly {sorted(ROPE_SCALING_KEYS[kind])}, "
+                          f"got {sorted(given)}")
+    for key in given:
+        value = scaling[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ConfigError(f"key 'rope_scaling.{key}' must be a positive number, got {value!r}")
+
 @dataclass
 class ModelArgs:
     num_layers: Optional[int] = None
@@ -74,6 +94,14 @@ class ModelArgs:
     compile_blocks: BoolOrAuto = "auto"
     cpu_keep_freed_memory: bool = True  # on CPU: malloc keeps freed memory for reuse (neox.speed)
     fused_head_loss: bool = True  # output head + cross entropy chunk by chunk (neox.head_loss)
+    # options of current bases (docs/converters.md, "Base models"); the defaults are Llama 2's
+    head_dim: Optional[int] = None  # None: hidden_size / num_attention_heads (Mistral-Nemo sets 128)
+    qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
+    tie_word_embeddings: bool = False  # output head = input embedding, one parameter (Llama 3.2 1B/3B)
+    # RoPE frequency scaling as Hugging Face writes it: {rope_type: linear, factor} or
+    # {rope_type: llama3, factor, low_freq_factor, high_freq_factor, original_max_position_embeddings}
+    rope_scaling: Optional[dict] = None
+    hf_model_type: Optional[str] = None  # the Hugging Face family an export writes (None: llama)
 
     def check(self) -> None:
         _positive(self, "num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "intermediate_size",
@@ -93,14 +121,18 @@ class ModelArgs:
         if self.attention_impl not in ("auto", "sdpa", "flash"):
             raise ConfigError(f"key 'attention_impl' must be auto, sdpa or flash, got '{self.attention_impl}'")
         self._check_checkpoint_layers()
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"key 'hidden_size' ({self.hidden_size}) must be divisible by "
-                              f"'num_attention_heads' ({self.num_attention_heads})")
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ConfigError(f"key 'hidden_size' ({self.hidden_size}) must be divisible by "
+                                  f"'num_attention_heads' ({self.num_attention_heads}), or set 'head_dim'")
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        _positive(self, "head_dim")
+        check_rope_scaling(self.rope_scaling)
         if self.num_attention_heads % self.num_kv_heads:
             raise ConfigError(f"key 'num_attention_heads' ({self.num_attention_heads}) must be divisible "
                               f"by 'num_kv_heads' ({self.num_kv_heads})")
-        if (self.hidden_size // self.num_attention_heads) % 2:
-            raise ConfigError("key 'hidden_size': head dimension must be even for rotary embeddings")
+        if self.head_dim % 2:
+            raise ConfigError(f"key 'head_dim' ({self.head_dim}) must be even for rotary embeddings")
 
     def _check_checkpoint_layers(self) -> None:
         layers = self.checkpoint_layers
@@ -231,7 +263,7 @@ class DataArgs:
     train_data_weights: Optional[list] = None
     valid_data_paths: list = field(default_factory=list)
     test_data_paths: list = field(default_factory=list)
-    vocab_file: Optional[str] = None  # SentencePiece tokenizer.model
+    vocab_file: Optional[str] = None  # SentencePiece tokenizer.model or Hugging Face tokenizer.json
     tokenizer_type: str = "SPMTokenizer"
     data_cache_dir: Optional[str] = None  # where sample-index caches go (None: beside the data)
     data_without_manifest: bool = False  # data with no preprocessing manifest: tokenizer not checked
@@ -247,8 +279,17 @@ class DataArgs:
             if any(not (w >= 0 and math.isfinite(w)) for w in weights) or sum(weights) <= 0:
                 raise ConfigError("key 'train_data_weights' must be non-negative with a positive sum")
             self.train_data_weights = weights
-        if self.tokenizer_type not in ("SPMTokenizer", "SentencePieceTokenizer"):
-            raise ConfigError(f"key 'tokenizer_type' must be SPMTokenizer, got '{self.tokenizer_type}'")
+        if self.tokenizer_type not in ("SPMTokenizer", "SentencePieceTokenizer", "HFTokenizer"):
+            raise ConfigError(f"key 'tokenizer_type' must be SPMTokenizer (a SentencePiece .model) or HFTokenizer "
+                              f"(a tokenizer.json), got '{self.tokenizer_type}'")
+        if self.vocab_file and os.path.isfile(self.vocab_file):
+            from neox.tokenizer import HF, KINDS, kind_of_file
+
+            found = kind_of_file(self.vocab_file)
+            if KINDS[self.tokenizer_type] != found:
+                raise ConfigError(f"key 'vocab_file': {self.vocab_file} is a "
+                                  f"{'tokenizer.json' if found == HF else 'SentencePiece model'}, but tokenizer_type "
+                                  f"is {self.tokenizer_type} (use {found})")
 
 
 @dataclass
@@ -693,7 +734,7 @@ def check_files(cfg: NeoXConfig, dry_run: bool) -> None:
             missing += [(key, f) for f in _data_files(prefix) if not os.path.isfile(f)]
     if d.vocab_file is None:
         if cfg.model.vocab_size is None:
-            raise ConfigError("key 'vocab_file' is required (SentencePiece tokenizer.model)")
+            raise ConfigError("key 'vocab_file' is required (SentencePiece tokenizer.model or tokenizer.json)")
     elif not os.path.isfile(d.vocab_file):
         missing.append(("vocab_file", d.vocab_file))
     if c.load and c.finetune and not os.path.isfile(os.path.join(c.load, "latest")):
@@ -719,7 +760,7 @@ def check_vocab_and_memory(cfg: NeoXConfig) -> None:
     m, d = cfg.model, cfg.data
     if d.vocab_file and os.path.isfile(d.vocab_file):
         try:
-            found = tokenizer_vocab_size(d.vocab_file)
+            found = tokenizer_vocab_size(d.vocab_file, d.tokenizer_type)
         except ConfigError as e:
             if m.vocab_size is None:
                 raise
@@ -749,11 +790,23 @@ def check_vocab_and_memory(cfg: NeoXConfig) -> None:
             "enable checkpoint_activations or lower train_micro_batch_size_per_gpu")
 
 
-def tokenizer_vocab_size(path: str) -> int:
-    import sentencepiece as spm
+def tokenizer_vocab_size(path: str, kind: str | None = None) -> int:
+    """Largest id + 1 of the tokenizer in ``path`` (SentencePiece model or tokenizer.json); ``kind``,
+    a tokenizer_type, must match the file."""
+    from neox.tokenizer import HF, KINDS, HFTokenizer, TokenizerError, kind_of_file
 
+    found = kind_of_file(path)
+    if kind is not None and KINDS.get(kind) != found:
+        raise ConfigError(f"key 'vocab_file': {path} is a {'tokenizer.json' if found == HF else 'SentencePiece model'}, "
+                          f"but tokenizer_type is {kind} (use {found})")
     try:
+        if found == HF:
+            return HFTokenizer(path).vocab_size
+        import sentencepiece as spm
+
         return spm.SentencePieceProcessor(model_file=path).vocab_size()
+    except TokenizerError as e:
+        raise ConfigError(f"key 'vocab_file': {e}") from None
     except Exception as e:  # sentencepiece raises plain RuntimeError/OSError
         raise ConfigError(f"key 'vocab_file': cannot read SentencePiece model {path}: {e}") from None
 

@@ -13,37 +13,18 @@ import hashlib
 import logging
 import os
 
-import sentencepiece as spm
 import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
+from neox.tokenizer import HFTokenizer, SentencePieceTokenizer, load_tokenizer  # noqa: F401  (the run's tokenizer)
+
 logging.getLogger("megatron.core.datasets").setLevel(logging.WARNING)
 
 
-class SentencePieceTokenizer:
-    """Llama-style SentencePiece tokenizer. End of document is ``</s>``: the id comes from the
-    model (``eos_id``), never from a guessed piece name (GPT-NeoX looked up ``<|endoftext|>``,
-    which Llama lacks, and silently used ``<unk>``)."""
-
-    def __init__(self, model_file: str):
-        self.sp = spm.SentencePieceProcessor(model_file=model_file)
-        self.vocab_size = self.sp.vocab_size()
-        self.eod = self.sp.eos_id()
-        self.bos = self.sp.bos_id()
-        if self.eod < 0:
-            raise ValueError(f"tokenizer {model_file} has no end-of-sentence token (</s>)")
-        self.pad = -1  # Llama has no pad token; -1 never matches a real id
-        self.eos = self.eod
-        with open(model_file, "rb") as f:  # megatron keys its index caches on this
-            digest = hashlib.sha256(f.read()).hexdigest()
-        self.unique_identifiers = {"class": "SentencePieceTokenizer", "model_sha256": digest}
-
-    def encode(self, text: str) -> list[int]:
-        return self.sp.encode(text)
-
-    def decode(self, ids) -> str:
-        return self.sp.decode(list(ids))
+def build_tokenizer(cfg):
+    """The run's tokenizer: vocab_file, of the kind tokenizer_type names (SPMTokenizer or HFTokenizer)."""
+    return load_tokenizer(cfg.data.vocab_file, cfg.data.tokenizer_type)
 
 
 def component_name(prefix: str) -> str:

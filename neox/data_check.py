@@ -80,10 +80,12 @@ def sha256_of(path: str) -> str:
     return h.hexdigest()
 
 
-def check_tokenizer(prefix: str, vocab_file: str, vocab_size: int, without_manifest: bool) -> str | None:
-    """The preprocessing manifest's tokenizer must be the run's vocab_file (hash and vocabulary
-    size). Data without a manifest is an error unless ``data_without_manifest`` is set; then a
-    warning is returned (the on-device check of every batch still stops ids >= the vocabulary)."""
+def check_tokenizer(prefix: str, vocab_file: str, vocab_size: int, without_manifest: bool,
+                    kind: str = "SPMTokenizer") -> str | None:
+    """The preprocessing manifest's tokenizer must be the run's vocab_file (kind, hash and vocabulary
+    size; a manifest without a kind is from a SentencePiece-only version). Data without a manifest
+    is an error unless ``data_without_manifest`` is set; then a warning is returned
+    (the on-device check of every batch still stops ids >= the vocabulary)."""
     manifest = prefix + ".manifest.json"
     if not os.path.isfile(manifest):
         if without_manifest:
@@ -94,6 +96,11 @@ def check_tokenizer(prefix: str, vocab_file: str, vocab_size: int, without_manif
     with open(manifest) as f:
         tok = json.load(f).get("tokenizer", {})
     ours = sha256_of(vocab_file)
+    theirs = tok.get("kind", "SPMTokenizer")
+    kind = {"SentencePieceTokenizer": "SPMTokenizer"}.get(kind, kind)
+    if theirs != kind:
+        raise DataError(f"{prefix}.bin was tokenized with a {theirs} ({tok.get('path')}) per {manifest}, but "
+                        f"tokenizer_type is {kind} (vocab_file {vocab_file}): re-tokenize the data or fix the config")
     if tok.get("sha256") != ours or tok.get("vocab_size") != vocab_size:
         raise DataError(f"{prefix}.bin was tokenized with {tok.get('path')} (vocabulary {tok.get('vocab_size')}, "
                         f"sha256 {str(tok.get('sha256'))[:12]}) per {manifest}, but vocab_file is {vocab_file} "
@@ -107,11 +114,11 @@ def check_data(cfg) -> list[str]:
 
     d = cfg.data
     warnings = []
-    vocab = tokenizer_vocab_size(d.vocab_file) if d.vocab_file else None
+    vocab = tokenizer_vocab_size(d.vocab_file, d.tokenizer_type) if d.vocab_file else None
     for prefix in dict.fromkeys([*d.train_data_paths, *d.valid_data_paths]):
         check_index(prefix)
         if vocab is not None:
-            w = check_tokenizer(prefix, d.vocab_file, vocab, d.data_without_manifest)
+            w = check_tokenizer(prefix, d.vocab_file, vocab, d.data_without_manifest, d.tokenizer_type)
             warnings += [w] if w else []
     return warnings
 

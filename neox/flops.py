@@ -10,11 +10,14 @@ MFU definition. MFU = tokens/s x FLOPs per token / (GPUs x peak FLOP/s per GPU).
 def parameter_count(cfg, vocab_size=None) -> int:
     m = cfg.model
     v = vocab_size if vocab_size is not None else m.vocab_size
-    head_dim = m.hidden_size // m.num_attention_heads
+    head_dim = m.head_dim or m.hidden_size // m.num_attention_heads
     attn = m.hidden_size * head_dim * (2 * m.num_attention_heads + 2 * m.num_kv_heads)
+    if m.qkv_bias:
+        attn += head_dim * (m.num_attention_heads + 2 * m.num_kv_heads)
     mlp = 3 * m.hidden_size * m.intermediate_size
     norms = 2 * m.hidden_size
-    return m.num_layers * (attn + mlp + norms) + 2 * v * m.hidden_size + m.hidden_size
+    embeddings = (1 if m.tie_word_embeddings else 2) * v * m.hidden_size
+    return m.num_layers * (attn + mlp + norms) + embeddings + m.hidden_size
 
 
 def flops_per_token(cfg) -> int:

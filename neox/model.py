@@ -41,18 +41,35 @@ class RMSNorm(nn.Module):
         return (normed * self.weight.float()).to(x.dtype)
 
 
+def scale_frequencies(inv_freq: torch.Tensor, scaling) -> torch.Tensor:
+    """RoPE frequency scaling (``rope_scaling``, checked by neox.config). ``linear`` divides every
+    frequency by ``factor``; ``llama3`` (Llama 3.1) divides only the low frequencies, those whose
+    wavelength exceeds original_max_position_embeddings / low_freq_factor, keeps the high ones
+    (wavelength below original / high_freq_factor) and blends linearly in between."""
+    if scaling is None:
+        return inv_freq
+    factor = float(scaling["factor"])
+    if scaling["rope_type"] == "linear":
+        return inv_freq / factor
+    original = float(scaling["original_max_position_embeddings"])
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    wavelength = 2 * torch.pi / inv_freq
+    blend = ((original / wavelength - low) / (high - low)).clamp(0.0, 1.0)  # 0: scaled, 1: kept
+    return (1 - blend) * inv_freq / factor + blend * inv_freq
+
+
 class Rotary:
     """HF "rotate-half" rotary embedding; cos/sin built in fp32 and cached per (length, device)."""
 
-    def __init__(self, head_dim: int, base: float):
-        self.head_dim, self.base = head_dim, float(base)
+    def __init__(self, head_dim: int, base: float, scaling=None):
+        self.head_dim, self.base, self.scaling = head_dim, float(base), scaling
         self._cache = {}
 
     def cos_sin(self, seq_len: int, device):
         key = (seq_len, str(device))
         if key not in self._cache:
             exponent = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim
-            inv_freq = 1.0 / (self.base ** exponent)
+            inv_freq = scale_frequencies(1.0 / (self.base ** exponent), self.scaling)
             positions = torch.arange(seq_len, dtype=torch.float32, device=device)
             freqs = torch.outer(positions, inv_freq)
             angles = torch.cat([freqs, freqs], dim=-1)
@@ -80,9 +97,10 @@ def spend_megatron_warning_before_compile():
     layers.linear_with_grad_accumulation_and_async_allreduce.warned = True
 
 
-def _column(in_f, out_f, mp_config):
+def _column(in_f, out_f, mp_config, bias=False, shared_weight=False):
+    """``shared_weight``: no weight of its own, forward takes one (the tied output head)."""
     return mtp.ColumnParallelLinear(in_f, out_f, config=mp_config, init_method=nn.init.zeros_,
-                                    bias=False, gather_output=False,
+                                    bias=bias, gather_output=False, skip_weight_param_allocation=shared_weight,
                                     tp_group=parallel_state.get_tensor_model_parallel_group())
 
 
@@ -95,7 +113,7 @@ def _row(in_f, out_f, mp_config):
 class Attention(nn.Module):
     def __init__(self, m, tp: int, mp_config, impl: str):
         super().__init__()
-        self.head_dim = m.hidden_size // m.num_attention_heads
+        self.head_dim = m.head_dim
         self.local_heads = m.num_attention_heads // tp
         self.local_kv_heads = m.num_kv_heads // tp
         self.impl = impl
@@ -103,7 +121,7 @@ class Attention(nn.Module):
         # (the rank-blocked layout of neox.partition)
         self.local_sizes = [n * self.head_dim for n in (self.local_heads, self.local_kv_heads, self.local_kv_heads)]
         self.qkv_proj = _column(m.hidden_size, (m.num_attention_heads + 2 * m.num_kv_heads) * self.head_dim,
-                                mp_config)
+                                mp_config, bias=m.qkv_bias)
         self.o_proj = _row(m.num_attention_heads * self.head_dim, m.hidden_size, mp_config)
 
     def forward(self, x, cos, sin):
@@ -171,12 +189,15 @@ class LlamaModel(nn.Module):
                                                 tp_group=parallel_state.get_tensor_model_parallel_group())
         self.layers = nn.ModuleList(Layer(m, self.tp, mp_config) for _ in range(m.num_layers))
         self.final_norm = RMSNorm(m.hidden_size, m.rms_norm_epsilon)
-        self.lm_head = _column(m.hidden_size, self.padded_vocab_size, mp_config)
-        self.rotary = Rotary(m.hidden_size // m.num_attention_heads, m.rotary_emb_base)
+        # tied: the head multiplies by the (vocab-parallel) embedding matrix, one parameter
+        self.lm_head = _column(m.hidden_size, self.padded_vocab_size, mp_config, shared_weight=m.tie_word_embeddings)
+        self.rotary = Rotary(m.head_dim, m.rotary_emb_base, m.rope_scaling)
         for name, param in self.named_parameters():
             dim = partition.split_dim(name)
             # DeepSpeed reads these attributes to count each shard once in the global grad norm
-            set_tensor_model_parallel_attributes(param, dim is not None, dim if dim is not None else -1, 1)
+            # (megatron sets them on its biases itself)
+            if not hasattr(param, "tensor_model_parallel"):
+                set_tensor_model_parallel_attributes(param, dim is not None, dim if dim is not None else -1, 1)
         if m.compile_blocks is True:  # "auto" is resolved at start-up (neox.speed.apply); unresolved: eager
             spend_megatron_warning_before_compile()
             for layer in self.layers:
@@ -195,6 +216,9 @@ class LlamaModel(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith("norm.weight"):
                 param.fill_(1.0)
+                continue
+            if name.endswith(".bias"):  # as transformers initialises them
+                param.zero_()
                 continue
             s = out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
             parts = []
@@ -227,11 +251,16 @@ class LlamaModel(nn.Module):
                 x = layer(x, cos, sin)
         x = self.final_norm(x)
         if labels is not None and self.cfg.model.fused_head_loss:  # never materialises all logits
-            return head_loss(x, self.lm_head.weight, labels, loss_mask, self._real_local_vocab())
-        logits = self._mask_vocab_padding(self.lm_head(x)[0])
+            return head_loss(x, self.head_weight, labels, loss_mask, self._real_local_vocab())
+        logits = self._mask_vocab_padding(self.lm_head(x, weight=self.head_weight)[0])
         if labels is None:
             return logits
         return self.loss(logits, labels, loss_mask)
+
+    @property
+    def head_weight(self):
+        """This rank's output-head rows: the embedding's own when tied."""
+        return self.embed.weight if self.cfg.model.tie_word_embeddings else self.lm_head.weight
 
     def _real_local_vocab(self) -> int:
         """How many of this rank's vocabulary rows are real tokens (the rest is padding)."""

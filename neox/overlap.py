@@ -201,7 +201,7 @@ def build_index(tests: Examples, n: int, mode: str, sp) -> NgramIndex:
     word_starts = word_ends = None
     text_bytes = b""
     if mode == "tokens":
-        pieces = sp.encode([t for _, _, t in texts])
+        pieces = sp.encode_batch([t for _, _, t in texts])
         lengths = np.array([len(p) for p in pieces], dtype=np.int64)
         units = np.concatenate([np.asarray(p, dtype=np.int64) for p in pieces] + [np.empty(0, np.int64)])
         hash_input = units
@@ -381,7 +381,7 @@ def scan_tokens(ds, lo, hi, index, sp, tokenizer_path, chunk=CHUNK_TOKENS):
     all_tokens = ds.tokens()
     for c0 in range(a, b, chunk):
         toks = np.asarray(all_tokens[c0:min(c0 + chunk + n - 1, b)])
-        _check_ids(ds, toks, c0, sp.get_piece_size(), tokenizer_path)
+        _check_ids(ds, toks, c0, sp.vocab_size, tokenizer_path)
         pos, u = candidates(index, window_hashes(toks, n))
         g = pos + c0
         doc = np.searchsorted(doc_starts, g, side="right") - 1
@@ -399,7 +399,7 @@ def scan_tokens(ds, lo, hi, index, sp, tokenizer_path, chunk=CHUNK_TOKENS):
 def scan_words(ds, lo, hi, index, sp, tokenizer_path, chunk=WORDS_CHUNK_TOKENS):
     """Hit rows of documents [lo, hi) in words mode: decode, whitespace-split, hash words, then n-grams."""
     n, hits, rows_text = index.n, _Hits(), {}
-    all_tokens, vocab = ds.tokens(), sp.get_piece_size()
+    all_tokens, vocab = ds.tokens(), sp.vocab_size
     d0 = lo
     while d0 < hi:  # a batch of whole documents of about `chunk` tokens (at least one)
         d1 = max(d0 + 1, int(np.searchsorted(ds.starts, ds.starts[d0] + chunk, side="left")))
@@ -408,7 +408,7 @@ def scan_words(ds, lo, hi, index, sp, tokenizer_path, chunk=WORDS_CHUNK_TOKENS):
         toks = np.asarray(all_tokens[a:b])
         _check_ids(ds, toks, a, vocab, tokenizer_path)
         pieces = [toks[s:s + ln] for s, ln in zip((ds.starts[d0:d1] - a).tolist(), ds.lengths[d0:d1].tolist())]
-        text = "\n".join(normalise_text(t) for t in sp.decode(pieces)).encode("utf-8")
+        text = "\n".join(normalise_text(t) for t in sp.decode_batch(pieces)).encode("utf-8")
         buf = np.frombuffer(text, dtype=np.uint8)
         ws, we, wdoc, vals = word_values(buf)
         pos, u = candidates(index, window_hashes(vals, n))
@@ -512,10 +512,13 @@ _WORK: dict = {}  # set in the parent before forking workers: the index, dataset
 
 
 def _tokenizer(path: str):
-    import sentencepiece as spm
+    """The data's tokenizer (neox.tokenizer): a SentencePiece model or a Hugging Face tokenizer.json."""
+    from neox.tokenizer import TokenizerError, load_tokenizer
 
     try:
-        return spm.SentencePieceProcessor(model_file=path)
+        return load_tokenizer(path, require_eos=False)
+    except TokenizerError as e:
+        raise OverlapError(str(e)) from None
     except (OSError, RuntimeError) as e:
         raise OverlapError(f"{path}: cannot load the SentencePiece model ({e})") from None
 
@@ -556,7 +559,7 @@ def prepare(test_file, keys, data, tokenizer, n, mode):
     sp = _tokenizer(tokenizer)
     datasets = [open_dataset(p) for p in data]
     for ds in datasets:
-        check_vocab(ds, sp.get_piece_size(), tokenizer)
+        check_vocab(ds, sp.vocab_size, tokenizer)
     return tests, sp, datasets
 
 

@@ -6,6 +6,10 @@ every rank) and the Hugging Face Llama tensor(s) it holds, with their shapes in 
 decides a layout. Conversions always go through the HF tensors: ``shard`` turns full HF tensors
 into one rank's weight, ``unshard`` turns every rank's weight back into full HF tensors.
 
+Some weights exist only with a model option (``Weight.option``): the q/k/v biases with
+``qkv_bias`` (Qwen2), the output head only without ``tie_word_embeddings`` (tied: the head is the
+embedding matrix, one parameter).
+
 Unfused weights are split into ``tp`` equal contiguous blocks on their split dim (for q-like
 weights: blocks of whole heads).
 
@@ -35,6 +39,7 @@ class Weight(NamedTuple):
     name: str  # our parameter name; {i} is the layer index
     dim: Optional[int]  # split dim across TP ranks (None: replicated)
     parts: tuple  # ((HF name, HF shape in the symbols of sizes()), ...) in the order they are fused
+    option: Optional[str] = None  # present only when this model option holds (see OPTIONS)
 
 
 def _layer(*parts):
@@ -47,14 +52,22 @@ WEIGHTS = [
     Weight("layers.{i}.attention.qkv_proj.weight", 0, _layer(
         ("self_attn.q_proj.weight", ("Q", "H")), ("self_attn.k_proj.weight", ("KV", "H")),
         ("self_attn.v_proj.weight", ("KV", "H")))),
+    Weight("layers.{i}.attention.qkv_proj.bias", 0, _layer(
+        ("self_attn.q_proj.bias", ("Q",)), ("self_attn.k_proj.bias", ("KV",)), ("self_attn.v_proj.bias", ("KV",))),
+        option="qkv_bias"),
     Weight("layers.{i}.attention.o_proj.weight", 1, _layer(("self_attn.o_proj.weight", ("H", "Q")))),
     Weight("layers.{i}.post_attention_norm.weight", None, _layer(("post_attention_layernorm.weight", ("H",)))),
     Weight("layers.{i}.mlp.gate_up_proj.weight", 0, _layer(
         ("mlp.gate_proj.weight", ("F", "H")), ("mlp.up_proj.weight", ("F", "H")))),
     Weight("layers.{i}.mlp.down_proj.weight", 1, _layer(("mlp.down_proj.weight", ("H", "F")))),
     Weight("final_norm.weight", None, (("model.norm.weight", ("H",)),)),
-    Weight("lm_head.weight", 0, (("lm_head.weight", ("V", "H")),)),
+    Weight("lm_head.weight", 0, (("lm_head.weight", ("V", "H")),), option="untied"),
 ]
+# option -> whether it holds for a model's keys (a ModelArgs or a dict of its keys)
+OPTIONS = {
+    "qkv_bias": lambda get: bool(get("qkv_bias")),
+    "untied": lambda get: not get("tie_word_embeddings"),
+}
 # weights whose dim 0 is the vocabulary (padded so that it divides by TP)
 VOCAB_WEIGHTS = {"embed.weight", "lm_head.weight"}
 
@@ -63,11 +76,23 @@ def sizes(model, padded_vocab: Optional[int] = None) -> dict:
     """Values of the shape symbols for a model: ``model`` is a ModelArgs or a dict of its keys.
     V is the (padded, if given) vocabulary, H hidden, Q heads x head_dim, KV kv_heads x head_dim,
     F intermediate."""
-    get = model.get if isinstance(model, dict) else lambda key: getattr(model, key)
+    get = _getter(model)
     heads, hidden = get("num_attention_heads"), get("hidden_size")
-    head_dim = hidden // heads
+    head_dim = get("head_dim") or hidden // heads
     return {"V": padded_vocab or get("vocab_size"), "H": hidden, "Q": heads * head_dim,
             "KV": (get("num_kv_heads") or heads) * head_dim, "F": get("intermediate_size")}
+
+
+def _getter(model):
+    if model is None:
+        return lambda key: None
+    if isinstance(model, dict):
+        return model.get
+    return lambda key: getattr(model, key, None)
+
+
+def _present(w: Weight, model) -> bool:
+    return w.option is None or OPTIONS[w.option](_getter(model))
 
 
 def _regex(pattern: str) -> re.Pattern:
@@ -101,9 +126,11 @@ def hf_shapes(name: str, dims: dict) -> list[tuple]:
     return [tuple(dims[s] for s in shape) for _, shape in _lookup(name)[0].parts]
 
 
-def expected_names(num_layers: int) -> list[str]:
+def expected_names(num_layers: int, model=None) -> list[str]:
+    """Our weight names for a model of ``num_layers`` layers with the options of ``model`` (its
+    keys: a ModelArgs or a dict; None: plain Llama, no biases, untied head)."""
     names = []
-    for w in WEIGHTS:
+    for w in (w for w in WEIGHTS if _present(w, model)):
         if "{i}" in w.name:
             names += [w.name.replace("{i}", str(i)) for i in range(num_layers)]
         else:
@@ -111,8 +138,8 @@ def expected_names(num_layers: int) -> list[str]:
     return names
 
 
-def expected_hf_names(num_layers: int) -> list[str]:
-    return [hf for name in expected_names(num_layers) for hf in hf_names(name)]
+def expected_hf_names(num_layers: int, model=None) -> list[str]:
+    return [hf for name in expected_names(num_layers, model) for hf in hf_names(name)]
 
 
 def is_unfused_part(name: str) -> bool:

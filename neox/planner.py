@@ -43,7 +43,7 @@ def parameters_per_gpu(cfg) -> int:
     m, tp = cfg.model, cfg.parallel.model_parallel_size
     dims = partition.sizes(m, cfg.padded_vocab_size)
     total = 0
-    for name in partition.expected_names(1):  # layer 0 stands for every layer
+    for name in partition.expected_names(1, m):  # layer 0 stands for every layer
         n = sum(math.prod(shape) for shape in partition.hf_shapes(name, dims))
         if partition.split_dim(name) is not None:
             n //= tp
@@ -55,7 +55,7 @@ def layer_bytes_per_token(cfg) -> int:
     """Bytes one decoder layer keeps for backward per token on one rank (formula above)."""
     m, tp = cfg.model, cfg.parallel.model_parallel_size
     e = 2 if cfg.optim.precision == "bf16" else 4
-    h, head_dim = m.hidden_size, m.hidden_size // m.num_attention_heads
+    h, head_dim = m.hidden_size, m.head_dim
     q, k, f = m.num_attention_heads * head_dim // tp, m.num_kv_heads * head_dim // tp, m.intermediate_size // tp
     small = 4 * m.num_attention_heads // tp + 8
     if m.compile_blocks is True:  # "auto" stays eager until neox.speed resolves it at start-up

@@ -24,8 +24,8 @@ from neox.checkpoint.run_state import (
 from neox.config import NeoXConfig, derived
 from neox.data import (
     Prefetcher,
-    SentencePieceTokenizer,
     build_eval_datasets,
+    build_tokenizer,
     build_train_dataset,
     component_name,
     component_of_sample,
@@ -65,7 +65,7 @@ class Trainer:
         self._write_resolved_config()
         if os.environ.get(DATA_CHECKED_ENV) != "1":  # deepy.py checked before spawning; srun/torchrun did not
             distributed.on_rank0_for_all(lambda: [print_rank0(f"warning: {w}") for w in check_data(cfg)])
-        tokenizer = SentencePieceTokenizer(cfg.data.vocab_file)
+        tokenizer = build_tokenizer(cfg)
         for line in speed.apply(cfg, distributed.device()):  # compile_blocks: auto, the CPU allocator
             print_rank0(line)
         model = LlamaModel(cfg)

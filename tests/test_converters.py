@@ -11,12 +11,12 @@ import transformers
 from conftest import REPO
 from safetensors.torch import load_file
 
-from neox import partition  # noqa: E402
-from neox.checkpoint.files import HFWeights  # noqa: E402
-from neox.cli.make_stand_in_codellama import make  # noqa: E402
+from neox import partition
+from neox.checkpoint.files import HFWeights
+from neox.cli.make_stand_in_codellama import make
 from neox.interop import (
-    convert_codellama,  # noqa: E402
-    export_hf,  # noqa: E402
+    convert_codellama,
+    export_hf,
 )
 
 TOOLS = os.path.join(REPO, "tools")

@@ -12,7 +12,7 @@ import zstandard
 from conftest import REPO, tiny_cfg
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from neox.cli import preprocess_data  # noqa: E402
+from neox.cli import preprocess_data
 from neox.data import SentencePieceTokenizer, build_train_dataset, micro_batch_indices
 
 

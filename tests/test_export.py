@@ -9,11 +9,11 @@ import sentencepiece as spm
 import torch
 import transformers
 
-from neox.checkpoint.files import model_file  # noqa: E402
-from neox.cli.make_stand_in_codellama import make  # noqa: E402
+from neox.checkpoint.files import model_file
+from neox.cli.make_stand_in_codellama import make
 from neox.interop import (
-    convert_codellama,  # noqa: E402
-    export_hf,  # noqa: E402
+    convert_codellama,
+    export_hf,
 )
 
 HF_TOKENIZER_FILES = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "bench"))
-import gpu_check  # noqa: E402
+import gpu_check
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ import transformers
 import yaml
 from conftest import tiny_cfg
 
-from neox import partition  # noqa: E402
+from neox import partition
 from neox.interop import (
-    convert_codellama,  # noqa: E402
-    convert_neox,  # noqa: E402
-    export_neox,  # noqa: E402
+    convert_codellama,
+    convert_neox,
+    export_neox,
 )
-from neox.interop.hf_compat import shard_hf_weights  # noqa: E402
+from neox.interop.hf_compat import shard_hf_weights
 
 SEQ = 24
 THETA = 10000.0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from neox.cli import plot_run  # noqa: E402
+from neox.cli import plot_run
 
 
 def write_log(path, rows):

@@ -17,8 +17,8 @@ import sentencepiece as spm
 import zstandard
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from neox.cli import preprocess_data  # noqa: E402
-from neox.cli.preprocess_data import PreprocessError, preprocess  # noqa: E402
+from neox.cli import preprocess_data
+from neox.cli.preprocess_data import PreprocessError, preprocess
 
 
 def texts_of(path):

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from conftest import REPO, submit_env, wait_for_sacct
 
-from neox.cli import plot_run  # noqa: E402
-from neox.cli import sweep as sweep_tool  # noqa: E402
-from neox.config import load_config  # noqa: E402
+from neox.cli import plot_run
+from neox.cli import sweep as sweep_tool
+from neox.config import load_config
 
 SMOKE_OVERRIDES = {"num_gpus": 1, "model_parallel_size": 1, "eval_iters": 1}
 MIXTURES = {"llemma-2-4-1": [2, 4, 1], "equal": [1, 1, 1], "code-heavy": [1, 1, 4]}

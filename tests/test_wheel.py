@@ -126,3 +126,19 @@ def test_library_code_is_layered():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n.split(".")[0] in ("llemma_eval", "tools") for n in names), (f, names)
+
+
+def test_each_tool_is_a_thin_wrapper_of_its_program():
+    """tools/X.py for every llemma-neox command (but train: deepy.py), nothing else, and its
+    docstring opens with its program's."""
+    import ast
+    import importlib.util
+
+    tools = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "tools")) if f.endswith(".py") and f != "_entry.py")
+    assert tools == sorted(n for n in COMMANDS if n != "train")
+    for name in tools:
+        module = COMMANDS[name][0]
+        text = open(os.path.join(REPO, "tools", f"{name}.py")).read()
+        assert f'run("{module}")' in text and len(text.splitlines()) < 20, name
+        program = ast.get_docstring(ast.parse(open(importlib.util.find_spec(module).origin).read()))
+        assert ast.get_docstring(ast.parse(text)).startswith(program.split("\n\n")[0]), name

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Hugging Face Llama / Code Llama directory -> trainer checkpoint sharded for tensor parallel.
+"""Hugging Face Llama / Code Llama / Llama 3 / Mistral / Qwen2 directory -> trainer checkpoint sharded for
+tensor parallel (which families and options: docs/converters.md, "Base models").
 
 The program is neox.interop.convert_codellama; installed, the same is `llemma-neox convert_codellama`.
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Trainer checkpoint (any step, any TP, ZeRO or not) -> Hugging Face Llama directory.
+"""Trainer checkpoint (any step, any TP, ZeRO or not) -> Hugging Face Llama / Mistral / Qwen2 directory.
 
 The program is neox.interop.export_hf; installed, the same is `llemma-neox export_hf`.
 """

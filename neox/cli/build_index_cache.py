@@ -29,8 +29,8 @@ def main(argv=None):
     import torch
 
     from neox.data import (
-        SentencePieceTokenizer,
         build_eval_datasets,
+        build_tokenizer,
         build_train_dataset,
         cache_dir,
         format_mixture,
@@ -41,7 +41,7 @@ def main(argv=None):
     # megatron's builder expects a process group: a world of one
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     t0 = time.time()
-    tokenizer = SentencePieceTokenizer(cfg.data.vocab_file)
+    tokenizer = build_tokenizer(cfg)
     train = build_train_dataset(cfg, tokenizer)
     if cfg.data.valid_data_paths and cfg.logging.eval_iters > 0:
         build_eval_datasets(cfg, tokenizer, cfg.logging.eval_iters * cfg.batch.train_micro_batch_size_per_gpu

@@ -27,7 +27,8 @@ def _scan(argv):
     p.add_argument("--test-file", required=True, help="jsonl, one test example per line")
     p.add_argument("--test-key", action="append", help="text field(s) to check (default: problem and solution)")
     p.add_argument("--data", nargs="+", required=True, help=".bin/.idx prefixes (without the extension)")
-    p.add_argument("--tokenizer-model", required=True, help="the SentencePiece model the data was tokenized with")
+    p.add_argument("--tokenizer-model", required=True,
+                   help="the tokenizer the data was tokenized with (SentencePiece .model or tokenizer.json)")
     p.add_argument("--n", type=int, default=30, help="n-gram length (Llemma: 30)")
     p.add_argument("--mode", choices=overlap.MODES, default="tokens",
                    help="tokens: our token ids; words: whitespace words of the decoded text (Llemma's)")

@@ -2,8 +2,13 @@
 """Tokenize json-lines documents into a megatron-core indexed dataset (.bin/.idx).
 
     python tools/preprocess_data.py --input PATH [PATH ...] --output-prefix PREFIX
-        --tokenizer-model FILE [--workers N] [--append-eod] [--prepend-bos]
+        --tokenizer-model FILE [--workers N] [--append-eod] [--prepend-bos | --no-prepend-bos]
         [--jsonl-key text] [--allow-empty]
+
+FILE is a SentencePiece .model or a Hugging Face tokenizer.json (told apart by content: a JSON
+object is a tokenizer.json), whose tokenizer_config.json beside it names EOS and BOS. Without
+--prepend-bos/--no-prepend-bos a document starts with BOS exactly when the model's tokenizer adds
+one (never with SentencePiece, whose encode adds none).
 
 PATH is a file, a directory (searched recursively) or a glob. `.jsonl`, `.jsonl.zst` and
 `.jsonl.gz` are read here, so errors name the line; other lm_dataformat archives
@@ -25,7 +30,6 @@ import argparse
 import gc
 import glob
 import gzip
-import hashlib
 import json
 import multiprocessing
 import os
@@ -37,9 +41,10 @@ import zlib
 
 import lm_dataformat
 import numpy
-import sentencepiece as spm
 import zstandard
 from tqdm import tqdm
+
+from neox.tokenizer import HF, TokenizerError, describe, kind_of_file, load_tokenizer
 
 with warnings.catch_warnings():
     # megatron.core warns about missing Apex/Transformer Engine, irrelevant here.
@@ -49,7 +54,7 @@ with warnings.catch_warnings():
 OWN_FORMATS = (".jsonl", ".jsonl.zst", ".jsonl.gz")  # read line by line here
 LMD_FORMATS = tuple(lm_dataformat.VALID_EXTENSIONS)  # anything else lm_dataformat reads
 DIR_FORMATS = OWN_FORMATS + (".jsonl.zst.tar", ".json.zst", ".json.gz")  # picked up in directories
-BATCH_DOCS = 1000  # documents per sp.encode call ...
+BATCH_DOCS = 1000  # documents per batched encode call ...
 BATCH_BYTES = 4 << 20  # ... or this much text, whichever comes first
 SHARD_VERSION = 1  # bump when the shard contents change for the same inputs
 
@@ -188,25 +193,19 @@ _worker = {}
 
 
 def _init_worker(model_path, report, threads, options):
-    sp = spm.SentencePieceProcessor(model_file=model_path)
-    try:  # sentencepiece >= 0.2.1 can return numpy arrays: no Python int lists to convert
-        sp.encode(["probe"], return_type="numpy")
-        as_numpy = True
-    except (TypeError, ValueError):
-        as_numpy = False
-    _worker.update(sp=sp, report=report, threads=threads, as_numpy=as_numpy, **options)
+    if kind_of_file(model_path) == HF:  # the Rust library's thread pool, sized before its first use
+        os.environ["RAYON_NUM_THREADS"] = str(threads)
+    _worker.update(tok=load_tokenizer(model_path, require_eos=False), report=report, threads=threads, **options)
 
 
 def _encode(texts, path, numbers):
     w = _worker
     try:
-        if w["as_numpy"]:
-            return w["sp"].encode(texts, num_threads=w["threads"], return_type="numpy")
-        return [numpy.asarray(ids, dtype=numpy.int64) for ids in w["sp"].encode(texts, num_threads=w["threads"])]
+        return w["tok"].encode_batch(texts, w["threads"])
     except Exception:  # e.g. a lone surrogate from "\ud800" in the JSON; find the document
         for text, n in zip(texts, numbers):
             try:
-                w["sp"].encode(text)
+                w["tok"].encode(text)
             except Exception as e:
                 raise PreprocessError(f"{path}:{n}: cannot tokenize: {e}") from None
         raise
@@ -280,14 +279,6 @@ def _tokenize_file(task):
 
 
 # ---- main process
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _alive(pid):
     try:
@@ -373,27 +364,35 @@ def _next_result(results, reports, progress, files):
                                           f"tokenizing this file (out of memory?)")
 
 
-def preprocess(inputs, output_prefix, tokenizer_model, append_eod=True, prepend_bos=False,
+def preprocess(inputs, output_prefix, tokenizer_model, append_eod=True, prepend_bos=None,
                key="text", workers=1, progress=True, allow_empty=False,
                batch_docs=BATCH_DOCS, batch_bytes=BATCH_BYTES):
     """Tokenize `inputs` into `<output_prefix>_<key>_document.{bin,idx,manifest.json}`.
 
+    `tokenizer_model`: a SentencePiece .model or a Hugging Face tokenizer.json. `prepend_bos`
+    None: BOS exactly when the tokenizer adds it (HFTokenizer.add_bos; never for SentencePiece).
     Returns the manifest dict. Raises PreprocessError on bad input; then no final output
     exists, but finished shards are kept for the next run.
     """
     files = resolve_inputs(inputs)
     if not os.path.isfile(tokenizer_model):
         raise PreprocessError(f"{tokenizer_model}: tokenizer model not found")
-    sp = spm.SentencePieceProcessor(model_file=tokenizer_model)
-    vocab_size = sp.get_piece_size()
-    if append_eod and sp.eos_id() < 0:
+    try:
+        tok = load_tokenizer(tokenizer_model, require_eos=False)
+    except TokenizerError as e:
+        raise PreprocessError(str(e)) from None
+    tok_info = describe(tok)
+    vocab_size, bos_id, eos_id = tok_info["vocab_size"], tok_info["bos_id"], tok_info["eos_id"]
+    prepend_bos = tok.add_bos if prepend_bos is None else prepend_bos
+    if append_eod and eos_id < 0:
         raise PreprocessError(f"{tokenizer_model}: tokenizer has no EOS id, cannot --append-eod")
-    if prepend_bos and sp.bos_id() < 0:
+    if prepend_bos and tok.bos is None:
         raise PreprocessError(f"{tokenizer_model}: tokenizer has no BOS id, cannot --prepend-bos")
+    # uint16 holds ids up to 65,535; larger vocabularies (Llama 3, Qwen2.5, Tekken) get int32 tokens
     dtype = numpy.dtype(numpy.uint16 if vocab_size < 65500 else numpy.int32)
-    tokenizer_sha256 = _sha256(tokenizer_model)
+    tokenizer_sha256 = tok_info["sha256"]
     options = dict(json_key=key, append_eod=bool(append_eod), prepend_bos=bool(prepend_bos),
-                   dtype=dtype.name, vocab_size=vocab_size, bos_id=sp.bos_id(), eos_id=sp.eos_id())
+                   dtype=dtype.name, vocab_size=vocab_size, bos_id=bos_id, eos_id=eos_id)
 
     final = f"{output_prefix}_{key}_document"
     tmp = f"{final}.tmp-{os.getpid()}"  # the merged output is written here, renamed at the end
@@ -464,9 +463,9 @@ def preprocess(inputs, output_prefix, tokenizer_model, append_eod=True, prepend_
             "idx": rel(final + ".idx"),
             "json_key": key,
             "dtype": dtype.name,
-            "tokenizer": {"path": rel(tokenizer_model), "sha256": tokenizer_sha256, "vocab_size": vocab_size,
-                          "bos_id": sp.bos_id(), "eos_id": sp.eos_id()},
-            "eod_id": sp.eos_id(),
+            "tokenizer": {**tok_info, "path": rel(tokenizer_model),
+                          **({"config_path": rel(tok.config_path)} if tok.kind == HF else {})},
+            "eod_id": eos_id,
             "append_eod": bool(append_eod),
             "prepend_bos": bool(prepend_bos),
             "inputs": [{"path": rel(p), "bytes": size, "documents": info["documents"], "tokens": info["tokens"],
@@ -512,9 +511,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
     p.add_argument("--output-prefix", required=True)
-    p.add_argument("--tokenizer-model", required=True, help="SentencePiece .model file")
+    p.add_argument("--tokenizer-model", required=True,
+                   help="SentencePiece .model, or Hugging Face tokenizer.json with tokenizer_config.json beside it")
     p.add_argument("--append-eod", action="store_true", help="append the tokenizer's EOS id to each document")
-    p.add_argument("--prepend-bos", action="store_true", help="prepend the tokenizer's BOS id to each document")
+    p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=None,
+                   help="prepend the tokenizer's BOS id to each document (default: when the tokenizer adds it)")
     p.add_argument("--jsonl-key", default="text")
     p.add_argument("--workers", type=int, default=1, help="processes (one input file each)")
     p.add_argument("--allow-empty", action="store_true",

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Hugging Face Llama / Code Llama directory -> trainer checkpoint sharded for tensor parallel.
+"""Hugging Face Llama / Code Llama / Llama 3 / Mistral / Qwen2 directory -> trainer checkpoint sharded for
+tensor parallel (which families and options: docs/converters.md, "Base models").
 
     python tools/convert_codellama.py --hf-dir DIR --out DIR --tp N [--rope-theta F]
                                       [--dtype auto|bf16|fp32] [--verify] [--force]
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from neox import partition
 from neox.checkpoint.files import CONVERSION_FILE, DTYPES, TOKENIZER_FILES, CheckpointError, HFWeights, model_file
 from neox.config import padded_vocab_size
-from neox.interop.hf_compat import neox_model_keys_from_hf, shard_hf_weights
+from neox.interop.hf_compat import FAMILIES, neox_model_keys_from_hf, shard_hf_weights
 from neox.interop.publish import check_out, publish_dir
 
 TORCH_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -56,22 +57,21 @@ def parse_args(argv=None):
 def check_supported(weights: HFWeights, tp: int) -> dict:
     """Model keys of the source, or a one-line error for anything this trainer cannot represent."""
     c = weights.config
-    arch = c.get("architectures") or ["LlamaForCausalLM"]
-    if c.get("model_type", "llama") != "llama" or arch[0] != "LlamaForCausalLM":
-        raise CheckpointError(f"{weights.dir}/config.json: model_type {c.get('model_type')!r} / "
-                              f"{arch[0]} is not supported (Llama / Code Llama only)")
-    if c.get("hidden_act", "silu") != "silu":
-        raise CheckpointError(f"{weights.dir}/config.json: hidden_act {c['hidden_act']!r} is not supported (silu)")
+    where = f"{weights.dir}/config.json"
     try:
-        keys = neox_model_keys_from_hf(c)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{weights.dir}/config.json: {e}") from None
-    head_dim = c.get("head_dim") or keys["hidden_size"] // keys["num_attention_heads"]
-    if head_dim * keys["num_attention_heads"] != keys["hidden_size"]:
-        raise CheckpointError(f"{weights.dir}/config.json: head_dim {head_dim} x heads != hidden_size")
+        keys = neox_model_keys_from_hf(c, where)
+    except KeyError as e:
+        raise CheckpointError(f"{where}: key {e} missing") from None
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    arch = (c.get("architectures") or [FAMILIES[c.get("model_type", "llama")][0]])[0]
+    if arch != FAMILIES[c.get("model_type", "llama")][0]:
+        raise CheckpointError(f"{where}: architectures {arch} is not supported "
+                              f"({', '.join(a for a, _ in FAMILIES.values())})")
     for key in ("num_attention_heads", "num_kv_heads", "intermediate_size"):
         if keys[key] % tp:
-            raise CheckpointError(f"--tp {tp} does not divide {key} = {keys[key]} of {weights.dir}")
+            why = " (KV heads are split across TP ranks, not replicated)" if key == "num_kv_heads" else ""
+            raise CheckpointError(f"--tp {tp} does not divide {key} = {keys[key]} of {weights.dir}{why}")
     return keys
 
 
@@ -148,11 +148,12 @@ def convert(args) -> dict:
     limit_heap_growth()
     weights = HFWeights(args.hf_dir)
     keys = check_supported(weights, args.tp)
-    expected = set(partition.expected_hf_names(keys["num_layers"]))
+    expected = set(partition.expected_hf_names(keys["num_layers"], keys))
     missing = sorted(expected - set(weights.names()))
     if missing:
         raise CheckpointError(f"{args.hf_dir}: missing tensors {missing[:3]}{' ...' if len(missing) > 3 else ''}")
-    unexpected = sorted(n for n in set(weights.names()) - expected if "rotary_emb" not in n)
+    ignored = {"lm_head.weight"} if keys.get("tie_word_embeddings") else set()  # a saved copy of the tied head
+    unexpected = sorted(n for n in set(weights.names()) - expected - ignored if "rotary_emb" not in n)
     if unexpected:
         raise CheckpointError(f"{args.hf_dir}: unsupported tensors {unexpected[:3]} (biases? a fused layout?)")
 
@@ -162,7 +163,7 @@ def convert(args) -> dict:
     padded = padded_vocab_size(vocab, args.make_vocab_size_divisible_by, args.tp)
     source_theta = keys["rotary_emb_base"]
     train_theta = args.rope_theta if args.rope_theta is not None else source_theta
-    names = partition.expected_names(keys["num_layers"])
+    names = partition.expected_names(keys["num_layers"], keys)
     dtype = source_dtype(weights, sorted(expected)) if args.dtype == "auto" else args.dtype
 
     reference = None

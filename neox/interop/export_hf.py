@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""Trainer checkpoint (any step, any TP, ZeRO or not) -> Hugging Face Llama directory.
+"""Trainer checkpoint (any step, any TP, ZeRO or not) -> Hugging Face Llama / Mistral / Qwen2 directory.
 
     python tools/export_hf.py --ckpt DIR [--step N] --out DIR [--dtype bf16|fp32|auto]
                               [--max-shard-size-gb 5]
 
-Writes config.json (rope_theta, num_key_value_heads, intermediate_size, rms_norm_eps,
-vocab_size), model-0000X-of-0000Y.safetensors shards with an index, generation_config.json and
-the tokenizer (tokenizer.model, tokenizer.json, tokenizer_config.json, special_tokens_map.json,
-built from the SentencePiece model; see neox.hf_tokenizer), loadable by
-LlamaForCausalLM.from_pretrained and AutoTokenizer. Files get the modes the umask gives.
+Writes config.json (the model's family as model_type / architectures, rope_theta and any
+rope_scaling, num_key_value_heads, head_dim, intermediate_size, rms_norm_eps, vocab_size,
+tie_word_embeddings), model-0000X-of-0000Y.safetensors shards with an index,
+generation_config.json and the tokenizer: a Hugging Face tokenizer's own files (tokenizer.json,
+tokenizer_config.json, special_tokens_map.json) copied byte for byte, or, for a SentencePiece
+model, tokenizer.model plus the files built from it (see neox.hf_tokenizer); loadable by
+AutoModelForCausalLM.from_pretrained and AutoTokenizer. Files get the modes the umask gives.
 
 Weights come from the module weights in mp_rank_<TT>_model_states.pt (what the model computed
 with: bf16 after bf16 training). Rank files are memory-mapped and each tensor is unsharded on
@@ -36,16 +38,21 @@ from neox.checkpoint.files import (
     unfused_hint,
 )
 from neox.hf_tokenizer import UnsupportedTokenizer, write_hf_tokenizer
+from neox.interop.hf_compat import FAMILIES
 from neox.interop.publish import publish_dir
+from neox.tokenizer import HF, SPM, HFTokenizer, TokenizerError, kind_of_file
 
 
 def hf_config(info: dict, source: dict, dtype: str) -> dict:
-    """config.json for LlamaForCausalLM; special-token ids come from the source model if known."""
-    head_dim = info["hidden_size"] // info["num_attention_heads"]
+    """config.json for the model's family (``hf_model_type``: llama, mistral or qwen2, the class
+    transformers builds); special-token ids come from the source model if known."""
+    model_type = info.get("hf_model_type") or "llama"
+    head_dim = info.get("head_dim") or info["hidden_size"] // info["num_attention_heads"]
     theta = float(info["rotary_emb_base"])
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+    scaling = info.get("rope_scaling")
+    config = {
+        "architectures": [FAMILIES[model_type][0]],
+        "model_type": model_type,
         "hidden_act": "silu",
         "vocab_size": int(info["vocab_size"]),
         "hidden_size": info["hidden_size"],
@@ -58,9 +65,9 @@ def hf_config(info: dict, source: dict, dtype: str) -> dict:
         "rms_norm_eps": info["rms_norm_epsilon"],
         # both spellings: older transformers read rope_theta, 5.x reads rope_parameters
         "rope_theta": theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": theta},
-        "rope_scaling": None,
-        "tie_word_embeddings": False,
+        "rope_parameters": {"rope_type": "default", "rope_theta": theta, **(scaling or {})},
+        "rope_scaling": scaling,
+        "tie_word_embeddings": bool(info.get("tie_word_embeddings")),
         "attention_bias": False,
         "mlp_bias": False,
         "bos_token_id": source.get("bos_token_id", 1),
@@ -71,20 +78,33 @@ def hf_config(info: dict, source: dict, dtype: str) -> dict:
         "use_cache": True,
         "torch_dtype": {"bf16": "bfloat16", "fp32": "float32"}[dtype],
     }
+    if model_type != "llama":  # Mistral and Qwen2 have no bias keys; full attention everywhere
+        for key in ("attention_bias", "mlp_bias", "pretraining_tp"):
+            del config[key]
+        config["sliding_window"] = None
+        if model_type == "qwen2":
+            config["use_sliding_window"] = False
+    return config
 
 
 def find_tokenizer(ckpt: str, info: dict) -> tuple[str | None, str | None]:
-    """(SentencePiece model, directory of Hugging Face tokenizer files): the converter's copy in
-    <ckpt>/tokenizer/, else the run's vocab_file."""
+    """(SentencePiece model, directory of Hugging Face tokenizer files). A run whose vocab_file is
+    a tokenizer.json (HFTokenizer) exports the files beside it, as they are. Otherwise the
+    converter's copy in <ckpt>/tokenizer/ (its SentencePiece model if it has one), else the run's
+    vocab_file."""
     d = os.path.join(ckpt, "tokenizer")
     hf_dir = d if any(os.path.isfile(os.path.join(d, f)) for f in TOKENIZER_FILES) else None
-    models = (os.path.join(d, "tokenizer.model"), info.get("vocab_file"))
-    return next((m for m in models if m and os.path.isfile(m)), None), hf_dir
+    vocab_file = info.get("vocab_file")
+    vocab_file = vocab_file if vocab_file and os.path.isfile(vocab_file) else None
+    if vocab_file and kind_of_file(vocab_file) == HF:
+        return None, os.path.dirname(os.path.abspath(vocab_file))
+    models = (os.path.join(d, "tokenizer.model"), vocab_file)
+    return next((m for m in models if m and os.path.isfile(m) and kind_of_file(m) == SPM), None), hf_dir
 
 
 def write_tokenizer(model, hf_dir, out, config) -> dict:
     """The complete tokenizer, built from the SentencePiece model the data was tokenized with (a
-    Hugging Face tokenizer without one is copied as it is); returns its special-token ids."""
+    Hugging Face tokenizer without one is copied as it is, byte for byte); returns its special-token ids."""
     if model:
         try:
             return write_hf_tokenizer(model, out, config["max_position_embeddings"])
@@ -94,12 +114,27 @@ def write_tokenizer(model, hf_dir, out, config) -> dict:
         for f in TOKENIZER_FILES:
             if os.path.isfile(os.path.join(hf_dir, f)):
                 shutil.copyfile(os.path.join(hf_dir, f), os.path.join(out, f))
+        return hf_tokenizer_ids(hf_dir)
     elif model:
         shutil.copyfile(model, os.path.join(out, "tokenizer.model"))
     else:
         print("warning: no tokenizer found (no <ckpt>/tokenizer/, no vocab_file); exported weights only",
               file=sys.stderr)
     return {}
+
+
+def hf_tokenizer_ids(hf_dir: str) -> dict:
+    """bos/eos/pad ids of a copied tokenizer.json + tokenizer_config.json (those it defines), else {}."""
+    path = os.path.join(hf_dir, "tokenizer.json")
+    if not (os.path.isfile(path) and os.path.isfile(os.path.join(hf_dir, "tokenizer_config.json"))):
+        return {}
+    try:
+        tok = HFTokenizer(path)
+    except TokenizerError as e:
+        print(f"warning: {e}; config.json keeps the source model's special-token ids", file=sys.stderr)
+        return {}
+    ids = {"bos_token_id": tok.bos, "eos_token_id": tok.eos, "pad_token_id": tok.pad_token_id}
+    return {k: v for k, v in ids.items() if v is not None}
 
 
 def use_tokenizer_ids(config: dict, ids: dict):
@@ -121,7 +156,7 @@ def export(ckpt: str, out: str, step=None, dtype: str = "auto", max_shard_bytes:
     if os.path.isfile(os.path.join(ckpt, CONVERSION_FILE)):
         with open(os.path.join(ckpt, CONVERSION_FILE)) as f:
             source = json.load(f).get("source_config", {})
-    names = partition.expected_names(int(info["num_layers"]))
+    names = partition.expected_names(int(info["num_layers"]), info)
     missing = [n for n in names if n not in ranks[0]["module"]]
     if missing:
         raise CheckpointError(f"{ckpt}/{tag}: weights missing from mp_rank_00: {missing[:3]}"

@@ -88,6 +88,11 @@ def ours_as_hf(tp, info, ranks) -> ShardedWeights:
 def export(ckpt: str, out: str, step=None, tp_out=None, layout="per-rank", dtype="auto", divisible_by=None,
            force=False, reference_tokens=128) -> dict:
     tag, tp, ranks, info = open_checkpoint(ckpt, step)
+    lacking = [k for k in ("head_dim", "qkv_bias", "tie_word_embeddings", "rope_scaling")
+               if info.get(k) and not (k == "head_dim" and info[k] * info["num_attention_heads"] == info["hidden_size"])]
+    if lacking:  # GPT-NeoX's Llama layout has none of these (no_weight_tying, use_bias_in_attn_linear ...)
+        raise CheckpointError(f"{ckpt}/{tag}: {', '.join(lacking)} cannot be written in GPT-NeoX's Llama format; "
+                              "export to Hugging Face instead (tools/export_hf.py)")
     L = int(info["num_layers"])
     names = partition.expected_names(L)
     missing = [n for n in names if n not in ranks[0]["module"]]
@@ -188,6 +193,9 @@ def copy_tokenizer(ckpt, info, tmp, out) -> tuple[str, str | None]:
         return "SPMTokenizer", None
     os.makedirs(os.path.join(tmp, "tokenizer"), exist_ok=True)
     shutil.copy2(src, os.path.join(tmp, "tokenizer", name))
+    config = os.path.join(os.path.dirname(src), "tokenizer_config.json")
+    if kind == "HFTokenizer" and os.path.isfile(config):  # its BOS/EOS conventions (neox.tokenizer)
+        shutil.copy2(config, os.path.join(tmp, "tokenizer", "tokenizer_config.json"))
     return kind, os.path.join(os.path.abspath(out), "tokenizer", name)
 
 

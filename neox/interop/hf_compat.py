@@ -1,4 +1,5 @@
-"""Hugging Face Llama <-> trainer: config keys and per-rank weights (names from neox.partition)."""
+"""Hugging Face Llama, Mistral and Qwen2 <-> trainer: config keys and per-rank weights (names from
+neox.partition)."""
 
 from __future__ import annotations
 
@@ -8,28 +9,90 @@ import torch
 
 from neox import partition
 
+# model_type -> (architecture, transformers' class prefix): the families the converters take.
+# All three are the Llama decoder; Qwen2 adds q/k/v biases (always on: its config has no key).
+FAMILIES = {"llama": ("LlamaForCausalLM", "Llama"), "mistral": ("MistralForCausalLM", "Mistral"),
+            "qwen2": ("Qwen2ForCausalLM", "Qwen2")}
+# config keys of a model we do not implement: present and not null/false -> refused by name
+REFUSED_KEYS = {
+    "mlp_bias": "biases in the MLP", "use_qk_norm": "QK-norm", "qk_layernorm": "QK-norm",
+    "num_experts": "mixture of experts", "num_local_experts": "mixture of experts",
+    "n_routed_experts": "mixture of experts", "kv_lora_rank": "multi-head latent attention (MLA)",
+    "use_sliding_window": "sliding-window attention",
+}
 
-def neox_model_keys_from_hf(hf_config) -> dict:
-    """GPT-NeoX model keys equivalent to a transformers LlamaConfig."""
+
+def rope_parameters(c: dict) -> dict:
+    """{rope_type, rope_theta, ...} from either spelling: transformers 5's rope_parameters, or
+    4.x's rope_theta + rope_scaling (whose type key was once ``type``)."""
+    if c.get("rope_parameters"):
+        params = dict(c["rope_parameters"])
+    else:
+        params = {**(c.get("rope_scaling") or {}), "rope_theta": c.get("rope_theta")}
+    params["rope_type"] = params.pop("type", None) or params.get("rope_type") or "default"
+    return params
+
+
+def rope_scaling_key(params: dict, where: str):
+    """Our ``rope_scaling`` (None, or the numbers neox.config.ROPE_SCALING_KEYS names)."""
+    from neox.config import ROPE_SCALING_KEYS
+
+    kind = params["rope_type"]
+    if kind == "default":
+        return None
+    if kind not in ROPE_SCALING_KEYS:
+        raise ValueError(f"{where}: rope_scaling of rope_type '{kind}' is not supported "
+                         f"(supported: default, {', '.join(sorted(ROPE_SCALING_KEYS))})")
+    extra = sorted(k for k, v in params.items()
+                   if k not in ROPE_SCALING_KEYS[kind] | {"rope_type", "rope_theta"} and v not in (None, 1, 1.0))
+    if extra:
+        raise ValueError(f"{where}: rope_scaling keys {extra} of rope_type '{kind}' are not supported")
+    return {"rope_type": kind, **{k: params[k] for k in sorted(ROPE_SCALING_KEYS[kind])}}
+
+
+def neox_model_keys_from_hf(hf_config, where: str = "config.json") -> dict:
+    """Our model keys for a transformers Llama, Mistral or Qwen2 config, or a ValueError naming
+    the config key we cannot represent."""
     c = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
-    if c.get("tie_word_embeddings"):
-        raise ValueError("tied input/output embeddings are not supported (Llama unties them)")
-    if c.get("attention_bias") or c.get("mlp_bias"):
-        raise ValueError("biases in attention/MLP are not supported (Llama has none)")
-    if c.get("rope_scaling"):
-        raise ValueError(f"rope_scaling {c['rope_scaling']} is not supported")
-    theta = c.get("rope_theta") or (c.get("rope_parameters") or {}).get("rope_theta")
-    return {
+    model_type = c.get("model_type", "llama")
+    if model_type not in FAMILIES:
+        raise ValueError(f"{where}: model_type '{model_type}' is not supported ({', '.join(FAMILIES)})")
+    for key, what in REFUSED_KEYS.items():
+        if c.get(key):
+            raise ValueError(f"{where}: {key} = {c[key]!r}: {what} is not supported")
+    if c.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{where}: hidden_act '{c['hidden_act']}' is not supported (silu)")
+    if c.get("attention_bias"):  # Llama's attention_bias puts a bias on o_proj too
+        raise ValueError(f"{where}: attention_bias = true: a bias on o_proj is not supported")
+    if c.get("attention_dropout"):
+        raise ValueError(f"{where}: attention_dropout = {c['attention_dropout']}: dropout is not supported")
+    window, positions = c.get("sliding_window"), c["max_position_embeddings"]
+    if window is not None and model_type == "mistral" and window < positions:
+        raise ValueError(f"{where}: sliding_window = {window} is shorter than max_position_embeddings = "
+                         f"{positions}: sliding-window attention is not supported")
+    if any(t != "full_attention" for t in c.get("layer_types") or []):
+        raise ValueError(f"{where}: layer_types {sorted(set(c['layer_types']))}: only full_attention is supported")
+    params = rope_parameters(c)
+    heads, hidden = c["num_attention_heads"], c["hidden_size"]
+    keys = {
         "num_layers": c["num_hidden_layers"],
-        "hidden_size": c["hidden_size"],
-        "num_attention_heads": c["num_attention_heads"],
-        "num_kv_heads": c.get("num_key_value_heads") or c["num_attention_heads"],
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "num_kv_heads": c.get("num_key_value_heads") or heads,
         "intermediate_size": c["intermediate_size"],
-        "max_position_embeddings": c["max_position_embeddings"],
-        "rotary_emb_base": float(theta),
+        "max_position_embeddings": positions,
+        "rotary_emb_base": float(params["rope_theta"]),
         "rms_norm_epsilon": c["rms_norm_eps"],
         "vocab_size": c["vocab_size"],
     }
+    options = {  # only those that differ from Llama 2's defaults, so older metadata reads the same
+        "head_dim": c.get("head_dim") if c.get("head_dim") not in (None, hidden // heads) else None,
+        "qkv_bias": model_type == "qwen2" or None,
+        "tie_word_embeddings": bool(c.get("tie_word_embeddings")) or None,
+        "rope_scaling": rope_scaling_key(params, where),
+        "hf_model_type": model_type if model_type != "llama" else None,
+    }
+    return {**keys, **{k: v for k, v in options.items() if v is not None}}
 
 
 class InMemoryWeights:

@@ -57,32 +57,43 @@ def streamed_hf_loss(weights, tokens: list[int], rope_theta: float | None = None
 def streamed_hf_logits(weights, tokens: list[int], rope_theta: float | None = None) -> torch.Tensor:
     """Logits [len(tokens), vocab] of the Hugging Face model in ``weights`` (anything with the
     reading interface of HFWeights: ``config``, ``names()``, ``get()``), fp32, one layer at a time."""
+    import importlib
+
     import transformers
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
+
+    from neox.interop.hf_compat import FAMILIES
 
     raw = dict(weights.config)
-    if rope_theta is not None:
+    model_type = raw.get("model_type", "llama")
+    if rope_theta is not None:  # the theta changes, any frequency scaling stays
         raw["rope_theta"] = rope_theta
-        raw.pop("rope_parameters", None)
-    config = transformers.LlamaConfig(**{k: v for k, v in raw.items() if k not in ("architectures", "model_type")})
+        if raw.get("rope_parameters"):
+            raw["rope_parameters"] = {**raw["rope_parameters"], "rope_theta": rope_theta}
+    prefix = FAMILIES[model_type][1]
+    modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    DecoderLayer, RMSNorm, RotaryEmbedding = (getattr(modeling, prefix + n)
+                                              for n in ("DecoderLayer", "RMSNorm", "RotaryEmbedding"))
+    config = transformers.CONFIG_MAPPING[model_type](
+        **{k: v for k, v in raw.items() if k not in ("architectures", "model_type")})
     config._attn_implementation = "sdpa"
     ids = torch.tensor([tokens])
     hidden = weights.get("model.embed_tokens.weight").float()[ids]
     positions = torch.arange(ids.shape[1]).unsqueeze(0)
-    cos_sin = LlamaRotaryEmbedding(config)(hidden, positions)
+    cos_sin = RotaryEmbedding(config)(hidden, positions)
     mask = causal_mask(config, hidden, positions)
     for i in range(config.num_hidden_layers):
         with torch.device("meta"):
-            layer = LlamaDecoderLayer(config, i)
+            layer = DecoderLayer(config, i)
         prefix = f"model.layers.{i}."
         state = {k[len(prefix):]: weights.get(k).float() for k in weights.names() if k.startswith(prefix)}
         layer.load_state_dict(state, assign=True, strict=True)
         out = layer(hidden, attention_mask=mask, position_embeddings=cos_sin, position_ids=positions)
         hidden = out[0] if isinstance(out, tuple) else out
         del layer, state
-    norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+    norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
     norm.weight.copy_(weights.get("model.norm.weight").float())
-    return (norm(hidden) @ weights.get("lm_head.weight").float().T)[0]
+    head = "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
+    return (norm(hidden) @ weights.get(head).float().T)[0]
 
 
 def causal_mask(config, hidden: torch.Tensor, positions: torch.Tensor):

@@ -94,7 +94,7 @@ def run_hf(hf_dir: str, tokens: torch.Tensor, rope_theta: float, dtype=torch.flo
         config.rope_parameters = {**config.rope_parameters, "rope_theta": rope_theta}
     else:
         config.rope_theta = rope_theta
-    model = transformers.LlamaForCausalLM.from_pretrained(hf_dir, config=config, dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, config=config, dtype=torch.float32)
     model.eval()
     if dtype != torch.float32 and rounding_changes(model, dtype):
         with torch.no_grad():

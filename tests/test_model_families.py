@@ -1,0 +1,215 @@
+"""Base models beyond Code Llama, per family, with tiny random models built from transformers' own
+config classes: Llama 3.1 (llama3 RoPE scaling), Qwen2 (q/k/v biases; and tied embeddings) and
+Mistral (an explicit head_dim apart from hidden / heads). Each: converted at TP 1 and 2 with fp32
+logits equal to transformers'; HF -> trainer -> HF bit-identical, reloaded as the same class; 10
+training steps at TP 2; the trained model exported and its transformers logits equal ours."""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import transformers
+import yaml
+from conftest import REPO
+from safetensors.torch import load_file
+
+from neox.interop import convert_codellama, export_hf, export_neox
+from neox.interop.hf_compat import neox_model_keys_from_hf
+from neox.interop.verify_conversion import verify
+
+TOY_VOCAB = 3001  # the toy tokenizer's: the models train on the toy data
+COMMON = dict(vocab_size=TOY_VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5,
+              bos_token_id=1, eos_token_id=2)
+FAMILIES = {
+    "llama3": (transformers.LlamaConfig, dict(
+        rope_theta=500000.0, tie_word_embeddings=False,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 32})),
+    "qwen2": (transformers.Qwen2Config, dict(rope_theta=1e6, tie_word_embeddings=False)),
+    "qwen2_tied": (transformers.Qwen2Config, dict(rope_theta=1e6, tie_word_embeddings=True)),
+    "mistral": (transformers.MistralConfig, dict(rope_theta=1e6, head_dim=24, sliding_window=None,
+                                                 tie_word_embeddings=False)),
+}
+
+
+def make_family(out, family, seed=0):
+    cls, extra = FAMILIES[family]
+    torch.manual_seed(seed)
+    config = cls(**COMMON, **extra)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # non-zero biases and norms, so a dropped or misplaced one shows up
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.8, 1.2)
+            elif name.endswith(".bias"):
+                p.normal_(0.0, 0.5)
+    model.save_pretrained(out)
+    return str(out)
+
+
+def tensors(d):
+    out = {}
+    for f in sorted(os.listdir(d)):
+        if f.endswith(".safetensors"):
+            out.update(load_file(os.path.join(d, f)))
+    return out
+
+
+def load_quietly(path):
+    """transformers' model for an HF directory; any warning or loading problem fails the test."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model, info = transformers.AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+    assert not any(info.values()), info
+    return model
+
+
+def train_config(tmp, ckpt):
+    """smoke.yml with the converted model's keys, 10 steps at TP 2, loading the converted weights."""
+    with open(os.path.join(REPO, "llemma_configs", "smoke.yml")) as f:
+        cfg = {k.replace("-", "_"): v for k, v in yaml.safe_load(f).items()}
+    keys = json.load(open(os.path.join(ckpt, "neox_conversion.json")))["neox_model_keys"]
+    cfg.update(keys, seq_length=64, train_iters=10, lr_decay_iters=10, eval_interval=10, checkpoint_factor=10,
+               load=ckpt, finetune=True, save=str(tmp / "trained"), log_dir=str(tmp / "logs"),
+               data_cache_dir=str(tmp / "cache"), precision="fp32")
+    cfg["train_data_paths"] = [os.path.join(REPO, p) for p in cfg["train_data_paths"]]
+    cfg["valid_data_paths"] = [os.path.join(REPO, p) for p in cfg["valid_data_paths"]]
+    cfg["vocab_file"] = os.path.join(REPO, cfg["vocab_file"])
+    path = tmp / "train.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_end_to_end(tmp_path, toy_data, capsys, family):
+    src = make_family(tmp_path / "hf", family)
+    for tp in (1, 2):
+        ckpt = str(tmp_path / f"tp{tp}")
+        assert convert_codellama.main(["--hf-dir", src, "--out", ckpt, "--tp", str(tp),
+                                       "--reference-tokens", "16"]) == 0
+        assert verify(src, ckpt, tolerance=1e-5) <= 1e-5
+
+    back = str(tmp_path / "back")
+    assert export_hf.main(["--ckpt", str(tmp_path / "tp2"), "--out", back]) == 0
+    a, b = tensors(src), tensors(back)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+    source, exported = (json.load(open(os.path.join(d, "config.json"))) for d in (src, back))
+    for key in ("model_type", "architectures", "tie_word_embeddings", "head_dim", "num_key_value_heads"):
+        assert key not in source or exported[key] == source[key], key  # Qwen2's config has no head_dim
+    assert neox_model_keys_from_hf(exported) == neox_model_keys_from_hf(source)  # same numbers
+    assert type(load_quietly(back)) is type(transformers.AutoModelForCausalLM.from_pretrained(src))
+    # GPT-NeoX's Llama format has none of these options: refused in one line, nothing written
+    assert export_neox.main(["--ckpt", str(tmp_path / "tp2"), "--out", str(tmp_path / "neox_out")]) == 1
+    assert "cannot be written in GPT-NeoX's Llama format" in capsys.readouterr().err
+    assert not (tmp_path / "neox_out").exists()
+
+    r = subprocess.run([sys.executable, "deepy.py", "train.py", train_config(tmp_path, str(tmp_path / "tp2"))],
+                       cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    losses = [json.loads(line)["loss"] for line in open(tmp_path / "logs" / "metrics.jsonl") if '"loss"' in line]
+    assert len(losses) == 10 and losses[-1] < losses[0]
+    trained = str(tmp_path / "trained_hf")
+    assert export_hf.main(["--ckpt", str(tmp_path / "trained"), "--out", trained]) == 0
+    load_quietly(trained)
+    assert verify(trained, str(tmp_path / "trained"), tolerance=1e-5) <= 1e-5  # transformers = ours
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_logits_in_process(tmp_path, single_process_group, family):
+    """TP 1 in this process: our fp32 logits equal transformers' for each family, and the option
+    that family brings matters (dropping it changes the logits)."""
+    from conftest import tiny_cfg
+
+    from neox import partition
+    from neox.interop.hf_compat import shard_hf_weights
+    from neox.model import LlamaModel
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(make_family(tmp_path / "hf", family)).eval()
+    keys = neox_model_keys_from_hf(hf.config)
+    keys.pop("max_position_embeddings")
+    tokens = torch.randint(0, TOY_VOCAB, (2, 64), generator=torch.Generator().manual_seed(1))
+
+    def ours(**change):
+        cfg = tiny_cfg(**{**keys, "seq_length": 64, **change})
+        model = LlamaModel(cfg).eval()
+        names = partition.expected_names(cfg.model.num_layers, cfg.model)
+        model.load_state_dict(shard_hf_weights(hf.state_dict().__getitem__, names, TOY_VOCAB, TOY_VOCAB, 0, 1),
+                              strict=False)
+        with torch.no_grad():
+            return model.gather_logits(model(tokens))
+
+    with torch.no_grad():
+        expected = hf(tokens).logits
+    assert (ours() - expected).abs().max().item() < 1e-5
+    option = {"llama3": {"rope_scaling": None}, "qwen2": {"qkv_bias": False},
+              "qwen2_tied": {"qkv_bias": False}, "mistral": {}}[family]
+    if option:
+        assert (ours(**option) - expected).abs().max().item() > 1e-3
+
+
+# Keys of transformers' LlamaConfig, MistralConfig and Qwen2Config that do not change a model's
+# numbers (identity, bookkeeping, generation, initialisation of new weights), ...
+NO_EFFECT = {"_name_or_path", "architectures", "model_type", "transformers_version", "dtype", "bos_token_id",
+             "eos_token_id", "pad_token_id", "id2label", "label2id", "problem_type", "is_encoder_decoder",
+             "output_attentions", "output_hidden_states", "return_dict", "use_cache", "initializer_range",
+             "chunk_size_feed_forward",  # not read by these models
+             "max_window_layers"}  # read only with use_sliding_window (refused)
+# ... and those that do, each with a value other than its default: implemented (our logits equal
+# transformers') or refused by the converter with one line naming the key.
+CHANGES = {
+    "hidden_size": 96, "intermediate_size": 80, "num_attention_heads": 8, "num_hidden_layers": 3,
+    "num_key_value_heads": 4, "rms_norm_eps": 1e-3, "vocab_size": 257, "head_dim": 32, "tie_word_embeddings": True,
+    "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}, "max_position_embeddings": 256,
+    "pretraining_tp": 2, "sliding_window": 16, "attention_bias": True, "attention_dropout": 0.1, "mlp_bias": True,
+    "hidden_act": "gelu", "use_sliding_window": True, "layer_types": ["sliding_attention", "full_attention"],
+}
+
+
+@pytest.mark.parametrize("cls", [transformers.LlamaConfig, transformers.MistralConfig, transformers.Qwen2Config],
+                         ids=lambda c: c.__name__)
+def test_every_config_key_is_implemented_or_refused(single_process_group, cls):
+    from conftest import tiny_cfg
+
+    from neox import partition
+    from neox.interop.hf_compat import shard_hf_weights
+    from neox.model import LlamaModel
+
+    defaults = cls().to_dict()
+    unclassified = sorted(set(defaults) - NO_EFFECT - set(CHANGES))
+    assert not unclassified, f"{cls.__name__} keys not classified here: {unclassified}"
+    base = {**COMMON, "sliding_window": None} if "sliding_window" in defaults else dict(COMMON)
+    outcome = {}
+    for key in sorted(set(CHANGES) & set(defaults)):
+        config = cls(**{**base, key: CHANGES[key]})
+        try:
+            keys = neox_model_keys_from_hf(config.to_dict())
+        except ValueError as e:
+            assert key in str(e) and "\n" not in str(e), (key, str(e))
+            outcome[key] = "refused"
+            continue
+        torch.manual_seed(0)
+        hf = transformers.AutoModelForCausalLM.from_config(config).eval()
+        keys.pop("max_position_embeddings")
+        cfg = tiny_cfg(**{**keys, "seq_length": 48})
+        ours = LlamaModel(cfg).eval()
+        names = partition.expected_names(cfg.model.num_layers, cfg.model)
+        vocab = cfg.model.vocab_size
+        ours.load_state_dict(shard_hf_weights(hf.state_dict().__getitem__, names, vocab, vocab, 0, 1), strict=False)
+        tokens = torch.randint(0, vocab, (1, 48), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            diff = (ours.gather_logits(ours(tokens)) - hf(tokens).logits).abs().max().item()
+        assert diff < 1e-5, (key, diff)
+        outcome[key] = "implemented"
+    refused = {"attention_bias", "attention_dropout", "mlp_bias", "hidden_act", "use_sliding_window", "layer_types"}
+    if cls is transformers.MistralConfig:
+        refused.add("sliding_window")  # Qwen2 ignores it unless use_sliding_window, as transformers does
+    assert {k for k, v in outcome.items() if v == "refused"} == refused & set(outcome)
+    for kind in ("yarn", "dynamic", "longrope"):  # RoPE scalings we do not implement
+        with pytest.raises(ValueError, match=f"rope_scaling of rope_type '{kind}'"):
+            neox_model_keys_from_hf({**cls(**base).to_dict(), "rope_parameters": {"rope_type": kind, "factor": 2.0,
+                                                                                  "rope_theta": 1e4}})
