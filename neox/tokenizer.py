@@ -15,11 +15,12 @@ Special tokens are never looked up by a guessed name: EOS and BOS come from the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import numpy as np
+
+from neox.data_check import sha256_of
 
 SPM, HF = "SPMTokenizer", "HFTokenizer"
 KINDS = {"SPMTokenizer": SPM, "SentencePieceTokenizer": SPM, "HFTokenizer": HF}
@@ -27,14 +28,6 @@ KINDS = {"SPMTokenizer": SPM, "SentencePieceTokenizer": SPM, "HFTokenizer": HF}
 
 class TokenizerError(ValueError):
     """A tokenizer file that cannot be used; the message is one line naming the file."""
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def kind_of_file(path: str) -> str:
@@ -66,7 +59,7 @@ class SentencePieceTokenizer:
         self.pad = -1  # Llama has no pad token; -1 never matches a real id
         self.eos = self.eod
         self.add_bos = False
-        self.sha256 = sha256_file(model_file)  # megatron keys its index caches on this
+        self.sha256 = sha256_of(model_file)  # megatron keys its index caches on this
         self.unique_identifiers = {"class": "SentencePieceTokenizer", "model_sha256": self.sha256}
 
     def encode(self, text: str) -> list[int]:
@@ -146,8 +139,8 @@ class HFTokenizer:
             self.add_bos = self.bos is not None and first == [self.bos]
         if self.add_bos and self.bos is None:
             raise TokenizerError(f"{self.config_path}: add_bos_token is true but there is no bos_token")
-        self.sha256 = sha256_file(path)
-        self.config_sha256 = sha256_file(self.config_path)
+        self.sha256 = sha256_of(path)
+        self.config_sha256 = sha256_of(self.config_path)
         self.unique_identifiers = {"class": "HFTokenizer", "tokenizer_sha256": self.sha256,
                                    "config_sha256": self.config_sha256}
 
