@@ -102,6 +102,12 @@ def _attention_config(value, flat):
     return {"attention_impl": "flash" if kinds == {"flash"} else "auto"}
 
 
+def _no_weight_tying(value):
+    if not isinstance(value, bool):
+        raise GPTNeoXKeyError(f"key 'no_weight_tying' must be true or false, got {value!r}")
+    return {} if value else {"tie_word_embeddings": True}
+
+
 def _decay_lr_to(value, flat):
     lr = (flat.get("optimizer") or {}).get("params", {}).get("lr")
     if lr is None:
@@ -163,7 +169,8 @@ GPT_NEOX_KEYS: dict = {
     # --- what we always do
     "pos_emb": Always(("rotary",), "rotary embeddings", lacking="learned / ALiBi / other positions"),
     "rotary_pct": Always((1,), "rotary on the whole head", lacking="partial rotary"),
-    "no_weight_tying": Always((True,), "untied embedding and output head", lacking="tied weights"),
+    "no_weight_tying": Translate("`true`: untied head (our default); `false`: `tie_word_embeddings: true`, the head "
+                                 "is the embedding matrix, as in GPT-NeoX", lambda v, flat: _no_weight_tying(v)),
     "gpt_j_residual": Always((False,), "sequential residual", lacking="GPT-J parallel residual"),
     "output_layer_parallelism": Always(("column",), "output head split on the vocabulary"),
     "hidden_dropout": Always((0,), "no dropout", lacking="dropout"),

@@ -112,7 +112,7 @@ def test_mlp_width_rules_by_hand():
     (["fp16.enabled=true"], "key 'fp16' = {'enabled': true}: fp16 with loss scaling"),
     (["hidden_dropout=0.1"], "key 'hidden_dropout' = 0.1 (dropout is not supported here); supported: 0"),
     (["pos_emb=alibi"], "key 'pos_emb' = alibi"),
-    (["no_weight_tying=false"], "key 'no_weight_tying' = false (tied weights is not supported here)"),
+    (["no_weight_tying=1"], "key 'no_weight_tying' must be true or false, got 1"),
     (["data_path=/data/enwik8"], "key 'data_path' = /data/enwik8: one dataset split by `split`"),
     (["merge_file=gpt2-merges.txt"], "key 'merge_file' = gpt2-merges.txt: GPT-2 BPE tokenizers"),
     (["intermediate_size=32768"], "key 'intermediate_size' (32768) with 'mlp_type: llama' is ambiguous"),
@@ -170,3 +170,10 @@ def test_gpt_neox_spelt_smoke_trains_to_the_same_losses_as_smoke_yml(tmp_path, t
     ours = run("llemma_configs/smoke.yml", "train_iters=10", "intermediate_size=512")
     theirs = run(os.path.join(HERE, "smoke_gpt_neox.yml"))
     assert len(ours) == 10 and theirs == ours
+
+
+def test_no_weight_tying_false_ties_the_head_as_gpt_neox_does():
+    llama = {"mlp_type": "llama", "hidden_size": 64}  # a Llama MLP rule, as every GPT-NeoX Llama config has
+    tied = gpt_neox_keys.translate({**llama, "no_weight_tying": False}, set(KEY_TO_SECTION)).flat
+    untied = gpt_neox_keys.translate({**llama, "no_weight_tying": True}, set(KEY_TO_SECTION)).flat
+    assert tied == {**untied, "tie_word_embeddings": True} and "tie_word_embeddings" not in untied
