@@ -527,7 +527,7 @@ def _scan_piece(piece):
     """Worker: the hit groups of documents [lo, hi) of dataset number di."""
     di, lo, hi = piece
     w = _WORK
-    if w.get("sp_pid") != os.getpid():  # one tokenizer per process
+    if w.get("sp_pid") != os.getpid():  # one tokenizer per process and run
         w["sp"], w["sp_pid"] = _tokenizer(w["tokenizer"]), os.getpid()
     ds = w["datasets"][di]
     groups = SCANNERS[w["index"].mode](ds, lo, hi, w["index"], w["sp"], w["tokenizer"], **w["chunk"])
@@ -587,6 +587,7 @@ def run(test_file, keys, data, tokenizer, out, n=30, mode="tokens", workers=1, s
         pieces = [(di, a, b) for di, (ds, (lo, hi)) in enumerate(zip(datasets, ranges))
                   for a, b in _pieces(ds, lo, hi, piece_tokens)]
         total = sum(int(ds.lengths[lo:hi].sum()) for ds, (lo, hi) in zip(datasets, ranges))
+        _WORK.clear()  # nothing of an earlier run in this process (its tokenizer) is reused
         _WORK.update(index=index, datasets=datasets, tokenizer=tokenizer, chunk=chunk or {})
         groups = [[] for _ in datasets]
         scanned = [[0, 0] for _ in datasets]

@@ -61,11 +61,23 @@ def tensors(d):
 
 
 def load_quietly(path):
-    """transformers' model for an HF directory; any warning or loading problem fails the test."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        model, info = transformers.AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+    """transformers' model for an HF directory; any warning (Python's or transformers' logger) or
+    loading problem fails the test."""
+    import logging
+
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    logger = transformers.utils.logging.get_logger("transformers")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model, info = transformers.AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+    finally:
+        logger.removeHandler(handler)
     assert not any(info.values()), info
+    assert not records, [r.getMessage() for r in records]
     return model
 
 

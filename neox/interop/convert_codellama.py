@@ -153,6 +153,9 @@ def convert(args) -> dict:
     if missing:
         raise CheckpointError(f"{args.hf_dir}: missing tensors {missing[:3]}{' ...' if len(missing) > 3 else ''}")
     ignored = {"lm_head.weight"} if keys.get("tie_word_embeddings") else set()  # a saved copy of the tied head
+    if ignored & set(weights.names()):
+        print(f"warning: {args.hf_dir}: lm_head.weight is ignored: tie_word_embeddings is true, so the head is the "
+              "embedding matrix (as transformers loads it)", file=sys.stderr)
     unexpected = sorted(n for n in set(weights.names()) - expected - ignored if "rotary_emb" not in n)
     if unexpected:
         raise CheckpointError(f"{args.hf_dir}: unsupported tensors {unexpected[:3]} (biases? a fused layout?)")
