@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import torch
@@ -47,7 +48,12 @@ from neox.watchdog import Watchdog
 
 
 def train(cfg: NeoXConfig):
-    Trainer(cfg).run()
+    trainer = Trainer(cfg)
+    try:
+        trainer.run()
+    except BaseException:
+        trainer.abandon()
+        raise
 
 
 class Trainer:
@@ -281,6 +287,18 @@ class Trainer:
         stop_request.clear()
         self.watchdog.close()
         distributed.destroy()
+
+    def abandon(self):
+        """The run stops with an error: stop the prefetch thread and the watchdog and flush the
+        logger, with no collective (the other ranks may be gone already). A failure here is one
+        warning line: the error that stopped the run is the one to report."""
+        self.watchdog.close()
+        for part, close in (("prefetch", self.prefetch.close), ("logger", self.logger and self.logger.close)):
+            try:
+                if close:
+                    close()
+            except Exception as e:  # noqa: BLE001 - reported, then the original error goes on
+                print(f"warning: closing the {part} after the error failed: {e}", file=sys.stderr, flush=True)
 
 
 class ConsumedSamples:

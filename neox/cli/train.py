@@ -12,6 +12,7 @@ batch and gradient accumulation are re-derived so the global batch stays exactly
 """
 
 import argparse
+import atexit
 import base64
 import faulthandler
 import json
@@ -84,10 +85,12 @@ def main(argv=None):
         train(cfg)
     except ConfigError as e:  # one line naming the key or file, not a traceback; 2 as in deepy.py
         print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(exit_status.BAD_INPUT)
+        exit_now(exit_status.BAD_INPUT)
     except (CheckpointError, GuardStop, DataError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(exit_status.FAILED)
+        exit_now(exit_status.FAILED)
+    except SystemExit as e:  # a rank that stops with rank 0 (which names the reason), or the requeue exit
+        exit_now(e.code if isinstance(e.code, int) else exit_status.FAILED)
     except RuntimeError as e:
         if not peer_lost(e):
             raise
@@ -95,7 +98,19 @@ def main(argv=None):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: rank {os.environ.get('RANK', '0')}: a collective failed because another rank is gone "
               f"({first[:200]})", file=sys.stderr, flush=True)
-        sys.exit(exit_status.FAILED)
+        exit_now(exit_status.FAILED)
+
+
+def exit_now(code: int):
+    """Exit with ``code`` without the interpreter's teardown. After a stop on one rank its peers
+    may be gone; destroying gloo's process group then can abort the process (SIGABRT, "terminate
+    called without an active exception"), which turned a clean exit 1 into 134. Everything that
+    must reach disk was written (the metrics file is appended and closed per record); the
+    interpreter's exit functions (the save directory's lock release among them) still run."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def peer_lost(e: RuntimeError) -> bool:
