@@ -42,14 +42,21 @@ _UNIT_WORDS = ("square units", "square feet", "square inches", "square meters", 
                "ft", "miles", "mile", "mph", "hours", "hour", "minutes", "minute", "seconds", "second",
                "degrees", "degree", "dollars", "dollar", "cents", "cent", "pounds", "pound", "ways", "days",
                "day", "years", "year", "people", "students", "points", "sq")
-_BARE_UNIT = re.compile(r"(?<=[\d}])\s*(?:" + "|".join(_UNIT_WORDS) + r")\^?\d?\s*$")
+_BARE_UNIT = re.compile(r"(?<=[\d}])\s*(?:" + "|".join(_UNIT_WORDS) + r")(?:\^\{?\d\}?)?\s*$")
 _TEXT = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox|operatorname)\s*\{([^{}]*)\}")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 
 
+_UNIT_TEXT = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox|operatorname)\s*\{([A-Za-z\s.]*)\}"
+                        r"(?:\s*\^\s*(?:\{\s*\d\s*\}|\d))?")
+_AND = re.compile(r"\s*(?:,\s*)?(?:\\(?:text|textrm|mbox)\s*\{\s*,?\s*and\s*\}|\band\b)\s*,?\s*")
+
+
 def _drop_unit_text(s: str) -> str:
-    """\\text{...} holding only words is a unit ("5\\text{ cm}") unless it is the whole answer."""
-    without = _TEXT.sub(lambda m: "" if re.fullmatch(r"[A-Za-z\s.]*", m.group(1)) else m.group(0), s)
+    """\\text{...} holding only words is a unit, removed with its exponent ("48\\text{ cm}^2" -> "48"),
+    unless it is the whole answer; "2 \\text{ and } 3" is the list "2,3", not the number 23."""
+    s = _AND.sub(",", s) if re.search(r"\S", _AND.sub("", s)) else s
+    without = _UNIT_TEXT.sub("", s)
     s = without if without.strip() else s
     return _TEXT.sub(lambda m: m.group(1), s)
 
@@ -67,11 +74,11 @@ def _right_of_equals(s: str) -> str:
 
 
 def _fix_shorthand(s: str) -> str:
-    """\\frac12 -> \\frac{1}{2}, \\frac1{x} -> \\frac{1}{x}, \\sqrt2 -> \\sqrt{2}."""
+    """\\frac12 -> \\frac{1}{2}, \\frac1{x} -> \\frac{1}{x}, \\sqrt2 -> \\sqrt{2}, \\sqrt23 -> \\sqrt{2}3."""
     s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\frac\s*(\d)\s*\{", r"\\frac{\1}{", s)
     s = re.sub(r"\\frac\s*\{([^{}]*)\}\s*(\d)", r"\\frac{\1}{\2}", s)
-    return re.sub(r"\\sqrt\s*(\d+|[a-z])", r"\\sqrt{\1}", s)
+    return re.sub(r"\\sqrt\s*(\d|[a-z])", r"\\sqrt{\1}", s)  # one token, as TeX reads it: \\sqrt23 = \\sqrt{2}3
 
 
 def normalize_math(answer: str | None) -> str | None:

@@ -46,6 +46,14 @@ def _sympy_difference_is_zero(a: str, b: str) -> bool:
         return False
 
 
+def _llemma_equal(a: str, b: str) -> bool:
+    """The Llemma paper's check (Minerva's): lm-eval's minerva_math is_equiv on answers already
+    normalised by its normalize_final_answer (SymPy's LaTeX parser, simplify(a - b) == 0)."""
+    from lm_eval.tasks.minerva_math.utils import is_equiv
+
+    return bool(is_equiv(a, b))
+
+
 def _math_verify_score(generation: str, solution: str) -> bool:
     """math-verify's own verdict on the whole generation against the reference solution."""
     from math_verify import parse, verify
@@ -71,7 +79,22 @@ def rational(s: str) -> Fraction | None:
     return -value if m.group(2) else value
 
 
-_JOBS = {"equal": _symbolic_equal, "math_verify": _math_verify_score}
+_JOBS = {"equal": _symbolic_equal, "math_verify": _math_verify_score, "llemma": _llemma_equal}
+
+
+def top_level_items(s: str) -> list[str]:
+    """A normalised answer split at the commas outside any bracket: "1,2" -> ["1", "2"], while
+    "(1,2)", "\\{1,2\\}" and "f(x,y)" stay one item. A bare list answers "enter all solutions"."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(s):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0 and not s[:i].endswith("\\"):  # "\\," is a space, removed earlier
+            items.append(s[start:i])
+            start = i + 1
+    return items + [s[start:]]
 
 
 def serve(stdin, stdout):
@@ -83,6 +106,7 @@ def serve(stdin, stdout):
     logging.disable(logging.WARNING)  # math-verify logs every failed parse
     import math_verify  # noqa: F401  (imported before "ready": not counted against a timeout)
     import sympy.parsing.latex  # noqa: F401
+    from lm_eval.tasks.minerva_math import utils  # noqa: F401
 
     stdout.write('"ready"\n')
     stdout.flush()
@@ -142,15 +166,39 @@ class Checker:
 
     def equal(self, pred: str | None, gold: str | None) -> bool:
         """Both are raw answers (as extracted); normalised here."""
-        a, b = normalize_math(pred), normalize_math(gold)
+        return self._equal_normalised(normalize_math(pred), normalize_math(gold))
+
+    def _equal_normalised(self, a: str | None, b: str | None) -> bool:
         if not a or not b:
             return False
         if a == b:
             return True
+        xs, ys = top_level_items(a), top_level_items(b)
+        if len(xs) > 1 or len(ys) > 1:  # lists: a list before SymPy, which would read "1,2" as 1
+            return len(xs) == len(ys) and self._same_items(xs, ys)
         x, y = rational(a), rational(b)
         if x is not None and y is not None:  # most MATH answers: no SymPy needed
             return x == y
         return self._ask("equal", a, b, self.timeout)
+
+    def _same_items(self, xs: list[str], ys: list[str]) -> bool:
+        """Equal as multisets (a solution list in any order): each x matched to a distinct y."""
+        unmatched = list(ys)
+        for x in xs:
+            match = next((i for i, y in enumerate(unmatched) if self._equal_normalised(x, y)), None)
+            if match is None:
+                return False
+            unmatched.pop(match)
+        return True
+
+    def llemma_equal(self, pred: str | None, gold: str | None) -> bool:
+        """The Llemma protocol's equality: both already normalised by lm-eval's minerva_math
+        normalize_final_answer; identical strings, else its SymPy is_equiv (in the child)."""
+        if pred is None or gold is None:
+            return False
+        if pred == gold:
+            return True
+        return self._ask("llemma", pred, gold, self.timeout)
 
     def math_verify(self, generation: str, solution: str) -> bool:
         return self._ask("math_verify", generation, solution, self.timeout)

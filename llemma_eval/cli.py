@@ -170,15 +170,57 @@ def rescore(argv) -> int:
 
 
 def equiv(argv) -> int:
-    p = argparse.ArgumentParser(prog="run_eval.py equiv", description="Is PRED equal to GOLD as a MATH answer?")
+    """Answers often start with "-" ("-\\frac{1}{2}"), which argparse would take for an option:
+    every argument but --timeout S and -h is an answer."""
+    p = argparse.ArgumentParser(prog="run_eval.py equiv", description="Is PRED equal to GOLD as a MATH answer? "
+                                "(--protocol llemma: the Llemma paper's normalisation and SymPy check)")
     p.add_argument("pred")
     p.add_argument("gold")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
-    args = p.parse_args(argv)
+    p.add_argument("--protocol", choices=["default", "llemma"], default="default")
+    options, answers, rest = [], [], list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg in ("--timeout", "--protocol") and rest:
+            options += [arg, rest.pop(0)]
+        elif arg in ("-h", "--help") or arg.startswith(("--timeout=", "--protocol=")):
+            options.append(arg)
+        elif arg != "--":
+            answers.append(arg)
+    args = p.parse_args(options + ["--"] + answers)
     with Checker(args.timeout) as checker:
-        same = checker.equal(args.pred, args.gold)
+        if args.protocol == "llemma":
+            from llemma_eval.kinds import minerva
+
+            norm = minerva().normalize_final_answer
+            same = checker.llemma_equal(norm(args.pred), norm(args.gold))
+        else:
+            same = checker.equal(args.pred, args.gold)
     print("true" if same else "false")
     return 0 if same else 1
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can this machine open a connection to the Hugging Face hub (HF_ENDPOINT)?"""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def offline_without_data(args) -> None:
+    """No --data-dir and no hub: the datasets library would retry for half a minute and end in a
+    long ConnectionError. Use the local datasets cache only (a miss then fails in one line)."""
+    if args.data_dir or os.environ.get("HF_DATASETS_OFFLINE") == "1" or hub_reachable():
+        return
+    os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+    print("warning: the Hugging Face hub is unreachable and no --data-dir was given: the benchmarks come from "
+          "the local datasets cache only", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
@@ -203,6 +245,7 @@ def main(argv=None) -> int:
     from llemma_eval.data import DataError
     from neox.checkpoint.files import CheckpointError
 
+    offline_without_data(args)
     try:
         if args.run:
             return run_checkpoints(args)

@@ -72,12 +72,29 @@ def missing_data(kind: str, data_dir: str) -> str | None:
     return None
 
 
+LAYOUTS = {"math": "MATH/test/<subject>/<n>.json (or MATH/test.jsonl)", "gsm8k": "gsm8k/test.jsonl",
+           "ppl": "proof-pile-2/<component>/test/*.jsonl(.zst)"}
+
+
+def from_hub(kind: str, dataset_id: str, *args, **kwargs):
+    """datasets.load_dataset, or one line naming --data-dir and the file layout it expects."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(dataset_id, *args, **kwargs)
+    except Exception as e:  # offline without a cached copy: ConnectionError, FileNotFoundError, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise DataError(f"{dataset_id} is neither reachable on the Hugging Face hub nor in the local datasets "
+                        f"cache ({type(e).__name__}: {first}); offline, give --data-dir D with the benchmark "
+                        f"files as downloaded: D/{LAYOUTS.get(kind, kind)}") from None
+
+
 def math_test(data_dir: str | None = None, **_):
     if data_dir:
         return _dataset(math_rows(data_dir), os.path.join(data_dir, "MATH"))
     import datasets  # from the HF cache (HF_DATASETS_OFFLINE=1 on offline clusters)
 
-    parts = [datasets.load_dataset("EleutherAI/hendrycks_math", s, split="test") for s in MATH_SUBJECTS]
+    parts = [from_hub("math", "EleutherAI/hendrycks_math", s, split="test") for s in MATH_SUBJECTS]
     return datasets.DatasetDict({"test": datasets.concatenate_datasets(parts)})
 
 
@@ -89,7 +106,7 @@ def gsm8k_test(data_dir: str | None = None, **_):
         return _dataset([_require(r, ("question", "answer"), path) for r in read_jsonl(path)], path)
     import datasets
 
-    return datasets.DatasetDict({"test": datasets.load_dataset("openai/gsm8k", "main", split="test")})
+    return datasets.DatasetDict({"test": from_hub("gsm8k", "openai/gsm8k", "main", split="test")})
 
 
 def proof_pile_2_test(data_dir: str | None = None, **_):
@@ -103,6 +120,6 @@ def proof_pile_2_test(data_dir: str | None = None, **_):
         return _dataset(rows, f"{root}/<component>/test/*.jsonl(.zst)")
     import datasets
 
-    parts = [datasets.load_dataset("EleutherAI/proof-pile-2", c, split="test").map(lambda d, c=c: {"component": c})
+    parts = [from_hub("ppl", "EleutherAI/proof-pile-2", c, split="test").map(lambda d, c=c: {"component": c})
              for c in PROOF_PILE_2]
     return datasets.DatasetDict({"test": datasets.concatenate_datasets(parts).select_columns(["text", "component"])})

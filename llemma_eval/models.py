@@ -5,6 +5,10 @@ tokens are encoded with the tokenizer's own add_bos_token, so a Llama export sco
 every document pays log p(<s> | <s>). Here the document is encoded without special tokens while a
 rolling request is being built, so the model sees "<s> text" and every text token is scored.
 Generation and loglikelihood requests are unchanged.
+
+The hf backend also returns float32 logits whatever the weights' dtype: lm-eval takes the
+log-softmax and sums the log-probabilities in the logits' dtype, and in bf16 that put the
+perplexity 0.8% above the float32 value. vLLM returns float32 log-probabilities itself.
 """
 
 
@@ -24,6 +28,11 @@ class _BosOnceRolling:
         return super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
 
 
+class _Float32Logits:
+    def _model_call(self, *args, **kwargs):
+        return super()._model_call(*args, **kwargs).float()
+
+
 def make_lm(backend: str, model_dir: str, batch_size=None, device: str = "cpu", dtype: str = "auto",
             tensor_parallel_size: int = 1, max_length: int | None = None, seed: int = 1234):
     """An lm-eval LM for an HF directory: 'hf' (CPU or GPU) or 'vllm' (GPUs)."""
@@ -34,7 +43,7 @@ def make_lm(backend: str, model_dir: str, batch_size=None, device: str = "cpu", 
     if backend == "hf":
         from lm_eval.models.huggingface import HFLM
 
-        cls = type("BosOnceHFLM", (_BosOnceRolling, HFLM), {})
+        cls = type("BosOnceHFLM", (_BosOnceRolling, _Float32Logits, HFLM), {})
         return cls(device=device, **common)
     if backend == "vllm":
         from lm_eval.models.vllm_causallms import VLLM

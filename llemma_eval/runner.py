@@ -5,12 +5,16 @@ llemma_eval.scoring, off the model, so rescoring the same samples gives the same
 """
 
 import json
+import logging
 import math
 import os
 import random
 import time
 
+from tqdm import tqdm
+
 from llemma_eval import TASKS_DIR
+from llemma_eval.kinds import kind
 from llemma_eval.scoring import score_records, summarize, write_samples
 
 TASKS = {"llemma_math": "math", "llemma_math_majk": "math", "llemma_gsm8k": "gsm8k",
@@ -41,13 +45,12 @@ def _load_tasks(tasks, data_dir, k, seed):
     return loaded
 
 
-def _generation_records(kind, samples, task_name):
+def _generation_records(kind_name, samples, task_name):
     recs = []
     for s in sorted(samples, key=lambda s: s["doc_id"]):
-        doc = s["doc"]
         gens = [g for req in s["resps"] for g in req]  # one request per doc, k generations
-        problem, reference = (doc["problem"], doc["solution"]) if kind == "math" else (doc["question"], doc["answer"])
-        recs.append({"task": task_name, "doc_id": s["doc_id"], "kind": kind, "problem": problem,
+        problem, reference = kind(kind_name).problem_reference(s["doc"])
+        recs.append({"task": task_name, "doc_id": s["doc_id"], "kind": kind_name, "problem": problem,
                      "reference": reference, "generations": gens})
     return recs
 
@@ -96,20 +99,21 @@ def evaluate_model(model_dir: str, tasks: list[str], out: str, backend: str = "h
     os.makedirs(os.path.join(out, "samples"), exist_ok=True)
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
     os.environ["LLEMMA_EVAL_DEFER_SCORING"] = "1"  # scored below, off the accelerator
+    # every task's data before the model: a missing file or an unreachable hub fails in seconds
+    loaded = {name: _load_tasks([name], data_dir, k, seed) for name in tqdm(tasks, desc="load tasks", unit="task")}
     lm = make_lm(backend, model_dir, batch_size=batch_size, device=device, dtype=dtype,
                  tensor_parallel_size=tensor_parallel_size, seed=seed)
     results = {}
     for name in tasks:  # one task at a time: seconds per task, and finished tasks are kept
         start = time.time()
-        loaded = _load_tasks([name], data_dir, k, seed)
-        if max_gen_toks and TASKS[name] != "ppl":
-            loaded["tasks"][name].set_config(key="generation_kwargs", value={"max_gen_toks": max_gen_toks},
-                                             update=True)
-        raw = evaluator.evaluate(lm, loaded, limit=limit, log_samples=True, bootstrap_iters=0)
+        if TASKS[name] != "ppl":
+            fit_generation_budget(loaded[name]["tasks"][name], name, lm.max_length, max_gen_toks)
+        raw = evaluator.evaluate(lm, loaded[name], limit=limit, log_samples=True, bootstrap_iters=0)
         samples = raw["samples"][name]
         if TASKS[name] == "ppl":
             recs = _ppl_records(samples, AutoTokenizer.from_pretrained(model_dir))
             summary = summarize_ppl(recs)
+            summary["dtype"] = "float32 log-probabilities"  # models.py: logits cast before log-softmax
         else:
             recs = score_records(_generation_records(TASKS[name], samples, name), workers, timeout, desc=name)
             summary = summarize(recs)
@@ -117,7 +121,31 @@ def evaluate_model(model_dir: str, tasks: list[str], out: str, backend: str = "h
         summary["seconds"] = round(time.time() - start, 2)
         results[name] = summary
         write_results(out, results)
+        print(f"{name}: {format_row(name, summary)} in {summary['seconds']:.0f} s "
+              f"({summary['n'] * summary['k'] / max(summary['seconds'], 1e-9):.2f} samples/s)", flush=True)
     return results
+
+
+class _SaidOnce(logging.Filter):
+    """lm-eval repeats "Left truncation applied" per batch; the clipping warning said it once."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith("Left truncation applied")
+
+
+def fit_generation_budget(task, name: str, context: int, requested=None) -> None:
+    """The task's generation length (or --max-gen-toks), clipped with one warning line when it
+    leaves the model's context no room for a prompt (a toy model of 128 positions)."""
+    budget = requested or task.config.generation_kwargs.get("max_gen_toks", 256)
+    if budget >= context:
+        clipped = max(1, context // 2)
+        print(f"warning: {name}: generation length {budget} >= the model's context of {context} tokens: "
+              f"generating at most {clipped}; prompts are cut to their last {context - clipped} tokens "
+              "(few-shot examples lost), so the scores are not comparable to published ones", flush=True)
+        budget = clipped
+        logging.getLogger("lm_eval.models.huggingface").addFilter(_SaidOnce())
+    if budget != task.config.generation_kwargs.get("max_gen_toks"):
+        task.set_config(key="generation_kwargs", value={"max_gen_toks": budget}, update=True)
 
 
 def write_results(out: str, results: dict, step=None) -> None:
@@ -132,11 +160,24 @@ def format_value(result: dict) -> str:
     return f"{result['value']:.4f}" if result["metric"] == "token_perplexity" else f"{100 * result['value']:.1f}"
 
 
+def llemma_value(result: dict) -> str:
+    """The Llemma protocol's score of a generation task (perplexity has one protocol)."""
+    protocol = result.get("protocols", {}).get("llemma")
+    return f"{100 * protocol['value']:.1f}" if protocol else ""
+
+
+def format_row(task: str, r: dict) -> str:
+    llemma = llemma_value(r)
+    return f"{r['metric']} {format_value(r)}" + (f" (llemma protocol {llemma})" if llemma else "")
+
+
 def markdown_table(results: dict) -> str:
-    lines = ["| task | metric | value | n | k | seconds |", "| --- | --- | --- | --- | --- | --- |"]
+    """One row per task: the default protocol's score and, next to it, the Llemma protocol's."""
+    lines = ["| task | metric | default | llemma | n | k | seconds |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for task, r in results.items():
-        lines.append(f"| {task} | {r['metric']} | {format_value(r)} | {r['n']} | {r['k']} | {r.get('seconds', '')} |")
+        lines.append(f"| {task} | {r['metric']} | {format_value(r)} | {llemma_value(r)} | {r['n']} | {r['k']} "
+                     f"| {r.get('seconds', '')} |")
         for comp, n in r.get("components", {}).items():  # perplexity per Proof-Pile-2 component
             value = r["metrics"][f"{comp}/token_perplexity"]
-            lines.append(f"| {task}/{comp} | token_perplexity | {value:.4f} | {n} | 1 | |")
+            lines.append(f"| {task}/{comp} | token_perplexity | {value:.4f} | | {n} | 1 | |")
     return "\n".join(lines)

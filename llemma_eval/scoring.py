@@ -1,11 +1,14 @@
-"""Scoring samples files: extracted answers, correctness, maj@k; used by evaluate and by rescore.
+"""Scoring samples files: extracted answers, correctness, maj@k under both protocols; used by
+evaluate and by rescore.
 
 A samples file (samples/<task>.jsonl) has one record per problem:
-    {"doc_id", "kind": "math"|"gsm8k", "problem", "reference" (solution / answer field),
-     "gold" (extracted reference answer), "generations": [k strings],
-     "answers": [k], "correct": [k], "math_verify" (first generation, MATH only), "maj_answer", "maj_correct"}
-Scoring fills the last five from the generations and the reference, so a file can be rescored
-on a CPU machine in a pool of checkers (threads, each with its own checker child process).
+    {"doc_id", "kind" (llemma_eval.kinds), "problem", "reference" (solution / answer field),
+     "generations": [k strings],
+     default protocol: "gold", "answers": [k], "correct": [k], "maj_answer", "maj_correct",
+     "math_verify" (MATH kind: math-verify's verdict on the first generation),
+     "llemma": {the same five fields under the Llemma protocol}}
+Scoring fills everything after "generations" from the generations and the reference, so a file can
+be rescored on a CPU machine in a pool of checkers (threads, each with its own checker child process).
 """
 
 import json
@@ -14,54 +17,68 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tqdm import tqdm
 
-from llemma_eval import answers as ans
 from llemma_eval.checker import DEFAULT_TIMEOUT, close_thread_checkers, thread_checker
+from llemma_eval.kinds import PROTOCOLS, kind
 from llemma_eval.voting import majority_vote
 
 
-def _gsm8k_equal(a: str, b: str) -> bool:
-    return ans.normalize_number(a) == ans.normalize_number(b)
+def score_protocol(task_kind, protocol: str, reference: str, generations: list[str], checker) -> dict:
+    gold = task_kind.gold(reference, protocol)
+    extracted = [task_kind.extract(g, protocol) for g in generations]
+
+    def equal(a, b):
+        return a is not None and b is not None and task_kind.equal(a, b, protocol, checker)
+
+    correct = [equal(a, gold) for a in extracted]
+    winner = majority_vote(extracted, equal, key=lambda a: task_kind.key(a, protocol))
+    return {"gold": gold, "answers": extracted, "correct": correct,
+            "maj_answer": None if winner is None else extracted[winner],
+            "maj_correct": winner is not None and correct[winner]}
 
 
 def score_record(rec: dict, timeout: float = DEFAULT_TIMEOUT) -> dict:
-    """rec with answers, correct, (math_verify), maj_answer and maj_correct recomputed."""
+    """rec with both protocols' fields recomputed (default at the top level, llemma under "llemma")."""
+    task_kind = kind(rec["kind"])
+    checker = thread_checker(timeout)
     gens = rec["generations"]
-    if rec["kind"] == "math":
-        checker = thread_checker(timeout)
-        gold = ans.extract_math_answer(rec["reference"])
-        extracted = [ans.extract_math_answer(g) for g in gens]
-        equal = checker.equal
-        # math-verify's own verdict on the first (at k=1 the greedy) generation: its headline score
+    for protocol in PROTOCOLS:
+        scored = score_protocol(task_kind, protocol, rec["reference"], gens, checker)
+        if protocol == "default":
+            rec.update(scored)
+        else:
+            rec[protocol] = scored
+    if rec["kind"] == "math":  # math-verify's own verdict on the first (at k=1 the greedy) generation
         rec["math_verify"] = bool(gens) and checker.math_verify(gens[0], rec["reference"])
-    elif rec["kind"] == "gsm8k":
-        gold = ans.gsm8k_gold(rec["reference"])
-        extracted = [ans.extract_gsm8k_answer(g) for g in gens]
-        equal = _gsm8k_equal
-    else:
-        raise ValueError(f"unknown kind {rec['kind']!r} in record {rec.get('doc_id')}")
-    rec["gold"] = gold
-    rec["answers"] = extracted
-    rec["correct"] = [a is not None and equal(a, gold) for a in extracted]
-    winner = majority_vote(extracted, equal)
-    rec["maj_answer"] = None if winner is None else extracted[winner]
-    rec["maj_correct"] = winner is not None and rec["correct"][winner]
     return rec
 
 
+def _protocol_metrics(scored: list[dict], k: int) -> dict:
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+    return {
+        "exact_or_equiv": mean([s["correct"][0] for s in scored if s["correct"]]),  # the greedy answer at k=1
+        "sample_accuracy": mean([c for s in scored for c in s["correct"]]),
+        "invalid": mean([a is None for s in scored for a in s["answers"]]),  # samples with no answer found
+        f"maj@{k}": mean([s["maj_correct"] for s in scored]),
+    }
+
+
 def summarize(records: list[dict]) -> dict:
-    """Metrics of one task's scored records; the headline metric is maj@k (k=1: exact_or_equiv)."""
+    """Metrics of one task's scored records under each protocol; the headline metric (maj@k, at
+    k=1 exact_or_equiv) is the default protocol's, the llemma protocol's is next to it."""
     n = len(records)
     k = max((len(r["generations"]) for r in records), default=0)
-    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
-    metrics = {
-        "exact_or_equiv": mean([r["correct"][0] for r in records]),  # first sample: the greedy answer at k=1
-        "sample_accuracy": mean([c for r in records for c in r["correct"]]),
-        f"maj@{k}": mean([r["maj_correct"] for r in records]),
-    }
-    if records and "math_verify" in records[0]:
-        metrics["math_verify"] = mean([r["math_verify"] for r in records])
     headline = "exact_or_equiv" if k == 1 else f"maj@{k}"
-    return {"metric": headline, "value": metrics[headline], "n": n, "k": k, "metrics": metrics}
+    protocols = {}
+    for protocol in PROTOCOLS:
+        scored = [r if protocol == "default" else r[protocol] for r in records]
+        metrics = _protocol_metrics(scored, k)
+        protocols[protocol] = {"metric": headline, "value": metrics[headline], "metrics": metrics}
+    metrics = dict(protocols["default"]["metrics"])
+    if records and "math_verify" in records[0]:
+        metrics["math_verify"] = sum(r["math_verify"] for r in records) / n
+    metrics["llemma"] = protocols["llemma"]["value"]
+    return {"metric": headline, "value": metrics[headline], "n": n, "k": k, "protocol": "default",
+            "metrics": metrics, "protocols": protocols}
 
 
 def score_records(records: list[dict], workers: int = 4, timeout: float = DEFAULT_TIMEOUT,

@@ -22,7 +22,7 @@ def _defer() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _upstream_yaml(relpath: str) -> dict:
+def upstream_yaml(relpath: str) -> dict:
     import lm_eval.tasks
     from lm_eval.tasks._yaml_loader import load_yaml
 
@@ -46,12 +46,12 @@ def math_doc_to_text(doc: dict) -> str:
 
 def gsm8k_fewshot() -> list[dict]:
     """gsm8k-cot's examples, as {question, answer-with-chain-of-thought}."""
-    samples = _upstream_yaml("gsm8k/gsm8k-cot.yaml")["fewshot_config"]["samples"]
+    samples = upstream_yaml("gsm8k/gsm8k-cot.yaml")["fewshot_config"]["samples"]
     return [{"question": s["question"], "cot": s["target"]} for s in samples]
 
 
 def gsm8k_doc_to_text(doc: dict) -> str:
-    template = _upstream_yaml("gsm8k/gsm8k-cot.yaml")["doc_to_text"]
+    template = upstream_yaml("gsm8k/gsm8k-cot.yaml")["doc_to_text"]
     return jinja2.Template(template).render(question=doc["question"])
 
 

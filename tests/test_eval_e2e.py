@@ -117,7 +117,7 @@ def test_perplexity_equals_transformers_with_one_bos(evaluated):
     assert results["components"] == {"arxiv": 1, "open-web-math": 1}
     table = open(root / "out" / "results.md").read()
     ppl = results["metrics"]["arxiv/token_perplexity"]
-    assert f"| proof_pile_2_ppl/arxiv | token_perplexity | {ppl:.4f} | 1 | 1 | |" in table
+    assert f"| proof_pile_2_ppl/arxiv | token_perplexity | {ppl:.4f} | | 1 | 1 | |" in table
 
 
 def test_every_checkpoint_of_a_run_exported_on_the_fly(evaluated, tmp_path):

@@ -1,0 +1,78 @@
+"""Tiny invented benchmark files in every --data-dir layout, for the toy pipeline and the tests.
+
+    python -m llemma_eval.toy_bench OUT [--corpus data/toy/corpus]
+
+The problems are generated arithmetic (not taken from any benchmark): they exercise the task
+files, prompts, scoring and outputs end to end, and say nothing about a model's ability. The
+held-out perplexity documents are the toy corpus's own test split, when it exists.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+SUBJECTS = ["algebra", "geometry"]
+
+
+def _problems(n: int):
+    for i in range(n):
+        a, b = 3 + 2 * i, 4 + i
+        yield i, a, b
+
+
+def write_math(root: str, n: int = 6) -> None:
+    for i, a, b in _problems(n):
+        d = os.path.join(root, "MATH", "test", SUBJECTS[i % len(SUBJECTS)])
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"{i}.json"), "w") as f:
+            json.dump({"problem": f"What is ${a}+{b}$?", "level": "Level 1", "type": SUBJECTS[i % 2].title(),
+                       "solution": f"We add: ${a}+{b}=\\boxed{{{a + b}}}$."}, f)
+
+
+def write_gsm8k(root: str, n: int = 6) -> None:
+    os.makedirs(os.path.join(root, "gsm8k"), exist_ok=True)
+    with open(os.path.join(root, "gsm8k", "test.jsonl"), "w") as f:
+        for _, a, b in _problems(n):
+            f.write(json.dumps({"question": f"Ann has {a} pens and buys {b} more. How many pens does she have?",
+                                "answer": f"She has {a}+{b}=<<{a}+{b}={a + b}>>{a + b} pens.\n#### {a + b}"}) + "\n")
+
+
+def write_proof_pile_2(root: str, corpus: str) -> None:
+    """The toy corpus's test split of each component, in Proof-Pile-2's layout."""
+    for comp in ("arxiv", "open-web-math", "algebraic-stack"):
+        src = os.path.join(corpus, comp, "test")
+        if not os.path.isdir(src):
+            continue
+        dst = os.path.join(root, "proof-pile-2", comp, "test")
+        os.makedirs(dst, exist_ok=True)
+        for name in sorted(os.listdir(src)):
+            if name.endswith((".jsonl", ".jsonl.zst")):
+                shutil.copy2(os.path.join(src, name), dst)
+
+
+WRITERS = [write_math, write_gsm8k]
+
+
+def write_all(root: str, corpus: str | None = None) -> str:
+    for writer in WRITERS:
+        writer(root)
+    if corpus:
+        write_proof_pile_2(root, corpus)
+    return root
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out")
+    p.add_argument("--corpus", default=os.path.join("data", "toy", "corpus"),
+                   help="toy corpus whose test split becomes proof-pile-2/<component>/test")
+    args = p.parse_args(argv)
+    write_all(args.out, args.corpus if os.path.isdir(args.corpus) else None)
+    print(f"toy benchmark files in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
