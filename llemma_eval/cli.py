@@ -73,12 +73,21 @@ def usage_errors(args) -> str | None:
     if args.data_dir and not os.path.isdir(args.data_dir):
         return f"--data-dir {args.data_dir!r} is not a directory"
     if args.data_dir:
-        from llemma_eval.data import missing_data
+        from llemma_eval.runner import missing_data
 
         for task in args.tasks.split(","):
-            missing = missing_data(TASKS[task], args.data_dir)
+            missing = missing_data(task, args.data_dir)
             if missing:
                 return f"--data-dir: task {task} needs {missing}"
+    if any(TASKS[t].endswith("_python") for t in args.tasks.split(",")):
+        from llemma_eval.sandbox import SandboxUnavailable, run_program
+
+        try:  # tool-use programs run only in the sandbox: refuse now if it cannot be set up here
+            probe = run_program("print(6 * 7)")
+        except SandboxUnavailable as e:
+            return f"--tasks: tool-use tasks need the program sandbox: {e}"
+        if probe.stdout.strip() != "42":
+            return f"--tasks: the program sandbox does not run a trivial program here ({probe.reason})"
     if args.run and args.every < 1:
         return f"--every must be >= 1, got {args.every}"
     if args.model and not args.run and not (os.path.isfile(os.path.join(args.model, "config.json"))
@@ -243,6 +252,7 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from llemma_eval.data import DataError
+    from llemma_eval.sandbox import SandboxUnavailable
     from neox.checkpoint.files import CheckpointError
 
     offline_without_data(args)
@@ -250,7 +260,7 @@ def main(argv=None) -> int:
         if args.run:
             return run_checkpoints(args)
         evaluate_source(args, args.model, args.out, step=args.step)
-    except (CheckpointError, DataError) as e:
+    except (CheckpointError, DataError, SandboxUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(open(os.path.join(args.out, "results.md")).read())

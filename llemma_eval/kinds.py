@@ -11,7 +11,7 @@ Two protocols score every generation task, side by side in results.json:
              simplify(a - b) == 0 with a timeout (lm-eval's minerva_math is_equiv)
 A kind is duck-typed: problem_reference(doc), gold(reference, protocol), extract(generation,
 protocol), equal(pred, gold, protocol, checker), key(answer, protocol) (identical keys are one vote)
-and missing_data(data_dir). Kinds of other modules register in KINDS below.
+and missing_data(data_dir). Kinds of other modules are listed in kinds() below.
 """
 
 import functools
@@ -102,10 +102,16 @@ class Gsm8kKind:
         return data.missing_data("gsm8k", data_dir)
 
 
-KINDS = {k.name: k for k in (MathKind(), Gsm8kKind())}
+@functools.lru_cache(maxsize=None)
+def kinds() -> dict:
+    """Every kind by name (the task-family modules import this one, so they are imported here late)."""
+    from llemma_eval import stem, tool_use
+
+    return {k.name: k for k in (MathKind(), Gsm8kKind(), stem.OCW, stem.MC, tool_use.GSM8K_PYTHON,
+                                tool_use.MATH_PYTHON)}
 
 
 def kind(name: str):
-    if name not in KINDS:
-        raise ValueError(f"unknown task kind {name!r}; known: {sorted(KINDS)}")
-    return KINDS[name]
+    if name not in kinds():
+        raise ValueError(f"unknown task kind {name!r}; known: {sorted(kinds())}")
+    return kinds()[name]

@@ -4,6 +4,7 @@ lm-eval builds the prompts and generates (hf or vllm backend); the answers are t
 llemma_eval.scoring, off the model, so rescoring the same samples gives the same numbers.
 """
 
+import functools
 import json
 import logging
 import math
@@ -17,9 +18,17 @@ from llemma_eval import TASKS_DIR
 from llemma_eval.kinds import kind
 from llemma_eval.scoring import score_records, summarize, write_samples
 
+# task -> kind (llemma_eval.kinds; "ppl" is held-out perplexity); *_majk tasks sample k per problem
 TASKS = {"llemma_math": "math", "llemma_math_majk": "math", "llemma_gsm8k": "gsm8k",
-         "llemma_gsm8k_majk": "gsm8k", "proof_pile_2_ppl": "ppl"}
-MAJK_DEFAULT = {"llemma_math_majk": 256, "llemma_gsm8k_majk": 100}
+         "llemma_gsm8k_majk": "gsm8k", "proof_pile_2_ppl": "ppl",
+         "llemma_ocw": "ocw", "llemma_ocw_majk": "ocw", "llemma_mmlu_stem": "mc", "llemma_mmlu_stem_majk": "mc",
+         "llemma_sat": "mc", "llemma_sat_majk": "mc",
+         "llemma_math500": "math", "llemma_math500_majk": "math", "llemma_aime": "math", "llemma_aime_majk": "math",
+         "llemma_aime24": "math", "llemma_aime24_majk": "math", "llemma_aime25": "math", "llemma_aime25_majk": "math",
+         "llemma_gsm8k_python": "gsm8k_python", "llemma_math_python": "math_python"}
+MAJK_DEFAULT = {"llemma_math_majk": 256, "llemma_gsm8k_majk": 100, "llemma_ocw_majk": 100,
+                "llemma_mmlu_stem_majk": 16, "llemma_sat_majk": 16, "llemma_math500_majk": 256,
+                "llemma_aime_majk": 64, "llemma_aime24_majk": 64, "llemma_aime25_majk": 64}
 
 
 def check_tasks(tasks: list[str]) -> None:
@@ -28,10 +37,32 @@ def check_tasks(tasks: list[str]) -> None:
         raise ValueError(f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
 
 
+def missing_data(task: str, data_dir: str) -> str | None:
+    """What --data-dir lacks for a task (checked before any model is loaded), or None."""
+    from llemma_eval import data, stem
+    from llemma_eval.kinds import kind
+
+    if task.removesuffix("_majk") in stem.TASK_LAYOUT:  # one kind, several file layouts
+        return stem.missing_task_data(task, data_dir)
+    return data.missing_data("ppl", data_dir) if TASKS[task] == "ppl" else kind(TASKS[task]).missing_data(data_dir)
+
+
+@functools.lru_cache(maxsize=None)
+def upstream_tasks_dir() -> str:
+    """MATH-500 and AIME: lm-eval's own task files, included by YAMLs written for this machine."""
+    import tempfile
+
+    from llemma_eval.upstream_tasks import write_upstream_task_yamls
+
+    d = tempfile.mkdtemp(prefix="llemma-eval-upstream-")
+    write_upstream_task_yamls(d)
+    return d
+
+
 def _load_tasks(tasks, data_dir, k, seed):
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=TASKS_DIR, include_defaults=False,
+    manager = TaskManager(include_path=[TASKS_DIR, upstream_tasks_dir()], include_defaults=False,
                           metadata={"data_dir": os.path.abspath(data_dir) if data_dir else None})
     loaded = manager.load(tasks)
     for name, task in loaded["tasks"].items():
@@ -126,24 +157,34 @@ def evaluate_model(model_dir: str, tasks: list[str], out: str, backend: str = "h
     return results
 
 
-class _SaidOnce(logging.Filter):
-    """lm-eval repeats "Left truncation applied" per batch; the clipping warning said it once."""
+class _TruncationOncePerTask(logging.Filter):
+    """lm-eval repeats "Left truncation applied" per batch: let one through per task (none when the
+    clipping warning said it already)."""
+
+    said = False
 
     def filter(self, record):
-        return not record.getMessage().startswith("Left truncation applied")
+        if not record.getMessage().startswith("Left truncation applied"):
+            return True
+        said, self.said = self.said, True
+        return not said
+
+
+_truncation = _TruncationOncePerTask()
+logging.getLogger("lm_eval.models.huggingface").addFilter(_truncation)
 
 
 def fit_generation_budget(task, name: str, context: int, requested=None) -> None:
     """The task's generation length (or --max-gen-toks), clipped with one warning line when it
     leaves the model's context no room for a prompt (a toy model of 128 positions)."""
-    budget = requested or task.config.generation_kwargs.get("max_gen_toks", 256)
+    budget = requested_or_default = requested or task.config.generation_kwargs.get("max_gen_toks", 256)
     if budget >= context:
         clipped = max(1, context // 2)
         print(f"warning: {name}: generation length {budget} >= the model's context of {context} tokens: "
               f"generating at most {clipped}; prompts are cut to their last {context - clipped} tokens "
               "(few-shot examples lost), so the scores are not comparable to published ones", flush=True)
         budget = clipped
-        logging.getLogger("lm_eval.models.huggingface").addFilter(_SaidOnce())
+    _truncation.said = budget < requested_or_default
     if budget != task.config.generation_kwargs.get("max_gen_toks"):
         task.set_config(key="generation_kwargs", value={"max_gen_toks": budget}, update=True)
 

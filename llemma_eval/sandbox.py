@@ -38,7 +38,7 @@ import functools
 import importlib.util
 import math
 import os
-import select
+import selectors
 import shutil
 import signal
 import stat
@@ -157,6 +157,9 @@ except MemoryError:
 """
 
 
+_NAMESPACE = {"off": False}  # set when unshare stopped working in this process
+
+
 @functools.lru_cache(maxsize=None)
 def _unshare_prefix() -> tuple[str, ...]:
     """["unshare", "-rn"] where a network namespace can be made here (user namespaces allowed)."""
@@ -222,6 +225,19 @@ def run_program(source: str, *, timeout_s: float = 5.0, cpu_s: int | None = None
     """Run a Python program in the sandbox; stdout/stderr are what it printed (each capped)."""
     _check_platform()
     cpu = cpu_s if cpu_s is not None else max(1, math.ceil(timeout_s)) + 1
+    limits = (timeout_s, cpu, memory_bytes, max_output_bytes, python)
+    if not _NAMESPACE["off"] and _unshare_prefix():
+        result = _run_once(source, _unshare_prefix(), *limits)
+        if result is not None:
+            return result
+        _NAMESPACE["off"] = True  # unshare stopped working (e.g. a namespace limit): the hook still stands
+        print("warning: program sandbox runs without a network namespace from now on (unshare failed)",
+              file=sys.stderr)
+    return _run_once(source, (), *limits)
+
+
+def _run_once(source, prefix, timeout_s, cpu, memory_bytes, max_output_bytes, python) -> SandboxResult | None:
+    """One run; None when the unshare prefix itself failed."""
     tmp = tempfile.mkdtemp(prefix="llemma-sandbox-")
     proc = None
     try:
@@ -231,22 +247,21 @@ def run_program(source: str, *, timeout_s: float = 5.0, cpu_s: int | None = None
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": tmp, "TMPDIR": tmp,
                "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1"}
-        cmd = [*_unshare_prefix(), python, "-I", "-c", _BOOTSTRAP, tmp, prog, str(memory_bytes), str(cpu),
+        cmd = [*prefix, python, "-I", "-c", _BOOTSTRAP, tmp, prog, str(memory_bytes), str(cpu),
                str(FILE_SIZE_LIMIT), *_extra_paths(python)]
         start = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
         out, err, why = _collect(proc, start + timeout_s, max_output_bytes)
         # the whole group, while the leader (exited or not) is not yet reaped: its id cannot be reused
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _kill_group(proc.pid)
         rc = proc.wait()
         deadline = time.monotonic() + 10
         while _group_alive(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.01)
         stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        if why is None and prefix and rc == 1 and not stdout and stderr.startswith("unshare: "):
+            return None
         if why is None:
             why = _reason(rc, stderr)
         return SandboxResult(ok=why == "ok", stdout=stdout, stderr=stderr, reason=why)
@@ -254,40 +269,45 @@ def run_program(source: str, *, timeout_s: float = 5.0, cpu_s: int | None = None
         if proc is not None:
             for stream in (proc.stdout, proc.stderr):
                 stream.close()
-            if proc.returncode is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+            if proc.returncode is None:  # an exception on the way: still nothing left running
+                _kill_group(proc.pid)
                 proc.wait()
         _remove_tree(tmp)
 
 
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _collect(proc, deadline: float, cap: int):
     """(stdout, stderr, reason or None): read both pipes until EOF, the deadline or stdout over cap."""
-    bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-    out_fd = proc.stdout.fileno()
-    open_fds = set(bufs)
-    while open_fds:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return bytes(bufs[out_fd]), bytes(bufs[proc.stderr.fileno()]), "timeout"
-        ready, _, _ = select.select(list(open_fds), [], [], left)
-        for fd in ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                open_fds.discard(fd)
-                continue
-            buf = bufs[fd]
-            buf += chunk[:max(0, cap + 1 - len(buf))]
-            if fd == out_fd and len(buf) > cap:
-                return bytes(buf[:cap]), bytes(bufs[proc.stderr.fileno()]), "output too large"
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    bufs = {out_fd: bytearray(), err_fd: bytearray()}
+    with selectors.DefaultSelector() as sel:  # not select(): no FD_SETSIZE limit in a process with many files
+        for fd in bufs:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return bytes(bufs[out_fd]), bytes(bufs[err_fd]), "timeout"
+            for key, _ in sel.select(left):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fd)
+                    continue
+                buf = bufs[key.fd]
+                buf += chunk[:max(0, cap + 1 - len(buf))]
+                if key.fd == out_fd and len(buf) > cap:
+                    return bytes(buf[:cap]), bytes(bufs[err_fd]), "output too large"
     # both pipes closed: wait for the leader to exit, without reaping it (its group id stays ours)
     while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
         if time.monotonic() >= deadline:
-            return bytes(bufs[out_fd]), bytes(bufs[proc.stderr.fileno()]), "timeout"
+            return bytes(bufs[out_fd]), bytes(bufs[err_fd]), "timeout"
         time.sleep(0.002)
-    return bytes(bufs[out_fd]), bytes(bufs[proc.stderr.fileno()]), None
+    return bytes(bufs[out_fd]), bytes(bufs[err_fd]), None
 
 
 def _reason(rc: int, stderr: str) -> str:

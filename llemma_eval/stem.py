@@ -16,12 +16,13 @@ llemma_eval.upstream_tasks; their data loaders are here.
 """
 
 import csv
-import functools
 import os
 import re
 
 from llemma_eval.answers import extract_math_answer, last_boxed
-from llemma_eval.data import DataError, _dataset, _require, read_jsonl
+from llemma_eval.data import DataError, _dataset, _require, from_hub, read_jsonl
+from llemma_eval.kinds import minerva as _minerva
+from llemma_eval.task_fns import _results, upstream_yaml
 
 LETTERS = "ABCD"
 OCW_HUB = "open-web-math/ocwcourses"  # the dataset id the Llemma paper's lm-eval fork loaded
@@ -42,21 +43,6 @@ AIME_FILES = {"aime": ("aime/aime.yaml", "Question", "Answer"),
 
 # ---------------------------------------------------------------------------------------------- data
 
-def _minerva():
-    from lm_eval.tasks.minerva_math import utils  # needs lm-eval[math]
-
-    return utils
-
-
-@functools.lru_cache(maxsize=None)
-def upstream_yaml(relpath: str) -> dict:
-    """An installed lm-eval task file (includes merged, !function left unresolved)."""
-    import lm_eval.tasks
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    return load_yaml(os.path.join(os.path.dirname(lm_eval.tasks.__file__), relpath), resolve_func=False)
-
-
 def _jsonl(data_dir: str, rel: str, what: str, fields: str) -> tuple[str, list[dict]]:
     path = os.path.join(data_dir, rel)
     if not os.path.isfile(path):
@@ -75,11 +61,7 @@ def ocw_test(data_dir: str | None = None, **_):
         return _dataset(ocw_rows(data_dir), os.path.join(data_dir, "ocw", "test.jsonl"))
     import datasets
 
-    try:
-        ds = datasets.load_dataset(OCW_HUB, split="test")
-    except Exception as e:  # offline without a cached copy, or the hub copy is gone
-        raise DataError(f"OCW Courses: cannot load {OCW_HUB} from the HF hub/cache ({type(e).__name__}); "
-                        "pass --data-dir D with D/ocw/test.jsonl (fields problem, answer, solution)") from e
+    ds = from_hub("ocw/test.jsonl (fields problem, answer, solution)", OCW_HUB, split="test")
     return datasets.DatasetDict({"test": ds})
 
 
@@ -111,9 +93,8 @@ def mmlu_stem_rows(data_dir: str) -> list[dict]:
 def mmlu_stem_test(data_dir: str | None = None, **_):
     if data_dir:
         return _dataset(mmlu_stem_rows(data_dir), os.path.join(data_dir, "mmlu", "test"))
-    import datasets
 
-    parts = [datasets.load_dataset(MMLU_HUB, s, split="test") for s in MMLU_STEM_SUBJECTS]
+    parts = [from_hub("mmlu/test/<subject>_test.csv", MMLU_HUB, s, split="test") for s in MMLU_STEM_SUBJECTS]
     rows = [{"question": d["question"], "choices": list(d["choices"]), "answer": LETTERS[int(d["answer"])],
              "subject": d["subject"]} for part in parts for d in part]
     return _dataset(rows, MMLU_HUB)
@@ -150,7 +131,8 @@ def math500_test(data_dir: str | None = None, **_):
     import datasets
 
     cfg = upstream_yaml("minerva_math/minerva_math500.yaml")
-    return datasets.DatasetDict({"test": datasets.load_dataset(cfg["dataset_path"], split=cfg["test_split"])})
+    ds = from_hub("MATH-500/test.jsonl (fields problem, solution, answer)", cfg["dataset_path"], split=cfg["test_split"])
+    return datasets.DatasetDict({"test": ds})
 
 
 def _aime_doc(row: dict, problem_key: str, answer_key: str, where: str) -> dict:
@@ -170,10 +152,8 @@ def _aime(name: str, data_dir: str | None):
     if data_dir:
         path, rows = _jsonl(data_dir, f"aime/{name}.jsonl", "AIME", f"{pkey}, {akey}")
         return _dataset([_aime_doc(r, pkey, akey, path) for r in rows], path)
-    import datasets
-
     cfg = upstream_yaml(upstream)
-    ds = datasets.load_dataset(cfg["dataset_path"], split=cfg["test_split"])
+    ds = from_hub(f"aime/{name}.jsonl (fields {pkey}, {akey})", cfg["dataset_path"], split=cfg["test_split"])
     return _dataset([_aime_doc(r, pkey, akey, cfg["dataset_path"]) for r in ds], cfg["dataset_path"])
 
 
@@ -274,17 +254,6 @@ def mc_doc_to_text(doc: dict) -> str:
 
 def mc_doc_to_target(doc: dict) -> str:
     return doc.get("solution") or f"Final Answer: The final answer is ({doc['answer']}). I hope it is correct."
-
-
-def _results(kind: str, reference: str, generations: list) -> dict:
-    """Scored by llemma_eval.scoring (default protocol), or zeros when tools/run_eval.py scores afterwards."""
-    if os.environ.get("LLEMMA_EVAL_DEFER_SCORING") == "1":
-        return {"exact_or_equiv": 0, "maj_at_k": 0}
-    from llemma_eval.scoring import score_record
-
-    gens = [g for group in generations for g in (group if isinstance(group, list) else [group])]
-    rec = score_record({"kind": kind, "reference": reference, "generations": gens})
-    return {"exact_or_equiv": int(rec["correct"][0]), "maj_at_k": int(rec["maj_correct"])}
 
 
 def ocw_results(doc: dict, results: list) -> dict:

@@ -14,8 +14,6 @@ import os
 
 import jinja2
 
-from llemma_eval.scoring import score_record
-
 
 def _defer() -> bool:
     return os.environ.get("LLEMMA_EVAL_DEFER_SCORING") == "1"
@@ -62,6 +60,8 @@ def gsm8k_doc_to_target(doc: dict) -> str:
 def _results(kind: str, reference: str, generations: list) -> dict:
     if _defer():
         return {"exact_or_equiv": 0, "maj_at_k": 0}
+    from llemma_eval.scoring import score_record  # the default protocol, in lm-eval's process_results
+
     gens = [g for group in generations for g in (group if isinstance(group, list) else [group])]
     rec = score_record({"kind": kind, "reference": reference, "generations": gens})
     return {"exact_or_equiv": int(rec["correct"][0]), "maj_at_k": int(rec["maj_correct"])}

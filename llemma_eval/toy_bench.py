@@ -52,7 +52,64 @@ def write_proof_pile_2(root: str, corpus: str) -> None:
                 shutil.copy2(os.path.join(src, name), dst)
 
 
-WRITERS = [write_math, write_gsm8k]
+def _jsonl(path: str, rows) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def write_math500(root: str, n: int = 4) -> None:
+    _jsonl(os.path.join(root, "MATH-500", "test.jsonl"),
+           ({"problem": f"What is ${a} \\times {b}$?", "solution": f"Multiply: $\\boxed{{{a * b}}}$.",
+             "answer": str(a * b)} for _, a, b in _problems(n)))
+
+
+def write_aime(root: str, n: int = 3) -> None:
+    """The three AIME files with the field names of lm-eval's three AIME tasks."""
+    for name, (p, a) in {"aime": ("Question", "Answer"), "aime24": ("Problem", "Answer"),
+                         "aime25": ("problem", "answer")}.items():
+        _jsonl(os.path.join(root, "aime", f"{name}.jsonl"),
+               ({p: f"Find the remainder when {x * 1000 + y} is divided by {x + 5}.", a: (x * 1000 + y) % (x + 5)}
+                for _, x, y in _problems(n)))
+
+
+def write_ocw(root: str, n: int = 4) -> None:
+    _jsonl(os.path.join(root, "ocw", "test.jsonl"),
+           ({"problem": f"A cart of mass {a} kg accelerates at {b} m/s^2. What net force acts on it, in newtons?",
+             "solution": f"$F = ma = {a} \\cdot {b} = {a * b}$ N.", "answer": str(a * b)} for _, a, b in _problems(n)))
+
+
+def _choices(a: int, b: int) -> tuple[list[str], str]:
+    right, letters = a + b, "ABCD"
+    options = [str(right + d) for d in (-1, 0, 2, 5)]
+    return options, letters[options.index(str(right))]
+
+
+def write_mmlu(root: str, per_subject: int = 1) -> None:
+    """One invented question per STEM subject, in MMLU's csv layout (no header)."""
+    import csv
+
+    from llemma_eval.stem import MMLU_STEM_SUBJECTS
+
+    os.makedirs(os.path.join(root, "mmlu", "test"), exist_ok=True)
+    for i, subject in enumerate(MMLU_STEM_SUBJECTS):
+        with open(os.path.join(root, "mmlu", "test", f"{subject}_test.csv"), "w", newline="") as f:
+            for _, a, b in list(_problems(i + per_subject))[i:]:
+                options, letter = _choices(a, b)
+                csv.writer(f).writerow([f"What is {a} + {b}?", *options, letter])
+
+
+def write_sat(root: str, n: int = 4) -> None:
+    rows = []
+    for _, a, b in _problems(n):
+        options, letter = _choices(a, b)
+        rows.append({"question": f"If $x - {a} = {b}$, what is the value of $x$?", "options": options,
+                     "answer": letter})
+    _jsonl(os.path.join(root, "sat", "test.jsonl"), rows)
+
+
+WRITERS = [write_math, write_gsm8k, write_math500, write_aime, write_ocw, write_mmlu, write_sat]
 
 
 def write_all(root: str, corpus: str | None = None) -> str:

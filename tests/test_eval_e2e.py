@@ -244,7 +244,8 @@ def test_prompts_are_lm_evals_minerva_and_gsm8k_cot(tmp_path):
         contexts[name] = task.instances
     math_ctx = contexts["llemma_math"][0].arguments[0]
     shots = minerva.list_fewshot_samples()
-    assert math_ctx.startswith(minerva.doc_to_text(shots[0]) + " " + shots[0]["solution"] + "\n\n")
+    # each solution on the line after "Solution:" (the Llemma prompt; lm-eval's default delimiter is a space)
+    assert math_ctx.startswith(minerva.doc_to_text(shots[0]) + "\n" + shots[0]["solution"] + "\n\n")
     assert math_ctx.count("Final Answer: The final answer is") == 4
     assert math_ctx.endswith("\n\n" + minerva.doc_to_text({"problem": "What is $0+1$?"}))
     gsm = contexts["llemma_gsm8k_majk"]
@@ -252,3 +253,36 @@ def test_prompts_are_lm_evals_minerva_and_gsm8k_cot(tmp_path):
     assert gsm[0].arguments[0].count("The answer is") == 8
     assert gsm[0].arguments[0].endswith("Q: Ann has 0 pens and buys 2 more. How many pens does she have?\nA:")
     assert gsm[0].arguments[1]["do_sample"] and gsm[0].arguments[1]["temperature"] == 0.6
+
+
+def test_every_task_runs_from_local_files_and_rescoring_gives_the_same_results(evaluated, tmp_path):
+    """Every task of the pack, both protocols, from toy benchmark files in every --data-dir layout
+    (tiny k); rescoring the samples files reproduces results.json."""
+    from llemma_eval.runner import TASKS
+    from llemma_eval.toy_bench import write_all
+
+    root, _ = evaluated
+    write_all(str(tmp_path / "bench"))
+    shutil.copytree(root / "data" / "proof-pile-2", tmp_path / "bench" / "proof-pile-2")
+    tasks = [t for t in TASKS if t != "proof_pile_2_ppl"]
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, TOOL, str(root / "hf"), "--out", str(out), "--data-dir", str(tmp_path / "bench"),
+                        "--tasks", ",".join(tasks), "--limit", "1", "--k", "2", "--max-gen-toks", "4",
+                        "--workers", "2", "--timeout", "20"], capture_output=True, text=True, timeout=1200, env=ENV)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    results = json.load(open(out / "results.json"))
+    assert list(results) == tasks
+    for task, res in results.items():
+        assert res["n"] == 1 and res["k"] == (2 if task.endswith("_majk") else 1), task
+        assert set(res["protocols"]) == {"default", "llemma"}, task
+        rec = json.loads(open(out / "samples" / f"{task}.jsonl").readline())
+        assert rec["kind"] == TASKS[task] and len(rec["generations"]) == res["k"]
+        assert rec["gold"] is not None and rec["llemma"]["gold"] is not None, task  # every loader gave a reference
+    again = tmp_path / "again"
+    shutil.copytree(out / "samples", again / "samples")
+    r = subprocess.run([sys.executable, TOOL, "rescore", "--samples", str(again / "samples"), "--workers", "2",
+                        "--timeout", "20"], capture_output=True, text=True, timeout=600, env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rescored = json.load(open(again / "results.json"))
+    for task, res in results.items():
+        assert rescored[task]["protocols"] == res["protocols"] and rescored[task]["metrics"] == res["metrics"], task

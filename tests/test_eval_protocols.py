@@ -105,3 +105,63 @@ def test_results_list_both_protocols_and_the_docs_table_is_theirs():
     table = protocol_table(summaries)
     assert table in open(os.path.join(REPO, "docs", "evaluation.md")).read(), (
         "docs/evaluation.md's protocol table is out of date; regenerate it with python -m llemma_eval.protocol_table")
+
+
+def test_bf16_perplexity_is_accumulated_in_float32(tmp_path, toy_data):
+    """A bf16 export: lm-eval summed bf16 log-probabilities (0.8% above float32); the hf backend now
+    returns float32 logits, so the sum equals float32 log-softmax over the same (bf16) logits."""
+    import torch
+    from lm_eval.api.instance import Instance
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from llemma_eval.models import make_lm
+    from neox.cli.make_stand_in_codellama import make
+
+    make(str(tmp_path / "hf"), os.path.join(toy_data, "tokenizer.model"), max_positions=512, dtype="bf16")
+    text = " ".join(["The derivative of $x^2$ is $2x$, as the limit of the difference quotient shows."] * 4)
+    lm = make_lm("hf", str(tmp_path / "hf"), dtype="bfloat16")
+    request = Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)
+    (ours,) = lm.loglikelihood_rolling([request], disable_tqdm=True)
+    ours = ours[0] if isinstance(ours, (list, tuple)) else ours
+
+    model = LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.bfloat16).eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = torch.tensor([[tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logits = model(ids).logits[0, :-1]
+    targets = ids[0, 1:]
+    in_fp32 = torch.log_softmax(logits.float(), -1).gather(1, targets[:, None]).sum().item()
+    in_bf16 = torch.log_softmax(logits, -1).gather(1, targets[:, None]).sum().item()
+    assert ours == pytest.approx(in_fp32, rel=1e-5)
+    assert abs(in_bf16 - in_fp32) > 1e-3 * abs(in_fp32)  # the test would catch a bf16 sum
+
+
+def test_first_use_on_the_toy_export_offline(tmp_path, toy_data):
+    """The documented toy command (a 128-position model, toy benchmark files) runs: the generation
+    length is clipped with one warning line, not a traceback; offline without --data-dir the run
+    stops in one line naming --data-dir and the layout, in seconds, before loading the model."""
+    import time
+
+    from llemma_eval.toy_bench import write_all
+    from neox.cli.make_stand_in_codellama import make
+
+    make(str(tmp_path / "hf"), os.path.join(toy_data, "tokenizer.model"))  # max_position_embeddings 128
+    write_all(str(tmp_path / "bench"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens on 9
+    env.pop("HF_DATASETS_OFFLINE", None)
+    r = subprocess.run([sys.executable, TOOL, str(tmp_path / "hf"), "--data-dir", str(tmp_path / "bench"),
+                        "--tasks", "llemma_math", "--limit", "1", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    warnings = [line for line in r.stdout.splitlines() if line.startswith("warning: llemma_math: generation length")]
+    assert warnings == ["warning: llemma_math: generation length 512 >= the model's context of 128 tokens: "
+                        "generating at most 64; prompts are cut to their last 64 tokens (few-shot examples lost), "
+                        "so the scores are not comparable to published ones"]
+    assert "Left truncation applied" not in r.stdout + r.stderr and "Traceback" not in r.stderr
+    start = time.time()
+    r = subprocess.run([sys.executable, TOOL, str(tmp_path / "hf"), "--tasks", "llemma_gsm8k", "--out",
+                        str(tmp_path / "out2")], capture_output=True, text=True, timeout=300, env=env)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 1 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "--data-dir D" in errors[0] and "D/gsm8k/test.jsonl" in errors[0] and "openai/gsm8k" in errors[0]
+    assert time.time() - start < 30 and not os.path.exists(tmp_path / "out2" / "results.json")

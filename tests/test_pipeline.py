@@ -49,6 +49,23 @@ def test_exported_tokenizer_and_model_load(pipeline):
     assert tok.bos_token_id == 1 and tok.eos_token_id == 2
 
 
+def test_the_printed_evaluation_command_runs_as_written(pipeline):
+    """The pipeline ends with the command to evaluate its export on toy benchmark files (the one
+    docs/evaluation.md gives for runs/toy); it runs as printed, offline, and both protocols score."""
+    run_dir, stdout = pipeline
+    command = stdout.strip().splitlines()[-1].split()
+    assert command[:2] == ["python", "tools/run_eval.py"], command
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, *command[1:]], cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    results = json.load(open(run_dir / "eval" / "results.json"))
+    assert list(results) == ["llemma_math", "llemma_gsm8k", "proof_pile_2_ppl"]
+    assert results["llemma_math"]["n"] == 5 and set(results["llemma_math"]["protocols"]) == {"default", "llemma"}
+    assert results["proof_pile_2_ppl"]["components"] == {"arxiv": 5}  # --limit 5: the first component's 5
+    doc = open(os.path.join(REPO, "docs", "evaluation.md")).read()
+    assert " ".join(command).replace(os.path.relpath(run_dir, REPO), "runs/toy") in doc
+
+
 def deepy_fails(*overrides):
     cmd = [sys.executable, "deepy.py", "train.py", "llemma_configs/smoke.yml"]
     for o in overrides:

@@ -9,6 +9,7 @@
 4. deepy.py train.py llemma_configs/smoke.yml with finetune: true from the converted checkpoint
 5. export_hf.py -> a Hugging Face directory
 6. transformers loads the export; held-out (test split) perplexity before and after training
+7. toy benchmark files (invented problems) for tools/run_eval.py, in <run-dir>/bench
 
 The run directory is recreated on every call (it is a demo; real runs keep their checkpoints).
 """
@@ -80,7 +81,13 @@ def main(argv=None):
         print(f"  {comp:<18} {before[comp]:>12.1f} -> {after[comp]:.1f}")
     with open(os.path.join(d, "perplexity.json"), "w") as f:
         json.dump({"before": before, "after": after}, f, indent=1)
+    from llemma_eval.toy_bench import write_all
+
+    bench = write_all(os.path.join(d, "bench"), os.path.join(REPO, "data", "toy", "corpus"))
+    rel = os.path.relpath(d, REPO)
     print(f"\nHugging Face model: {export}")
+    print(f"evaluate it (toy benchmark files in {bench}):\n  python tools/run_eval.py {rel}/llemma-toy-hf "
+          f"--data-dir {rel}/bench --tasks llemma_math,llemma_gsm8k,proof_pile_2_ppl --limit 5 --out {rel}/eval")
     return 0
 
 
