@@ -6,12 +6,20 @@
         [--workers N] [--shard I/K] --out DIR
     python tools/check_overlap.py merge DIR [DIR ...] [--out DIR]
     python tools/check_overlap.py join --hits DIR --samples SAMPLES.jsonl [--key K] [--test-file F]
+    python tools/check_overlap.py filter --test-file F.jsonl [--test-file G.jsonl ...] [--test-key K ...]
+        --data PREFIX [PREFIX ...] --tokenizer-model M [--n 13] [--mode tokens|words]
+        [--workers N] [--shard I/K] --out DIR [--force]
+    python tools/check_overlap.py filter-merge DIR [--force]
 
 The check writes DIR/hits.jsonl (one row per test example, key and document sharing an n-gram)
 and DIR/summary.json. With --shard I/K (I from 0) it scans the I-th of K token-balanced, contiguous
 document ranges of every prefix into DIR/parts/ and `merge` combines the K parts. A finished part
 is never redone. `join` writes Llemma's table: accuracy with and without hits, per MATH level.
-The logic is in neox/overlap.py.
+`filter` (decontamination before training) writes DIR/<name>.{bin,idx,manifest.json} for every
+--data prefix without the documents that share an n-gram (default 13) with a test text or repeat an
+earlier document exactly, plus DIR/decontamination.json, DIR/dropped.jsonl and DIR/report.md; with
+--shard it scans into DIR/parts/ and `filter-merge DIR` writes the prefixes. The logic is in
+neox/overlap.py and neox/decontaminate.py.
 """
 
 import argparse
@@ -56,6 +64,56 @@ def _scan(argv):
         print(f"shard {shard[0]}/{shard[1]}: {res['hits']} hit rows; run `merge {args.out}` when all shards are done")
 
 
+def _filter(argv):
+    from neox import decontaminate
+
+    p = argparse.ArgumentParser(prog="check_overlap.py filter",
+                                description="write the data without documents that overlap test sets or repeat")
+    p.add_argument("--test-file", action="append", required=True, help="jsonl test set (repeat for several)")
+    p.add_argument("--test-key", action="append", help="text field(s) to check (default: problem and solution)")
+    p.add_argument("--data", nargs="+", required=True, help=".bin/.idx prefixes (without the extension)")
+    p.add_argument("--tokenizer-model", required=True, help="the tokenizer the data was tokenized with")
+    p.add_argument("--n", type=int, default=decontaminate.DEFAULT_N,
+                   help=f"n-gram length (default {decontaminate.DEFAULT_N}, as current math pretraining; "
+                        "Llemma's report used 30)")
+    p.add_argument("--mode", choices=overlap.MODES, default="tokens")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--shard", default=None, help="I/K: scan only the I-th of K ranges; then filter-merge DIR")
+    p.add_argument("--out", required=True, help="directory of the filtered prefixes (same base names)")
+    p.add_argument("--force", action="store_true", help="replace filtered prefixes that exist")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        shard = overlap.parse_shard(args.shard) if args.shard else (0, 1)
+    except overlap.OverlapError as e:
+        p.error(str(e))
+    if args.workers < 1:
+        p.error(f"--workers {args.workers}: must be at least 1")
+    res = decontaminate.run(args.test_file, args.test_key or ["problem", "solution"], args.data,
+                            args.tokenizer_model, args.out, n=args.n, mode=args.mode, workers=args.workers,
+                            shard=shard, force=args.force, progress=not args.no_progress,
+                            log=lambda m: print(m, file=sys.stderr))
+    if shard[1] == 1:
+        print(f"wrote {len(res['outputs'])} filtered prefixes, {args.out}/decontamination.json, dropped.jsonl "
+              "and report.md")
+    else:
+        print(f"shard {shard[0]}/{shard[1]}: {res['hits']} hits; run `filter-merge {args.out}` when all shards "
+              "are done")
+
+
+def _filter_merge(argv):
+    from neox import decontaminate
+
+    p = argparse.ArgumentParser(prog="check_overlap.py filter-merge", description="write the filtered prefixes")
+    p.add_argument("out", help="the filter's --out directory")
+    p.add_argument("--force", action="store_true", help="replace filtered prefixes that exist")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    res = decontaminate.merge(args.out, force=args.force, progress=not args.no_progress,
+                              log=lambda m: print(m, file=sys.stderr))
+    print(f"wrote {len(res['outputs'])} filtered prefixes to {args.out}")
+
+
 def _merge(argv):
     p = argparse.ArgumentParser(prog="check_overlap.py merge", description="combine shard parts into one result")
     p.add_argument("dirs", nargs="+", help="--out directories of the shards")
@@ -83,7 +141,8 @@ def _join(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    command = {"merge": _merge, "join": _join}.get(argv[0] if argv else None, _scan)
+    command = {"merge": _merge, "join": _join, "filter": _filter, "filter-merge": _filter_merge}.get(
+        argv[0] if argv else None, _scan)
     try:
         command(argv[1:] if command is not _scan else argv)
     except overlap.OverlapError as e:
