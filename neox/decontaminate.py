@@ -40,13 +40,31 @@ class CombinedExamples(overlap.Examples):
     sources: list
 
 
-def read_test_files(paths: list[str], keys: list[str]) -> overlap.Examples:
-    if len(set(paths)) != len(paths):
+def parse_test_files(specs: list[str], default_keys: list[str]) -> list[tuple[str, list[str]]]:
+    """`F.jsonl` (the --test-key fields) or `F.jsonl=question,answer` (this file's own fields)."""
+    out = []
+    for spec in specs:
+        path, keys = spec, list(default_keys)
+        if "=" in spec and not os.path.isfile(spec):
+            path, _, fields = spec.rpartition("=")
+            keys = [k for k in fields.split(",") if k]
+            if not keys:
+                raise overlap.OverlapError(f"--test-file {spec!r}: no field names after '='")
+        out.append((path, keys))
+    if len({p for p, _ in out}) != len(out):
         raise overlap.OverlapError("--test-file names the same file twice")
-    parts = [overlap.read_test_file(p, keys) for p in paths]
-    texts = {k: [t for part in parts for t in part.texts[k]] for k in keys}
+    return out
+
+
+def read_test_files(files: list[tuple[str, list[str]]]) -> overlap.Examples:
+    """All examples as one set, under the union of the files' fields (a field a file does not use is
+    empty there); example i came from sources[i] = (file number, line)."""
+    parts = [overlap.read_test_file(p, keys) for p, keys in files]
+    union = list(dict.fromkeys(k for _, keys in files for k in keys))
+    texts = {k: [t for part in parts for t in (part.texts[k] if k in part.texts else [""] * part.size)]
+             for k in union}
     lines = [ln for part in parts for ln in part.line_numbers]
-    ex = CombinedExamples(",".join(paths), list(keys), texts, lines)
+    ex = CombinedExamples(",".join(p for p, _ in files), union, texts, lines)
     ex.sources = [(fi, ln) for fi, part in enumerate(parts) for ln in part.line_numbers]
     return ex
 
@@ -113,16 +131,16 @@ def _filter_piece(piece):
     return di, lo, hi, tokens, groups, doc_hashes(overlap._WORK["datasets"][di], lo, hi)
 
 
-def fingerprint(test_files, keys, n, mode, tokenizer, datasets, shards) -> dict:
-    return {"version": FORMAT_VERSION, "test_files": [{"path": os.path.abspath(p), "sha256": sha256_of(p)}
-                                                      for p in test_files],
-            "test_keys": list(keys), "n": n, "mode": mode, "tokenizer_sha256": sha256_of(tokenizer),
+def fingerprint(test_files, n, mode, tokenizer, datasets, shards) -> dict:
+    files = [{"path": os.path.abspath(p), "keys": keys, "sha256": sha256_of(p)} for p, keys in test_files]
+    return {"version": FORMAT_VERSION, "test_files": files,
+            "n": n, "mode": mode, "tokenizer_sha256": sha256_of(tokenizer),
             "data": [{"prefix": os.path.abspath(d.prefix), "documents": d.num_docs, "tokens": d.num_tokens,
                       "bin_bytes": os.path.getsize(d.prefix + ".bin")} for d in datasets],
             "shards": shards}
 
 
-def prepare(test_files, keys, data, tokenizer, n, mode, out, force):
+def prepare(test_files, data, tokenizer, n, mode, out, force):
     """Everything cheap that can be wrong, before any scanning."""
     if n < 1:
         raise overlap.OverlapError(f"--n {n}: must be at least 1")
@@ -131,7 +149,7 @@ def prepare(test_files, keys, data, tokenizer, n, mode, out, force):
     if len(set(data)) != len(data):
         raise overlap.OverlapError("--data names the same prefix twice")
     check_outputs(out, data, force)
-    tests = read_test_files(test_files, keys)
+    tests = read_test_files(test_files)
     if not os.path.isfile(tokenizer):
         raise overlap.OverlapError(f"{tokenizer}: tokenizer model not found")
     tok = overlap._tokenizer(tokenizer)
@@ -144,11 +162,13 @@ def prepare(test_files, keys, data, tokenizer, n, mode, out, force):
 
 def scan_shard(test_files, keys, data, tokenizer, out, n=DEFAULT_N, mode="tokens", workers=1, shard=(0, 1),
                force=False, progress=True, piece_tokens=overlap.PIECE_TOKENS, log=print) -> dict:
-    """Scan shard (I, K) into out/parts/ (skipped when done); returns the part's metadata."""
+    """Scan shard (I, K) into out/parts/ (skipped when done); returns the part's metadata.
+    test_files: paths, or `path=field,field` for a file's own fields (else `keys`)."""
     from tqdm import tqdm
 
-    tests, tok, datasets = prepare(test_files, keys, data, tokenizer, n, mode, out, force)
-    fp = fingerprint(test_files, keys, n, mode, tokenizer, datasets, shard[1])
+    test_files = parse_test_files(test_files, keys)
+    tests, tok, datasets = prepare(test_files, data, tokenizer, n, mode, out, force)
+    fp = fingerprint(test_files, n, mode, tokenizer, datasets, shard[1])
     parts_dir = os.path.join(out, "parts")
     base = os.path.join(parts_dir, overlap.part_name(*shard))
     meta = _load_part(base, fp)
@@ -157,7 +177,7 @@ def scan_shard(test_files, keys, data, tokenizer, out, n=DEFAULT_N, mode="tokens
         return meta
     t0 = time.monotonic()
     index = overlap.build_index(tests, n, mode, tok)
-    log(f"test side: {tests.size} examples from {len(test_files)} file(s) x {len(keys)} keys, "
+    log(f"test side: {tests.size} examples from {len(test_files)} file(s), fields {', '.join(tests.keys)}, "
         f"{index.num_ngrams} {n}-grams, mode {mode}")
     ranges = [overlap.split_range(ds.starts, 0, ds.num_docs, shard[1], shard[0]) for ds in datasets]
     pieces = [(di, a, b) for di, (ds, (lo, hi)) in enumerate(zip(datasets, ranges))
@@ -267,13 +287,13 @@ def merge(out: str, force: bool = False, progress: bool = True, log=print) -> di
             raise overlap.OverlapError(f"{ds.prefix}: changed since it was scanned (rerun the scan)")
     check_outputs(out, [d.prefix for d in datasets], force)
     test_files = [t["path"] for t in fp["test_files"]]
-    tests = read_test_files(test_files, fp["test_keys"])
+    tests = read_test_files([(t["path"], t["keys"]) for t in fp["test_files"]])
     dropped = [dict() for _ in datasets]  # doc -> reason
     for hits in part_hits:
         for h in hits:
             fi, line = tests.sources[h["example"]]
             dropped[h["data"]].setdefault(h["doc"], {"reason": "overlap", "test_file": test_files[fi],
-                                                     "test_id": line, "key": fp["test_keys"][h["key"]],
+                                                     "test_id": line, "key": tests.keys[h["key"]],
                                                      "ngram": h["ngram"]})
     for (di, d), (dj, e) in exact_duplicates(datasets, hashes).items():
         dropped[di].setdefault(d, {"reason": "duplicate", "duplicate_of": {"data": fp["data"][dj]["prefix"],
@@ -281,9 +301,9 @@ def merge(out: str, force: bool = False, progress: bool = True, log=print) -> di
     staging = os.path.join(out, ".writing")
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
-    record = {"version": FORMAT_VERSION, "test_files": fp["test_files"], "test_keys": fp["test_keys"],
-              "n": fp["n"], "mode": fp["mode"], "tokenizer_sha256": fp["tokenizer_sha256"],
-              "shards": fp["shards"], "dropped_file": "dropped.jsonl", "outputs": []}
+    record = {"version": FORMAT_VERSION, "test_files": fp["test_files"], "n": fp["n"], "mode": fp["mode"],
+              "tokenizer_sha256": fp["tokenizer_sha256"], "shards": fp["shards"], "dropped_file": "dropped.jsonl",
+              "outputs": []}
     rows = []
     total = sum(ds.num_tokens for ds in datasets)
     with tqdm(total=total, unit="tok", unit_scale=True, desc="write filtered", disable=not progress,

@@ -192,7 +192,8 @@ def test_deepy_dry_run_prints_one_json_object(env):
     assert d["tokens_per_step"] == 12 * 32 and d["total_tokens"] == 12 * 32 * 100
 
 
-SHIPPED = [["smoke.yml"], ["7b.yml", "data_mixture.yml"], ["34b.yml", "data_mixture.yml"],
+SHIPPED = [["smoke.yml"], ["7b.yml", "data_mixture.yml"], ["7b.yml", "data_mixture_decontaminated.yml"],
+           ["34b.yml", "data_mixture.yml"],
            ["llama3_8b.yml", "data_mixture.yml"], ["qwen25_7b.yml", "data_mixture.yml"]]
 
 

@@ -22,10 +22,10 @@ WORDS = ("let prove that the sum of two even integers is even suppose x and y ar
          "therefore hence since because function derivative integral limit prime divides remainder").split()
 
 
-def write_test_file(path, rng, count):
+def write_test_file(path, rng, count, keys=("problem", "solution")):
     with open(path, "w") as f:
         for _ in range(count):
-            f.write(json.dumps({"problem": " ".join(rng.choice(WORDS, 30)), "solution": " ".join(rng.choice(WORDS, 40))})
+            f.write(json.dumps({keys[0]: " ".join(rng.choice(WORDS, 30)), keys[1]: " ".join(rng.choice(WORDS, 40))})
                     + "\n")
     return str(path)
 
@@ -64,9 +64,10 @@ def planted(tmp_path_factory, sp):
     """Three components of random documents with test passages and duplicates planted at known places."""
     root = tmp_path_factory.mktemp("planted")
     rng = np.random.default_rng(5)
-    files = [write_test_file(root / "math.jsonl", rng, 6), write_test_file(root / "gsm.jsonl", rng, 3)]
+    # two test sets with their own fields (GSM8k's are question and answer): F.jsonl=question,answer
+    files = [write_test_file(root / "math.jsonl", rng, 6), write_test_file(root / "gsm.jsonl", rng, 3, ("question", "answer"))]
     tests = [json.loads(line) for f in files for line in open(f)]
-    units = {(i, k): sp.encode(t[k]) for i, t in enumerate(tests) for k in ("problem", "solution")}
+    units = {(i, k): sp.encode(t[k]) for i, t in enumerate(tests) for k in t}
 
     def rand(length):
         return [int(x) for x in rng.integers(3, 3001, length)]
@@ -84,12 +85,12 @@ def planted(tmp_path_factory, sp):
     b[0][40:40 + N] = units[(3, "solution")][:N]
     a[6] = list(a[5])  # exact duplicate within a component
     b[2] = list(a[5])  # and in another component
-    c[1][30:30 + N] = units[(7, "problem")][:N]  # from the second test file
+    c[1][30:30 + N] = units[(7, "question")][:N]  # from the second test file
     c[2] = list(c[1])  # a duplicate of a dropped document: dropped for overlap (found first)
     comps = {"arxiv": a, "open-web-math": b, "algebraic-stack": c}
     prefixes = [write_tokens(str(root / f"{name}_train_text_document"), docs) for name, docs in comps.items()]
     expected = reference_filter(list(comps.values()), list(units.values()), N)
-    return files, prefixes, list(comps.values()), expected
+    return [files[0], files[1] + "=question,answer"], prefixes, list(comps.values()), expected
 
 
 def test_filter_equals_the_reference_and_the_overlap_check_then_finds_nothing(planted, tok, tmp_path):
@@ -107,14 +108,18 @@ def test_filter_equals_the_reference_and_the_overlap_check_then_finds_nothing(pl
                    ("algebraic-stack", 1): "overlap", ("algebraic-stack", 2): "overlap"}
     first = next(r for r in rows if r["doc"] == 0 and r["data"].endswith("arxiv_train_text_document"))
     assert (first["test_file"], first["test_id"], first["key"]) == (files[0], 0, "problem")
+    gsm = next(r for r in rows if r["data"].endswith("algebraic-stack_train_text_document"))
+    assert (gsm["test_file"], gsm["test_id"], gsm["key"]) == (files[1].split("=")[0], 1, "question")
     assert len(first["ngram"].split()) >= 5  # the decoded n-gram that caused the drop
     dup = next(r for r in rows if r["reason"] == "duplicate" and r["data"].endswith("open-web-math_train_text_document"))
     assert dup["duplicate_of"] == {"data": os.path.abspath(prefixes[0]), "doc": 5}
-    assert [t["sha256"] for t in record["test_files"]] == [hashlib.sha256(open(f, "rb").read()).hexdigest()
+    assert [t["sha256"] for t in record["test_files"]] == [hashlib.sha256(open(f.split("=")[0], "rb").read()).hexdigest()
                                                          for f in files]
+    assert [t["keys"] for t in record["test_files"]] == [["problem", "solution"], ["question", "answer"]]
     assert record["n"] == N and record["mode"] == "tokens"
     by_file = record["dropped_by_test_file"]
-    assert by_file[os.path.abspath(files[1])]["examples"] == [1] and by_file[os.path.abspath(files[0])]["documents_dropped"] == 3
+    assert by_file[os.path.abspath(files[1].split("=")[0])]["examples"] == [1]
+    assert by_file[os.path.abspath(files[0])]["documents_dropped"] == 3
     arxiv = record["outputs"][0]
     assert (arxiv["documents"], arxiv["documents_kept"], arxiv["documents_dropped_overlap"],
             arxiv["documents_dropped_duplicate"]) == (8, 5, 2, 1)
@@ -122,8 +127,8 @@ def test_filter_equals_the_reference_and_the_overlap_check_then_finds_nothing(pl
     assert "| arxiv_train_text_document | 8 | 5 | 2 | 1 |" in open(os.path.join(out, "report.md")).read()
     manifest = json.load(open(filtered[0] + ".manifest.json"))
     assert manifest["documents"] == 5 and manifest["decontaminated"]["documents_dropped"] == 3
-    for f in files:  # the overlap check on the filtered data: no hit left
-        res = overlap.run(f, ["problem", "solution"], filtered, tok, str(tmp_path / f"check-{os.path.basename(f)}"),
+    for f, keys in decontaminate.parse_test_files(files, ["problem", "solution"]):  # no hit left
+        res = overlap.run(f, keys, filtered, tok, str(tmp_path / f"check-{os.path.basename(f)}"),
                           n=N, progress=False, log=lambda m: None)
         assert res["test_examples_with_hits"]["any"] == 0
 
@@ -212,7 +217,8 @@ def test_filtered_toy_data_passes_the_data_check_and_trains(toy_data, tok, tmp_p
         open(os.path.join(toy_data, "corpus", "open-web-math", "train", "part-000.jsonl.zst"), "rb")).read()
     docs = [json.loads(line)["text"] for line in texts.decode().splitlines()[:3]]
     test_file = tmp_path / "leak.jsonl"
-    test_file.write_text("".join(json.dumps({"problem": " ".join(d.split()[:40]), "solution": "-"}) + "\n"
+    # the longest line of each document (tokens mode: tokenized as in the document)
+    test_file.write_text("".join(json.dumps({"problem": max(d.splitlines(), key=len), "solution": "-"}) + "\n"
                                  for d in docs))
     comps = ["arxiv", "open-web-math", "algebraic-stack"]
     prefixes = [os.path.join(toy_data, "tokenized", f"{c}_train_text_document") for c in comps]

@@ -1,5 +1,6 @@
 """Weighted mixture: shares, the mixture table, index caches, and the Proof-Pile-2 helper."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -84,13 +85,30 @@ def test_prepare_proof_pile_2_writes_the_mixture_paths(toy_data, tmp_path):
     _write_jsonl_zst(str(tmp_path / "pile" / "part-0.jsonl.zst"), ["General text sample."] * 20)
     _write_jsonl_zst(str(tmp_path / "github" / "part-0.jsonl.zst"), ["def f(x):\n    return x\n"] * 20)
     out = tmp_path / "llemma"
+    # decontaminated against a "test set" holding a passage of an OpenWebMath training document
+    first = zstandard.ZstdDecompressor().stream_reader(open(pp2 / "open-web-math" / "train" / "part-000.jsonl.zst",
+                                                            "rb")).read().decode().splitlines()[0]
+    leak = tmp_path / "gsm8k_test.jsonl"
+    passage = max(json.loads(first)["text"].splitlines(), key=len)  # one line: tokenized as in the document
+    leak.write_text(json.dumps({"question": passage, "answer": "#### 1"}) + "\n")
     r = subprocess.run([sys.executable, "tools/prepare_proof_pile_2.py", "--proof-pile-2", str(pp2),
                         "--tokenizer-model", os.path.join(toy_data, "tokenizer.model"), "--out", str(out),
                         "--pile-sample", str(tmp_path / "pile"), "--redpajama-github", str(tmp_path / "github"),
-                        "--workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                        "--workers", "2", "--decontaminate-against", f"{leak}=question,answer"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    mixture = yaml.safe_load(open(os.path.join(REPO, "llemma_configs", "data_mixture.yml")))
-    for key in ("train_data_paths", "valid_data_paths", "test_data_paths"):
-        for prefix in mixture[key]:
-            mine = prefix.replace("data/llemma", str(out))
-            assert os.path.getsize(mine + ".bin") > 0 and os.path.isfile(mine + ".idx"), mine
+    for name in ("data_mixture.yml", "data_mixture_decontaminated.yml"):
+        mixture = yaml.safe_load(open(os.path.join(REPO, "llemma_configs", name)))
+        for key in ("train_data_paths", "valid_data_paths", "test_data_paths"):
+            for prefix in mixture[key]:
+                mine = prefix.replace("data/llemma", str(out))
+                assert os.path.getsize(mine + ".bin") > 0 and os.path.isfile(mine + ".idx"), mine
+    original, clean = (yaml.safe_load(open(os.path.join(REPO, "llemma_configs", n)))
+                       for n in ("data_mixture.yml", "data_mixture_decontaminated.yml"))
+    assert clean["train_data_weights"] == original["train_data_weights"]  # only the training paths differ
+    assert {k: v for k, v in clean.items() if k != "train_data_paths"} == \
+        {k: v for k, v in original.items() if k != "train_data_paths"}
+    record = json.load(open(out / "decontaminated" / "decontamination.json"))
+    owm = next(o for o in record["outputs"] if "open-web-math" in o["source"])
+    assert owm["documents_dropped_overlap"] >= 1  # the leaked document (and any sharing its 13-grams)
+    assert "| open-web-math_train_text_document |" in r.stdout + r.stderr  # the report table

@@ -69,7 +69,8 @@ def _filter(argv):
 
     p = argparse.ArgumentParser(prog="check_overlap.py filter",
                                 description="write the data without documents that overlap test sets or repeat")
-    p.add_argument("--test-file", action="append", required=True, help="jsonl test set (repeat for several)")
+    p.add_argument("--test-file", action="append", required=True,
+                   help="jsonl test set (repeat for several); F.jsonl=question,answer gives a file its own fields")
     p.add_argument("--test-key", action="append", help="text field(s) to check (default: problem and solution)")
     p.add_argument("--data", nargs="+", required=True, help=".bin/.idx prefixes (without the extension)")
     p.add_argument("--tokenizer-model", required=True, help="the tokenizer the data was tokenized with")

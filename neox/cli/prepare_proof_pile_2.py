@@ -4,12 +4,18 @@ llemma_configs/data_mixture.yml names.
 
     python tools/prepare_proof_pile_2.py --proof-pile-2 DIR --tokenizer-model FILE [--out data/llemma]
         [--pile-sample DIR] [--redpajama-github DIR] [--workers N] [--allow-empty]
+        [--decontaminate-against TEST.jsonl [...] [--decontaminate-key problem ...] [--decontaminate-n 13]]
 
 Input layout (as published): DIR/{arxiv,open-web-math,algebraic-stack}/{train,validation,test}/*.jsonl.zst.
 The Pile sample and RedPajama GitHub sample are directories of *.jsonl(.zst) used for training only.
 Output: <out>/<component>_<split>_text_document.{bin,idx,manifest.json}. Each component is
 resumable (tools/preprocess_data.py keeps finished per-file shards), so rerun after a crash.
 Some published AlgebraicStack files are empty (13 bytes): they are skipped with --allow-empty.
+
+With --decontaminate-against, the training prefixes are then filtered (tools/check_overlap.py
+filter: documents sharing a 13-gram with a test text, and exact duplicates, dropped) into
+<out>/decontaminated/, which llemma_configs/data_mixture_decontaminated.yml names; the originals stay
+(data_mixture.yml, what the paper trained on). Validation and test splits are not filtered.
 """
 
 import argparse
@@ -50,10 +56,25 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--allow-empty", action="store_true", default=True,
                    help="skip empty input files (default on: AlgebraicStack has some)")
+    p.add_argument("--decontaminate-against", nargs="+", default=None, metavar="TEST.jsonl[=FIELD,...]",
+                   help="test sets (jsonl; =question,answer names a file's own text fields) to filter the "
+                        "training prefixes against, into <out>/decontaminated")
+    p.add_argument("--decontaminate-key", action="append", default=None,
+                   help="text field(s) of the test sets (default: problem and solution)")
+    p.add_argument("--decontaminate-n", type=int, default=None, help="n-gram length (default 13)")
     args = p.parse_args(argv)
     if not os.path.isfile(args.tokenizer_model):
         print(f"error: tokenizer model not found: {args.tokenizer_model}", file=sys.stderr)
         return 1
+    if args.decontaminate_against:  # the test sets are read now, not after hours of tokenizing
+        from neox import decontaminate, overlap
+
+        try:
+            keys = args.decontaminate_key or ["problem", "solution"]
+            decontaminate.read_test_files(decontaminate.parse_test_files(args.decontaminate_against, keys))
+        except overlap.OverlapError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     from neox.cli import preprocess_data
 
     for src, prefix in plan(args):
@@ -67,6 +88,28 @@ def main(argv=None):
         except preprocess_data.PreprocessError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+    if args.decontaminate_against:
+        return decontaminate_train(args, [prefix + "_text_document" for _, prefix in plan(args)
+                                          if prefix.endswith("_train")])
+    return 0
+
+
+def decontaminate_train(args, prefixes) -> int:
+    from neox import decontaminate, overlap
+
+    out = os.path.join(args.out, "decontaminated")
+    if os.path.isfile(os.path.join(out, decontaminate.RUN_FILE)):
+        print(f"{out}: decontaminated already (remove it to redo)")
+        return 0
+    try:
+        decontaminate.run(args.decontaminate_against, args.decontaminate_key or ["problem", "solution"], prefixes,
+                          args.tokenizer_model, out, n=args.decontaminate_n or decontaminate.DEFAULT_N,
+                          workers=args.workers, force=True, log=lambda m: print(m, file=sys.stderr))
+    except overlap.OverlapError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"decontaminated training data in {out} (llemma_configs/data_mixture_decontaminated.yml); "
+          f"report: {out}/report.md")
     return 0
 
 
