@@ -3,8 +3,8 @@ an n-gram with a benchmark test set, and without exact duplicate documents.
 
 The n-gram search is the overlap check's (neox.overlap: the same index, scanners and shards); this
 module adds what a filter needs on top of it:
-- every document's identity for exact deduplication: its length and two 64-bit polynomial hashes
-  of its tokens (overlap's hashing, two bases), confirmed token by token before a drop;
+- every document's identity for exact deduplication: its length and a 64-bit polynomial hash
+  of its tokens (overlap's hashing), confirmed token by token before a drop;
 - the decision (a document goes if it has a hit, or if an identical document came before it, in
   the order of the --data prefixes, then of documents) and the writing of the kept documents;
 - the record: DIR/decontamination.json (test files with their sha256, n, mode, sources, per-prefix
@@ -31,7 +31,7 @@ from neox.data_check import sha256_of
 
 DEFAULT_N = 13  # decontamination (Qwen2-Math, MathCoder2, MegaMath); the overlap report keeps Llemma's 30
 RUN_FILE = "decontamination.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one document hash per document (parts of 1 are not mixed in)
 
 
 class CombinedExamples(overlap.Examples):
@@ -105,21 +105,21 @@ def check_tokenizer_of(ds: overlap.Dataset, tok, tokenizer: str) -> None:
 
 
 def doc_hashes(ds: overlap.Dataset, lo: int, hi: int, chunk: int = overlap.CHUNK_TOKENS) -> np.ndarray:
-    """(hi - lo, 2) uint64: two polynomial hashes of each document's tokens (whole documents per batch)."""
-    out = np.empty((hi - lo, 2), dtype=np.uint64)
-    tokens, d0 = ds.tokens(), lo
+    """(hi - lo,) uint64: a polynomial hash of each document's tokens (whole documents per batch). With
+    the length it only finds candidates: exact_duplicates confirms each one token by token."""
+    out = np.zeros(hi - lo, dtype=np.uint64)
+    tokens, d0, inverse = ds.tokens(), lo, overlap._inverse(overlap.HASH_BASE)
     while d0 < hi:
         d1 = min(hi, max(d0 + 1, int(np.searchsorted(ds.starts, ds.starts[d0] + chunk, side="left"))))
         a = int(ds.starts[d0])
-        values = np.asarray(tokens[a:int(ds.starts[d1 - 1] + ds.lengths[d1 - 1])]).astype(np.uint64)
-        starts = ds.starts[d0:d1] - a
-        ends = starts + ds.lengths[d0:d1]
-        nonempty = ends > starts
-        for col, base in enumerate((overlap.HASH_BASE, overlap.BYTE_BASE)):
-            h = np.zeros(d1 - d0, dtype=np.uint64)
-            if values.size:
-                h[nonempty] = overlap.span_hashes(values, starts[nonempty], ends[nonempty], base)
-            out[d0 - lo:d1 - lo, col] = h
+        v = np.asarray(tokens[a:int(ds.starts[d1 - 1] + ds.lengths[d1 - 1])]).astype(np.uint64)
+        np.multiply(v, overlap._powers(inverse, v.size), out=v)  # v[k] * B^-k, in place
+        c = np.zeros(v.size + 1, dtype=np.uint64)
+        np.cumsum(v, out=c[1:])
+        s = ds.starts[d0:d1] - a
+        e = s + ds.lengths[d0:d1]
+        ne = e > s  # an empty document keeps hash 0
+        out[d0 - lo:d1 - lo][ne] = (c[e[ne]] - c[s[ne]]) * overlap._powers(overlap.HASH_BASE, v.size + 1)[e[ne] - 1]
         d0 = d1
     return out
 
@@ -186,7 +186,7 @@ def scan_shard(test_files, keys, data, tokenizer, out, n=DEFAULT_N, mode="tokens
     overlap._WORK.clear()
     overlap._WORK.update(index=index, datasets=datasets, tokenizer=tokenizer, chunk={})
     groups = [[] for _ in datasets]
-    hashes = [np.zeros((hi - lo, 2), dtype=np.uint64) for lo, hi in ranges]
+    hashes = [np.zeros(hi - lo, dtype=np.uint64) for lo, hi in ranges]
     pool = overlap._pool(workers, len(pieces))  # forked before tqdm starts its monitor thread
     try:
         results = pool.imap_unordered(_filter_piece, pieces) if pool else map(_filter_piece, pieces)
@@ -241,7 +241,7 @@ def load_parts(out: str) -> tuple[dict, list[dict], list[list[dict]], list[np.nd
     metas = [found[i][1] for i in range(first["shards"])]
     hits = [[json.loads(line) for line in open(found[i][0] + ".jsonl") if line.strip()] for i in range(len(metas))]
     num = len(first["fingerprint"]["data"])
-    hashes = [np.zeros((d["documents"], 2), dtype=np.uint64) for d in first["fingerprint"]["data"]]
+    hashes = [np.zeros(d["documents"], dtype=np.uint64) for d in first["fingerprint"]["data"]]
     for i, meta in enumerate(metas):
         with np.load(found[i][0] + ".npz") as z:
             for di in range(num):
@@ -257,7 +257,7 @@ def exact_duplicates(datasets, hashes) -> dict[tuple[int, int], tuple[int, int]]
         return {}
     prefix_of = np.repeat(np.arange(len(datasets)), [ds.num_docs for ds in datasets])
     doc_of = np.concatenate([np.arange(ds.num_docs) for ds in datasets])
-    order = np.lexsort(keys.T[::-1])  # by length, hash 1, hash 2; stable: earlier documents first
+    order = np.lexsort(keys.T[::-1])  # by length, then hash; stable: earlier documents first
     k = keys[order]
     same = np.concatenate(([False], (k[1:] == k[:-1]).all(axis=1)))
     group_start = np.maximum.accumulate(np.where(same, 0, np.arange(len(order))))

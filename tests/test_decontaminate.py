@@ -7,10 +7,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, sbatch, wait_for_sacct
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
 from neox import decontaminate, overlap
@@ -238,3 +239,27 @@ def test_filtered_toy_data_passes_the_data_check_and_trains(toy_data, tok, tmp_p
     assert "warning" not in "".join(line for line in r.stdout.splitlines() if "manifest" in line)
     rows = [json.loads(line) for line in open(tmp_path / "logs" / "metrics.jsonl")]
     assert [x["step"] for x in rows if "loss" in x] == [1, 2]
+
+
+def test_slurm_array_and_dependent_filter_merge(slurm, planted, tok, tmp_path):
+    """The real Slurm: a 2-task array (its requests overridden, as on a small partition) scans a shard
+    each; task 0 submits filter-merge, which runs after the whole array and writes the reference's data."""
+    files, prefixes, _, expected = planted
+    out = str(tmp_path / "out")
+    env = dict(PYTHON=sys.executable, TEST_FILES=" ".join(files), DATA=" ".join(prefixes), TOKENIZER=tok, OUT=out,
+               FILTER_ARGS=f"--n {N}", MERGE_SBATCH_ARGS="--mem=1G --time=10")
+    job = sbatch("--array=0-1", "--cpus-per-task=1", "--mem=1G", "--time=10", "slurm/decontaminate.sbatch", env=env)
+    assert wait_for_sacct(job, 2) == ["COMPLETED", "COMPLETED"]
+    for _ in range(120):  # the merge job task 0 submitted (accounting may lag a moment)
+        merge = [m for m in subprocess.run(["sacct", "-n", "-X", "-P", "--name=decontaminate-merge",
+                                            "--format=JobID"], capture_output=True, text=True).stdout.split()
+                 if m.isdigit() and int(m) > int(job)]
+        if merge:
+            break
+        time.sleep(0.5)
+    merge = min(merge, key=int)
+    assert wait_for_sacct(merge, 1) == ["COMPLETED"]
+    assert "shard 0/2" in open(os.path.join(REPO, "logs", f"decontaminate-{job}_0.out")).read()
+    assert "wrote 3 filtered prefixes" in open(os.path.join(REPO, "logs", f"decontaminate-merge-{merge}.out")).read()
+    assert [read_docs(os.path.join(out, os.path.basename(p))) for p in prefixes] == expected
+    assert json.load(open(os.path.join(out, "decontamination.json")))["shards"] == 2
