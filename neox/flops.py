@@ -1,7 +1,8 @@
 """Parameter count and the MFU formula.
 
-FLOPs per trained token = 6 N + 12 L d S (N parameters, L layers, d hidden size, S sequence
-length): 6N for the matmuls of forward + backward, 12 L d S for attention scores and values.
+FLOPs per trained token = 6 N + 12 L a S (N parameters, L layers, a = query heads x head size,
+the hidden size unless head_dim is set apart from it, S sequence length): 6N for the matmuls of
+forward + backward, 12 L a S for attention scores and values.
 Activation recomputation is not counted (it is overhead, not useful work), as in the usual
 MFU definition. MFU = tokens/s x FLOPs per token / (GPUs x peak FLOP/s per GPU).
 """
@@ -22,7 +23,8 @@ def parameter_count(cfg, vocab_size=None) -> int:
 
 def flops_per_token(cfg) -> int:
     m = cfg.model
-    return 6 * parameter_count(cfg) + 12 * m.num_layers * m.hidden_size * m.seq_length
+    attention_width = m.num_attention_heads * (m.head_dim or m.hidden_size // m.num_attention_heads)
+    return 6 * parameter_count(cfg) + 12 * m.num_layers * attention_width * m.seq_length
 
 
 def mfu(cfg, tokens_per_sec: float, num_gpus: int) -> float:

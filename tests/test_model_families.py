@@ -15,7 +15,7 @@ import torch
 import transformers
 import yaml
 from conftest import REPO
-from safetensors.torch import load_file
+from test_converters import hf_tensors
 
 from neox.interop import convert_codellama, export_hf, export_neox
 from neox.interop.hf_compat import neox_model_keys_from_hf
@@ -50,14 +50,6 @@ def make_family(out, family, seed=0):
                 p.normal_(0.0, 0.5)
     model.save_pretrained(out)
     return str(out)
-
-
-def tensors(d):
-    out = {}
-    for f in sorted(os.listdir(d)):
-        if f.endswith(".safetensors"):
-            out.update(load_file(os.path.join(d, f)))
-    return out
 
 
 def load_quietly(path):
@@ -108,7 +100,7 @@ def test_family_end_to_end(tmp_path, toy_data, capsys, family):
 
     back = str(tmp_path / "back")
     assert export_hf.main(["--ckpt", str(tmp_path / "tp2"), "--out", back]) == 0
-    a, b = tensors(src), tensors(back)
+    a, b = hf_tensors(src), hf_tensors(back)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
     source, exported = (json.load(open(os.path.join(d, "config.json"))) for d in (src, back))
     for key in ("model_type", "architectures", "tie_word_embeddings", "head_dim", "num_key_value_heads"):

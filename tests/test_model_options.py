@@ -156,3 +156,18 @@ def test_fused_adamw_takes_the_same_steps_as_the_for_loop_adamw(single_process_g
     for name, p in trained[0].items():
         assert (p - start[name]).abs().max() > 1e-5, name  # every weight moved
         assert (p - trained[1][name]).abs().max().item() <= 1e-6, name
+
+
+def test_flops_count_attention_over_heads_times_head_size():
+    """With head_dim set apart from hidden / heads (as Gemma-style bases do), attention's scores and
+    values cost 12 L (heads x head_dim) S per token, not 12 L hidden S."""
+    from neox.flops import flops_per_token, parameter_count
+
+    plain = tiny_cfg()
+    m = plain.model
+    assert flops_per_token(plain) == 6 * parameter_count(plain) + 12 * m.num_layers * m.hidden_size * m.seq_length
+    wide = tiny_cfg(head_dim=2 * m.hidden_size // m.num_attention_heads)
+    w = wide.model
+    assert flops_per_token(wide) == (6 * parameter_count(wide)
+                                     + 12 * w.num_layers * w.num_attention_heads * w.head_dim * w.seq_length)
+    assert flops_per_token(wide) - 6 * parameter_count(wide) == 2 * (flops_per_token(plain) - 6 * parameter_count(plain))

@@ -272,11 +272,13 @@ def config_for_checkpoint(info: dict, tp: int, **overrides):
     return validate(cfg, dry_run=True)
 
 
-def exit_status(fn, *args) -> int:
-    """A tool's exit status: 0, or 1 with one `error:` line when ``fn`` raises CheckpointError."""
+def run_tool(fn, *args) -> int:
+    """Runs a tool's ``fn``: exit status 0, or FAILED with one `error:` line when it raises CheckpointError."""
+    from neox import exit_status
+
     try:
         fn(*args)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return exit_status.FAILED
+    return exit_status.OK

@@ -29,7 +29,7 @@ import sys
 import torch
 
 from neox import partition
-from neox.checkpoint.files import CheckpointError, exit_status
+from neox.checkpoint.files import CheckpointError, run_tool
 from neox.config import padded_vocab_size
 from neox.interop import gptneox_format as fmt
 from neox.interop.hf_compat import ShardedWeights
@@ -445,7 +445,7 @@ def main(argv=None):
     if args.tp < 1:
         print("error: --tp must be >= 1", file=sys.stderr)
         return 2
-    return exit_status(convert, args)
+    return run_tool(convert, args)
 
 
 if __name__ == "__main__":

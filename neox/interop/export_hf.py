@@ -33,8 +33,8 @@ from neox.checkpoint.files import (
     DTYPES,
     TOKENIZER_FILES,
     CheckpointError,
-    exit_status,
     open_checkpoint,
+    run_tool,
     unfused_hint,
 )
 from neox.hf_tokenizer import UnsupportedTokenizer, write_hf_tokenizer
@@ -217,7 +217,7 @@ def main(argv=None):
     p.add_argument("--max-shard-size-gb", type=float, default=5.0)
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     args = p.parse_args(argv)
-    return exit_status(export, args.ckpt, args.out, args.step, args.dtype, int(args.max_shard_size_gb * 2**30),
+    return run_tool(export, args.ckpt, args.out, args.step, args.dtype, int(args.max_shard_size_gb * 2**30),
                        args.force)
 
 
