@@ -31,7 +31,11 @@ def tiny_cfg(**overrides):
 
 @pytest.fixture
 def single_process_group():
-    """A real gloo process group of size 1 with megatron-core parallel state at TP=1."""
+    """A real gloo process group of size 1 with megatron-core parallel state at TP=1. The rendezvous
+    variables are removed again after the test: left set, a later test's subprocess (lm-eval's
+    accelerate) took itself for a rank of a job and failed to bind the stale MASTER_PORT."""
+    names = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    saved = {k: os.environ.get(k) for k in names}
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0",
                       WORLD_SIZE="1", LOCAL_RANK="0")
     from neox import distributed
@@ -39,6 +43,11 @@ def single_process_group():
     distributed.init_distributed(1)
     yield
     distributed.destroy()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

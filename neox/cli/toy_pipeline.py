@@ -81,9 +81,8 @@ def main(argv=None):
         print(f"  {comp:<18} {before[comp]:>12.1f} -> {after[comp]:.1f}")
     with open(os.path.join(d, "perplexity.json"), "w") as f:
         json.dump({"before": before, "after": after}, f, indent=1)
-    from llemma_eval.toy_bench import write_all
-
-    bench = write_all(os.path.join(d, "bench"), os.path.join(REPO, "data", "toy", "corpus"))
+    bench = os.path.join(d, "bench")  # the evaluation package's step, run as its own program
+    run("-m", "llemma_eval.toy_bench", bench, "--corpus", os.path.join(REPO, "data", "toy", "corpus"))
     rel = os.path.relpath(d, REPO)
     print(f"\nHugging Face model: {export}")
     print(f"evaluate it (toy benchmark files in {bench}):\n  python tools/run_eval.py {rel}/llemma-toy-hf "
