@@ -63,7 +63,7 @@ def test_infinite_loop_times_out(made_dirs):
     r = run_program("while True:\n    pass\n", timeout_s=1.0)
     elapsed = time.monotonic() - start
     assert (r.ok, r.reason) == (False, "timeout")
-    assert 1.0 <= elapsed < 3.0
+    assert 1.0 <= elapsed < 5.0  # the limit, plus killing the group on a loaded 2-core machine
     assert_nothing_left(made_dirs)
 
 
