@@ -45,6 +45,8 @@ import sentencepiece as spm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from overlap_throughput import document_lengths, write_test_file, zipf_ids  # noqa: E402  (bench/ is on sys.path)
+
 from neox import decontaminate, overlap  # noqa: E402
 from neox.data_check import sha256_of  # noqa: E402
 
@@ -57,12 +59,6 @@ SCAN_PER_TOKEN = ("overlap_scan",)
 FILTER_PER_TOKEN = ("overlap_scan", "doc_hashes", "load_parts", "exact_duplicates", "write_filtered")
 COMPONENTS = (("open-web-math_train_text_document", 0.5), ("arxiv_train_text_document", 0.3),
               ("algebraic-stack_train_text_document", 0.2))
-
-
-def zipf_ids(rng, size, vocab):
-    ranks = np.arange(3, vocab)
-    p = 1.0 / (ranks - 2 + 10.0)
-    return rng.choice(ranks, size=size, p=p / p.sum()).astype(np.uint16)
 
 
 def make_data(work, tokens, n_tests, sp, tok_path, n, seed=23):
@@ -80,15 +76,8 @@ def make_data(work, tokens, n_tests, sp, tok_path, n, seed=23):
     os.makedirs(base, exist_ok=True)
     rng = np.random.default_rng(seed)
     vocab = sp.get_piece_size()
-    texts = [{"problem": sp.decode(zipf_ids(rng, int(rng.integers(40, 120)), vocab).tolist()),
-              "solution": sp.decode(zipf_ids(rng, int(rng.integers(120, 320)), vocab).tolist()),
-              "level": f"Level {1 + i % 5}"} for i in range(n_tests)]
-    with open(test_file, "w") as f:
-        f.writelines(json.dumps(t) + "\n" for t in texts)
-    lengths = np.clip(rng.lognormal(np.log(1500), 1.0, size=tokens // 500), 50, 200_000).astype(np.int64)
-    lengths = lengths[: int(np.searchsorted(np.cumsum(lengths), tokens)) + 1]
-    lengths[-1] -= int(lengths.sum()) - tokens
-    lengths = lengths[lengths > 0]
+    texts = write_test_file(test_file, rng, sp, n_tests)
+    lengths = document_lengths(rng, tokens)
     pool_size = 1 << 23
     pool = zipf_ids(rng, pool_size, vocab)  # documents are slices of this pool at random offsets
     pool = np.concatenate([pool, pool[:200_000]])

@@ -51,6 +51,25 @@ def zipf_ids(rng, size, vocab):
     return rng.choice(ranks, size=size, p=p / p.sum()).astype(np.uint16)
 
 
+def write_test_file(path, rng, sp, n_tests):
+    """MATH-shaped test examples of Zipf-distributed tokens, decoded to text."""
+    vocab = sp.get_piece_size()
+    texts = [{"problem": sp.decode(zipf_ids(rng, int(rng.integers(40, 120)), vocab).tolist()),
+              "solution": sp.decode(zipf_ids(rng, int(rng.integers(120, 320)), vocab).tolist()),
+              "level": f"Level {1 + i % 5}"} for i in range(n_tests)]
+    with open(path, "w") as f:
+        f.writelines(json.dumps(t) + "\n" for t in texts)
+    return texts
+
+
+def document_lengths(rng, tokens):
+    """Log-normal document lengths (median 1,500) summing to exactly `tokens`."""
+    lengths = np.clip(rng.lognormal(np.log(1500), 1.0, size=tokens // 500), 50, 200_000).astype(np.int64)
+    lengths = lengths[: int(np.searchsorted(np.cumsum(lengths), tokens)) + 1]
+    lengths[-1] -= int(lengths.sum()) - tokens
+    return lengths[lengths > 0]
+
+
 def make_data(work, tokens, n_tests, sp, seed=17):
     """The synthetic .bin/.idx and test file; the planted (doc, test_id, key) triples."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
@@ -62,15 +81,8 @@ def make_data(work, tokens, n_tests, sp, seed=17):
         return prefix, test_file, [tuple(x) for x in json.load(open(planted_file))]
     rng = np.random.default_rng(seed)
     vocab = sp.get_piece_size()
-    texts = [{"problem": sp.decode(zipf_ids(rng, int(rng.integers(40, 120)), vocab).tolist()),
-              "solution": sp.decode(zipf_ids(rng, int(rng.integers(120, 320)), vocab).tolist()),
-              "level": f"Level {1 + i % 5}"} for i in range(n_tests)]
-    with open(test_file, "w") as f:
-        f.writelines(json.dumps(t) + "\n" for t in texts)
-    lengths = np.clip(rng.lognormal(np.log(1500), 1.0, size=tokens // 500), 50, 200_000).astype(np.int64)
-    lengths = lengths[: int(np.searchsorted(np.cumsum(lengths), tokens)) + 1]
-    lengths[-1] -= int(lengths.sum()) - tokens
-    lengths = lengths[lengths > 0]
+    texts = write_test_file(test_file, rng, sp, n_tests)
+    lengths = document_lengths(rng, tokens)
     eligible = np.flatnonzero(lengths >= 500)
     early = eligible[:10]  # inside the slice the Python baselines scan, so that their hits are compared
     plant_docs = set(early.tolist()) | set(rng.choice(eligible[10:], PLANTED - early.size, replace=False).tolist())
@@ -190,7 +202,8 @@ def main(argv=None):
     tok = os.path.join(REPO, "data", "toy", "tokenizer.model")
     if not os.path.isfile(tok):
         subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_toy_data.py")], check=True, cwd=REPO)
-    sp = spm.SentencePieceProcessor(model_file=tok)
+    sp = spm.SentencePieceProcessor(model_file=tok)  # the Python baselines' tokenizer
+    tk = overlap._tokenizer(tok)  # what the check itself uses (neox.tokenizer)
     os.makedirs(args.work_dir, exist_ok=True)
     load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -201,12 +214,12 @@ def main(argv=None):
     total = ds.num_tokens
 
     t0 = time.perf_counter()
-    index = overlap.build_index(tests, N, "tokens", sp)
+    index = overlap.build_index(tests, N, "tokens", tk)
     index_s = time.perf_counter() - t0
     floor, ours = [], []
     for _ in range(args.repeats):  # alternating, best of: the machine is shared, noise hits both alike
         floor.append(timed(read_floor, ds)[:2])
-        wall, cpu, groups = timed(overlap.scan_tokens, ds, 0, ds.num_docs, index, sp, tok)
+        wall, cpu, groups = timed(overlap.scan_tokens, ds, 0, ds.num_docs, index, tk, tok)
         ours.append((wall, cpu))
     (floor_s, floor_cpu), (ours_s, ours_cpu) = (tuple(map(min, zip(*x))) for x in (floor, ours))
     found = {(d, tests.line_numbers[e], index.keys[k]) for d, e, k, _, _ in groups}
@@ -220,8 +233,8 @@ def main(argv=None):
 
     whi = min(ds.num_docs, int(np.searchsorted(np.cumsum(ds.lengths), args.words_tokens)) + 1)
     words_tokens = int(ds.lengths[:whi].sum())
-    windex = overlap.build_index(tests, N, "words", sp)
-    words_s, words_cpu, wgroups = timed(overlap.scan_words, ds, 0, whi, windex, sp, tok)
+    windex = overlap.build_index(tests, N, "words", tk)
+    words_s, words_cpu, wgroups = timed(overlap.scan_words, ds, 0, whi, windex, tk, tok)
     words_found = {(d, tests.line_numbers[e], windex.keys[k]) for d, e, k, _, _ in wgroups}
     words_expected = llemma_words_planted(ds, tests, sp, [x for x in planted if x[0] < whi])
     decode_s, decode_cpu, _ = timed(decode_all, ds, whi, sp)

@@ -76,7 +76,6 @@ def summarize(records: list[dict]) -> dict:
     metrics = dict(protocols["default"]["metrics"])
     if records and "math_verify" in records[0]:
         metrics["math_verify"] = sum(r["math_verify"] for r in records) / n
-    metrics["llemma"] = protocols["llemma"]["value"]
     return {"metric": headline, "value": metrics[headline], "n": n, "k": k, "protocol": "default",
             "metrics": metrics, "protocols": protocols}
 

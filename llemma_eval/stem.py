@@ -1,6 +1,6 @@
 """The Llemma paper's STEM evaluations (OCW Courses, MMLU-STEM, SAT) and MATH-500 / AIME.
 
-Kinds (see /tmp/spec/interface.md): "ocw" (Minerva's OCW Courses: numeric answers within 1% relative,
+Kinds (llemma_eval.kinds describes what a kind is): "ocw" (Minerva's OCW Courses: numeric answers within 1% relative,
 else symbolic) and "mc" (multiple choice answered by a chain of thought ending in "The final answer is
 (X)"). MATH-500 and AIME are lm-eval's own tasks re-targeted at our "math" kind by
 llemma_eval.upstream_tasks; their data loaders are here.

@@ -1,6 +1,6 @@
 """The Llemma paper's tool-use evaluations: the model writes a Python program, the sandbox runs it.
 
-Kinds (see /tmp/spec/interface.md):
+Kinds (llemma_eval.kinds describes what a kind is):
     gsm8k_python  GSM8k; the program defines solution() returning the number asked for (PAL-style);
                   the answer is compared numerically (relative tolerance 1e-4) under both protocols
     math_python   MATH; the program defines solution() that computes the answer with SymPy and
@@ -23,13 +23,13 @@ operation, limits) has no answer under both. Each program runs once per thread: 
 the same run.
 """
 
-import os
 import threading
 from collections import OrderedDict
 
 from llemma_eval import answers as ans
-from llemma_eval import data
+from llemma_eval.kinds import Gsm8kKind, MathKind, minerva
 from llemma_eval.sandbox import SandboxUnavailable, run_program  # noqa: F401  (SandboxUnavailable: re-exported)
+from llemma_eval.task_fns import _results
 
 OPENER = "```python\n"
 CLOSER = "```"
@@ -227,15 +227,11 @@ def _numeric_equal(a: str, b: str) -> bool:
 
 # --------------------------------------------------------------------------------------- kinds
 
-class Gsm8kPythonKind:
+class Gsm8kPythonKind(Gsm8kKind):
+    """GSM8k's problem, reference and data; the answer is what the program returns, compared
+    numerically under both protocols."""
     name = "gsm8k_python"
     timeout_s = GSM8K_TIMEOUT_S
-
-    def problem_reference(self, doc: dict) -> tuple[str, str]:
-        return doc["question"], doc["answer"]
-
-    def gold(self, reference: str, protocol: str) -> str | None:
-        return ans.gsm8k_gold(reference)
 
     def extract(self, generation: str, protocol: str) -> str | None:
         return _answer(generation, protocol, "number", self.timeout_s)
@@ -246,44 +242,18 @@ class Gsm8kPythonKind:
     def key(self, answer: str, protocol: str):
         return ans.normalize_number(answer)
 
-    def missing_data(self, data_dir: str) -> str | None:
-        return data.missing_data("gsm8k", data_dir)
 
-
-def _minerva():
-    from lm_eval.tasks.minerva_math import utils  # lm-eval[math]
-
-    return utils
-
-
-class MathPythonKind:
+class MathPythonKind(MathKind):
+    """MATH's problem, reference, data and answer equality; the answer is the program's LaTeX,
+    Minerva-normalised under the llemma protocol."""
     name = "math_python"
     timeout_s = MATH_TIMEOUT_S
-
-    def problem_reference(self, doc: dict) -> tuple[str, str]:
-        return doc["problem"], doc["solution"]
-
-    def gold(self, reference: str, protocol: str) -> str | None:
-        if protocol == "llemma":  # the Llemma fork: the reference's last \boxed{}, Minerva-normalised
-            m = _minerva()
-            boxed = m.last_boxed_only_string(reference)
-            return None if boxed is None else m.normalize_final_answer(m.remove_boxed(boxed))
-        return ans.extract_math_answer(reference)
 
     def extract(self, generation: str, protocol: str) -> str | None:
         answer = _answer(generation, protocol, "latex", self.timeout_s)
         if answer is None or protocol != "llemma":
             return answer
-        return _minerva().normalize_final_answer(answer)
-
-    def equal(self, pred: str, gold: str, protocol: str, checker) -> bool:
-        return checker.llemma_equal(pred, gold) if protocol == "llemma" else checker.equal(pred, gold)
-
-    def key(self, answer: str, protocol: str):
-        return answer if protocol == "llemma" else ans.normalize_math(answer)
-
-    def missing_data(self, data_dir: str) -> str | None:
-        return data.missing_data("math", data_dir)
+        return minerva().normalize_final_answer(answer)
 
 
 GSM8K_PYTHON = Gsm8kPythonKind()
@@ -291,17 +261,6 @@ MATH_PYTHON = MathPythonKind()
 
 
 # --------------------------------------------------------------------------------------- lm-eval
-
-def _results(kind: str, reference: str, generations: list) -> dict:
-    """process_results: zeros under tools/run_eval.py (it scores afterwards), else the default protocol."""
-    if os.environ.get("LLEMMA_EVAL_DEFER_SCORING") == "1":
-        return {"exact_or_equiv": 0, "maj_at_k": 0}
-    from llemma_eval.scoring import score_record
-
-    gens = [g for group in generations for g in (group if isinstance(group, list) else [group])]
-    rec = score_record({"kind": kind, "reference": reference, "generations": gens})
-    return {"exact_or_equiv": int(rec["correct"][0]), "maj_at_k": int(rec["maj_correct"])}
-
 
 def gsm8k_python_results(doc: dict, results: list) -> dict:
     return _results("gsm8k_python", doc["answer"], results)

@@ -125,6 +125,22 @@ def sacct_states(job: str) -> list:
     return [s.split()[0] for s in r.stdout.split("\n") if s.strip()]
 
 
+def job_submitted_by(job: str, name: str) -> str:
+    """The id of the job named `name` that array job `job` submitted (a dependent merge); accounting
+    may lag a moment behind the submission."""
+    import subprocess
+    import time
+
+    for _ in range(120):
+        ids = [m for m in subprocess.run(["sacct", "-n", "-X", "-P", f"--name={name}", "--format=JobID"],
+                                         capture_output=True, text=True).stdout.split()
+               if m.isdigit() and int(m) > int(job)]
+        if ids:
+            return min(ids, key=int)
+        time.sleep(0.5)
+    raise AssertionError(f"no job named {name} after job {job}")
+
+
 def wait_for_sacct(job: str, count: int, timeout_s: float = 900) -> list:
     """The final states of the job's `count` array tasks (or of the job, count 1) once all ended."""
     import subprocess

@@ -7,11 +7,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import REPO, sbatch, wait_for_sacct
+from conftest import REPO, job_submitted_by, sbatch, wait_for_sacct
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
 from neox import decontaminate, overlap
@@ -250,14 +249,7 @@ def test_slurm_array_and_dependent_filter_merge(slurm, planted, tok, tmp_path):
                FILTER_ARGS=f"--n {N}", MERGE_SBATCH_ARGS="--mem=1G --time=10")
     job = sbatch("--array=0-1", "--cpus-per-task=1", "--mem=1G", "--time=10", "slurm/decontaminate.sbatch", env=env)
     assert wait_for_sacct(job, 2) == ["COMPLETED", "COMPLETED"]
-    for _ in range(120):  # the merge job task 0 submitted (accounting may lag a moment)
-        merge = [m for m in subprocess.run(["sacct", "-n", "-X", "-P", "--name=decontaminate-merge",
-                                            "--format=JobID"], capture_output=True, text=True).stdout.split()
-                 if m.isdigit() and int(m) > int(job)]
-        if merge:
-            break
-        time.sleep(0.5)
-    merge = min(merge, key=int)
+    merge = job_submitted_by(job, "decontaminate-merge")  # the merge job task 0 submitted
     assert wait_for_sacct(merge, 1) == ["COMPLETED"]
     assert "shard 0/2" in open(os.path.join(REPO, "logs", f"decontaminate-{job}_0.out")).read()
     assert "wrote 3 filtered prefixes" in open(os.path.join(REPO, "logs", f"decontaminate-merge-{merge}.out")).read()

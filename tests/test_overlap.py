@@ -6,11 +6,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import REPO, sbatch, wait_for_sacct
+from conftest import REPO, job_submitted_by, sbatch, wait_for_sacct
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
 from neox import overlap
@@ -258,14 +257,7 @@ def test_slurm_array_and_dependent_merge_then_join(slurm, planted_tokens, test_f
                CHECK_ARGS="--n 30")
     job = sbatch("--array=0-1", "--cpus-per-task=1", "--mem=1G", "--time=10", "slurm/check_overlap.sbatch", env=env)
     assert wait_for_sacct(job, 2) == ["COMPLETED", "COMPLETED"]
-    for _ in range(120):  # the merge job task 0 submitted (accounting may lag a moment)
-        merge = [m for m in subprocess.run(["sacct", "-n", "-X", "-P", "--name=check-overlap-merge",
-                                            "--format=JobID"], capture_output=True, text=True).stdout.split()
-                 if m.isdigit() and int(m) > int(job)]
-        if merge:
-            break
-        time.sleep(0.5)
-    merge = min(merge, key=int)
+    merge = job_submitted_by(job, "check-overlap-merge")  # the merge job task 0 submitted
     assert wait_for_sacct(merge, 1) == ["COMPLETED"]
     assert "shard 0/2" in open(os.path.join(REPO, "logs", f"check-overlap-{job}_0.out")).read()
     assert as_set(rows_of(out)) == truth
