@@ -8,6 +8,9 @@ real run, each costs a set lookup or a dictionary read.
   NEOX_FAULT_WRITE_ERROR=<rank>:<step>  that rank's checkpoint writes fail as on a full disk
   NEOX_FAULT_KILL_DURING_SAVE=<step>    rank 0 is killed (SIGKILL) before the checkpoint's rename
   NEOX_FAULT_KILL_AFTER_RENAME=<step>   ... after the rename, before the completion marker
+  NEOX_FAULT_LATE_SIGNAL=TERM      python -m neox.job_status (the Slurm job's verdict) gets this
+                                   signal as it starts, as the time limit's SIGTERM reaches every
+                                   process of the batch step
 
 The loss faults fire once each, so a step replayed after a rollback is clean.
 """
@@ -58,3 +61,10 @@ def kill_at(variable: str, step: int) -> None:
     """Die at once (SIGKILL: no handler, no cleanup) when the variable names this step."""
     if int(os.environ.get(variable, "-1")) == step:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def late_signal() -> None:
+    """Send this process the signal NEOX_FAULT_LATE_SIGNAL names (TERM, USR1)."""
+    name = os.environ.get("NEOX_FAULT_LATE_SIGNAL")
+    if name:
+        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))

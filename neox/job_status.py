@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 
+from neox import faults
 from neox.exit_status import BAD_INPUT as EXIT_CONFIG
 from neox.exit_status import HUNG as EXIT_HUNG
 from neox.exit_status import STOPPED as EXIT_REQUEUE
@@ -84,6 +85,7 @@ def verdict(statuses: dict[int, tuple[int, float] | None], stop_requested: bool 
 
 
 def main(argv=None) -> int:
+    faults.late_signal()
     args = sys.argv[1:] if argv is None else argv
     stop_requested = "--stop-requested" in args
     args = [a for a in args if a != "--stop-requested"]

@@ -48,12 +48,17 @@ if [[ -z "$stop_signal" ]]; then
     wait "$srun_pid" && srun_status=0 || srun_status=$?
     kill -0 "$srun_pid" 2>/dev/null || break
   done
+  # the ranks are done: a later TERM or USR1 (the time limit's, a requeue's) has nothing to stop, and
+  # must not kill the verdict below or scontrol (their children inherit the ignored signals)
+  trap '' TERM USR1
   line=$("$PYTHON" -m neox.job_status "$NEOX_STATUS_DIR" "${SLURM_NTASKS:-1}" ${stop_signal:+--stop-requested})
   rc=$?
   if [[ -z "$line" ]]; then  # no Python to ask: srun's own status
-    rc=$srun_status line="srun exited with status $srun_status (no rank statuses could be read)"
+    line="srun exited with status $srun_status; the ranks' statuses could not be read (python -m neox.job_status exited $rc)"
+    rc=$srun_status
   fi
 else  # the signal came before the ranks were started: nothing to checkpoint
+  trap '' TERM USR1
   rc=$REQUEUE_EXIT_CODE line="stopped on request before training started (the newest checkpoint stays)"
 fi
 echo "$(date '+%F %T') $line"
