@@ -17,7 +17,7 @@ process each (workers = 1):
           the part (.npz), the exact-duplicate search and the filtered prefixes written, with
           decontamination.json, dropped.jsonl and report.md (a fresh --out each repeat)
 Every repeat is timed by stage (wrappers around the module functions): test side (build_index),
-the overlap scan (overlap._scan_piece), doc_hashes, load_parts, exact_duplicates, write_filtered,
+the overlap scan (overlap.scan_piece), doc_hashes, load_parts, exact_duplicates, write_filtered,
 and the rest. The filter must drop exactly the planted and the duplicate documents, and its overlap
 drops must equal the scan's hit documents.
 Prints one JSON object (last line). Two ratios filter / scan (tokens/s of the best repeat, one
@@ -51,6 +51,7 @@ from neox import decontaminate, overlap  # noqa: E402
 from neox.data_check import sha256_of  # noqa: E402
 
 PLANTED = 100
+MIN_TOKENS = 2_000_000
 DUPLICATE_FRACTION = 0.01
 NODE_CORES = 32
 PROOF_PILE_2_TOKENS = 55e9
@@ -135,7 +136,7 @@ def make_data(work, tokens, n_tests, sp, tok_path, n, seed=23):
 class Stages:
     """Wall and CPU seconds spent inside wrapped module functions (one process: workers = 1)."""
 
-    WRAPPED = ((overlap, "build_index", "test_side_build_index"), (overlap, "_scan_piece", "overlap_scan"),
+    WRAPPED = ((overlap, "build_index", "test_side_build_index"), (overlap, "scan_piece", "overlap_scan"),
                (decontaminate, "doc_hashes", "doc_hashes"), (decontaminate, "load_parts", "load_parts"),
                (decontaminate, "exact_duplicates", "exact_duplicates"),
                (decontaminate, "write_filtered", "write_filtered"))
@@ -183,6 +184,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="scan and filter runs, alternating, best of")
     p.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "decontaminate_bench"))
     args = p.parse_args(argv)
+    if args.tokens < MIN_TOKENS:  # fewer leaves too few long documents to plant test text in
+        p.error(f"--tokens {args.tokens}: at least {MIN_TOKENS:,} (the {PLANTED} planted documents need them)")
 
     tok = os.path.join(REPO, "data", "toy", "tokenizer.model")
     if not os.path.isfile(tok):

@@ -203,7 +203,7 @@ def main(argv=None):
     if not os.path.isfile(tok):
         subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_toy_data.py")], check=True, cwd=REPO)
     sp = spm.SentencePieceProcessor(model_file=tok)  # the Python baselines' tokenizer
-    tk = overlap._tokenizer(tok)  # what the check itself uses (neox.tokenizer)
+    tk = overlap.open_tokenizer(tok)  # what the check itself uses (neox.tokenizer)
     os.makedirs(args.work_dir, exist_ok=True)
     load_start = os.getloadavg()[0]
     t0 = time.perf_counter()

@@ -108,18 +108,18 @@ def doc_hashes(ds: overlap.Dataset, lo: int, hi: int, chunk: int = overlap.CHUNK
     """(hi - lo,) uint64: a polynomial hash of each document's tokens (whole documents per batch). With
     the length it only finds candidates: exact_duplicates confirms each one token by token."""
     out = np.zeros(hi - lo, dtype=np.uint64)
-    tokens, d0, inverse = ds.tokens(), lo, overlap._inverse(overlap.HASH_BASE)
+    tokens, d0, inverse = ds.tokens(), lo, overlap.inverse_mod(overlap.HASH_BASE)
     while d0 < hi:
         d1 = min(hi, max(d0 + 1, int(np.searchsorted(ds.starts, ds.starts[d0] + chunk, side="left"))))
         a = int(ds.starts[d0])
         v = np.asarray(tokens[a:int(ds.starts[d1 - 1] + ds.lengths[d1 - 1])]).astype(np.uint64)
-        np.multiply(v, overlap._powers(inverse, v.size), out=v)  # v[k] * B^-k, in place
+        np.multiply(v, overlap.powers(inverse, v.size), out=v)  # v[k] * B^-k, in place
         c = np.zeros(v.size + 1, dtype=np.uint64)
         np.cumsum(v, out=c[1:])
         s = ds.starts[d0:d1] - a
         e = s + ds.lengths[d0:d1]
         ne = e > s  # an empty document keeps hash 0
-        out[d0 - lo:d1 - lo][ne] = (c[e[ne]] - c[s[ne]]) * overlap._powers(overlap.HASH_BASE, v.size + 1)[e[ne] - 1]
+        out[d0 - lo:d1 - lo][ne] = (c[e[ne]] - c[s[ne]]) * overlap.powers(overlap.HASH_BASE, v.size + 1)[e[ne] - 1]
         d0 = d1
     return out
 
@@ -127,8 +127,8 @@ def doc_hashes(ds: overlap.Dataset, lo: int, hi: int, chunk: int = overlap.CHUNK
 def _filter_piece(piece):
     """Worker: the overlap scan of documents [lo, hi) of dataset di, plus their hashes."""
     di, lo, hi = piece
-    di, docs, tokens, groups = overlap._scan_piece(piece)
-    return di, lo, hi, tokens, groups, doc_hashes(overlap._WORK["datasets"][di], lo, hi)
+    di, docs, tokens, groups = overlap.scan_piece(piece)
+    return di, lo, hi, tokens, groups, doc_hashes(overlap.WORK["datasets"][di], lo, hi)
 
 
 def fingerprint(test_files, n, mode, tokenizer, datasets, shards) -> dict:
@@ -152,7 +152,7 @@ def prepare(test_files, data, tokenizer, n, mode, out, force):
     tests = read_test_files(test_files)
     if not os.path.isfile(tokenizer):
         raise overlap.OverlapError(f"{tokenizer}: tokenizer model not found")
-    tok = overlap._tokenizer(tokenizer)
+    tok = overlap.open_tokenizer(tokenizer)
     datasets = [overlap.open_dataset(p) for p in data]
     for ds in datasets:
         overlap.check_vocab(ds, tok.vocab_size, tokenizer)
@@ -181,13 +181,13 @@ def scan_shard(test_files, keys, data, tokenizer, out, n=DEFAULT_N, mode="tokens
         f"{index.num_ngrams} {n}-grams, mode {mode}")
     ranges = [overlap.split_range(ds.starts, 0, ds.num_docs, shard[1], shard[0]) for ds in datasets]
     pieces = [(di, a, b) for di, (ds, (lo, hi)) in enumerate(zip(datasets, ranges))
-              for a, b in overlap._pieces(ds, lo, hi, piece_tokens)]
+              for a, b in overlap.piece_ranges(ds, lo, hi, piece_tokens)]
     total = sum(int(ds.lengths[lo:hi].sum()) for ds, (lo, hi) in zip(datasets, ranges))
-    overlap._WORK.clear()
-    overlap._WORK.update(index=index, datasets=datasets, tokenizer=tokenizer, chunk={})
+    overlap.WORK.clear()
+    overlap.WORK.update(index=index, datasets=datasets, tokenizer=tokenizer, chunk={})
     groups = [[] for _ in datasets]
     hashes = [np.zeros(hi - lo, dtype=np.uint64) for lo, hi in ranges]
-    pool = overlap._pool(workers, len(pieces))  # forked before tqdm starts its monitor thread
+    pool = overlap.worker_pool(workers, len(pieces))  # forked before tqdm starts its monitor thread
     try:
         results = pool.imap_unordered(_filter_piece, pieces) if pool else map(_filter_piece, pieces)
         with tqdm(total=total, unit="tok", unit_scale=True, desc=f"decontaminate {shard[0]}/{shard[1]}",
@@ -214,7 +214,7 @@ def scan_shard(test_files, keys, data, tokenizer, out, n=DEFAULT_N, mode="tokens
 
 
 def _load_part(base, fp):
-    meta = overlap._load_part(base, fp)  # same rules as the overlap check's parts
+    meta = overlap.load_part(base, fp)  # same rules as the overlap check's parts
     if meta is not None and not os.path.isfile(base + ".npz"):
         raise overlap.OverlapError(f"{base}.npz: missing next to its .json (remove the .json to redo the part)")
     return meta

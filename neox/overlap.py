@@ -50,7 +50,7 @@ class OverlapError(Exception):
 _POWERS: dict[int, np.ndarray] = {}
 
 
-def _powers(base: int, m: int) -> np.ndarray:
+def powers(base: int, m: int) -> np.ndarray:
     """base^0 .. base^(m-1) mod 2^64 (cached, grown by doubling)."""
     have = _POWERS.get(base)
     if have is None or have.size < m:
@@ -61,14 +61,14 @@ def _powers(base: int, m: int) -> np.ndarray:
     return have[:m]
 
 
-def _inverse(base: int) -> int:
+def inverse_mod(base: int) -> int:
     return pow(base, -1, 1 << 64)
 
 
 def _prefix_sums(values: np.ndarray, base: int) -> np.ndarray:
     """C with C[0] = 0 and C[k+1] = sum_{i<=k} values[i] * base^-i (mod 2^64)."""
     m = values.size
-    x = np.multiply(values.astype(np.uint64, copy=False), _powers(_inverse(base), m))
+    x = np.multiply(values.astype(np.uint64, copy=False), powers(inverse_mod(base), m))
     c = np.empty(m + 1, dtype=np.uint64)
     c[0] = 0
     np.cumsum(x, out=c[1:])
@@ -82,14 +82,14 @@ def window_hashes(values: np.ndarray, n: int, base: int = HASH_BASE) -> np.ndarr
         return np.empty(0, dtype=np.uint64)
     c = _prefix_sums(values, base)
     h = c[n:] - c[:-n]
-    h *= _powers(base, m)[n - 1:]
+    h *= powers(base, m)[n - 1:]
     return h
 
 
 def span_hashes(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, base: int) -> np.ndarray:
     """Hash of values[starts[i]:ends[i]] for variable-length spans (used for the bytes of words)."""
     c = _prefix_sums(values, base)
-    return (c[ends] - c[starts]) * _powers(base, values.size + 1)[ends - 1]
+    return (c[ends] - c[starts]) * powers(base, values.size + 1)[ends - 1]
 
 
 def split_words(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -508,10 +508,10 @@ def _count_by_key(rows, keys, field_name):
 
 # ---------------------------------------------------------------- one run (or one shard of it)
 
-_WORK: dict = {}  # set in the parent before forking workers: the index, datasets, tokenizer path
+WORK: dict = {}  # set in the parent before forking workers: the index, datasets, tokenizer path
 
 
-def _tokenizer(path: str):
+def open_tokenizer(path: str):
     """The data's tokenizer (neox.tokenizer): a SentencePiece model or a Hugging Face tokenizer.json."""
     from neox.tokenizer import TokenizerError, load_tokenizer
 
@@ -523,12 +523,12 @@ def _tokenizer(path: str):
         raise OverlapError(f"{path}: cannot load the SentencePiece model ({e})") from None
 
 
-def _scan_piece(piece):
+def scan_piece(piece):
     """Worker: the hit groups of documents [lo, hi) of dataset number di."""
     di, lo, hi = piece
-    w = _WORK
+    w = WORK
     if w.get("sp_pid") != os.getpid():  # one tokenizer per process and run
-        w["sp"], w["sp_pid"] = _tokenizer(w["tokenizer"]), os.getpid()
+        w["sp"], w["sp_pid"] = open_tokenizer(w["tokenizer"]), os.getpid()
     ds = w["datasets"][di]
     groups = SCANNERS[w["index"].mode](ds, lo, hi, w["index"], w["sp"], w["tokenizer"], **w["chunk"])
     tokens = int(ds.lengths[lo:hi].sum())
@@ -556,7 +556,7 @@ def prepare(test_file, keys, data, tokenizer, n, mode):
     tests = read_test_file(test_file, keys)
     if not os.path.isfile(tokenizer):
         raise OverlapError(f"{tokenizer}: tokenizer model not found")
-    sp = _tokenizer(tokenizer)
+    sp = open_tokenizer(tokenizer)
     datasets = [open_dataset(p) for p in data]
     for ds in datasets:
         check_vocab(ds, sp.vocab_size, tokenizer)
@@ -575,7 +575,7 @@ def run(test_file, keys, data, tokenizer, out, n=30, mode="tokens", workers=1, s
     fp = fingerprint(test_file, keys, n, mode, tokenizer, datasets, shard[1])
     parts_dir = os.path.join(out, "parts")
     base = os.path.join(parts_dir, part_name(*shard))
-    meta = _load_part(base, fp)
+    meta = load_part(base, fp)
     if meta is not None:
         log(f"{base}.json: shard {shard[0]}/{shard[1]} already done, not redone")
     else:
@@ -585,15 +585,15 @@ def run(test_file, keys, data, tokenizer, out, n=30, mode="tokens", workers=1, s
             f"({index.uniq.size} distinct), mode {mode}")
         ranges = [split_range(ds.starts, 0, ds.num_docs, shard[1], shard[0]) for ds in datasets]
         pieces = [(di, a, b) for di, (ds, (lo, hi)) in enumerate(zip(datasets, ranges))
-                  for a, b in _pieces(ds, lo, hi, piece_tokens)]
+                  for a, b in piece_ranges(ds, lo, hi, piece_tokens)]
         total = sum(int(ds.lengths[lo:hi].sum()) for ds, (lo, hi) in zip(datasets, ranges))
-        _WORK.clear()  # nothing of an earlier run in this process (its tokenizer) is reused
-        _WORK.update(index=index, datasets=datasets, tokenizer=tokenizer, chunk=chunk or {})
+        WORK.clear()  # nothing of an earlier run in this process (its tokenizer) is reused
+        WORK.update(index=index, datasets=datasets, tokenizer=tokenizer, chunk=chunk or {})
         groups = [[] for _ in datasets]
         scanned = [[0, 0] for _ in datasets]
-        pool = _pool(workers, len(pieces))  # forked before tqdm starts its monitor thread
+        pool = worker_pool(workers, len(pieces))  # forked before tqdm starts its monitor thread
         try:
-            results = pool.imap_unordered(_scan_piece, pieces) if pool else map(_scan_piece, pieces)
+            results = pool.imap_unordered(scan_piece, pieces) if pool else map(scan_piece, pieces)
             with tqdm(total=total, unit="tok", unit_scale=True, desc=f"overlap {shard[0]}/{shard[1]}",
                       disable=not progress, mininterval=1.0) as bar:
                 for di, docs, tokens, g in results:
@@ -621,7 +621,7 @@ def run(test_file, keys, data, tokenizer, out, n=30, mode="tokens", workers=1, s
     return meta
 
 
-def _pieces(ds, lo, hi, piece_tokens):
+def piece_ranges(ds, lo, hi, piece_tokens):
     if hi <= lo:
         return []
     total = int(ds.starts[hi - 1] + ds.lengths[hi - 1] - ds.starts[lo])
@@ -629,7 +629,7 @@ def _pieces(ds, lo, hi, piece_tokens):
     return [r for r in (split_range(ds.starts, lo, hi, k, i) for i in range(k)) if r[1] > r[0]]
 
 
-def _pool(workers, pieces):
+def worker_pool(workers, pieces):
     if workers <= 1 or pieces <= 1:
         return None
     import multiprocessing
@@ -637,7 +637,7 @@ def _pool(workers, pieces):
     return multiprocessing.get_context("fork").Pool(min(workers, pieces))
 
 
-def _load_part(base, fp):
+def load_part(base, fp):
     """The finished part's metadata if it was made by this same run, None if there is none."""
     try:
         with open(base + ".json") as f:

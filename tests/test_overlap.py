@@ -123,7 +123,7 @@ def test_planted_tokens_found_exactly_and_equal_brute_force(planted_tokens, test
 def test_hash_match_with_different_ngram_is_not_a_hit(planted_tokens, test_file, tok):
     """A collision (same hash, other tokens) is refused by the comparison of the actual n-gram."""
     prefix, docs, ex, truth = planted_tokens
-    sp = overlap._tokenizer(tok)  # the data's tokenizer, as the scanner loads it (neox.tokenizer)
+    sp = overlap.open_tokenizer(tok)  # the data's tokenizer, as the scanner loads it (neox.tokenizer)
     tests = overlap.read_test_file(test_file, ["problem", "solution"])
     index = overlap.build_index(tests, N, "tokens", sp)
     ds = overlap.open_dataset(prefix)
