@@ -10,7 +10,8 @@ timeout or the overall budget runs out), each writing DIR/<part>.json (schema in
                (bench/gpu_wheels.sh) when missing; versions; bf16 matmul peak (best of 10 8192^3);
                the toy data (tools/make_toy_data.py)
   correctness  our model against transformers on the same weights (fp32 logits 1e-4; bf16 within
-               twice transformers' own bf16 error); fused head loss against unfused (several 32M-
+               twice transformers' own bf16 error), also for Llama 3 (llama3 RoPE), Qwen2 (biases;
+               tied head) and Mistral (head_dim); fused head loss against unfused (several 32M-
                element CUDA chunks); SDPA forced to its flash backend; flash-attn if importable
   training     the smoke config through deepy.py on 1 GPU (NCCL): loss falls, checkpoint, resume
                equal to uninterrupted (tolerance: twice the spread of two uninterrupted runs),
@@ -50,7 +51,7 @@ from neox.local_launch import RANK_CONFIG_FLAG  # noqa: E402
 
 PARTS = ("setup", "correctness", "training", "throughput", "llemma7b", "memory")
 # the sum is above the budget on purpose: a part that finishes early leaves its time to the next
-PART_TIMEOUT_S = {"setup": 75, "correctness": 60, "training": 100, "throughput": 250, "llemma7b": 130, "memory": 15}
+PART_TIMEOUT_S = {"setup": 75, "correctness": 80, "training": 100, "throughput": 250, "llemma7b": 130, "memory": 15}
 BUDGET_S = 540  # the first H200 run (2026-12-04) took 30 + 23 + 78 + 215 + 110 + 6 s
 PROBE = "bench/gpu_train_probe.py"
 LAUNCH_TIMEOUT_S = 60  # one smoke-model trainer launch on the GPU machine (start-up included)
@@ -107,6 +108,35 @@ def correctness_flat(work: str) -> dict:
             "train_data_paths": [os.path.join(work, "unused_text_document")], "gpu_memory_gib": GPU_MEMORY_GIB}
 
 
+# the base models beyond Code Llama (docs/models.md), from transformers' own config classes at the
+# correctness part's shapes: RoPE scaling, q/k/v biases, a tied head, a head_dim apart from hidden/heads
+FAMILY_SHAPE = dict(vocab_size=32016, hidden_size=256, intermediate_size=688, num_hidden_layers=2,
+                    num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
+                    rms_norm_eps=1e-5, tie_word_embeddings=False, use_cache=False)
+FAMILIES = {
+    "llama3": ("LlamaConfig", dict(rope_theta=500000.0, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 256})),
+    "qwen2": ("Qwen2Config", dict(rope_theta=1e6)),
+    "qwen2_tied": ("Qwen2Config", dict(rope_theta=1e6, tie_word_embeddings=True)),
+    "mistral": ("MistralConfig", dict(rope_theta=1e6, head_dim=48, sliding_window=None)),
+}
+
+
+def family_hf_config(family: str):
+    import transformers
+
+    cls, extra = FAMILIES[family]
+    return getattr(transformers, cls)(**{**FAMILY_SHAPE, **extra})
+
+
+def family_flat(work: str, family: str) -> dict:
+    """The correctness config with the model keys the converter reads from that family's config."""
+    from neox.interop.hf_compat import neox_model_keys_from_hf
+
+    return {**correctness_flat(work), **neox_model_keys_from_hf(family_hf_config(family))}
+
+
 def training_flat(work: str, run: str, **overrides) -> dict:
     """llemma_configs/smoke.yml at TP=1 on 1 GPU, 20 steps (cosine over 20), own save/log dirs."""
     from neox.config import load_config
@@ -149,7 +179,8 @@ def llemma_flat(work: str, prefix: str, num_layers: int, peak_tflops: float) -> 
 def all_configs(work: str, prefix: str, peak_tflops: float) -> dict:
     """{part: {run: flat config}}: every config the run launches or builds."""
     return {
-        "correctness": {"paired_models": correctness_flat(work)},
+        "correctness": {"paired_models": correctness_flat(work)}
+        | {f"family_{f}": family_flat(work, f) for f in FAMILIES},
         "training": {run: training_flat(work, run) for run in ("uninterrupted", "uninterrupted_repeat", "resumed")}
         | {"sigterm": training_flat(work, "sigterm", train_iters=200, lr_decay_iters=200, checkpoint_factor=1000)},
         "throughput": {run: throughput_flat(work, prefix, run, peak_tflops) for run in THROUGHPUT_VARIANTS}
@@ -405,9 +436,11 @@ def part_setup(p: Part, args):
     p.check("toy_data", r.returncode == 0, r.returncode, 0, note=(r.stdout + r.stderr)[-500:] if r.returncode else "")
 
 
-def paired_models(flat: dict, dtype, device: str):
-    """transformers' LlamaForCausalLM and our model with the same random weights."""
+def paired_models(flat: dict, dtype, device: str, hf_config=None):
+    """transformers' model (LlamaForCausalLM of the config, or the class of `hf_config`) and ours
+    with the same random weights."""
     import torch
+    import transformers
 
     from neox import partition
     from neox.interop.hf_compat import shard_hf_weights
@@ -416,12 +449,15 @@ def paired_models(flat: dict, dtype, device: str):
     cfg = validated(flat, dry_run=True)
     m = cfg.model
     torch.manual_seed(0)
-    hf = tt.hf_model(cfg)
-    with torch.no_grad():  # random norm weights, so a misplaced norm shows up
+    hf = tt.hf_model(cfg) if hf_config is None else \
+        transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa")
+    with torch.no_grad():  # random norms and biases, so a misplaced or dropped one shows up
         for name, param in hf.named_parameters():
             if "norm" in name:
                 param.uniform_(0.5, 1.5)
-    weights = shard_hf_weights(hf.state_dict().__getitem__, partition.expected_names(m.num_layers),
+            elif name.endswith(".bias"):
+                param.normal_(0.0, 0.5)
+    weights = shard_hf_weights(hf.state_dict().__getitem__, partition.expected_names(m.num_layers, m),
                                m.vocab_size, cfg.padded_vocab_size, 0, 1)
     ours = LlamaModel(cfg)
     missing, unexpected = ours.load_state_dict(weights, strict=False)
@@ -471,6 +507,8 @@ def part_correctness(p: Part, args):
     p.check("fused_head_loss_fp32_loss", loss_rel <= 1e-5, loss_rel, 1e-5, "relative")
     p.check("fused_head_loss_fp32_grads", grad_rel <= 1e-4, grad_rel, 1e-4, "max over weights of max|diff| / max|grad|")
     del hf, ours, got
+    for family in FAMILIES:
+        check_family(p, family, family_flat(args.out, family), tokens)
 
     hf16, ours16, _ = paired_models(flat, torch.bfloat16, CORRECTNESS_DEVICE)
     with torch.no_grad():
@@ -501,6 +539,25 @@ def part_correctness(p: Part, args):
         fa = ours16.gather_logits(ours16(tokens)).float()
     diff = (fa - math_logits).abs().max().item()
     p.check("flash_attn_package", diff <= tol, diff, tol, "attention_impl flash vs SDPA math backend")
+
+
+def check_family(p: Part, family: str, flat: dict, tokens):
+    """One base-model family's logits against transformers': fp32 within 1e-4, bf16 within twice
+    transformers' own bf16 error."""
+    import torch
+
+    logits = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        hf, ours, _ = paired_models(flat, dtype, CORRECTNESS_DEVICE, family_hf_config(family))
+        with torch.no_grad():
+            logits[dtype] = hf(tokens).logits.float(), ours.gather_logits(ours(tokens)).float()
+        del hf, ours
+    ref = logits[torch.float32][0]
+    fp32 = (logits[torch.float32][1] - ref).abs().max().item()
+    p.check(f"family_{family}_fp32_logits", fp32 <= 1e-4, fp32, 1e-4, "vs transformers, same weights")
+    tol = 2 * (logits[torch.bfloat16][0] - ref).abs().max().item()
+    bf16 = (logits[torch.bfloat16][1] - ref).abs().max().item()
+    p.check(f"family_{family}_bf16_logits", bf16 <= tol, bf16, tol, "twice transformers' own bf16 error")
 
 
 def part_training(p: Part, args):
