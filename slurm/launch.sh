@@ -48,11 +48,11 @@ if [[ -z "${NEOX_STATUS_DIR:-}" ]]; then
 fi
 "${cmd[@]}" &
 child=$!
-status=0
-while true; do
-  wait "$child" && status=0 || status=$?
-  kill -0 "$child" 2>/dev/null || break
-done
+# poll instead of `wait`ing on the trainer: a trapped signal interrupts `wait`, and when the trainer
+# ends during that interruption (srun's SIGTERM to the other ranks as the first exits 75) bash loses
+# its status; reaped outside `wait` it is kept for the `wait` below
+while kill -0 "$child" 2>/dev/null; do sleep 0.5; done
+wait "$child" && status=0 || status=$?
 mkdir -p "$NEOX_STATUS_DIR"
 echo "$status $(date +%s.%N)" > "$NEOX_STATUS_DIR/rank$RANK"
 exit "$status"

@@ -51,6 +51,38 @@ def test_slurm_launcher_master_is_the_first_nodes_address_or_a_clear_error(tmp_p
     assert r.returncode == 0 and "MASTER_ADDR=10.1.2.3 " in r.stdout
 
 
+# stands in for `python train.py ...` (launch.sh runs "$PYTHON train.py ARGS"): the first argument
+# says how it ends
+FAKE_TRAINER = """#!/usr/bin/env bash
+case "$2" in
+  stopped) trap '' TERM USR1; kill -TERM "$PPID"; exit 75 ;;  # decided to stop; srun's SIGTERM to the task
+  killed) kill -KILL $$ ;;
+  terminated) kill -TERM $$ ;;
+  *) exit "$2" ;;
+esac
+"""
+
+
+def test_the_rank_status_launch_sh_records_is_the_trainers_own(tmp_path):
+    """As the first rank exits 75, srun's SIGTERM reaches the others' launch.sh and trainer while
+    the trainer is itself exiting 75: the status file must say 75 (CI once saw 143 there: bash's
+    interrupted `wait` lost the status). Repeated, as it is a race; then deaths by signal and codes."""
+    trainer = tmp_path / "python"
+    trainer.write_text(FAKE_TRAINER)
+    trainer.chmod(0o755)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))},
+           "SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0", "SLURM_JOB_NODELIST": "n1",
+           "MASTER_ADDR": "127.0.0.1", "NEOX_STATUS_DIR": str(tmp_path / "status"), "PYTHON": str(trainer)}
+
+    def recorded(how: str) -> tuple:
+        r = subprocess.run(["bash", os.path.join(REPO, "slurm", "launch.sh"), how], env=env, capture_output=True,
+                           text=True, timeout=30)
+        return r.returncode, int((tmp_path / "status" / "rank0").read_text().split()[0])
+
+    assert [recorded("stopped") for _ in range(20)] == [(75, 75)] * 20
+    assert [recorded(how) for how in ("killed", "terminated", "0", "2")] == [(137, 137), (143, 143), (0, 0), (2, 2)]
+
+
 def test_train_py_under_torchrun_fits_the_batch_to_the_world(tmp_path, toy_data):
     """torchrun sets RANK/WORLD_SIZE; 2 processes at TP=1 -> DP 2, accumulation halved, batch kept."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
