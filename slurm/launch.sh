@@ -50,8 +50,9 @@ fi
 child=$!
 # poll instead of `wait`ing on the trainer: a trapped signal interrupts `wait`, and when the trainer
 # ends during that interruption (srun's SIGTERM to the other ranks as the first exits 75) bash loses
-# its status; reaped outside `wait` it is kept for the `wait` below
-while kill -0 "$child" 2>/dev/null; do sleep 0.5; done
+# its status; reaped outside `wait` it is kept for the `wait` below (the task's signals reach `sleep`
+# too: its 143 is no error, and bash's "Terminated" for it no news)
+while kill -0 "$child" 2>/dev/null; do { sleep 0.5 || true; } 2>/dev/null; done
 wait "$child" && status=0 || status=$?
 mkdir -p "$NEOX_STATUS_DIR"
 echo "$status $(date +%s.%N)" > "$NEOX_STATUS_DIR/rank$RANK"

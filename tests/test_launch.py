@@ -56,6 +56,8 @@ def test_slurm_launcher_master_is_the_first_nodes_address_or_a_clear_error(tmp_p
 FAKE_TRAINER = """#!/usr/bin/env bash
 case "$2" in
   stopped) trap '' TERM USR1; kill -TERM "$PPID"; exit 75 ;;  # decided to stop; srun's SIGTERM to the task
+  # the same SIGTERM to every process of the task (as Slurm sends it) while launch.sh waits
+  stopped_all) trap '' TERM USR1; sleep 1; kill -TERM 0; sleep 0.3; exit 75 ;;
   killed) kill -KILL $$ ;;
   terminated) kill -TERM $$ ;;
   *) exit "$2" ;;
@@ -75,12 +77,16 @@ def test_the_rank_status_launch_sh_records_is_the_trainers_own(tmp_path):
            "MASTER_ADDR": "127.0.0.1", "NEOX_STATUS_DIR": str(tmp_path / "status"), "PYTHON": str(trainer)}
 
     def recorded(how: str) -> tuple:
+        status = tmp_path / "status" / "rank0"
+        status.unlink(missing_ok=True)
         r = subprocess.run(["bash", os.path.join(REPO, "slurm", "launch.sh"), how], env=env, capture_output=True,
-                           text=True, timeout=30)
-        return r.returncode, int((tmp_path / "status" / "rank0").read_text().split()[0])
+                           text=True, timeout=30, start_new_session=True)  # the task's own process group
+        assert "Terminated" not in r.stderr  # bash's line for a child the task's signal killed
+        return r.returncode, int(status.read_text().split()[0]) if status.exists() else None
 
     assert [recorded("stopped") for _ in range(20)] == [(75, 75)] * 20
-    assert [recorded(how) for how in ("killed", "terminated", "0", "2")] == [(137, 137), (143, 143), (0, 0), (2, 2)]
+    assert [recorded(how) for how in ("stopped_all", "killed", "terminated", "0", "2")] == [
+        (75, 75), (137, 137), (143, 143), (0, 0), (2, 2)]
 
 
 def test_train_py_under_torchrun_fits_the_batch_to_the_world(tmp_path, toy_data):
