@@ -9,7 +9,8 @@
 # NEOX_LAUNCH_DRY_RUN=1 prints the environment and command instead of running it.
 set -euo pipefail
 # Slurm signals every process of the task, this shell too: the trainer handles them (checkpoint,
-# exit 75; noted from its first line on); here they only interrupt `wait`
+# exit 75; noted from its first line on). Caught here (not ignored) until the trainer starts, so it
+# starts with the default dispositions; ignored once it runs (below)
 trap ':' TERM USR1 INT
 
 : "${SLURM_PROCID:?run under srun}" "${SLURM_NTASKS:?}" "${SLURM_LOCALID:?}" "${SLURM_JOB_NODELIST:?}"
@@ -48,11 +49,11 @@ if [[ -z "${NEOX_STATUS_DIR:-}" ]]; then
 fi
 "${cmd[@]}" &
 child=$!
-# poll instead of `wait`ing on the trainer: a trapped signal interrupts `wait`, and when the trainer
-# ends during that interruption (srun's SIGTERM to the other ranks as the first exits 75) bash loses
-# its status; reaped outside `wait` it is kept for the `wait` below (the task's signals reach `sleep`
-# too: its 143 is no error, and bash's "Terminated" for it no news)
-while kill -0 "$child" 2>/dev/null; do { sleep 0.5 || true; } 2>/dev/null; done
+# from here the trainer alone handles the task's signals: a trapped signal interrupts `wait`, and
+# bash loses the status of a child that ends during that interruption (srun's SIGTERM to the other
+# ranks as the first exits 75 made their 75 read as 143). Ignored, they leave `wait` alone, which
+# returns the moment the trainer ends (the end time decides which rank failed first).
+trap '' TERM USR1 INT
 wait "$child" && status=0 || status=$?
 mkdir -p "$NEOX_STATUS_DIR"
 echo "$status $(date +%s.%N)" > "$NEOX_STATUS_DIR/rank$RANK"
