@@ -43,7 +43,8 @@ trap 'forward TERM' TERM
 if [[ -z "$stop_signal" ]]; then
   srun --kill-on-bad-exit=1 --cpu-bind=none bash slurm/launch.sh "${train_args[@]}" &
   srun_pid=$!
-  # polled, not `wait`ed on: see slurm/launch.sh (a trapped signal runs within half a second)
+  # polled, not `wait`ed on: the forwarding traps above interrupt `wait`, and bash loses the status
+  # of a child that ends during that interruption (slurm/launch.sh); a trap runs within half a second
   while kill -0 "$srun_pid" 2>/dev/null; do { sleep 0.5 || true; } 2>/dev/null; done
   wait "$srun_pid" && srun_status=0 || srun_status=$?
   # the ranks are done: a later TERM or USR1 (the time limit's, a requeue's) has nothing to stop, and
