@@ -17,6 +17,7 @@ import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
+from neox import faults
 from neox.tokenizer import HFTokenizer, SentencePieceTokenizer, load_tokenizer  # noqa: F401  (the run's tokenizer)
 
 logging.getLogger("megatron.core.datasets").setLevel(logging.WARNING)
@@ -93,6 +94,7 @@ def build_train_dataset(cfg, tokenizer):
     num_samples = (cfg.schedule.train_iters + spare_batches) * cfg.batch.train_batch_size
     config = GPTDatasetConfig(blend_per_split=[(list(d.train_data_paths), list(weights)), None, None],
                               **_dataset_config(cfg, tokenizer, d.train_data_paths))
+    faults.pause("index")  # test-only: a slow build, to stop a job in the middle of it
     train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, None, None],
                                                 lambda: True, config).build()
     return train

@@ -11,6 +11,13 @@ real run, each costs a set lookup or a dictionary read.
   NEOX_FAULT_LATE_SIGNAL=TERM      python -m neox.job_status (the Slurm job's verdict) gets this
                                    signal as it starts, as the time limit's SIGTERM reaches every
                                    process of the batch step
+  NEOX_FAULT_PAUSE=<moment>[@<step>]:<seconds>[,...]  every rank pauses there, as a slow
+                                   filesystem or a big index would make it, and says so on stderr
+                                   ("fault: pausing ..."), so a test can send a stop request in the
+                                   middle of that moment; a stop request ends the pause early.
+                                   Moments: index (the sample-index build), resume (the load of
+                                   the checkpoint resumed from), save (a checkpoint save, after
+                                   the files are written and before the rename)
 
 The loss faults fire once each, so a step replayed after a rollback is clean.
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 _nan_steps: set[int] = set()
 _spike_steps: set[int] = set()
@@ -68,3 +76,22 @@ def late_signal() -> None:
     name = os.environ.get("NEOX_FAULT_LATE_SIGNAL")
     if name:
         os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
+
+
+PAUSE_MOMENTS = ("index", "resume", "save")
+
+
+def pause(moment: str, step: int | None = None) -> None:
+    """Pause this rank at ``moment`` for the seconds NEOX_FAULT_PAUSE gives it (see above)."""
+    from neox import stop_request
+
+    for item in filter(None, (v.strip() for v in os.environ.get("NEOX_FAULT_PAUSE", "").split(","))):
+        where, _, seconds = item.partition(":")
+        name, _, at = where.partition("@")
+        if name not in PAUSE_MOMENTS:
+            raise ValueError(f"NEOX_FAULT_PAUSE: unknown moment {name!r} (one of {', '.join(PAUSE_MOMENTS)})")
+        if name == moment and (not at or (step is not None and int(at) == step)):
+            what = f"{moment}" + (f" of step {step}" if step is not None else "")
+            print(f"fault: pausing the {what} for {float(seconds):g} s (NEOX_FAULT_PAUSE)", file=sys.stderr,
+                  flush=True)
+            stop_request.wait(float(seconds))

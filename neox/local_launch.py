@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 
+from neox.stop_request import SIGNALS as STOP_SIGNALS
+
 # how deepy.py hands each rank its resolved config (also how a rank is told from deepy itself)
 RANK_CONFIG_FLAG = "--neox-config-b64"
 # after a rank failed (not a stop), the others get SIGTERM and this long before SIGKILL
@@ -51,14 +53,22 @@ class LocalJob:
                 "NEOX_LAUNCHER_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
 
     def start(self):
-        for rank in range(self.num_ranks):
-            group = self.procs[0].pid if self.procs else 0  # rank 0 leads the job's process group
-            p = subprocess.Popen(self.cmd, env=self.rank_env(rank), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, bufsize=1, process_group=group)
-            self.procs.append(p)
-            for stream, out in ((p.stdout, sys.stdout), (p.stderr, sys.stderr)):
-                self.pumps.append(threading.Thread(target=self.pump, args=(stream, out), daemon=True))
-                self.pumps[-1].start()
+        # the ranks start with the stop signals blocked (the mask survives exec): one passed on
+        # before train.py reads them (neox.stop_request.listen) waits for it instead of killing
+        # the rank; here it waits until every rank exists, then reaches them all
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            for rank in range(self.num_ranks):
+                group = self.procs[0].pid if self.procs else 0  # rank 0 leads the job's process group
+                p = subprocess.Popen(self.cmd, env=self.rank_env(rank), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+                                     process_group=group)
+                self.procs.append(p)
+                for stream, out in ((p.stdout, sys.stdout), (p.stderr, sys.stderr)):
+                    self.pumps.append(threading.Thread(target=self.pump, args=(stream, out), daemon=True))
+                    self.pumps[-1].start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
     def signal_job(self, sig: int):
         if not self.procs:
@@ -118,10 +128,18 @@ class LocalJob:
             kill.start()
 
 
-def run_job(cmd: list, num_ranks: int, port: int, env: dict, pump) -> int:
+def run_job(cmd: list, num_ranks: int, port: int, env: dict, pump, stop_before_spawn: list = ()) -> int:
+    """The job's exit status. ``stop_before_spawn``: stop signals deepy noted before this call;
+    with any, no rank is started (nothing to save) and the status is the stop's."""
+    from neox.exit_status import STOPPED as EXIT_REQUEUE
+
     job = LocalJob(cmd, num_ranks, port, env, pump)
     handlers = {s: signal.signal(s, job.on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
     try:
+        if stop_before_spawn:
+            print(f"deepy: {signal.Signals(stop_before_spawn[0]).name} before the ranks were started: nothing to "
+                  f"save; exit status {EXIT_REQUEUE}", file=sys.stderr, flush=True)
+            return EXIT_REQUEUE
         job.start()
         status = job.wait()
         for t in job.pumps:  # the ranks' last lines

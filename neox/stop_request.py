@@ -1,9 +1,17 @@
 """SIGTERM and SIGUSR1 (Slurm's time-limit or preemption warning, scancel, deepy's Ctrl-C) ask a
-rank to checkpoint after the current step and exit 75. They are noted from the first line of
-train.py on, before the slow imports: a signal during start-up is a request too, not a death by
-signal. Once a rank has decided to stop, later ones are ignored (SIG_IGN outlives the
-interpreter's shutdown, a Python handler does not): srun's --kill-on-bad-exit sends SIGTERM to
-the ranks still closing when the first one exits 75, and that must not turn their 75 into 143.
+rank to stop at the next safe point with a complete checkpoint and exit 75.
+
+How a request is received (``listen``, the first line of train.py, before the slow imports):
+the two signals are *blocked* in the trainer and read by one thread with ``sigwait``. A blocked
+signal is inherited by every thread and every child process, across ``exec``, so nothing the
+trainer starts can be killed by a stop request: Slurm signals every process of a job step and
+deepy.py the ranks' whole process group, and a C++ compiler of torch's inductor, a compile
+worker or a data worker killed that way used to turn a stop into a crash (``CppCompileError``).
+The trainer's own code is never interrupted either (no handler runs in the middle of a save or a
+collective). The thread only sets a flag; the training loop agrees on it with the other ranks at
+safe points (neox.training: before the first step, each step's all-reduce, after a checkpoint or
+an evaluation). Once a rank has decided to stop, later signals are ignored (``ignore_from_now``).
+
 Also: StopSignal (the trainer's view of it) and follow_launcher (a rank whose deepy.py died is
 asked to stop). Stdlib only, so train.py can import it first."""
 
@@ -12,43 +20,63 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-_state = {"requested": False, "on_request": None}
+_state = {"requested": False, "on_request": None, "listening": False, "event": threading.Event()}
 
 
-def _note(signum, frame):
+def _note(signum: int):
     _state["requested"] = True
+    _state["event"].set()
     if _state["on_request"] is not None:
         _state["on_request"]()
 
 
+def _receive():
+    while True:
+        _note(signal.sigwait(SIGNALS))
+
+
 def listen(on_request=None):
-    """Note SIGTERM / SIGUSR1 from now on; ``on_request`` (optional) runs in the handler."""
-    _state["on_request"] = on_request
-    for sig in SIGNALS:
-        signal.signal(sig, _note)
+    """Block SIGTERM / SIGUSR1 in this thread (and so in every thread and child started from now)
+    and note them from a thread of their own; ``on_request`` (optional) runs there. Call it from
+    the main thread before any other thread exists."""
+    if on_request is not None:
+        _state["on_request"] = on_request
+    if _state["listening"]:
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    threading.Thread(target=_receive, daemon=True, name="stop-request").start()
+    _state["listening"] = True
 
 
 def requested() -> bool:
     return _state["requested"]
 
 
+def wait(seconds: float) -> bool:
+    """Sleep up to ``seconds``, returning early (True) once a stop is requested."""
+    return _state["event"].wait(seconds)
+
+
 def clear():
     """The request was acted on (the run ended): a later run in this process starts without it."""
     _state["requested"] = False
+    _state["event"].clear()
 
 
 def ignore_from_now():
-    """The stop is decided: further SIGTERM / SIGUSR1 change nothing, until the process ends."""
+    """The stop is decided: further SIGTERM / SIGUSR1 change nothing, until the process ends (a
+    signal ignored stays ignored through the interpreter's shutdown, whatever the mask)."""
     for sig in SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
 
 
 class StopSignal:
-    """SIGTERM / SIGUSR1 (Slurm's pre-timeout or preemption signal) request a clean stop
-    (neox.stop_request, listening since train.py started). The flag travels in the step's one
-    all-reduce (neox.step), so every rank stops at the same step."""
+    """The trainer's view of a stop request (noted since train.py started). The flag travels in
+    the step's one all-reduce (neox.step) and in the agreement at the other safe points
+    (neox.training), so every rank stops at the same point."""
 
     def __init__(self, log_dir: str | None = None):
         self.log_dir = log_dir
@@ -67,8 +95,8 @@ class StopSignal:
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             os.close(fd)
-            print(f"launcher (deepy.py pid {os.environ['NEOX_LAUNCHER_PID']}) is gone: stopping after this step "
-                  "with a checkpoint", flush=True)
+            print(f"launcher (deepy.py pid {os.environ['NEOX_LAUNCHER_PID']}) is gone: stopping at the next safe "
+                  "point with a checkpoint", flush=True)
 
 
 def launcher_gone() -> bool:

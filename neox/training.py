@@ -142,13 +142,15 @@ class Trainer:
     # ------------------------------------------------------------------------- the loop
 
     def run(self):
-        """Update after update until train_iters; a stop signal exits for requeue, the guard's
-        give-up raises GuardStop."""
+        """Update after update until train_iters; a stop request exits for requeue at the next safe
+        point, the guard's give-up raises GuardStop."""
         cfg = self.cfg
         if self.logger and self.reference_record:
             self.logger.log(self.reference_record)
         if self.eval_sets and self.step == 0:
             self.evaluate(0)
+        if self.agree_on_stop():  # a request during start-up (index build, resume, first evaluation)
+            self.stop_before_training()
         if self.step and self.step >= cfg.schedule.train_iters:
             print_rank0(f"warning: train_iters {cfg.schedule.train_iters} is at or below the checkpoint's step "
                         f"{self.step}: nothing to train; exit status 0 (raise train_iters to train on)")
@@ -174,12 +176,15 @@ class Trainer:
                 self.consumed.add(batch_index)
                 if self.should_log(update):
                     self.log_step(update, result, lr, batch_index)
+            slow_work = False  # an evaluation or a checkpoint: time for a request to arrive
             if self.should_evaluate(update):
                 self.evaluate(update)
+                slow_work = True
             if self.should_checkpoint(update):
                 self.save(update)
+                slow_work = True
             self.step = update
-            if self.should_stop(result, update):
+            if self.should_stop(result, update, slow_work):
                 self.stop_for_requeue(update)
         self.close()
 
@@ -225,9 +230,19 @@ class Trainer:
         return bool(self.cfg.checkpoint.save) and (
             (bool(factor) and update % factor == 0) or update == self.cfg.schedule.train_iters)
 
-    def should_stop(self, result: StepResult, update: int) -> bool:
-        """A signal on any rank stops every rank after the same update (the last one ends anyway)."""
-        return result.stop and update < self.cfg.schedule.train_iters
+    def should_stop(self, result: StepResult, update: int, slow_work: bool) -> bool:
+        """A request on any rank stops every rank after the same update: seen in the step's
+        all-reduce, or agreed after this update's evaluation or checkpoint. The last update ends
+        the run anyway (exit 0: nothing is left to requeue for)."""
+        if update >= self.cfg.schedule.train_iters:
+            return False
+        return result.stop or (slow_work and self.agree_on_stop())
+
+    def agree_on_stop(self) -> bool:
+        """Whether a stop was requested on any rank (one all-reduce; at safe points only)."""
+        flag = torch.tensor([float(self.stop.requested)], device=distributed.device())
+        torch.distributed.all_reduce(flag)
+        return flag.item() > 0
 
     # ------------------------------------------------------------------------- actions
 
@@ -274,6 +289,15 @@ class Trainer:
         print_rank0(f"stop requested by signal: stopped after step {update}; exit status {EXIT_REQUEUE} "
                     "(requeue and the run resumes here)")
         self.close(last_record={"step": update, "stopped_by_signal": True})
+        raise SystemExit(EXIT_REQUEUE)
+
+    def stop_before_training(self):
+        """A request before this start's first update: nothing new to save, the same exit status."""
+        stop_request.ignore_from_now()
+        kept = f"the checkpoint of step {self.step} stays" if self.step else "no step was trained yet"
+        print_rank0(f"stop requested by signal before the first step of this start: nothing new to save ({kept}); "
+                    f"exit status {EXIT_REQUEUE} (requeue and the run resumes here)")
+        self.close(last_record={"step": self.step, "stopped_by_signal": True})
         raise SystemExit(EXIT_REQUEUE)
 
     def close(self, last_record: dict | None = None):

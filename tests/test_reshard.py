@@ -42,7 +42,7 @@ def resume_elsewhere(tmp, full, name, src_run, step, layout, change, checkpoint_
     src = only_step(tmp, f"{src_run}_step{step}", tmp / src_run, step)
     _, out = run(tmp, name, *SCHEDULE, *layout, f"checkpoint_factor={checkpoint_factor}", f"load={src}")
     saved, now = change.split(" -> ")
-    assert f"saved at {saved}, resuming at {now}" in out
+    assert f"saved at {saved}, loading at {now}" in out
     assert_continues(full, losses(metrics(tmp, name)), range(step + 1, 5))
 
 

@@ -117,6 +117,7 @@ def save_atomic(engine, save: str, step: int, client_state: dict, keep_last: int
     torch.distributed.barrier()
     _on_every_rank_or_fail(lambda: _deepspeed_save(engine, save, tmp_tag, client_state, step),
                            save, tmp, final, rank0)
+    faults.pause("save", step)  # test-only: a slow save, to stop a job in the middle of it
     _on_every_rank_or_fail(lambda: _finish(save, tmp, final, step, keep_last, extra_files) if rank0 else None,
                            save, tmp, final, rank0)
 

@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from neox import faults
 from neox.checkpoint import reshard
 from neox.checkpoint.atomic import (
     config_differences,
@@ -71,13 +72,23 @@ def check_resumable(cfg: NeoXConfig, checkpoint: str, data_files: dict):
 
 
 def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[int, dict]:
-    """Weights, ZeRO-1 optimizer state, step, RNG and guard state (skip-list); the LR and the data
-    position follow the step. A checkpoint written at another TP/DP layout is resharded into this
-    one (neox.checkpoint.reshard). Returns (step, the checkpoint's client state)."""
+    """Weights, ZeRO optimizer state, step, RNG and guard state (skip-list); the LR and the data
+    position follow the step (load_state). Returns (step, the checkpoint's client state)."""
+    path, state = load_state(engine, cfg, directory, tag)
+    print_rank0(f"resumed from {path} at step {state['step']}")
+    return int(state["step"]), state
+
+
+def load_state(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[str, dict]:
+    """The one way a checkpoint is loaded into a running job, at its start (resume) and in a
+    rollback: a checkpoint written at another TP/DP layout is resharded into this one
+    (neox.checkpoint.reshard), an unreadable file is named, and the RNG state is restored.
+    Returns (the checkpoint's path, its client state)."""
+    faults.pause("resume")  # test-only: a slow load, to stop a job in the middle of it
     try:
         if reshard.needed(cfg, directory, tag):
             tp, dp = reshard.saved_layout(directory, tag)
-            print_rank0(f"resharding {os.path.join(directory, tag)}: saved at TP={tp} x DP={dp}, resuming at "
+            print_rank0(f"resharding {os.path.join(directory, tag)}: saved at TP={tp} x DP={dp}, loading at "
                         f"TP={cfg.parallel.model_parallel_size} x DP={cfg.data_parallel_size} "
                         "(weights and optimizer state)")
             path, state = os.path.join(directory, tag), reshard.load_resharded(engine, cfg, directory, tag)
@@ -94,8 +105,7 @@ def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[int, dict
     if path is None:
         raise CheckpointError(f"could not load checkpoint {os.path.join(directory, tag)}")
     restore_rng(state.get("rng"))
-    print_rank0(f"resumed from {path} at step {state['step']}")
-    return int(state["step"]), state
+    return path, state
 
 
 def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_files: dict, job: str):
@@ -126,10 +136,7 @@ def rollback(engine, cfg: NeoXConfig, guard: LossGuard, update: int, reason: str
                 f"(samples {info['samples']}); rollback {guard.rollbacks} of at most {cfg.guard.max_rollbacks}")
     if logger:
         logger.log({"step": update, "rollback": info})
-    path, state = engine.load_checkpoint(save, tag=tag)
-    if path is None:
-        raise CheckpointError(f"rollback: could not load checkpoint {os.path.join(save, tag)}")
-    restore_rng(state.get("rng"))
+    _, state = load_state(engine, cfg, save, tag)
     return int(state["step"])
 
 

@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import re
+import signal
 import sys
 import threading
 
@@ -19,6 +20,7 @@ from neox import exit_status
 from neox.config import ConfigError, derived, load_config
 from neox.local_launch import RANK_CONFIG_FLAG
 from neox.ports import free_port
+from neox.stop_request import SIGNALS as STOP_SIGNALS
 
 
 def parse_args(argv):
@@ -96,6 +98,7 @@ def main(argv=None) -> int:
         print(json.dumps({**cfg.to_flat(), "derived": info, "gpt_neox": cfg.gpt_neox}))
         return 0
 
+    stop_before_spawn = note_stop_requests()
     if cfg.parallel.num_nodes > 1:
         print(f"error: num_nodes={cfg.parallel.num_nodes}: deepy.py starts processes on this node only; "
               "launch multi-node runs with the scripts in slurm/ (or -o num_nodes=1)", file=sys.stderr)
@@ -127,7 +130,17 @@ def main(argv=None) -> int:
     log_path = os.path.join(cfg.logging.log_dir, "launcher.log")
     print(startup_line(cfg, info, torch.cuda.is_available(), log_path), file=sys.stderr, flush=True)
     cmd = [*rank_cmd, RANK_CONFIG_FLAG, encode_config(cfg.to_flat())]
-    return run_quietly(cmd, cfg.parallel.num_gpus, cfg.parallel.master_port or free_port(), env, log_path)
+    return run_quietly(cmd, cfg.parallel.num_gpus, cfg.parallel.master_port or free_port(), env, log_path,
+                       stop_before_spawn)
+
+
+def note_stop_requests() -> list:
+    """SIGTERM / SIGUSR1 before the ranks are started (the data checks, torch's import): noted, and
+    the job then ends with the stop status without starting them (nothing to save)."""
+    noted = []
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: noted.append(signum))
+    return noted
 
 
 def check_before_spawn(cfg):
@@ -155,9 +168,9 @@ def startup_line(cfg, info: dict, cuda: bool, log_path: str) -> str:
 NOISE = re.compile(r"^DeepSpeed deepspeed\.ops\.\S+ built successfully")
 
 
-def run_quietly(cmd: list, num_ranks: int, port: int, env: dict, log_path: str) -> int:
-    """Run the ranks (neox.local_launch); every line goes to log_path, all but the NOISE lines
-    also to the terminal. Returns the job's exit status."""
+def run_quietly(cmd: list, num_ranks: int, port: int, env: dict, log_path: str, stop_before_spawn: list) -> int:
+    """Run the ranks (neox.local_launch) unless a stop was requested already; every line goes to
+    log_path, all but the NOISE lines also to the terminal. Returns the job's exit status."""
     from neox.local_launch import run_job
 
     os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
@@ -173,7 +186,7 @@ def run_quietly(cmd: list, num_ranks: int, port: int, env: dict, log_path: str) 
                     out.write(line)
                     out.flush()
 
-        return run_job(cmd, num_ranks, port, env, pump)
+        return run_job(cmd, num_ranks, port, env, pump, stop_before_spawn)
 
 
 if __name__ == "__main__":
