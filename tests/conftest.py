@@ -155,3 +155,62 @@ def wait_for_sacct(job: str, count: int, timeout_s: float = 900) -> list:
         if len(rows) >= count and all(s in SLURM_FINAL for s in states) or time.time() > deadline:
             return states
         time.sleep(1)
+
+
+# ---------------------------------------------------------------- stop requests at every moment
+
+def smoke_run_args(run_dir, steps: int = 8) -> list:
+    """The run both the Slurm jobs and the deepy.py stop tests train: the smoke model, `steps` steps."""
+    return ["llemma_configs/smoke.yml", "-o", f"train_iters={steps}", "-o", f"lr_decay_iters={steps}",
+            "-o", "eval_iters=0", "-o", f"save={run_dir}/ckpt", "-o", f"log_dir={run_dir}/logs",
+            "-o", f"data_cache_dir={run_dir}/cache"]
+
+
+def logged_losses(run_dir) -> dict:
+    """step -> loss from a run's metrics.jsonl (the last row of a step a restart trained again)."""
+    import json
+
+    path = os.path.join(run_dir, "logs", "metrics.jsonl")
+    if not os.path.exists(path):
+        return {}
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r and "step" in r}
+
+
+@pytest.fixture(scope="session")
+def compiled_reference(toy_data, tmp_path_factory):
+    """The smoke run of 8 steps with compile_blocks on, uninterrupted, under deepy.py (one thread
+    per rank, as the Slurm jobs run): the losses a compiled run stopped anywhere must continue."""
+    import subprocess
+
+    run_dir = tmp_path_factory.mktemp("compiled_reference")
+    r = subprocess.run([sys.executable, "deepy.py", "train.py", *smoke_run_args(run_dir), "-o", "compile_blocks=true"],
+                       cwd=REPO, capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": str(run_dir / "inductor")})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    losses = logged_losses(run_dir)
+    assert sorted(losses) == list(range(1, 9))
+    return losses
+
+
+def kernel_compiler_running(match_env: dict | None = None, session: int | None = None) -> bool:
+    """Whether a C++ compiler builds one of torch inductor's kernels (a `*.main.cpp`; its first
+    compiles only probe the CPU) in the given session, or with the given environment values."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            if not cmd[0].endswith((b"cc1plus", b"g++")) or not any(c.endswith(b".main.cpp") for c in cmd):
+                continue
+            if session is not None and os.getsid(int(entry)) != session:
+                continue
+            if match_env:
+                env = dict(kv.split(b"=", 1) for kv in open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+                           if b"=" in kv)
+                if any(env.get(k.encode()) != v.encode() for k, v in match_env.items()):
+                    continue
+        except OSError:
+            continue
+        return True
+    return False

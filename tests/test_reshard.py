@@ -65,3 +65,25 @@ def test_layout_change_needs_zero():
     current = {"model_parallel_size": 1, "num_gpus": 1, "seed": 1}
     assert config_differences(current, saved, layout_may_change=True) == []
     assert config_differences(current, saved) == ["model_parallel_size (2 -> 1)"]
+
+
+@pytest.mark.parametrize("saved, now, change", [(TP2, TP1_DP1, "TP=2 x DP=1 -> TP=1 x DP=1"),
+                                                (TP1_DP2, TP1_DP1, "TP=1 x DP=2 -> TP=1 x DP=1")],
+                         ids=["tp2-to-tp1", "dp2-to-dp1"])
+def test_a_rollback_right_after_a_resharded_resume(tmp_path, toy_data, saved, now, change):
+    """A run resumed at another layout, then a loss spike: the rollback loads the newest checkpoint
+    (written at the old layout) through the resume's path, resharding it again, skips the batch
+    and continues as the run that never changed layout and skipped the same batch."""
+    schedule = ["train_iters=5", "lr_decay_iters=20", "warmup_iters=4", "checkpoint_factor=2",
+                "loss_spike_min_history=2"]
+    spike = {"NEOX_FAULT_SPIKE_STEP": "3"}
+    run(tmp_path, "same", *schedule, *saved, env=spike)  # the same skip, no reshard
+    only_step(tmp_path, "moved/ckpt", tmp_path / "same", 2)  # its step-2 checkpoint, in a save directory
+    _, out = run(tmp_path, "moved", *schedule, *now, env=spike)
+    saved_at, loading_at = change.split(" -> ")
+    assert out.count(f"saved at {saved_at}, loading at {loading_at}") == 2, out[-3000:]  # the resume, the rollback
+    assert "rolling back to global_step2 and skipping batches [2]" in out
+    rollbacks = [[r["rollback"][k] for k in ("from_step", "to_step", "skipped_batches")]
+                 for name in ("same", "moved") for r in metrics(tmp_path, name) if "rollback" in r]
+    assert rollbacks == [[3, 2, [2]], [3, 2, [2]]]
+    assert_continues(losses(metrics(tmp_path, "same")), losses(metrics(tmp_path, "moved")), range(3, 6))

@@ -1,0 +1,115 @@
+"""A stop request at every moment of a run under deepy.py, sent as Slurm sends it: SIGTERM to every
+process of the job (deepy's process group and the ranks', which holds their compilers). One run,
+started five times, each start stopped at another moment: the sample-index build, compilation
+(compile_blocks on, a cold compile cache), a checkpoint save, the resume; each ends with exit 75
+and the run's losses equal an uninterrupted compiled run's. The Slurm counterparts are in
+tests/test_slurm.py; the moments and what happens at each: docs/checkpoints.md."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from conftest import REPO, kernel_compiler_running, logged_losses, smoke_run_args
+
+
+class Job:
+    """deepy.py in a session of its own, its output collected line by line as it comes."""
+
+    def __init__(self, run_dir, *overrides, env=None):
+        cmd = [sys.executable, "deepy.py", "train.py", *smoke_run_args(run_dir), "-o", "compile_blocks=true",
+               "-o", "checkpoint_factor=4"]
+        for o in overrides:
+            cmd += ["-o", o]
+        self.p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1",
+                                       "TORCHINDUCTOR_CACHE_DIR": str(run_dir / "inductor"), **(env or {})})
+        self.lines = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.p.stdout), daemon=True)
+        self.reader.start()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_until(self, ready, limit=300):
+        deadline = time.time() + limit
+        while not ready():
+            assert self.p.poll() is None, f"ended (status {self.p.returncode}) before its moment:\n{self.text[-3000:]}"
+            assert time.time() < deadline, f"its moment did not come in {limit} s:\n{self.text[-3000:]}"
+            time.sleep(0.05)
+
+    def stop_every_process(self):
+        """SIGTERM to each process group of the session (deepy's; the ranks' with their children)."""
+        groups = set()
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if os.getsid(int(entry)) == self.p.pid:
+                    groups.add(os.getpgid(int(entry)))
+            except OSError:
+                continue
+        for g in groups:
+            try:
+                os.killpg(g, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def finish(self, limit=600) -> tuple[int, str]:
+        self.p.wait(timeout=limit)
+        self.reader.join(timeout=10)
+        return self.p.returncode, self.text
+
+
+def stopped_at(run_dir, what: str, env=None) -> str:
+    """Start the run, stop every process at the moment `what` names, expect exit 75; the output."""
+    job = Job(run_dir, env=env)
+    if what == "compiling":
+        job.wait_until(lambda: kernel_compiler_running(session=job.p.pid))
+    else:
+        job.wait_until(lambda: f"fault: pausing the {what}" in job.text)
+    job.stop_every_process()
+    code, out = job.finish()
+    assert code == 75, out[-4000:]
+    for noise in ("Traceback", "CppCompileError", "InductorError", "error:", "exited with status 1"):
+        assert noise not in out, out[-4000:]
+    return out
+
+
+def test_a_stop_at_each_moment_ends_in_exit_75_and_the_run_continues_exactly(tmp_path, compiled_reference):
+    run_dir = tmp_path / "run"
+    ckpt = run_dir / "ckpt"
+    # 1. the sample-index build: nothing trained, nothing to save
+    out = stopped_at(run_dir, "index", {"NEOX_FAULT_PAUSE": "index:300"})
+    assert "stop requested by signal before the first step of this start: nothing new to save" in out
+    assert not list(ckpt.glob("global_step*"))
+    # 2. compilation, the cache still cold: the compiler finishes (it got the signal too), step 1 is
+    #    trained and saved
+    out = stopped_at(run_dir, "compiling")
+    assert "compile_blocks: on" in out and "stopped after step 1; exit status 75" in out
+    assert (ckpt / "global_step1" / "complete").is_file()
+    # 3. the save of step 4: the save completes and the run stops right after it (no step 5)
+    out = stopped_at(run_dir, "save of step 4", {"NEOX_FAULT_PAUSE": "save@4:300"})
+    assert "resumed from" in out and "stopped after step 4; exit status 75" in out
+    assert (ckpt / "global_step4" / "complete").is_file() and (ckpt / "latest").read_text() == "global_step4"
+    assert "step      5/8" not in out
+    # 4. the resume: stops once it is loaded, before a step; the checkpoint stays the newest
+    out = stopped_at(run_dir, "resume", {"NEOX_FAULT_PAUSE": "resume:300"})
+    assert "nothing new to save (the checkpoint of step 4 stays)" in out
+    assert sorted(p.name for p in ckpt.glob("global_step*")) == ["global_step1", "global_step4"]
+    # 5. the rest, uninterrupted: every loss is the uninterrupted compiled run's, bit for bit
+    code, out = Job(run_dir).finish()
+    assert code == 0, out[-4000:]
+    assert logged_losses(run_dir) == compiled_reference
+
+
+def test_a_hang_in_a_start_up_moment_is_still_the_watchdogs(tmp_path, toy_data):
+    """The stop signals are blocked in the trainer now; its watchdog still ends a hang with 76."""
+    job = Job(tmp_path / "hang", "watchdog_first_step_seconds=10", env={"NEOX_FAULT_PAUSE": "index:600"})
+    start = time.time()
+    code, out = job.finish(limit=300)
+    assert code == 76, out[-4000:]
+    assert "waited too long for setup (model, data indexes)" in out
+    assert time.time() - start < 120
