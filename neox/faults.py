@@ -15,9 +15,10 @@ real run, each costs a set lookup or a dictionary read.
                                    filesystem or a big index would make it, and says so on stderr
                                    ("fault: pausing ..."), so a test can send a stop request in the
                                    middle of that moment; a stop request ends the pause early.
-                                   Moments: index (the sample-index build), resume (the load of
-                                   the checkpoint resumed from), save (a checkpoint save, after
-                                   the files are written and before the rename)
+                                   Moments: index (the sample-index build), resume (a checkpoint
+                                   load: the resume or a rollback), save (a checkpoint save, after
+                                   the files are written and before the rename), step (the start
+                                   of a training step, before its micro-batches)
 
 The loss faults fire once each, so a step replayed after a rollback is clean.
 """
@@ -78,7 +79,7 @@ def late_signal() -> None:
         os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
 
 
-PAUSE_MOMENTS = ("index", "resume", "save")
+PAUSE_MOMENTS = ("index", "resume", "save", "step")
 
 
 def pause(moment: str, step: int | None = None) -> None:

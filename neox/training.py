@@ -160,6 +160,7 @@ class Trainer:
             set_lr(self.engine, lr)
             batch_index = self.guard.batch(self.step)
             self.watchdog.expect_step(update, self.last_step_seconds)
+            faults.pause("step", update)  # test-only: a slow step, to stop a job in the middle of one
             result = train_step(self.engine, self.micro_batches(batch_index, update), update, self.stop,
                                 cfg.model.vocab_size)
             self.last_step_seconds = result.seconds

@@ -12,47 +12,73 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, SLURM_FINAL, job_info, sacct_states, sbatch
+from conftest import REPO, SLURM_FINAL, job_info, kernel_compiler_running, sacct_states, sbatch, smoke_run_args
 
 STEPS = 8
 # one node, two ranks (the smoke model at TP=2): what the defaults of llemma_7b.sbatch become on a
 # CPU partition, overridden on sbatch's command line
 NODE = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=20",
         "--signal=B:USR1@10"]
-# (sbatch options, action) per job; action: (what, when) with when = the step the trainer has logged,
-# 0 = started (its config resolved) but no step yet
+# (sbatch options, actions) per job; an action is (what, when), done in order, when: the step the
+# trainer has logged (0 = started: its config resolved, no step yet), "compiling" (a C++ compiler
+# builds one of inductor's kernels for the job) or "log:TEXT" (TEXT is in the job's log)
 JOBS = {
-    "reference": ([], None),
+    "reference": ([], []),
     # the warning about 20 s after the start (early: a fast machine trains 8 steps in a minute), and
     # the limit a minute after the stop on a loaded one (startup and step 1 took 2 minutes there)
-    "preempt_time_limit": (["--time=3", "--signal=B:USR1@160"], ("extend_after_requeue", None)),
-    "preempt_at_start": ([], ("usr1", 0)),
-    "preempt_step1": ([], ("usr1", 1)),
-    "preempt_step2": ([], ("usr1", 2)),
-    "preempt_step3": ([], ("usr1", 3)),
-    "cancel": ([], ("scancel", 1)),
-    "kill_rank1": ([], ("kill9_rank1", 1)),
-    "kill_rank0": ([], ("kill9_rank0", 1)),
-    "config_error": ([], None),
-    "external_requeue": ([], ("requeue", 1)),
-    "two_nodes": (["--nodes=2", "--ntasks-per-node=1"], None),
+    "preempt_time_limit": (["--time=3", "--signal=B:USR1@160"], [("extend_after_requeue", None)]),
+    "preempt_at_start": ([], [("usr1", 0)]),
+    "preempt_step1": ([], [("usr1", 1)]),
+    "preempt_step2": ([], [("usr1", 2)]),
+    "preempt_step3": ([], [("usr1", 3)]),
+    # the moments of a run where a stop used to be fatal or is slow: compilation (compile_blocks on,
+    # a cold compile cache), the sample-index build, a checkpoint save, the resume of a requeued job
+    "stop_compiling": ([], [("usr1", "compiling")]),
+    "stop_index_build": ([], [("usr1", "log:fault: pausing the index")]),
+    "stop_save": ([], [("usr1", "log:fault: pausing the save of step 4")]),
+    "stop_resume": ([], [("usr1", 2), ("usr1", "log:fault: pausing the resume")]),
+    "cancel": ([], [("scancel", 1)]),
+    "kill_rank1": ([], [("kill9_rank1", 1)]),
+    "kill_rank0": ([], [("kill9_rank0", 1)]),
+    "config_error": ([], []),
+    "external_requeue": ([], [("requeue", 1)]),
+    "two_nodes": (["--nodes=2", "--ntasks-per-node=1"], []),
 }
-# the time limit's SIGTERM reaches every process of the batch step, the verdict's Python too, when
-# the stop outlasts the limit: planted in this job, it must change nothing
-FAULTS = {"preempt_time_limit": {"NEOX_FAULT_LATE_SIGNAL": "TERM"}}
-PREEMPTED = ["preempt_time_limit", "preempt_at_start", "preempt_step1", "preempt_step2", "preempt_step3"]
+# test-only faults (neox/faults.py) per job: the time limit's SIGTERM reaches every process of the
+# batch step, the verdict's Python too, when the stop outlasts the limit: it must change nothing;
+# slowed moments (every start pauses there; a stop ends the pause)
+# A job acting at a step gets 2 s at the start of each step: an unloaded machine trains the smoke
+# model's 8 steps in 2 s, faster than the action can follow the step it waits for.
+SLOW_STEPS = {"NEOX_FAULT_PAUSE": "step:2"}
+FAULTS = {"preempt_time_limit": {"NEOX_FAULT_LATE_SIGNAL": "TERM"},
+          "stop_index_build": {"NEOX_FAULT_PAUSE": "index:30"},
+          "stop_save": {"NEOX_FAULT_PAUSE": "save@4:30"},
+          "stop_resume": {"NEOX_FAULT_PAUSE": "resume:30,step:2"},
+          **{name: SLOW_STEPS for name in ("preempt_step1", "preempt_step2", "preempt_step3", "cancel", "kill_rank1",
+                                           "kill_rank0", "external_requeue")}}
+PREEMPTED = ["preempt_time_limit", "preempt_at_start", "preempt_step1", "preempt_step2", "preempt_step3",
+             "stop_compiling", "stop_index_build", "stop_save", "stop_resume"]
 DEADLINE_S = 900
 
 
 def train_args(run_dir, name):
-    args = ["llemma_configs/smoke.yml", "-o", f"train_iters={STEPS}", "-o", f"lr_decay_iters={STEPS}",
-            "-o", "eval_iters=0", "-o", f"save={run_dir}/ckpt", "-o", f"log_dir={run_dir}/logs",
-            "-o", f"data_cache_dir={run_dir}/cache"]
+    args = smoke_run_args(run_dir, STEPS)
     if name == "config_error":
         args += ["-o", "hidden_size=lots"]
     if name == "two_nodes":  # TP 1 x DP 2 (the smoke batch of 8 at micro batch 4: no accumulation)
         args += ["-o", "model_parallel_size=1", "-o", "gradient_accumulation_steps=1"]
+    if name == "stop_compiling":
+        args += ["-o", "compile_blocks=true"]
+    if name == "stop_save":
+        args += ["-o", "checkpoint_factor=4"]
     return args
+
+
+def job_env(run_dir, name) -> dict:
+    env = {"PYTHON": sys.executable, **FAULTS.get(name, {})}
+    if name == "stop_compiling":  # cold: nothing compiled yet
+        env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(run_dir, "inductor")
+    return env
 
 
 def logged_steps(run_dir) -> list:
@@ -93,47 +119,59 @@ def act(what: str, job: str) -> str:
     return ""
 
 
+def ready(j, when) -> bool:
+    """Whether the job has reached the moment of its next action."""
+    if when == "compiling":
+        return kernel_compiler_running(match_env={"SLURM_JOB_ID": j["job"]})
+    if isinstance(when, str):
+        return os.path.exists(j["log"]) and when[len("log:"):] in open(j["log"], errors="replace").read()
+    if when == 0:
+        return os.path.exists(j["log"]) and "run: resolved config" in open(j["log"], errors="replace").read()
+    return len(logged_steps(j["dir"])) >= when
+
+
 @pytest.fixture(scope="module")
 def jobs(slurm, toy_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm")
     out = {}
-    for name, (options, action) in JOBS.items():
+    for name, (options, actions) in JOBS.items():
         run_dir = root / name
         job = sbatch(*NODE, *options, f"--job-name=t-{name}", "slurm/llemma_7b.sbatch", *train_args(run_dir, name),
-                     env={"PYTHON": sys.executable, **FAULTS.get(name, {})})
-        out[name] = {"job": job, "dir": str(run_dir), "action": action, "done_action": False,
+                     env=job_env(str(run_dir), name))
+        out[name] = {"job": job, "dir": str(run_dir), "actions": actions, "done": 0,
                      "log": os.path.join(REPO, "logs", f"t-{name}-{job}.out")}
-    start = time.time()
+    start = polled = time.time()
+    states = {name: job_info(j["job"]) for name, j in out.items()}
     while time.time() - start < DEADLINE_S:
+        if time.time() - polled > 2:  # scontrol for every job: seconds on a loaded machine
+            states, polled = {name: job_info(j["job"]) for name, j in out.items()}, time.time()
         pending = 0
         for name, j in out.items():
-            info = job_info(j["job"])
+            info = states[name]
             state = info.get("JobState", "")
-            if state in SLURM_FINAL and not (j["action"] and not j["done_action"]):
+            acting = j["done"] < len(j["actions"])
+            if state in SLURM_FINAL and not acting:
                 continue
             pending += 1
-            if not j["action"] or j["done_action"]:
+            if not acting:
                 continue
-            what, at = j["action"]
+            what, at = j["actions"][j["done"]]
             if what == "extend_after_requeue":  # the time limit preempted it once: give the rerun time
                 if state in SLURM_FINAL:
-                    j["done_action"] = True
+                    j["done"] += 1
                 elif int(info.get("Restarts", 0)) >= 1:
                     subprocess.run(["scontrol", "update", f"JobId={j['job']}", "TimeLimit=20"], check=True)
-                    j["done_action"] = True
+                    j["done"] += 1
                 continue
-            if state != "RUNNING":
-                if state in SLURM_FINAL:
-                    j["done_action"] = True  # ended before its moment: the test says so
-                continue
-            started = os.path.exists(j["log"]) and "run: resolved config" in open(j["log"], errors="replace").read()
-            if (at == 0 and started) or (at and len(logged_steps(j["dir"])) >= at):
-                j["action_error"] = act(what, j["job"])
-                j["done_action"] = True
-                j["acted_at_steps"] = len(logged_steps(j["dir"]))
+            if ready(j, at):  # from the job's own files: no scontrol between the moment and the action
+                j["action_error"] = j.get("action_error", "") + act(what, j["job"])
+                j["done"] += 1
+                j["acted_at_steps"] = j.get("acted_at_steps", []) + [len(logged_steps(j["dir"]))]
+            elif state in SLURM_FINAL:
+                j["done"] = len(j["actions"])  # ended before its moment: the test says so
         if not pending:
             break
-        time.sleep(0.5)
+        time.sleep(0.1)
     for j in out.values():
         j["info"] = job_info(j["job"])
         j["sacct"] = sacct_states(j["job"])
@@ -146,9 +184,9 @@ def outcome(j) -> str:
     """The job's states and action, the batch script's and srun's own lines (every start of the job),
     then the log's tail."""
     own = [line for line in j["text"].splitlines() if re.match(r"(==========|\d{4}-\d\d-\d\d \d\d:|srun: |slurmstepd)", line)]
-    return (f"job {j['job']}: {j['info'].get('JobState')} sacct {j['sacct']} action {j['action']} "
-            f"{j.get('action_error', 'not done')!r} at step {j.get('acted_at_steps')}\n" + "\n".join(own)
-            + f"\n--- log tail:\n{j['text'][-2000:]}")
+    return (f"job {j['job']}: {j['info'].get('JobState')} sacct {j['sacct']} actions {j['actions']}: "
+            f"{j['done']} done {j.get('action_error', '')!r} at steps {j.get('acted_at_steps')}\n"
+            + "\n".join(own) + f"\n--- log tail:\n{j['text'][-2000:]}")
 
 
 def losses(j) -> dict:
@@ -164,18 +202,38 @@ def test_a_training_job_runs_to_completion_from_a_fresh_checkout(jobs):
 
 
 @pytest.mark.parametrize("name", PREEMPTED)
-def test_preemption_checkpoints_requeues_and_resumes_exactly(jobs, name):
-    """Five moments: a real time limit, during start-up, after steps 1, 2 and 3. Each run is
-    REQUEUED, then COMPLETED, and the losses equal the uninterrupted run's bit for bit."""
+def test_preemption_checkpoints_requeues_and_resumes_exactly(jobs, name, request):
+    """A stop at each moment: a real time limit, during start-up, after steps 1, 2 and 3, during
+    compilation, the sample-index build, a checkpoint save and the resume of a requeued job. Each run
+    is REQUEUED, then COMPLETED, and the losses equal the uninterrupted run's bit for bit (a
+    compiled run's: the compiled reference's); nothing the trainer started printed an error."""
     j, ref = jobs[name], jobs["reference"]
     assert j["info"]["JobState"] == "COMPLETED", outcome(j)
     assert j["sacct"][-2:] == ["REQUEUED", "COMPLETED"], outcome(j)
+    assert j["done"] == len(j["actions"]) and not j.get("action_error"), outcome(j)
     starts = re.findall(r"^========== .* job \d+, start (\d+)", j["text"], flags=re.M)
-    assert starts[:2] == ["1", "2"], outcome(j)  # appended: the first run's lines are still there
+    requeues = 2 if name == "stop_resume" else 1
+    assert starts[:requeues + 1] == [str(n) for n in range(1, requeues + 2)], outcome(j)  # appended
     assert re.search(r"stopped on request (after a complete checkpoint|before training started|: rank)", j["text"]), outcome(j)
-    assert f"requeueing job {j['job']}" in j["text"], outcome(j)
-    assert losses(j) == losses(ref), outcome(j)
+    assert j["text"].count(f"requeueing job {j['job']}") == requeues, outcome(j)
+    expected = request.getfixturevalue("compiled_reference") if name == "stop_compiling" else losses(ref)
+    assert losses(j) == expected, outcome(j)
     assert "exited with status 143" not in j["text"] and "Terminated" not in j["text"].split("requeueing")[0][-300:]
+    for noise in ("Traceback", "CppCompileError", "InductorError", "cc1plus", "g++"):
+        assert noise not in j["text"], outcome(j)
+
+
+def test_the_stop_moments_were_hit(jobs):
+    """Each stop landed in its moment, and the trainer said what it did there."""
+    text = {name: jobs[name]["text"] for name in ("stop_compiling", "stop_index_build", "stop_save", "stop_resume")}
+    assert "compile_blocks: on (set in the config)" in text["stop_compiling"]
+    assert "stopped after step 1; exit status 75" in text["stop_compiling"], outcome(jobs["stop_compiling"])
+    before_first_step = "stop requested by signal before the first step of this start: nothing new to save"
+    assert f"{before_first_step} (no step was trained yet)" in text["stop_index_build"]
+    assert "stopped after step 4; exit status 75" in text["stop_save"], outcome(jobs["stop_save"])
+    # the first stop came at step 2 or 3 (it rides in the next step's all-reduce)
+    assert re.search(f"{before_first_step} \\(the checkpoint of step [23] stays\\)", text["stop_resume"]), \
+        outcome(jobs["stop_resume"])
 
 
 def test_scancel_cancels_after_a_checkpoint(jobs):

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import pytest
 from conftest import REPO, kernel_compiler_running, logged_losses, smoke_run_args
 
 
@@ -73,7 +74,7 @@ def stopped_at(run_dir, what: str, env=None) -> str:
     job.stop_every_process()
     code, out = job.finish()
     assert code == 75, out[-4000:]
-    for noise in ("Traceback", "CppCompileError", "InductorError", "error:", "exited with status 1"):
+    for noise in ("Traceback", "CppCompileError", "InductorError", "cc1plus", "error:", "exited with status 1"):
         assert noise not in out, out[-4000:]
     return out
 
@@ -113,3 +114,50 @@ def test_a_hang_in_a_start_up_moment_is_still_the_watchdogs(tmp_path, toy_data):
     assert code == 76, out[-4000:]
     assert "waited too long for setup (model, data indexes)" in out
     assert time.time() - start < 120
+
+
+LISTENER = """
+import subprocess, sys, time
+from neox import stop_request
+stop_request.listen()
+child = subprocess.Popen(["sleep", "3"])
+print(child.pid, flush=True)
+while not stop_request.requested():
+    time.sleep(0.01)
+print("noted", flush=True)
+print("child", child.wait(), flush=True)
+"""
+
+
+def test_a_stop_request_is_noted_and_the_trainers_children_do_not_die_of_it():
+    """The mechanism alone: after stop_request.listen() a SIGTERM to the whole process group is a
+    noted request in the trainer, and a child started from it (as inductor starts g++) runs on."""
+    p = subprocess.Popen([sys.executable, "-c", LISTENER], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    child = int(p.stdout.readline())
+    os.killpg(p.pid, signal.SIGTERM)
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0 and out.split("\n")[:2] == ["noted", "child 0"], (p.returncode, out)
+    with open(f"/proc/{os.getpid()}/status") as f:  # and the test process itself blocks nothing
+        assert next(line for line in f if line.startswith("SigBlk:")).split()[1].strip("0") == ""
+    assert child
+
+
+def test_a_stop_before_deepy_starts_the_ranks_starts_none(capsys):
+    from neox.local_launch import run_job
+
+    code = run_job([sys.executable, "-c", "raise SystemExit('must not start')"], 2, 0, dict(os.environ),
+                   lambda stream, out: None, stop_before_spawn=[signal.SIGTERM])
+    assert code == 75
+    assert "deepy: SIGTERM before the ranks were started: nothing to save; exit status 75" in capsys.readouterr().err
+
+
+def test_the_pause_fault_names_a_wrong_moment(monkeypatch):
+    from neox import faults
+
+    monkeypatch.setenv("NEOX_FAULT_PAUSE", "indexx:5")
+    with pytest.raises(ValueError, match="NEOX_FAULT_PAUSE: unknown moment 'indexx' \\(one of index, resume, save, step\\)"):
+        faults.pause("index")
+    monkeypatch.setenv("NEOX_FAULT_PAUSE", "save@4:0.01")
+    faults.pause("save", 3)  # another step: no pause, no line
+    faults.pause("save", 4)
