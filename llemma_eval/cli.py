@@ -26,6 +26,7 @@ import tempfile
 from llemma_eval import runs
 from llemma_eval.checker import DEFAULT_TIMEOUT, Checker
 from llemma_eval.runner import TASKS, check_tasks
+from neox.errors import require
 from neox.paths import project_root
 
 REPO = project_root()
@@ -234,6 +235,7 @@ def offline_without_data(args) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    require("evaluation", "lm_eval", "math_verify")  # the `eval` extra; one line naming it, not a traceback
     if argv and argv[0] == "rescore":
         return rescore(argv[1:])
     if argv and argv[0] == "equiv":

@@ -123,3 +123,26 @@ def test_current_base_configs_plan_on_a_laptop():
         assert d["memory_per_gpu_gib"] == pytest.approx(gib, abs=0.05) and "memory plan skipped" not in r.stderr
     doc = open(os.path.join(REPO, "docs", "llemma_recipe.md")).read()
     assert "| parameters (equal to the released models') | 8,030,261,248 | 7,615,616,512 |" in doc
+
+
+WITHOUT = """import runpy, sys
+sys.modules[{module!r}] = None  # as if it were not installed
+sys.path.insert(0, "tools")
+sys.argv = {argv!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("module, argv, line", [
+    ("lm_eval", ["tools/run_eval.py", "runs/toy/llemma-toy-hf", "--tasks", "llemma_gsm8k", "--out", "runs/x"],
+     "error: evaluation needs lm-eval, which is not installed in this Python: pip install -e '.[eval]' in the "
+     "checkout (or pip install 'llemma-neox[eval]')"),
+    ("matplotlib", ["tools/plot_run.py", "{tmp}", "--out", "{tmp}/run.png"],
+     "error: tools/plot_run.py needs matplotlib, which is not installed in this Python: pip install -e '.[plot]' in "
+     "the checkout (or pip install 'llemma-neox[plot]')"),
+], ids=["run_eval-without-lm-eval", "plot_run-without-matplotlib"])
+def test_a_missing_extra_is_one_line_naming_it(module, argv, line, tmp_path):
+    """The quick start installs no extras; the toy pipeline's last hint (run_eval) then says which."""
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 8.0, "lr": 0.001}\n')
+    r = run("-c", WITHOUT.format(module=module, argv=[a.format(tmp=tmp_path) for a in argv]))
+    assert r.returncode == 1 and r.stderr.strip() == line, r.stderr

@@ -2,6 +2,7 @@
 (tools/ is the script's own folder on sys.path, so this module is found without any path edit)."""
 
 import importlib
+import os
 import sys
 
 
@@ -13,4 +14,7 @@ def run(module: str):
             raise
         sys.exit(f"error: llemma-neox is not installed in this Python ({sys.executable}): run "
                  "pip install -e . in the checkout first (README, Quick start)")
-    sys.exit(main())
+    from neox.errors import one_line_for_missing_extra
+
+    with one_line_for_missing_extra(f"tools/{os.path.basename(sys.argv[0])}"):
+        sys.exit(main())

@@ -1,0 +1,62 @@
+"""Errors an entry point reports as one line. So far: an optional dependency that is not installed,
+named with the extra that installs it (pyproject.toml's [project.optional-dependencies]), instead of
+a ModuleNotFoundError traceback. Stdlib only."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+
+# top-level module -> (its pip name, the extra of llemma-neox that installs it)
+OPTIONAL = {
+    "lm_eval": ("lm-eval", "eval"),
+    "math_verify": ("math-verify", "eval"),
+    "vllm": ("vllm", "eval-gpu"),
+    "matplotlib": ("matplotlib", "plot"),
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "wandb": ("wandb", "wandb"),
+    "flash_attn": ("flash-attn", "gpu"),
+    "litgpt": ("litgpt", "bench"),
+}
+
+
+class MissingExtra(Exception):
+    """An optional dependency this command needs is not installed."""
+
+    def __init__(self, module: str, needed_for: str):
+        package, extra = OPTIONAL[module]
+        super().__init__(f"{needed_for} needs {package}, which is not installed in this Python: pip install -e "
+                         f"'.[{extra}]' in the checkout (or pip install 'llemma-neox[{extra}]')")
+
+
+def require(needed_for: str, *modules: str) -> None:
+    """Raise MissingExtra for the first of ``modules`` that cannot be imported (a cheap lookup,
+    before any work starts)."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtra(module, needed_for)
+
+
+def missing_extra_line(e: ModuleNotFoundError, needed_for: str) -> str | None:
+    """The one line for a ModuleNotFoundError of an optional dependency; None for any other module
+    (a broken installation keeps its traceback)."""
+    top = (e.name or "").split(".")[0]
+    return str(MissingExtra(top, needed_for)) if top in OPTIONAL else None
+
+
+@contextlib.contextmanager
+def one_line_for_missing_extra(command: str):
+    """Around an entry point's main(): a missing optional dependency ends the program with one
+    `error:` line naming the extra to install, and status 1."""
+    try:
+        yield
+    except MissingExtra as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except ModuleNotFoundError as e:
+        line = missing_extra_line(e, command)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        raise SystemExit(1) from None
