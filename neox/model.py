@@ -20,7 +20,7 @@ from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attri
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from neox import partition
+from neox import partition, patches
 from neox.head_loss import head_loss
 
 try:  # optional GPU extra
@@ -83,18 +83,6 @@ class Rotary:
         half = x32.shape[-1] // 2
         rotated = torch.cat([-x32[..., half:], x32[..., :half]], dim=-1)
         return (x32 * cos + rotated * sin).to(x.dtype)
-
-
-def spend_megatron_warning_before_compile():
-    """megatron-core's linear layers warn once, from inside their forward, when TP > 1 and
-    CUDA_DEVICE_MAX_CONNECTIONS is not 1 (a warning neox.quiet filters out: not actionable here);
-    in a compiled block that warnings.warn would be a graph break and a recompile, so it is marked
-    as said before compiling. (Adding warnings.warn to dynamo's ignore_logging_functions instead
-    made torch 2.11 log a traceback at every compile: its compile-metrics logger cannot serialise
-    that set.)"""
-    from megatron.core.tensor_parallel import layers
-
-    layers.linear_with_grad_accumulation_and_async_allreduce.warned = True
 
 
 def _column(in_f, out_f, mp_config, bias=False, shared_weight=False):
@@ -199,7 +187,7 @@ class LlamaModel(nn.Module):
             if not hasattr(param, "tensor_model_parallel"):
                 set_tensor_model_parallel_attributes(param, dim is not None, dim if dim is not None else -1, 1)
         if m.compile_blocks is True:  # "auto" is resolved at start-up (neox.speed.apply); unresolved: eager
-            spend_megatron_warning_before_compile()
+            patches.spend_megatron_warning()  # before compiling: it would be a graph break
             for layer in self.layers:
                 layer.compile()  # in place: parameter names stay the same
 

@@ -51,6 +51,15 @@ def listen(on_request=None):
     _state["listening"] = True
 
 
+def with_stop_signals(argv: list) -> list:
+    """``argv`` wrapped to run with SIGTERM / SIGUSR1 unblocked again: for a child that is a program
+    of its own rather than a part of the trainer (the after-checkpoint command), so that a stop
+    signal acts on it as on any program."""
+    code = ("import os, signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGUSR1)); "
+            "os.execvp(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", code, *argv]
+
+
 def requested() -> bool:
     return _state["requested"]
 

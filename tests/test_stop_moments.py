@@ -161,3 +161,19 @@ def test_the_pause_fault_names_a_wrong_moment(monkeypatch):
     monkeypatch.setenv("NEOX_FAULT_PAUSE", "save@4:0.01")
     faults.pause("save", 3)  # another step: no pause, no line
     faults.pause("save", 4)
+
+
+HOOK = """
+import sys
+from neox import stop_request
+from neox.checkpoint.hooks import after_checkpoint
+stop_request.listen()
+after_checkpoint("grep SigBlk /proc/self/status > {ckpt}/mask", sys.argv[1], 1).wait()
+"""
+
+
+def test_the_after_checkpoint_command_is_a_program_of_its_own(tmp_path):
+    """It is started by a trainer whose stop signals are blocked, but a stop signal acts on it."""
+    subprocess.run([sys.executable, "-c", HOOK, str(tmp_path)], cwd=REPO, check=True, timeout=60)
+    blocked = int((tmp_path / "mask").read_text().split()[1], 16)
+    assert blocked & (1 << (signal.SIGTERM - 1) | 1 << (signal.SIGUSR1 - 1)) == 0

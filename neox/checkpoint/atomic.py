@@ -19,7 +19,7 @@ import shutil
 
 import torch
 
-from neox import faults
+from neox import faults, patches
 from neox.checkpoint.files import CheckpointError
 
 COMPLETE = "complete"
@@ -128,33 +128,9 @@ def _deepspeed_save(engine, save: str, tag: str, client_state: dict, step: int):
     It ends in a barrier: a rank whose write raised (a full disk) would skip it, and the ranks
     whose writes succeeded would wait there until the watchdog. So a failed write is kept, the
     rest of this rank's writes are skipped, and the error is raised once save_checkpoint returned."""
-    errors = []
-    writer = engine.checkpoint_engine
-
-    def keep_first_error(write):
-        def guarded(*args, **kwargs):
-            if errors:
-                return None
-            try:
-                faults.write_error(step, torch.distributed.get_rank())
-                return write(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - raised below, after the collectives
-                errors.append(e)
-                return None
-        return guarded
-
-    patched = [(writer, "save"), (engine, "_copy_recovery_script")]  # rank 0 copies two scripts too
-    before = [vars(obj).get(name) for obj, name in patched]
-    for obj, name in patched:
-        setattr(obj, name, keep_first_error(getattr(obj, name)))
-    try:
+    with patches.checkpoint_writes_keep_first_error(
+            engine, before_write=lambda: faults.write_error(step, torch.distributed.get_rank())) as errors:
         engine.save_checkpoint(save, tag=tag, client_state=client_state, save_latest=False)
-    finally:
-        for (obj, name), old in zip(patched, before):
-            if old is None:
-                delattr(obj, name)  # back to the method of its class
-            else:
-                setattr(obj, name, old)
     if errors:
         raise errors[0]
 
