@@ -12,12 +12,15 @@ import io
 import json
 import os
 
+from neox.errors import NeoxError
+
 MATH_SUBJECTS = ["algebra", "counting_and_probability", "geometry", "intermediate_algebra",
                  "number_theory", "prealgebra", "precalculus"]
+
 PROOF_PILE_2 = ["arxiv", "open-web-math", "algebraic-stack"]
 
 
-class DataError(ValueError):
+class DataError(NeoxError, ValueError):
     pass
 
 

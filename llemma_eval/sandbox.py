@@ -47,13 +47,15 @@ import sys
 import tempfile
 import time
 
+from neox.errors import NeoxError
+
 DEFAULT_MEMORY = 2 * 2**30
 DEFAULT_OUTPUT = 64 * 2**10
 FILE_SIZE_LIMIT = 16 * 2**20
 EXIT_MEMORY, EXIT_REFUSED, EXIT_SETUP = 3, 4, 5
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(NeoxError, RuntimeError):
     """This machine cannot sandbox a program; the reason is the message (one line)."""
 
 

@@ -17,11 +17,14 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from neox.errors import NeoxError
+from neox.exit_status import BAD_INPUT
 from neox.gpt_neox_keys import GPT_NEOX_KEYS, GPTNeoXKeyError, check_zero_optimization, translate
 
 
-class ConfigError(ValueError):
+class ConfigError(NeoxError, ValueError):
     """A config problem; the message is one line that names the key (or file)."""
+    exit_status = BAD_INPUT
 
 
 def _positive(section, *keys: str) -> None:

@@ -11,14 +11,17 @@ import struct
 
 import numpy as np
 
+from neox.errors import NeoxError
+
 # megatron-core's MMIDIDX format (kept here so deepy.py need not import megatron to check data)
 _INDEX_HEADER = b"MMIDIDX\x00\x00"
 _DTYPE_CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32,
                 8: np.uint16}
+
 HEADER_BYTES = len(_INDEX_HEADER) + 8 + 1 + 8 + 8  # magic, version, dtype code, sequences, documents
 
 
-class DataError(ValueError):
+class DataError(NeoxError, ValueError):
     """Bad training data; the message names the file (exit status 1, as the data tools)."""
 
 

@@ -1,12 +1,16 @@
-"""Errors an entry point reports as one line. So far: an optional dependency that is not installed,
-named with the extra that installs it (pyproject.toml's [project.optional-dependencies]), instead of
-a ModuleNotFoundError traceback. Stdlib only."""
+"""Errors an entry point reports as one line: NeoxError, the base of every error class of the
+project (config, data, tokenizer, checkpoint, guard, overlap, preprocessing, sweep, evaluation),
+whose message is the line and whose ``exit_status`` the program's status; and an optional
+dependency that is not installed, named with the extra that installs it (pyproject.toml's
+[project.optional-dependencies]) instead of a ModuleNotFoundError traceback. Stdlib only."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import sys
+
+from neox.exit_status import FAILED
 
 # top-level module -> (its pip name, the extra of llemma-neox that installs it)
 OPTIONAL = {
@@ -21,7 +25,13 @@ OPTIONAL = {
 }
 
 
-class MissingExtra(Exception):
+class NeoxError(Exception):
+    """An error the user can act on: its message is one line naming the key, file or value."""
+
+    exit_status = FAILED
+
+
+class MissingExtra(NeoxError):
     """An optional dependency this command needs is not installed."""
 
     def __init__(self, module: str, needed_for: str):
@@ -46,17 +56,17 @@ def missing_extra_line(e: ModuleNotFoundError, needed_for: str) -> str | None:
 
 
 @contextlib.contextmanager
-def one_line_for_missing_extra(command: str):
-    """Around an entry point's main(): a missing optional dependency ends the program with one
-    `error:` line naming the extra to install, and status 1."""
+def one_line_errors(command: str):
+    """Around an entry point's main(): a NeoxError a program did not report itself, or a missing
+    optional dependency, ends it with one `error:` line and the error's status, not a traceback."""
     try:
         yield
-    except MissingExtra as e:
+    except NeoxError as e:
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(e.exit_status) from None
     except ModuleNotFoundError as e:
         line = missing_extra_line(e, command)
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(FAILED) from None

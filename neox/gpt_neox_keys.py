@@ -24,9 +24,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from neox.errors import NeoxError
+from neox.exit_status import BAD_INPUT
 
-class GPTNeoXKeyError(ValueError):
+
+class GPTNeoXKeyError(NeoxError, ValueError):
     """A GPT-NeoX key we cannot honour; the message is one line naming the key and value."""
+    exit_status = BAD_INPUT
 
 
 @dataclass(frozen=True)

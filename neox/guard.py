@@ -24,8 +24,10 @@ from __future__ import annotations
 import math
 from collections import deque
 
+from neox.errors import NeoxError
 
-class GuardStop(RuntimeError):
+
+class GuardStop(NeoxError, RuntimeError):
     """The guard gave up (too many rollbacks, or nothing to roll back to)."""
 
 

@@ -23,6 +23,8 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from neox.errors import NeoxError
+
 NORMAL, CONTROL, USER_DEFINED = 1, 3, 4  # SentencePiece piece types
 BPE_MODEL = 2
 # checked against SentencePiece whenever the files are written
@@ -30,7 +32,7 @@ SELF_CHECK_TEXTS = ["Let $x^2 + y^2 = z^2$.", " 5", "  two  spaces ", "\tdef f(x
                     "héllo ∑ 🙂 日本", "a<s>b</s>", "\n\n"]
 
 
-class UnsupportedTokenizer(ValueError):
+class UnsupportedTokenizer(NeoxError, ValueError):
     """A SentencePiece model whose behaviour this module does not reproduce."""
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from neox.data_check import sha256_of
+from neox.errors import NeoxError
 
 HASH_BASE = 0x9E3779B97F4A7C15  # odd, so invertible mod 2^64
 BYTE_BASE = 0xC2B2AE3D27D4EB4F  # another odd base for hashing the bytes of one word
@@ -41,7 +42,7 @@ PIECE_TOKENS = 1 << 24  # unit of work handed to a worker process
 FORMAT_VERSION = 1
 
 
-class OverlapError(Exception):
+class OverlapError(NeoxError):
     """A user-facing error; the CLI prints it as one `error: ...` line."""
 
 

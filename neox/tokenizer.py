@@ -21,12 +21,13 @@ import os
 import numpy as np
 
 from neox.data_check import sha256_of
+from neox.errors import NeoxError
 
 SPM, HF = "SPMTokenizer", "HFTokenizer"
 KINDS = {"SPMTokenizer": SPM, "SentencePieceTokenizer": SPM, "HFTokenizer": HF}
 
 
-class TokenizerError(ValueError):
+class TokenizerError(NeoxError, ValueError):
     """A tokenizer file that cannot be used; the message is one line naming the file."""
 
 

@@ -14,7 +14,7 @@ def run(module: str):
             raise
         sys.exit(f"error: llemma-neox is not installed in this Python ({sys.executable}): run "
                  "pip install -e . in the checkout first (README, Quick start)")
-    from neox.errors import one_line_for_missing_extra
+    from neox.errors import one_line_errors
 
-    with one_line_for_missing_extra(f"tools/{os.path.basename(sys.argv[0])}"):
+    with one_line_errors(f"tools/{os.path.basename(sys.argv[0])}"):
         sys.exit(main())

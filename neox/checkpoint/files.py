@@ -22,13 +22,14 @@ from typing import Optional
 import torch
 
 from neox import partition
+from neox.errors import NeoxError
 
 CONVERSION_FILE = "neox_conversion.json"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 TOKENIZER_FILES = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(NeoxError, RuntimeError):
     """A problem with a checkpoint or model directory; the message names the file."""
 
 

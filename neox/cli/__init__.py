@@ -57,8 +57,8 @@ def main(argv=None) -> int:
     if name == "train":
         rest = ["train.py", *rest]  # deepy's first argument: the packaged trainer where no train.py file is
     sys.argv[0] = f"llemma-neox {name}"  # argparse's usage lines name the command the user typed
-    from neox.errors import one_line_for_missing_extra
+    from neox.errors import one_line_errors
 
-    with one_line_for_missing_extra(f"llemma-neox {name}"):
+    with one_line_errors(f"llemma-neox {name}"):
         status = importlib.import_module(COMMANDS[name][0]).main(rest)
     return status if isinstance(status, int) else 0

@@ -108,14 +108,13 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return exit_status.BAD_INPUT
-    from neox.checkpoint.files import CheckpointError
-    from neox.data_check import DataError
+    from neox.errors import NeoxError
 
     try:  # seconds, before anything is spawned (train.py checks on rank 0 when started without deepy)
         check_before_spawn(cfg)
-    except (DataError, CheckpointError) as e:  # the data tools' status
+    except NeoxError as e:  # data, tokenizer or save directory: the data tools' status
         print(f"error: {e}", file=sys.stderr)
-        return exit_status.FAILED
+        return e.exit_status
     from neox.data_check import DATA_CHECKED_ENV
 
     env = {**os.environ, DATA_CHECKED_ENV: "1"}

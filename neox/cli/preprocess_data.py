@@ -44,6 +44,7 @@ import numpy
 import zstandard
 from tqdm import tqdm
 
+from neox.errors import NeoxError
 from neox.tokenizer import HF, TokenizerError, describe, kind_of_file, load_tokenizer
 
 with warnings.catch_warnings():
@@ -59,7 +60,7 @@ BATCH_BYTES = 4 << 20  # ... or this much text, whichever comes first
 SHARD_VERSION = 1  # bump when the shard contents change for the same inputs
 
 
-class PreprocessError(Exception):
+class PreprocessError(NeoxError):
     """A user-facing error; the CLI prints it as a single `error: ...` line."""
 
 

@@ -30,6 +30,8 @@ import yaml
 
 from neox.config import ConfigError, apply_overrides, config_from_flat, derived, load_yaml_files, validate
 from neox.data import component_name
+from neox.errors import NeoxError
+from neox.exit_status import BAD_INPUT
 from neox.paths import project_root
 
 REPO = project_root()
@@ -50,8 +52,9 @@ SWEEP_KEYS = {
 MIXTURE_KINDS = ("list", "grid", "dirichlet")
 
 
-class SweepError(ValueError):
+class SweepError(NeoxError, ValueError):
     """A bad sweep file or directory: one `error:` line, exit status 2."""
+    exit_status = BAD_INPUT
 
 
 # ----------------------------------------------------------------------------- the sweep file

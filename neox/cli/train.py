@@ -70,9 +70,7 @@ def config_from_args(argv):
 
 
 def main(argv=None):
-    from neox.checkpoint.files import CheckpointError
-    from neox.data_check import DataError
-    from neox.guard import GuardStop
+    from neox.errors import NeoxError
     from neox.stop_request import follow_launcher
 
     follow_launcher()
@@ -83,12 +81,9 @@ def main(argv=None):
         from neox.training import train
 
         train(cfg)
-    except ConfigError as e:  # one line naming the key or file, not a traceback; 2 as in deepy.py
+    except NeoxError as e:  # one line naming the key or file, not a traceback; a config error 2, as in deepy.py
         print(f"error: {e}", file=sys.stderr, flush=True)
-        exit_now(exit_status.BAD_INPUT)
-    except (CheckpointError, GuardStop, DataError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        exit_now(exit_status.FAILED)
+        exit_now(e.exit_status)
     except SystemExit as e:  # a rank that stops with rank 0 (which names the reason), or the requeue exit
         exit_now(e.code if isinstance(e.code, int) else exit_status.FAILED)
     except RuntimeError as e:
