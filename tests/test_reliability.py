@@ -279,8 +279,11 @@ def test_one_job_per_save_directory_and_deepy_owns_its_ranks(toy_data, tmp_path)
 
 # ----------------------------------------------------------------------------- the launcher owns its children
 
+# deepy.py starts its ranks with SIGTERM / SIGUSR1 blocked (train.py reads them with neox.stop_request);
+# the stand-in takes SIGTERM with a handler of its own
 STAND_IN_RANK = r'''
 import os, signal, sys, time
+signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGUSR1))
 def on_term(*_):
     time.sleep(1)  # "writing a checkpoint"
     print(f"rank {os.environ['RANK']} saved", flush=True)
