@@ -255,7 +255,7 @@ def test_one_job_per_save_directory_and_deepy_owns_its_ranks(toy_data, tmp_path)
         assert time.time() - t0 < 60, processes_of(a.pid)
         time.sleep(0.2)
     orphan_log = (run_a / "logs" / "orphaned-rank0.log").read_text()
-    assert f"launcher (deepy.py pid {a.pid}) is gone: stopping after this step with a checkpoint" in orphan_log
+    assert f"launcher (deepy.py pid {a.pid}) is gone: stopping at the next safe point with a checkpoint" in orphan_log
     last = max(r["step"] for r in metrics(run_a) if r.get("stopped_by_signal"))
     assert last > stopped and (ckpt / f"global_step{last}" / "complete").is_file()
     assert (ckpt / "latest").read_text() == f"global_step{last}"
