@@ -214,3 +214,57 @@ def kernel_compiler_running(match_env: dict | None = None, session: int | None =
             continue
         return True
     return False
+
+
+# ---------------------------------------------------------------- the quick set
+
+def _process_starters():
+    import _posixsubprocess
+    import subprocess
+
+    return [(os, "fork"), (os, "posix_spawn"), (os, "posix_spawnp"), (_posixsubprocess, "fork_exec"),
+            (subprocess, "_fork_exec")]
+
+
+class StartsAProcess(AssertionError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def quick_tests_start_no_process(request, monkeypatch):
+    """A test without the `processes` marker may not start a process, so that the quick set
+    (pytest -m 'not processes') stays quick: it fails naming the marker."""
+    if request.node.get_closest_marker("processes") or os.environ.get("NEOX_TESTS_FIND_PROCESSES"):
+        return
+    for module, name in _process_starters():
+        def refuse(*args, **kwargs):
+            raise StartsAProcess(f"{request.node.nodeid} starts a process: mark it @pytest.mark.processes "
+                                 "(docs/tests.md, the quick set)")
+        monkeypatch.setattr(module, name, refuse)
+
+
+_current = {"test": None}
+
+
+def pytest_configure(config):
+    """NEOX_TESTS_FIND_PROCESSES=FILE: every test that would start a process (its fixtures
+    included) stops at that moment and is listed in FILE: the tests to mark, found in seconds."""
+    if not os.environ.get("NEOX_TESTS_FIND_PROCESSES"):
+        return
+    for module, name in _process_starters():
+        def refuse(*args, **kwargs):
+            raise StartsAProcess(f"{_current['test']} starts a process")
+        setattr(module, name, refuse)
+
+
+def pytest_runtest_setup(item):
+    _current["test"] = item.nodeid
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    yield
+    record = os.environ.get("NEOX_TESTS_FIND_PROCESSES")
+    if record and call.excinfo is not None and call.excinfo.errisinstance(StartsAProcess):
+        with open(record, "a") as f:
+            f.write(item.nodeid + "\n")

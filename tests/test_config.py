@@ -174,6 +174,7 @@ def run_deepy(*args):
     return r, time.time() - t0
 
 
+@pytest.mark.processes
 def test_deepy_bad_config_fails_fast_with_one_line(env):
     r, _ = run_deepy("train.py", env(num_attention_heads=5))
     assert r.returncode != 0
@@ -182,6 +183,7 @@ def test_deepy_bad_config_fails_fast_with_one_line(env):
     assert r.stdout == ""
 
 
+@pytest.mark.processes
 def test_deepy_dry_run_prints_one_json_object(env):
     r, _ = run_deepy("train.py", env(), "-o", "optimizer.params.lr=2e-4", "--dry-run")
     assert r.returncode == 0, r.stderr
@@ -197,6 +199,7 @@ SHIPPED = [["smoke.yml"], ["7b.yml", "data_mixture.yml"], ["7b.yml", "data_mixtu
            ["llama3_8b.yml", "data_mixture.yml"], ["qwen25_7b.yml", "data_mixture.yml"]]
 
 
+@pytest.mark.processes
 def test_every_shipped_yaml_validates():
     """Each shipped config (with its data mixture) loads and validates; missing data and
     checkpoints are allowed here (they are generated or downloaded), so this is a dry run."""

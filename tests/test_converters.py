@@ -109,6 +109,7 @@ def test_auto_dtype_follows_the_tensors_and_names_a_disagreement(tmp_path, capsy
     assert all(b[k].dtype == torch.float32 and torch.equal(a[k].float(), b[k]) for k in a)
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("tp,dtype", [(2, []), (1, ["--dtype", "bf16"])])
 def test_verify_passes_and_catches_a_corrupted_checkpoint(tmp_path, tp, dtype):
     """fp32 sources: converter defaults at TP=2, and a deliberate bf16 conversion at TP=1 (compared
@@ -140,6 +141,7 @@ def test_verify_passes_and_catches_a_corrupted_checkpoint(tmp_path, tp, dtype):
     assert "exceeds tolerance" in r.stderr
 
 
+@pytest.mark.processes
 def test_reference_loss_is_the_source_models_loss(tmp_path, toy_data):
     from neox.interop.reference import reference_tokens, streamed_hf_loss
 
@@ -156,6 +158,7 @@ def test_reference_loss_is_the_source_models_loss(tmp_path, toy_data):
     assert streamed_hf_loss(weights, tokens, rope_theta=1e4) != pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.processes
 def test_converter_errors_are_one_line(tmp_path):
     src = tiny_hf(tmp_path / "hf")
     out = str(tmp_path / "out")
@@ -175,6 +178,7 @@ def test_converter_errors_are_one_line(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 
 
+@pytest.mark.processes
 def test_converter_refuses_to_overwrite(tmp_path):
     src = tiny_hf(tmp_path / "hf")
     out = tmp_path / "out"

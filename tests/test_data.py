@@ -22,6 +22,7 @@ def read_jsonl_zst(path):
     return [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
 
 
+@pytest.mark.processes
 def test_round_trip_is_lossless(toy_data, tmp_path):
     src = os.path.join(toy_data, "corpus", "algebraic-stack", "validation")
     tok = os.path.join(toy_data, "tokenizer.model")
@@ -39,6 +40,7 @@ def test_round_trip_is_lossless(toy_data, tmp_path):
     assert manifest["eod_id"] == 2
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("content,needle", [
     (b"", "input file is empty"),
     (b'{"text": "ok"}\nnot json\n', "bad.jsonl:2: line is not valid JSON"),
@@ -57,6 +59,7 @@ def test_bad_input_is_one_error_line_and_no_output(toy_data, tmp_path, content, 
     assert not [p for p in os.listdir(tmp_path) if p.startswith("out")]
 
 
+@pytest.mark.processes
 def test_sample_order_is_deterministic_and_independent_of_dp(toy_data, tmp_path, single_process_group):
     d = os.path.join(toy_data, "tokenized")
     cfg = tiny_cfg(seq_length=64, train_iters=5, train_micro_batch_size_per_gpu=2,

@@ -16,6 +16,8 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatase
 from neox import decontaminate, overlap
 from neox.overlap import OverlapError
 
+pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
+
 N = 13
 WORDS = ("let prove that the sum of two even integers is even suppose x and y are real numbers with "
          "square root triangle area angle degrees find value compute answer polynomial roots equal "

@@ -46,6 +46,7 @@ def checker():
         yield c
 
 
+@pytest.mark.processes
 def test_battery_of_equivalent_and_different_answers(checker):
     assert len(EQUIVALENT) + len(NOT_EQUIVALENT) >= 40
     wrong = [(a, b, "should be equal") for a, b in EQUIVALENT if not checker.equal(a, b)]
@@ -54,6 +55,7 @@ def test_battery_of_equivalent_and_different_answers(checker):
     assert checker.timeouts == 0
 
 
+@pytest.mark.processes
 def test_identical_strings_and_plain_numbers_need_no_sympy():
     with Checker() as c:
         assert c.equal("\\weird{{", "\\weird{{")
@@ -77,6 +79,7 @@ def test_extraction_of_final_answers():
     assert answers.gsm8k_gold("2 + 2 = 4\n#### 4") == "4"
 
 
+@pytest.mark.processes
 def test_timeout_kills_a_hanging_comparison_and_the_checker_recovers():
     """A comparison SymPy would take minutes over (expanding a degree-80 polynomial in 3 variables)
     costs only its timeout, and the next comparison gets a fresh child."""
@@ -122,6 +125,7 @@ def _math_records():
             for i, (p, s) in enumerate(problems)]
 
 
+@pytest.mark.processes
 def test_maj_at_k_picks_the_equivalence_winner_and_maj_at_1_is_greedy():
     recs = _math_records()[:1]
     recs[0]["generations"] = ["The final answer is 2. I hope it is correct.", "\\boxed{0.5}",
@@ -146,6 +150,7 @@ def _write(path, recs):
             f.write(json.dumps(r) + "\n")
 
 
+@pytest.mark.processes
 def test_rescore_reference_solutions_100_percent_and_swapped_0_percent(tmp_path):
     math = _math_records()
     for r in math:
@@ -171,6 +176,7 @@ def test_rescore_reference_solutions_100_percent_and_swapped_0_percent(tmp_path)
         assert [x["correct"] for x in rescored] == [[expected == 1.0]] * 4
 
 
+@pytest.mark.processes
 def test_equiv_command_exit_status():
     tool = os.path.join(REPO, "tools", "run_eval.py")
     same = subprocess.run([sys.executable, tool, "equiv", "\\dfrac{1}{2}", "0.5"], capture_output=True, text=True)

@@ -59,6 +59,7 @@ def evaluated(tmp_path_factory, toy_data):
     return root, r
 
 
+@pytest.mark.processes
 def test_results_samples_and_table(evaluated):
     root, r = evaluated
     out = root / "out"
@@ -94,6 +95,7 @@ def _direct_loglikelihood(model, tok, text, bos_count=1):
     return sum(logp[i, ids[i + 1]].item() for i in range(len(ids) - 1)), len(ids) - bos_count
 
 
+@pytest.mark.processes
 def test_perplexity_equals_transformers_with_one_bos(evaluated):
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -120,6 +122,7 @@ def test_perplexity_equals_transformers_with_one_bos(evaluated):
     assert f"| proof_pile_2_ppl/arxiv | token_perplexity | {ppl:.4f} | | 1 | 1 | |" in table
 
 
+@pytest.mark.processes
 def test_every_checkpoint_of_a_run_exported_on_the_fly(evaluated, tmp_path):
     """A converted trainer checkpoint copied to steps 100..400, two complete at multiples of 200."""
     root, _ = evaluated
@@ -161,6 +164,7 @@ def test_every_checkpoint_of_a_run_exported_on_the_fly(evaluated, tmp_path):
     assert table[2].startswith("| 100 |") and table[3].startswith("| 200 | proof_pile_2_ppl | token_perplexity | 2.0000 |")
 
 
+@pytest.mark.processes
 def test_bad_arguments_fail_fast(tmp_path):
     r = subprocess.run([sys.executable, TOOL, str(tmp_path), "--out", str(tmp_path / "o"), "--tasks", "llemma_mat"],
                        capture_output=True, text=True)
@@ -185,6 +189,7 @@ def test_bad_arguments_fail_fast(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.processes
 def test_eval_after_checkpoint_submits_without_blocking(tmp_path):
     from neox.checkpoint.hooks import after_checkpoint, check_command
 
@@ -212,6 +217,7 @@ def test_eval_after_checkpoint_submits_without_blocking(tmp_path):
         check_command("sbatch x {stpe}")
 
 
+@pytest.mark.processes
 def test_evaluate_sbatch_array_task_takes_its_step(tmp_path):
     """Array task 1 of steps 200,400 evaluates step 400 with vLLM at the node's GPU count."""
     fake = tmp_path / "python"
@@ -255,6 +261,7 @@ def test_prompts_are_lm_evals_minerva_and_gsm8k_cot(tmp_path):
     assert gsm[0].arguments[1]["do_sample"] and gsm[0].arguments[1]["temperature"] == 0.6
 
 
+@pytest.mark.processes
 def test_every_task_runs_from_local_files_and_rescoring_gives_the_same_results(evaluated, tmp_path):
     """Every task of the pack, both protocols, from toy benchmark files in every --data-dir layout
     (tiny k); rescoring the samples files reproduces results.json."""

@@ -43,6 +43,7 @@ def test_units_and_text_are_removed_whole():
     assert answers.normalize_math("12 cm^{2}") == "12"
 
 
+@pytest.mark.processes
 def test_text_and_is_a_list_and_sqrt_reads_one_token(checker):
     assert not checker.equal("1 \\text{ and } 2", "12")  # was equal
     assert checker.equal("1 \\text{ and } 2", "1, 2")
@@ -51,6 +52,7 @@ def test_text_and_is_a_list_and_sqrt_reads_one_token(checker):
     assert checker.equal("\\sqrt23", "3\\sqrt{2}") and not checker.equal("\\sqrt23", "\\sqrt{23}")
 
 
+@pytest.mark.processes
 def test_equiv_command_takes_answers_that_start_with_a_minus():
     """`equiv '-\\frac12' '-0.5'` was an argparse usage error (exit 2): the answer looked like an option."""
     for args, out in [(["-\\frac{1}{2}", "-0.5"], "true"), (["-\\frac{1}{2}", "0.5"], "false"),
@@ -59,6 +61,7 @@ def test_equiv_command_takes_answers_that_start_with_a_minus():
         assert (r.stdout.strip(), r.returncode) == (out, 0 if out == "true" else 1), (args, r.stderr[-500:])
 
 
+@pytest.mark.processes
 def test_answers_that_normalise_to_nothing_vote_together_as_in_the_llemma_scorer(checker):
     """['5', '\\%', '\\%']: the Llemma scorer elects '\\%' (identical strings are one cluster); ours
     elected '5' ('\\%' normalises to '' and never equalled even itself). Now both elect '\\%'."""
@@ -70,6 +73,7 @@ def test_answers_that_normalise_to_nothing_vote_together_as_in_the_llemma_scorer
         assert scored["correct"] == [True, False, False] and not scored["maj_correct"]
 
 
+@pytest.mark.processes
 def test_where_the_protocols_differ(checker):
     math, gsm = kind("math"), kind("gsm8k")
     only_boxed = "We get $\\boxed{7}$."  # no final-answer phrase: the default falls back, llemma is invalid
@@ -85,6 +89,7 @@ def test_where_the_protocols_differ(checker):
     assert math.equal("\\frac{1}{2}", "0.5", "llemma", checker)  # Minerva's SymPy check
 
 
+@pytest.mark.processes
 def test_results_list_both_protocols_and_the_docs_table_is_theirs():
     """The shipped sample set scored both ways; docs/evaluation.md's table is generated from it."""
     from llemma_eval.protocol_table import protocol_table
@@ -107,6 +112,7 @@ def test_results_list_both_protocols_and_the_docs_table_is_theirs():
         "docs/evaluation.md's protocol table is out of date; regenerate it with python -m llemma_eval.protocol_table")
 
 
+@pytest.mark.processes
 def test_bf16_perplexity_is_accumulated_in_float32(tmp_path, toy_data):
     """A bf16 export: lm-eval summed bf16 log-probabilities (0.8% above float32); the hf backend now
     returns float32 logits, so the sum equals float32 log-softmax over the same (bf16) logits."""
@@ -136,6 +142,7 @@ def test_bf16_perplexity_is_accumulated_in_float32(tmp_path, toy_data):
     assert abs(in_bf16 - in_fp32) > 1e-3 * abs(in_fp32)  # the test would catch a bf16 sum
 
 
+@pytest.mark.processes
 def test_first_use_on_the_toy_export_offline(tmp_path, toy_data):
     """The documented toy command (a 128-position model, toy benchmark files) runs: the generation
     length is clipped with one warning line, not a traceback; offline without --data-dir the run

@@ -16,6 +16,8 @@ from neox.interop import (
     export_hf,
 )
 
+pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
+
 HF_TOKENIZER_FILES = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
 
 BATTERY = [

@@ -20,6 +20,7 @@ def error_lines(r):
     return [line for line in r.stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.processes
 def test_llemma_dry_run_on_a_fresh_clone_plans_memory_and_gpu_hours():
     """No tokenizer or data downloaded yet: the configs' own vocabulary sizes give the full plan."""
     for size, vocab, hours in (("7b", 32016, 21_005), ("34b", 32000, 28_396)):
@@ -31,6 +32,7 @@ def test_llemma_dry_run_on_a_fresh_clone_plans_memory_and_gpu_hours():
         assert "memory plan skipped" not in r.stderr
 
 
+@pytest.mark.processes
 def test_vocab_size_is_checked_against_the_tokenizer(toy_data):
     tok = os.path.join(toy_data, "tokenizer.model")  # 3,001 pieces
     common = [os.path.join(REPO, "llemma_configs", "smoke.yml")]
@@ -40,6 +42,7 @@ def test_vocab_size_is_checked_against_the_tokenizer(toy_data):
     assert any("larger than the tokenizer's 3001" in w for w in cfg.warnings)
 
 
+@pytest.mark.processes
 def test_more_processes_than_cores_is_refused_before_spawning():
     cores = os.cpu_count()
     n = 2 * cores
@@ -50,6 +53,7 @@ def test_more_processes_than_cores_is_refused_before_spawning():
                               "CPU cores and no GPU; lower num_gpus (and model_parallel_size) or use slurm/ for more nodes"]
 
 
+@pytest.mark.processes
 def test_deepy_without_the_training_script_says_so():
     r = run("deepy.py", "llemma_configs/smoke.yml")
     assert r.returncode == 2
@@ -57,6 +61,7 @@ def test_deepy_without_the_training_script_says_so():
             "python deepy.py train.py llemma_configs/smoke.yml") in r.stderr
 
 
+@pytest.mark.processes
 def test_train_py_as_one_plain_process_says_how_to_start_it(toy_data):
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     r = subprocess.run([sys.executable, "train.py", "llemma_configs/smoke.yml"], cwd=REPO, capture_output=True,
@@ -67,6 +72,7 @@ def test_train_py_as_one_plain_process_says_how_to_start_it(toy_data):
                               "(or torchrun --nproc_per_node=N train.py ..., or slurm/)"]
 
 
+@pytest.mark.processes
 def test_config_errors_exit_2_from_deepy_and_train_py_alike(tmp_path):
     bad = tmp_path / "bad.yml"
     bad.write_text("num_layers: 2\nnum_layerz: 3\n")
@@ -111,6 +117,7 @@ def test_relative_paths_from_elsewhere_say_where_they_were_looked_for(tmp_path):
     assert "the toy data is made by python tools/make_toy_data.py, run from the repository root" in msg
 
 
+@pytest.mark.processes
 def test_current_base_configs_plan_on_a_laptop():
     """The recipe on Llama-3.1-8B and Qwen2.5-7B: the released models' parameter counts, a memory
     plan that fits 40 GB, and the planner numbers docs/llemma_recipe.md gives."""
@@ -133,6 +140,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("module, argv, line", [
     ("lm_eval", ["tools/run_eval.py", "runs/toy/llemma-toy-hf", "--tasks", "llemma_gsm8k", "--out", "runs/x"],
      "error: evaluation needs lm-eval, which is not installed in this Python: pip install -e '.[eval]' in the "

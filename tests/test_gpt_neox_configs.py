@@ -73,6 +73,7 @@ def test_llemma_34b_resolves_to_the_published_values():
     assert plan(c)["tokens_per_step"] == 4_194_304
 
 
+@pytest.mark.processes
 def test_llemma_dry_run_command_line(toy_data):
     """docs/config.md's command, as a user types it: the GPT-NeoX files with the reference cluster."""
     cmd = [sys.executable, "deepy.py", "train.py", os.path.join(HERE, "llemma_7b.yml"),
@@ -131,6 +132,7 @@ def test_what_we_lack_is_refused_naming_the_key(override, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.processes
 def test_refusal_on_the_command_line_is_one_error_line_and_exit_2():
     cmd = [sys.executable, "deepy.py", "train.py", os.path.join(HERE, "llemma_7b.yml"),
            os.path.join(HERE, "data_mixture.yml"), "-o", "activation=gelu", "-o", "num_gpus=8", "-o", "num_nodes=32",
@@ -154,6 +156,7 @@ def test_readme_table_is_generated_from_the_declared_table():
         assert any(isinstance(f, fate) for f in GPT_NEOX_KEYS.values())
 
 
+@pytest.mark.processes
 def test_gpt_neox_spelt_smoke_trains_to_the_same_losses_as_smoke_yml(tmp_path, toy_data):
     """The smoke model written with GPT-NeoX spellings is the same run as smoke.yml."""
     def run(config, *overrides):

@@ -24,6 +24,7 @@ def plan(tmp_path_factory):
     return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
 
 
+@pytest.mark.processes
 def test_plan_lists_every_part_with_budget(plan):
     p, stderr = plan
     assert p["parts"] == ["setup", "correctness", "training", "throughput", "llemma7b", "memory"]
@@ -34,6 +35,7 @@ def test_plan_lists_every_part_with_budget(plan):
     assert "throughput   ours_ckpt" in stderr  # the human table names every run
 
 
+@pytest.mark.processes
 def test_planner_numbers_are_neox_planners(plan):
     from neox.planner import memory_per_gpu
 
@@ -43,6 +45,7 @@ def test_planner_numbers_are_neox_planners(plan):
             assert d["planner"] == pytest.approx(memory_per_gpu(cfg), rel=1e-12), (part, run)
 
 
+@pytest.mark.processes
 def test_throughput_model_is_a_1_to_2b_llama(plan):
     runs = plan[0]["configs"]["throughput"]
     d = runs["ours"]
@@ -57,6 +60,7 @@ def test_throughput_model_is_a_1_to_2b_llama(plan):
     assert runs["ours_ckpt"]["planner"]["activations_gib"] < runs["ours"]["planner"]["activations_gib"] / 2
 
 
+@pytest.mark.processes
 def test_llemma_shape_and_training_configs(plan):
     llemma = plan[0]["configs"]["llemma7b"]
     for n in (2, 4, 32):
@@ -101,6 +105,7 @@ def test_summary_table_from_part_records():
     assert "timeout" in lines[5] and "killed after its 150 s" in lines[5]
 
 
+@pytest.mark.processes
 def test_part_timeout_kills_the_whole_session(tmp_path):
     pidfile = tmp_path / "grandchild.pid"
     code = ("import subprocess, time; p = subprocess.Popen(['sleep', '60']); "
@@ -119,6 +124,7 @@ def test_part_timeout_kills_the_whole_session(tmp_path):
         raise AssertionError(f"process {pid} of the timed-out part is still running")
 
 
+@pytest.mark.processes
 def test_crashed_part_keeps_its_checks(tmp_path):
     record = {"part": "correctness", "status": "running", "checks": [{"name": "fp32", "passed": True}]}
     code = f"import json; json.dump({record!r}, open({str(tmp_path / 'correctness.json')!r}, 'w')); raise SystemExit(3)"
@@ -127,6 +133,7 @@ def test_crashed_part_keeps_its_checks(tmp_path):
     assert data["checks"] == record["checks"]
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("args, message", [
     (["--only", "setup,bogus", "--out", "x"], "error: --only: unknown part(s) bogus"),
     (["--budget-s", "0", "--out", "x"], "error: --budget-s must be positive"),

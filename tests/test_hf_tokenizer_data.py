@@ -25,6 +25,8 @@ from neox.data_check import DataError, check_data, check_tokenizer
 from neox.interop import export_hf
 from neox.tokenizer import HFTokenizer, TokenizerError, load_tokenizer
 
+pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
+
 FILLER = 64_500  # unused pieces first, so the trained ones get ids around and above 65,535
 BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
 COMPONENTS = ("arxiv", "open-web-math", "algebraic-stack")

@@ -7,7 +7,10 @@ import stat
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, free_port
+
+pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
 
 
 def test_every_script_parses():

@@ -14,6 +14,8 @@ from conftest import REPO, tiny_cfg
 
 from neox.data import SentencePieceTokenizer, build_train_dataset, cache_dir, component_of_sample, mixture_table
 
+pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
+
 COMPONENTS = ["arxiv", "open-web-math", "algebraic-stack"]
 
 

@@ -21,6 +21,8 @@ from neox.interop import convert_codellama, export_hf, export_neox
 from neox.interop.hf_compat import neox_model_keys_from_hf
 from neox.interop.verify_conversion import verify
 
+pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
+
 TOY_VOCAB = 3001  # the toy tokenizer's: the models train on the toy data
 COMMON = dict(vocab_size=TOY_VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5,

@@ -93,6 +93,7 @@ def assert_same(a, b, tol=1e-5):
         assert (g - grads_b[name]).abs().max().item() <= tol, name
 
 
+@pytest.mark.processes
 def test_compiled_blocks_give_the_same_loss_and_gradients(single_process_group):
     plain = loss_and_grads()
     compiled = loss_and_grads(compile_blocks=True)
@@ -100,6 +101,7 @@ def test_compiled_blocks_give_the_same_loss_and_gradients(single_process_group):
     assert_same(plain, compiled)
 
 
+@pytest.mark.processes
 def test_checkpointing_selected_layers_gives_the_same_loss_and_gradients(single_process_group):
     plain = loss_and_grads()
     assert plain[2] == [0, 1]
@@ -111,6 +113,7 @@ def test_checkpointing_selected_layers_gives_the_same_loss_and_gradients(single_
     assert_same(plain, every)
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("chunk_elements", [1 << 23, 101 * 5])  # one chunk; 7 chunks of 5 tokens (last: 2)
 def test_fused_head_loss_gives_the_same_loss_and_gradients(single_process_group, monkeypatch, chunk_elements):
     from neox import head_loss
@@ -129,6 +132,7 @@ def test_fused_head_loss_gives_the_same_loss_and_gradients(single_process_group,
         assert model(tokens[:, :-1], tokens[:, 1:], mask).item() == pytest.approx(fused[0], abs=1e-6)
 
 
+@pytest.mark.processes
 def test_fused_adamw_takes_the_same_steps_as_the_for_loop_adamw(single_process_group):
     from neox.engine import build_optimizer
     from neox.model import LlamaModel

@@ -1,11 +1,14 @@
 """Our model's logits equal transformers.LlamaForCausalLM with the same weights (fp32, TP=1)."""
 
+import pytest
 import torch
 import transformers
 from conftest import tiny_cfg
 
 from neox import partition
 from neox.interop.hf_compat import neox_model_keys_from_hf, shard_hf_weights
+
+pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
 
 
 def make_hf_model(vocab=101, theta=1e6, seed=0):

@@ -166,6 +166,7 @@ CASES = {  # name: (kv heads, layout written, mlp names, pipeline, source TP, co
 }
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_import_matches_transformers(tmp_path, case, single_process_group):
     kv, layout, mlp, pipeline, src_tp, extra, given = CASES[case]
@@ -366,6 +367,7 @@ def tiny_bpe_json(path):
     return tok
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("source", ["converter_copy", "vocab_file", "tokenizer_json"])
 def test_export_copies_its_tokenizer_and_both_configs_name_it(tmp_path, toy_data, source):
     """The converter's copy in <ckpt>/tokenizer/, a trained run's checkpoint (no tokenizer/ folder,

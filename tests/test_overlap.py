@@ -16,6 +16,8 @@ from neox import overlap
 from neox.cli import preprocess_data
 from neox.overlap import OverlapError
 
+pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
+
 N = 30
 WORDS = ("let prove that the sum of two even integers is even suppose x and y are real numbers with "
          "square root triangle area angle degrees find value compute answer polynomial roots equal "

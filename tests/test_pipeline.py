@@ -8,6 +8,8 @@ import sys
 import pytest
 from conftest import REPO
 
+pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
+
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, toy_data):

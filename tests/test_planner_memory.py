@@ -9,6 +9,8 @@ from conftest import tiny_cfg
 
 from neox import planner
 
+pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
+
 # GQA (4 query heads, 2 KV heads) and an MLP width that is no multiple of the hidden size
 SHAPE = dict(num_layers=1, hidden_size=64, num_attention_heads=4, num_kv_heads=2, intermediate_size=176,
              seq_length=32, max_position_embeddings=32)

@@ -67,6 +67,7 @@ def test_panel_data_of_a_run_with_a_skip_and_a_rollback(tmp_path):
     assert bad["loss"]["value"][10:] == pytest.approx([4.11, 4.12, 4.13, 4.14, 4.15])
 
 
+@pytest.mark.processes
 def test_png_and_html_are_drawn(tmp_path):
     from PIL import Image
 
@@ -85,6 +86,7 @@ def test_png_and_html_are_drawn(tmp_path):
     assert "<td>rolled</td><td>15</td><td>4.1500</td>" in text and "<td>1</td><td>1</td></tr>" in text
 
 
+@pytest.mark.processes
 def test_missing_log_is_a_one_line_error(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "plot_run.py"), str(tmp_path / "nope"),
                         "--out", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120)

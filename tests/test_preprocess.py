@@ -42,6 +42,7 @@ def corpus(toy_data):
     return os.path.join(toy_data, "corpus")
 
 
+@pytest.mark.processes
 def test_round_trip_several_files_workers_2(corpus, tok, sp, tmp_path):
     # a glob (sorted) then a directory (recursive): 3 + 3 files, in that order
     inputs = [os.path.join(corpus, "*", "validation", "*.jsonl.zst"), os.path.join(corpus, "arxiv")]
@@ -68,6 +69,7 @@ def test_round_trip_several_files_workers_2(corpus, tok, sp, tmp_path):
     assert not os.path.exists(tmp_path / "rt_text_document.shards")  # merged, then removed
 
 
+@pytest.mark.processes
 def test_output_is_identical_for_any_worker_count(corpus, tok, tmp_path):
     inputs = [os.path.join(corpus, "open-web-math"), os.path.join(corpus, "*", "test")]  # a glob of directories
     for workers in (1, 2, 3):
@@ -86,6 +88,7 @@ def test_output_is_identical_for_any_worker_count(corpus, tok, tmp_path):
     assert outputs(tmp_path / "a") == outputs(tmp_path / "b")
 
 
+@pytest.mark.processes
 def test_bos_and_eod_policy(corpus, tok, sp, tmp_path):
     src = os.path.join(corpus, "arxiv", "test", "part-000.jsonl.zst")
     m = preprocess([src], str(tmp_path / "b"), tok, append_eod=False, prepend_bos=True, progress=False)
@@ -129,6 +132,7 @@ BAD_INPUTS = [
 ]
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("name,content,message", BAD_INPUTS)
 def test_bad_input_is_refused_with_file_and_line(tok, tmp_path, name, content, message):
     (tmp_path / "in").mkdir()
@@ -138,6 +142,7 @@ def test_bad_input_is_refused_with_file_and_line(tok, tmp_path, name, content, m
     assert os.listdir(tmp_path) == ["in"]  # no output, no temp files, no empty shard dir
 
 
+@pytest.mark.processes
 def test_a_failed_run_removes_the_directories_it_created(tok, tmp_path):
     (tmp_path / "in").mkdir()
     src = tmp_path / "in" / "a.jsonl"
@@ -153,6 +158,7 @@ def test_a_failed_run_removes_the_directories_it_created(tok, tmp_path):
                                                                    ("bin", "idx", "manifest.json")]
 
 
+@pytest.mark.processes
 def test_missing_paths_are_errors(tok, tmp_path):
     with pytest.raises(PreprocessError, match="nope.jsonl: no such file"):
         preprocess([str(tmp_path / "nope.jsonl")], str(tmp_path / "o"), tok, progress=False)
@@ -166,6 +172,7 @@ def test_missing_paths_are_errors(tok, tmp_path):
         preprocess([str(tmp_path / "d" / "x.csv")], str(tmp_path / "o"), tok, progress=False)
 
 
+@pytest.mark.processes
 def test_cli_one_error_line_then_allow_empty(toy_data, tok, tmp_path, capsys):
     d = tmp_path / "in"
     d.mkdir()
@@ -187,6 +194,7 @@ def test_cli_one_error_line_then_allow_empty(toy_data, tok, tmp_path, capsys):
     assert "2 documents" in capsys.readouterr().out
 
 
+@pytest.mark.processes
 def test_lm_dataformat_archives(tok, sp, tmp_path):
     docs = [f"Let $x_{i} = {i}^2$. Then x_{i} = {i * i}." for i in range(30)]
     ar = lm_dataformat.Archive(str(tmp_path / "lmd"))
@@ -207,6 +215,7 @@ def test_lm_dataformat_archives(tok, sp, tmp_path):
     assert [ds[i].tolist() for i in range(len(ds))] == [sp.encode(d) + [2] for d in docs + docs + docs[:7]]
 
 
+@pytest.mark.processes
 def test_token_id_out_of_range(corpus, tok, sp, tmp_path, monkeypatch):
     src = os.path.join(corpus, "open-web-math", "test", "part-000.jsonl.zst")
     # pretend the vocab has 200 pieces: real ids above that must be caught with file and line
@@ -219,6 +228,7 @@ def test_token_id_out_of_range(corpus, tok, sp, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.processes
 def test_resume_reuses_finished_shards(corpus, tok, tmp_path):
     d = tmp_path / "in"
     d.mkdir()
@@ -247,6 +257,7 @@ def test_resume_reuses_finished_shards(corpus, tok, tmp_path):
                                        "x_text_document.manifest.json"]
 
 
+@pytest.mark.processes
 @pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="patch reaches workers by fork")
 def test_killed_worker_is_an_error_not_a_hang(corpus, tok, tmp_path, monkeypatch):
     real = preprocess_data._add_batch

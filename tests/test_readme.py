@@ -4,6 +4,7 @@ import glob
 import os
 import re
 
+import pytest
 from conftest import REPO
 
 # The README's test command: CI's .ci/run ends with exactly this line.
@@ -117,3 +118,31 @@ def test_the_link_check_finds_links():
     readme_links = _links(read("README.md"))
     assert "docs/config.md" in readme_links and "docs/toy_run.png" in readme_links
     assert any("#" in link for doc in documents() for link in _links(read(doc)))
+
+
+PLANTED = """import subprocess
+import pytest
+
+def test_unmarked():
+    subprocess.run(["true"], check=True)
+
+@pytest.mark.processes
+def test_marked():
+    subprocess.run(["true"], check=True)
+"""
+
+
+@pytest.mark.processes
+def test_an_unmarked_test_that_starts_a_process_fails_naming_the_marker(tmp_path):
+    """The quick set stays quick: tests/conftest.py refuses a process to a test without the marker."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(os.path.join(REPO, "tests", "conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_planted.py").write_text(PLANTED)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore", "test_planted.py"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "1 failed, 1 passed" in r.stdout, r.stdout[-2000:]
+    assert ("test_planted.py::test_unmarked starts a process: mark it @pytest.mark.processes (docs/tests.md, the quick "
+            "set)") in r.stdout

@@ -50,6 +50,7 @@ def error_lines(out):
 # ----------------------------------------------------------------------------- data before step 1
 
 
+@pytest.mark.processes
 def test_idx_and_bin_faults_name_the_file(toy_data, tmp_path):
     prefix = copy_component(toy_data, tmp_path / "d")
     info = check_index(prefix)
@@ -84,6 +85,7 @@ def test_idx_and_bin_faults_name_the_file(toy_data, tmp_path):
         check_index(prefix)
 
 
+@pytest.mark.processes
 def test_tokenizer_of_the_data_must_be_the_runs(toy_data, tmp_path):
     prefix = copy_component(toy_data, tmp_path / "d")
     tok = os.path.join(toy_data, "tokenizer.model")
@@ -103,6 +105,7 @@ def test_tokenizer_of_the_data_must_be_the_runs(toy_data, tmp_path):
     assert "is not checked against" in check_tokenizer(prefix, tok, 3001, True)
 
 
+@pytest.mark.processes
 def test_deepy_refuses_bad_data_before_spawning(toy_data, tmp_path):
     """Garbled lengths: one error line naming the .idx, exit 1, nothing spawned, no index cache."""
     prefix = copy_component(toy_data, tmp_path / "d")
@@ -119,6 +122,7 @@ def test_deepy_refuses_bad_data_before_spawning(toy_data, tmp_path):
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "ckpt").exists()
 
 
+@pytest.mark.processes
 def test_token_ids_beyond_the_vocabulary_stop_the_run_naming_samples_and_file(toy_data, tmp_path):
     """No manifest (data_without_manifest: true) and ids >= 3001 in the .bin: the on-device check
     stops step 1 with exit 1, naming the global samples and the data file; nothing is saved."""
@@ -142,6 +146,7 @@ def test_token_ids_beyond_the_vocabulary_stop_the_run_naming_samples_and_file(to
 # ----------------------------------------------------------------------------- one job per save directory
 
 
+@pytest.mark.processes
 def test_save_lock_refuses_a_live_holder_and_takes_over_stale_ones(tmp_path):
     import socket
 
@@ -214,6 +219,7 @@ def processes_of(session: int) -> list[str]:
     return [line for line in ps.splitlines() if line.split()[1][0] != "Z"]
 
 
+@pytest.mark.processes
 def test_one_job_per_save_directory_and_deepy_owns_its_ranks(toy_data, tmp_path):
     """Job A trains; job B on A's save directory is refused naming A; SIGTERM to deepy.py alone
     checkpoints and exits 75 with no process left; A resumes, deepy.py is killed with -9 and the
@@ -316,6 +322,7 @@ def stand_in_job(tmp_path):
     job.signal_job(signal.SIGKILL)
 
 
+@pytest.mark.processes
 def test_ctrl_c_once_checkpoints_and_exits_75_twice_stops_at_once(stand_in_job, capsys):
     job, lines = stand_in_job
     assert os.getpgid(job.procs[1].pid) == job.procs[0].pid != os.getpgid(0)  # a terminal's Ctrl-C reaches deepy only
@@ -325,6 +332,7 @@ def test_ctrl_c_once_checkpoints_and_exits_75_twice_stops_at_once(stand_in_job, 
     assert "deepy: Ctrl-C: the ranks checkpoint after this step and exit 75" in capsys.readouterr().err
 
 
+@pytest.mark.processes
 def test_second_ctrl_c_kills_at_once(stand_in_job, capsys):
     job, lines = stand_in_job
     t0 = time.time()
@@ -335,6 +343,7 @@ def test_second_ctrl_c_kills_at_once(stand_in_job, capsys):
     assert "deepy: second Ctrl-C: killing the ranks now (no checkpoint)" in capsys.readouterr().err
 
 
+@pytest.mark.processes
 def test_kill_9_of_rank_0_is_blamed_on_rank_0(stand_in_job, capsys):
     job, lines = stand_in_job
     t0 = time.time()
@@ -363,6 +372,7 @@ def test_resume_tag_says_what_it_passes_over(tmp_path):
     assert resume_tag(str(tmp_path))[0] == "global_step4"  # `latest` wins when it is complete
 
 
+@pytest.mark.processes
 def test_kill_9_of_rank_0_in_a_real_job(toy_data, tmp_path):
     """TP=2: rank 0 dies by SIGKILL; deepy names rank 0 and its signal (DeepSpeed's launcher named
     --local_rank=1), rank 1 is stopped, nothing is left running, the checkpoints stay complete."""
@@ -421,6 +431,7 @@ def test_save_directory_checked_at_start(tmp_path):
         "RuntimeError: unexpected pos 3328 vs 3220")  # the probe write succeeded: torch's own words
 
 
+@pytest.mark.processes
 def test_planner_checkpoint_size_is_what_a_save_writes(toy_data):
     from neox.config import load_config
     from neox.planner import checkpoint_bytes
@@ -429,6 +440,7 @@ def test_planner_checkpoint_size_is_what_a_save_writes(toy_data):
     assert checkpoint_bytes(cfg) == pytest.approx(18_180_402, rel=0.01)  # du -sb of a smoke checkpoint
 
 
+@pytest.mark.processes
 def test_save_not_writable_too_small_and_disk_full_during_a_save(toy_data, tmp_path, small_filesystem):
     read_only, tiny, small = small_filesystem(4, read_only=True), small_filesystem(8), small_filesystem(30)
     code, out = deepy(tmp_path, f"save={read_only}/ckpt")
@@ -457,6 +469,7 @@ def test_save_not_writable_too_small_and_disk_full_during_a_save(toy_data, tmp_p
     assert (ckpt / "global_step4" / "complete").is_file()
 
 
+@pytest.mark.processes
 def test_a_write_failing_on_one_rank_only_ends_the_save_on_every_rank(toy_data, tmp_path):
     """Rank 1's write fails, rank 0's succeeds: rank 0 must not wait in DeepSpeed's closing barrier
     (it did, until the watchdog ended the run with 76); every rank stops at once with exit 1."""
@@ -539,6 +552,7 @@ def rank_pid(session: int, rank: int) -> int:
     raise AssertionError(f"no rank {rank} in session {session}")
 
 
+@pytest.mark.processes
 def test_a_stopped_rank_is_a_watchdog_exit_with_every_stack(toy_data, tmp_path):
     """SIGSTOP of rank 1 (a stuck NCCL call looks the same): rank 0 waits in the step's all-reduce
     until the watchdog (10 s here) writes its stacks and exits 76; deepy.py stops the rest."""
@@ -566,6 +580,7 @@ def test_a_stopped_rank_is_a_watchdog_exit_with_every_stack(toy_data, tmp_path):
     assert saved and all((ckpt / f"global_step{s}" / "complete").is_file() for s in saved)
 
 
+@pytest.mark.processes
 def test_distributed_timeout_minutes_reaches_every_process_group(toy_data):
     """One process of its own (process groups are per process): the default group and
     megatron-core's TP and DP groups all time out after the configured minutes."""

@@ -46,6 +46,7 @@ def resume_elsewhere(tmp, full, name, src_run, step, layout, change, checkpoint_
     assert_continues(full, losses(metrics(tmp, name)), range(step + 1, 5))
 
 
+@pytest.mark.processes
 def test_tp2_to_tp1_dp2_and_back_to_tp2(full_tp2):
     tmp, full = full_tp2
     resume_elsewhere(tmp, full, "tp1dp2", "full", 2, TP1_DP2, "TP=2 x DP=1 -> TP=1 x DP=2", checkpoint_factor=3)
@@ -53,6 +54,7 @@ def test_tp2_to_tp1_dp2_and_back_to_tp2(full_tp2):
     resume_elsewhere(tmp, full, "back", "tp1dp2", 3, TP2, "TP=1 x DP=2 -> TP=2 x DP=1")
 
 
+@pytest.mark.processes
 def test_tp2_to_tp1_dp1(full_tp2):
     tmp, full = full_tp2
     resume_elsewhere(tmp, full, "tp1dp1", "full", 2, TP1_DP1, "TP=2 x DP=1 -> TP=1 x DP=1")
@@ -67,6 +69,7 @@ def test_layout_change_needs_zero():
     assert config_differences(current, saved) == ["model_parallel_size (2 -> 1)"]
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("saved, now, change", [(TP2, TP1_DP1, "TP=2 x DP=1 -> TP=1 x DP=1"),
                                                 (TP1_DP2, TP1_DP1, "TP=1 x DP=2 -> TP=1 x DP=1")],
                          ids=["tp2-to-tp1", "dp2-to-dp1"])

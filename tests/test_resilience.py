@@ -11,6 +11,8 @@ import time
 import pytest
 from conftest import REPO
 
+pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
+
 
 def launch(tmp_path, name, *overrides, env=None):
     run = tmp_path / name

@@ -11,6 +11,8 @@ import pytest
 from llemma_eval import sandbox, tool_use
 from llemma_eval.sandbox import SandboxUnavailable, run_program
 
+pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
+
 
 @pytest.fixture
 def made_dirs(monkeypatch):

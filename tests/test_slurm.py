@@ -14,6 +14,8 @@ import time
 import pytest
 from conftest import REPO, SLURM_FINAL, job_info, kernel_compiler_running, sacct_states, sbatch, smoke_run_args
 
+pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
+
 STEPS = 8
 # one node, two ranks (the smoke model at TP=2): what the defaults of llemma_7b.sbatch become on a
 # CPU partition, overridden on sbatch's command line

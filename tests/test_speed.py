@@ -12,6 +12,7 @@ from conftest import REPO, tiny_cfg
 from neox import speed
 
 
+@pytest.mark.processes
 def test_compile_blocks_auto_is_off_for_short_runs_and_follows_the_backend(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert speed.resolve_compile_blocks(False, 10**6, "cpu") == (False, "set in the config")
@@ -34,6 +35,7 @@ def test_compile_blocks_auto_is_off_for_short_runs_and_follows_the_backend(monke
         False, "auto: no C++ compiler (no-such-compiler-here not found); running eager")
 
 
+@pytest.mark.processes
 def test_apply_resolves_the_config_and_says_so(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
@@ -72,6 +74,7 @@ print(ok, all(torch.equal(a, b) for a, b in zip(before, after)), len(before))
 """
 
 
+@pytest.mark.processes
 def test_keeping_freed_memory_changes_no_number():
     """In its own process (mallopt is for the whole process): fp32 loss and gradients before and
     after are bit-identical."""
@@ -105,6 +108,7 @@ def train_weights(build, steps=3, **overrides):
     return weights, masters, norms
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_copying_the_first_gradient_changes_no_number(single_process_group, accumulation):
     """DeepSpeed's own accumulation (add into zeroed buffers) against neox.engine's (copy the first

@@ -258,6 +258,7 @@ def checker():
         yield c
 
 
+@pytest.mark.processes
 def test_ocw_symbolic_answers_default_protocol(checker):
     eq = stem.OCW.equal
     assert eq("x(t) = 2e^{-3t}", "y = 2 e^{-3 t}", "default", checker)  # right-hand sides compared
@@ -266,6 +267,7 @@ def test_ocw_symbolic_answers_default_protocol(checker):
     assert not eq("m v^{2}", "\\frac{1}{2} m v^2", "default", checker)
 
 
+@pytest.mark.processes
 def test_ocw_symbolic_answers_llemma_protocol(checker):
     assert stem.OCW.equal("x(t)=2e^{-3t}", "y = 2 e^{-3 t}", "llemma", checker)
     assert not stem.OCW.equal("3e^{-3t}", "y = 2 e^{-3 t}", "llemma", checker)

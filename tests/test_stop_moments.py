@@ -79,6 +79,7 @@ def stopped_at(run_dir, what: str, env=None) -> str:
     return out
 
 
+@pytest.mark.processes
 def test_a_stop_at_each_moment_ends_in_exit_75_and_the_run_continues_exactly(tmp_path, compiled_reference):
     run_dir = tmp_path / "run"
     ckpt = run_dir / "ckpt"
@@ -106,6 +107,7 @@ def test_a_stop_at_each_moment_ends_in_exit_75_and_the_run_continues_exactly(tmp
     assert logged_losses(run_dir) == compiled_reference
 
 
+@pytest.mark.processes
 def test_a_hang_in_a_start_up_moment_is_still_the_watchdogs(tmp_path, toy_data):
     """The stop signals are blocked in the trainer now; its watchdog still ends a hang with 76."""
     job = Job(tmp_path / "hang", "watchdog_first_step_seconds=10", env={"NEOX_FAULT_PAUSE": "index:600"})
@@ -129,6 +131,7 @@ print("child", child.wait(), flush=True)
 """
 
 
+@pytest.mark.processes
 def test_a_stop_request_is_noted_and_the_trainers_children_do_not_die_of_it():
     """The mechanism alone: after stop_request.listen() a SIGTERM to the whole process group is a
     noted request in the trainer, and a child started from it (as inductor starts g++) runs on."""
@@ -172,6 +175,7 @@ after_checkpoint("grep SigBlk /proc/self/status > {ckpt}/mask", sys.argv[1], 1).
 """
 
 
+@pytest.mark.processes
 def test_the_after_checkpoint_command_is_a_program_of_its_own(tmp_path):
     """It is started by a trainer whose stop signals are blocked, but a stop signal acts on it."""
     subprocess.run([sys.executable, "-c", HOOK, str(tmp_path)], cwd=REPO, check=True, timeout=60)

@@ -53,6 +53,7 @@ def metrics_rows(out, name):
     return [json.loads(line) for line in open(out / "runs" / name / "logs" / "metrics.jsonl")]
 
 
+@pytest.mark.processes
 def test_each_run_config_has_its_weights_budget_and_scaled_schedule(local_sweep):
     out = local_sweep["out"]
     for name, w in MIXTURES.items():
@@ -78,6 +79,7 @@ def test_each_run_config_has_its_weights_budget_and_scaled_schedule(local_sweep)
         assert [round(m["weight"], 9) for m in mixture] == [round(x / sum(w), 9) for x in w]
 
 
+@pytest.mark.processes
 def test_results_equal_the_runs_metrics_and_the_winner_is_the_argmin(local_sweep):
     out = local_sweep["out"]
     with open(out / "results.csv") as f:
@@ -109,6 +111,7 @@ def test_results_equal_the_runs_metrics_and_the_winner_is_the_argmin(local_sweep
     assert img.size == (1300, 500)  # the bar chart and, for 3 components, the ternary plot
 
 
+@pytest.mark.processes
 def test_olmix_csvs_have_the_documented_columns(local_sweep):
     out = local_sweep["out"] / "olmix"
     with open(out / "ratios.csv") as f:
@@ -125,6 +128,7 @@ def test_olmix_csvs_have_the_documented_columns(local_sweep):
     assert list(priors) == COMPONENTS and all(v > 0 for v in priors.values())
 
 
+@pytest.mark.processes
 def test_plot_of_the_smoke_runs_overlaid(local_sweep, tmp_path):
     """tools/plot_run.py on the real smoke runs' metrics.jsonl (sweep run directories)."""
     import numpy as np
@@ -147,6 +151,7 @@ def test_plot_of_the_smoke_runs_overlaid(local_sweep, tmp_path):
     assert img.shape == (800, 1500) and img.std() > 10
 
 
+@pytest.mark.processes
 def test_rerun_launches_nothing(local_sweep):
     again, out = local_sweep["again"], local_sweep["out"]
     assert again.returncode == 0, again.stderr[-3000:]
@@ -156,6 +161,7 @@ def test_rerun_launches_nothing(local_sweep):
         assert (out / "runs" / name / "logs" / "metrics.jsonl").read_bytes() == before
 
 
+@pytest.mark.processes
 def test_a_changed_sweep_file_is_refused_before_anything_is_written(local_sweep, tmp_path, capsys):
     out = local_sweep["out"]
     spec = write_sweep(tmp_path / "changed.yml", tmp_path / "cache", fixed={})
@@ -169,6 +175,7 @@ def test_a_changed_sweep_file_is_refused_before_anything_is_written(local_sweep,
     assert (out / "runs" / "equal" / "config.yml").read_text() == before
 
 
+@pytest.mark.processes
 def test_slurm_executor_runs_one_array_task_per_run_on_slurm(slurm, tmp_path, toy_data):
     """The real Slurm: one array task per mixture, no --gpus-per-node unless the sweep file asks,
     each task trains its run through slurm/sweep_array.sbatch; compare reads the results."""
@@ -189,6 +196,7 @@ def test_slurm_executor_runs_one_array_task_per_run_on_slurm(slurm, tmp_path, to
     assert compare.returncode == 0, compare.stderr[-3000:]
 
 
+@pytest.mark.processes
 def test_dry_run_plans_the_whole_sweep_and_writes_nothing(tmp_path, capsys, toy_data):
     spec = write_sweep(tmp_path / "sweep.yml", tmp_path / "cache")
     assert sweep_tool.main(["mixture", spec, "--out", str(tmp_path / "out"), "--dry-run"]) == 0

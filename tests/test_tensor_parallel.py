@@ -10,6 +10,8 @@ import torch
 import torch.multiprocessing as mp
 from conftest import REPO, free_port, tiny_flat
 
+pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
+
 
 def _grad_worker(rank, world, port, out_path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),

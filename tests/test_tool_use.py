@@ -38,6 +38,7 @@ def test_problem_reference_and_gold():
     assert (MATH_PYTHON.gold(both, "llemma"), MATH_PYTHON.gold(both, "default")) == ("5", "$7$")
 
 
+@pytest.mark.processes
 def test_gsm8k_correct_wrong_and_crashing_programs():
     gold = GSM8K_PYTHON.gold(GSM8K_DOC["answer"], "default")
     correct = "def solution():\n    pencils = 3 * 14\n    return pencils - 5\n```"
@@ -52,6 +53,7 @@ def test_gsm8k_correct_wrong_and_crashing_programs():
         assert GSM8K_PYTHON.extract("", protocol) is None
 
 
+@pytest.mark.processes
 def test_gsm8k_numbers():
     assert GSM8K_PYTHON.extract("def solution():\n    return 37.0\n", "default") == "37"
     assert GSM8K_PYTHON.extract("def solution():\n    return 7 / 2\n", "default") == "3.5"
@@ -64,6 +66,7 @@ def test_gsm8k_numbers():
     assert GSM8K_PYTHON.key("1,234.0", "default") == GSM8K_PYTHON.key("1234", "llemma") == "1234"
 
 
+@pytest.mark.processes
 def test_program_format():
     body = "def solution():\n    return 5\n"
     assert tool_use.program_of(body + "```\nQuestion: more text") == body
@@ -76,6 +79,7 @@ def test_program_format():
     assert (GSM8K_PYTHON.extract(prints, "default"), GSM8K_PYTHON.extract(prints, "llemma")) == ("37", None)
 
 
+@pytest.mark.processes
 def test_a_program_runs_once_for_both_protocols(monkeypatch):
     runs = []
     real = tool_use.run_program
@@ -95,6 +99,7 @@ def test_a_program_runs_once_for_both_protocols(monkeypatch):
     assert other == ["1235"] and len(runs) == 2
 
 
+@pytest.mark.processes
 def test_math_program_with_sympy_rational_scores_right_under_both_protocols(checker):
     gen = ("from sympy import Rational\n\n\ndef solution():\n    return Rational(3, 8) + Rational(3, 8)\n```")
     for protocol in ("default", "llemma"):
@@ -106,6 +111,7 @@ def test_math_program_with_sympy_rational_scores_right_under_both_protocols(chec
         assert wrong == "0" and not MATH_PYTHON.equal(wrong, gold, protocol, checker)
 
 
+@pytest.mark.processes
 def test_math_answers_as_latex(checker):
     def run(expr, imports="import sympy\nfrom sympy import *\n"):
         return MATH_PYTHON.extract(f"{imports}\ndef solution():\n    return {expr}\n", "default")
@@ -127,6 +133,7 @@ def test_math_answers_as_latex(checker):
     assert MATH_PYTHON.key("\\dfrac{1}{2}", "default") == MATH_PYTHON.key("\\frac12", "default")
 
 
+@pytest.mark.processes
 def test_fewshot_programs_run_and_give_their_answers():
     gsm8k = [GSM8K_PYTHON.extract(p, "default") for _, p in tool_use.GSM8K_EXAMPLES]
     assert gsm8k == ["60", "300", "24", "20", "4", "300"]
@@ -188,6 +195,7 @@ def test_math_python_yaml_renders(manager):
     assert task.config.metadata["kind"] == "math_python"
 
 
+@pytest.mark.processes
 def test_process_results(monkeypatch):
     monkeypatch.setenv("LLEMMA_EVAL_DEFER_SCORING", "1")
     assert tool_use.gsm8k_python_results(GSM8K_DOC, ["def solution():\n    return 37\n"]) == \

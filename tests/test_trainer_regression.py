@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "trainer_regression.json")
 # relative: fp32 matmul and reduction kernels differ in the last bits between CPUs (seen: 5e-7
@@ -98,6 +100,7 @@ def test_differences_catches_a_changed_number():
         "/events[0][0]: 'step 4: skipped' != 'step 3: skipped'"]
 
 
+@pytest.mark.processes
 def test_run_with_skip_rollbacks_and_resume_matches_the_recorded_one(tmp_path, toy_data):
     with open(FIXTURE) as f:
         want = json.load(f)

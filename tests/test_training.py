@@ -10,6 +10,8 @@ from conftest import REPO
 
 from neox.lr_schedule import learning_rate
 
+pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
+
 
 def deepy(*overrides, config="llemma_configs/smoke.yml"):
     cmd = [sys.executable, "deepy.py", "train.py", config]

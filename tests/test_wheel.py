@@ -45,6 +45,7 @@ def run(installed, *cmd, **kw):
                           **kw)
 
 
+@pytest.mark.processes
 def test_the_wheel_carries_both_packages(installed):
     names = zipfile.ZipFile(installed["wheel"]).namelist()
     for path in ("neox/__init__.py", "neox/cli/train.py", "neox/cli/deepy.py", "neox/checkpoint/atomic.py",
@@ -55,6 +56,7 @@ def test_the_wheel_carries_both_packages(installed):
     assert "llemma-neox = neox.cli:main" in zipfile.ZipFile(installed["wheel"]).read(entry).decode()
 
 
+@pytest.mark.processes
 def test_neox_is_imported_from_the_wheel(installed):
     r = run(installed, installed["python"], "-c",
             "import neox, neox.interop.convert_codellama, llemma_eval; print(neox.__file__); print(llemma_eval.__file__)")
@@ -63,6 +65,7 @@ def test_neox_is_imported_from_the_wheel(installed):
         assert path.startswith(installed["site"]) and not path.startswith(REPO + os.sep), path
 
 
+@pytest.mark.processes
 def test_plan_of_llemma_7b_from_outside_the_checkout(installed):
     configs = [os.path.join(REPO, "llemma_configs", name) for name in ("7b.yml", "data_mixture.yml")]
     r = run(installed, "llemma-neox", "train", *configs, "--dry-run")
@@ -72,6 +75,7 @@ def test_plan_of_llemma_7b_from_outside_the_checkout(installed):
     assert d["memory_per_gpu_gib"] == pytest.approx(27.9, abs=0.05) and "memory plan skipped" not in r.stderr
 
 
+@pytest.mark.processes
 def test_every_command_has_its_help(installed):
     r = run(installed, "llemma-neox", "--help")
     assert r.returncode == 0 and all(name in r.stdout for name in COMMANDS), r.stdout + r.stderr
@@ -96,6 +100,7 @@ def test_every_command_has_its_help(installed):
     assert r.returncode == 2 and r.stderr.startswith("error: unknown command 'no_such_tool'")
 
 
+@pytest.mark.processes
 def test_converter_round_trip_from_the_wheel(installed, tok):
     r = run(installed, "llemma-neox", "make_stand_in_codellama", "--out", "hf", "--tokenizer", tok)
     assert r.returncode == 0, r.stderr
@@ -110,6 +115,7 @@ def test_converter_round_trip_from_the_wheel(installed, tok):
         assert torch.equal(back[name], tensor), name  # bit-identical through TP=2 and back
 
 
+@pytest.mark.processes
 def test_library_code_is_layered():
     """No sys.path edits outside tests/ and bench/; the trainer (neox/) imports nothing from the
     evaluation package or from tools/ (the llemma-neox table names llemma_eval.cli as a string,
