@@ -376,45 +376,12 @@ def preprocess(inputs, output_prefix, tokenizer_model, append_eod=True, prepend_
     exists, but finished shards are kept for the next run.
     """
     files = resolve_inputs(inputs)
-    if not os.path.isfile(tokenizer_model):
-        raise PreprocessError(f"{tokenizer_model}: tokenizer model not found")
-    try:
-        tok = load_tokenizer(tokenizer_model, require_eos=False)
-    except TokenizerError as e:
-        raise PreprocessError(str(e)) from None
-    tok_info = describe(tok)
-    vocab_size, bos_id, eos_id = tok_info["vocab_size"], tok_info["bos_id"], tok_info["eos_id"]
-    prepend_bos = tok.add_bos if prepend_bos is None else prepend_bos
-    if append_eod and eos_id < 0:
-        raise PreprocessError(f"{tokenizer_model}: tokenizer has no EOS id, cannot --append-eod")
-    if prepend_bos and tok.bos is None:
-        raise PreprocessError(f"{tokenizer_model}: tokenizer has no BOS id, cannot --prepend-bos")
-    # uint16 holds ids up to 65,535; larger vocabularies (Llama 3, Qwen2.5, Tekken) get int32 tokens
-    dtype = numpy.dtype(numpy.uint16 if vocab_size < 65500 else numpy.int32)
-    tokenizer_sha256 = tok_info["sha256"]
-    options = dict(json_key=key, append_eod=bool(append_eod), prepend_bos=bool(prepend_bos),
-                   dtype=dtype.name, vocab_size=vocab_size, bos_id=bos_id, eos_id=eos_id)
-
+    tok, tok_info, dtype, options = _tokenizer_options(tokenizer_model, key, append_eod, prepend_bos)
     final = f"{output_prefix}_{key}_document"
     tmp = f"{final}.tmp-{os.getpid()}"  # the merged output is written here, renamed at the end
     shards_dir = final + ".shards"
-    out_dir = os.path.dirname(os.path.abspath(final))
-    infos, tasks, sizes = [], [], []
-    for i, path in enumerate(files):
-        try:
-            st = os.stat(path)
-            with open(path, "rb"):
-                pass
-        except OSError as e:
-            raise PreprocessError(f"{path}: cannot read: {e.strerror}") from None
-        sizes.append(st.st_size)
-        identity = dict(version=SHARD_VERSION, input=os.path.abspath(path), bytes=st.st_size,
-                        mtime_ns=st.st_mtime_ns, tokenizer_sha256=tokenizer_sha256, **options)
-        infos.append(_load_shard(os.path.join(shards_dir, str(i)), identity, dtype.itemsize))
-        if infos[i] is None:
-            tasks.append((i, path, os.path.join(shards_dir, str(i)), identity))
-    reused = len(files) - len(tasks)
-
+    infos, tasks, sizes = _plan_shards(files, shards_dir, dict(tokenizer_sha256=tok_info["sha256"], **options),
+                                       dtype.itemsize)
     created = _missing_parents(shards_dir)  # removed again if a failed run leaves them empty
     os.makedirs(shards_dir, exist_ok=True)
     _remove_stale_temps(final)
@@ -448,36 +415,12 @@ def preprocess(inputs, output_prefix, tokenizer_model, append_eod=True, prepend_
             if infos[i]["documents"]:
                 builder.add_index(os.path.join(shards_dir, str(i)))
         bar.bar.close()
-        n_docs = sum(info["documents"] for info in infos)
-        if n_docs == 0:  # a rerun would fail the same way: the shards are of no use
+        if sum(info["documents"] for info in infos) == 0:  # a rerun would fail the same way: the shards are of no use
             shutil.rmtree(shards_dir)
             raise PreprocessError(f"no documents written from {len(files)} input file(s) (all empty)")
         builder.finalize(tmp + ".idx")
-
-        def rel(p):
-            return os.path.relpath(os.path.abspath(p), out_dir)
-
-        manifest = {
-            "format": "megatron-core MMIDIDX (.bin/.idx)",
-            "paths_relative_to": "this manifest's directory",
-            "bin": rel(final + ".bin"),
-            "idx": rel(final + ".idx"),
-            "json_key": key,
-            "dtype": dtype.name,
-            "tokenizer": {**tok_info, "path": rel(tokenizer_model),
-                          **({"config_path": rel(tok.config_path)} if tok.kind == HF else {})},
-            "eod_id": eos_id,
-            "append_eod": bool(append_eod),
-            "prepend_bos": bool(prepend_bos),
-            "inputs": [{"path": rel(p), "bytes": size, "documents": info["documents"], "tokens": info["tokens"],
-                        "empty": info["records"] == 0}
-                       for p, size, info in zip(files, sizes, infos)],
-            "documents": n_docs,
-            "tokens": sum(info["tokens"] for info in infos),
-            "skipped_empty_documents": sum(info["skipped_empty_documents"] for info in infos),
-            "skipped_empty_files": sum(info["records"] == 0 for info in infos),
-            "reused_shards": reused,
-        }
+        manifest = _manifest(final, tokenizer_model, tok, tok_info, options, files, sizes, infos,
+                             reused=len(files) - len(tasks))
         with open(tmp + ".manifest.json", "w") as f:
             json.dump(manifest, f, indent=2)
             f.write("\n")
@@ -488,24 +431,104 @@ def preprocess(inputs, output_prefix, tokenizer_model, append_eod=True, prepend_
         return manifest
     finally:
         gc.unfreeze()
-        if bar is not None:
-            bar.bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-        if builder is not None:
-            builder.data_file.close()  # no-op after finalize; releases the file on errors
-        for ext in (".bin", ".idx", ".manifest.json"):
-            if os.path.exists(tmp + ext):
-                os.remove(tmp + ext)
-        if os.path.isdir(shards_dir):  # keep finished shards for a rerun, nothing else
-            for p in glob.glob(os.path.join(shards_dir, "*.tmp-*")):
-                os.remove(p)
-            if not os.listdir(shards_dir):
-                os.rmdir(shards_dir)
-        for d in created:  # innermost first
-            if os.path.isdir(d) and not os.listdir(d):
-                os.rmdir(d)
+        _clean_up(bar, pool, builder, tmp, shards_dir, created)
+
+
+def _tokenizer_options(tokenizer_model: str, key: str, append_eod: bool, prepend_bos):
+    """The tokenizer, its description for the manifest, the token dtype and the options that
+    decide a shard's content (a shard made with other options is not reused)."""
+    if not os.path.isfile(tokenizer_model):
+        raise PreprocessError(f"{tokenizer_model}: tokenizer model not found")
+    try:
+        tok = load_tokenizer(tokenizer_model, require_eos=False)
+    except TokenizerError as e:
+        raise PreprocessError(str(e)) from None
+    tok_info = describe(tok)
+    vocab_size, bos_id, eos_id = tok_info["vocab_size"], tok_info["bos_id"], tok_info["eos_id"]
+    prepend_bos = tok.add_bos if prepend_bos is None else prepend_bos
+    if append_eod and eos_id < 0:
+        raise PreprocessError(f"{tokenizer_model}: tokenizer has no EOS id, cannot --append-eod")
+    if prepend_bos and tok.bos is None:
+        raise PreprocessError(f"{tokenizer_model}: tokenizer has no BOS id, cannot --prepend-bos")
+    # uint16 holds ids up to 65,535; larger vocabularies (Llama 3, Qwen2.5, Tekken) get int32 tokens
+    dtype = numpy.dtype(numpy.uint16 if vocab_size < 65500 else numpy.int32)
+    options = dict(json_key=key, append_eod=bool(append_eod), prepend_bos=bool(prepend_bos),
+                   dtype=dtype.name, vocab_size=vocab_size, bos_id=bos_id, eos_id=eos_id)
+    return tok, tok_info, dtype, options
+
+
+def _plan_shards(files, shards_dir: str, options: dict, itemsize: int):
+    """Per input file: its finished shard from an earlier run (its info) or None, the files still
+    to tokenize (tasks) and every file's size; an unreadable file is an error here, before any work."""
+    infos, tasks, sizes = [], [], []
+    for i, path in enumerate(files):
+        try:
+            st = os.stat(path)
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise PreprocessError(f"{path}: cannot read: {e.strerror}") from None
+        sizes.append(st.st_size)
+        identity = dict(version=SHARD_VERSION, input=os.path.abspath(path), bytes=st.st_size,
+                        mtime_ns=st.st_mtime_ns, **options)
+        infos.append(_load_shard(os.path.join(shards_dir, str(i)), identity, itemsize))
+        if infos[i] is None:
+            tasks.append((i, path, os.path.join(shards_dir, str(i)), identity))
+    return infos, tasks, sizes
+
+
+def _manifest(final: str, tokenizer_model: str, tok, tok_info: dict, options: dict, files, sizes, infos,
+              reused: int) -> dict:
+    """What the output holds and how it was made; paths relative to the manifest's directory."""
+    out_dir = os.path.dirname(os.path.abspath(final))
+
+    def rel(p):
+        return os.path.relpath(os.path.abspath(p), out_dir)
+
+    return {
+        "format": "megatron-core MMIDIDX (.bin/.idx)",
+        "paths_relative_to": "this manifest's directory",
+        "bin": rel(final + ".bin"),
+        "idx": rel(final + ".idx"),
+        "json_key": options["json_key"],
+        "dtype": options["dtype"],
+        "tokenizer": {**tok_info, "path": rel(tokenizer_model),
+                      **({"config_path": rel(tok.config_path)} if tok.kind == HF else {})},
+        "eod_id": options["eos_id"],
+        "append_eod": options["append_eod"],
+        "prepend_bos": options["prepend_bos"],
+        "inputs": [{"path": rel(p), "bytes": size, "documents": info["documents"], "tokens": info["tokens"],
+                    "empty": info["records"] == 0}
+                   for p, size, info in zip(files, sizes, infos)],
+        "documents": sum(info["documents"] for info in infos),
+        "tokens": sum(info["tokens"] for info in infos),
+        "skipped_empty_documents": sum(info["skipped_empty_documents"] for info in infos),
+        "skipped_empty_files": sum(info["records"] == 0 for info in infos),
+        "reused_shards": reused,
+    }
+
+
+def _clean_up(bar, pool, builder, tmp: str, shards_dir: str, created: list):
+    """After a run, finished or failed: workers and files closed, no temporary output left; the
+    finished shards stay for a rerun, the directories this run created go if they are empty."""
+    if bar is not None:
+        bar.bar.close()
+    if pool is not None:
+        pool.terminate()
+        pool.join()
+    if builder is not None:
+        builder.data_file.close()  # no-op after finalize; releases the file on errors
+    for ext in (".bin", ".idx", ".manifest.json"):
+        if os.path.exists(tmp + ext):
+            os.remove(tmp + ext)
+    if os.path.isdir(shards_dir):  # keep finished shards for a rerun, nothing else
+        for p in glob.glob(os.path.join(shards_dir, "*.tmp-*")):
+            os.remove(p)
+        if not os.listdir(shards_dir):
+            os.rmdir(shards_dir)
+    for d in created:  # innermost first
+        if os.path.isdir(d) and not os.listdir(d):
+            os.rmdir(d)
 
 
 def main(argv=None):
