@@ -18,7 +18,8 @@ real run, each costs a set lookup or a dictionary read.
                                    Moments: index (the sample-index build), resume (a checkpoint
                                    load: the resume or a rollback), save (a checkpoint save, after
                                    the files are written and before the rename), step (the start
-                                   of a training step, before its micro-batches)
+                                   of a training step, before its micro-batches), eval (an
+                                   evaluation, before its batches)
 
 The loss faults fire once each, so a step replayed after a rollback is clean.
 """
@@ -79,7 +80,7 @@ def late_signal() -> None:
         os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
 
 
-PAUSE_MOMENTS = ("index", "resume", "save", "step")
+PAUSE_MOMENTS = ("index", "resume", "save", "step", "eval")
 
 
 def pause(moment: str, step: int | None = None) -> None:

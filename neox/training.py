@@ -259,6 +259,7 @@ class Trainer:
 
     def evaluate(self, step: int):
         self.watchdog.expect_slow(f"the evaluation at step {step}")
+        faults.pause("eval", step)  # test-only: a slow evaluation, to stop a job in the middle of one
         values = validation.evaluate(self.engine, self.eval_sets, self.cfg)
         if self.logger:
             self.logger.log({"step": step, **values})

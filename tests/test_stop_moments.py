@@ -64,9 +64,9 @@ class Job:
         return self.p.returncode, self.text
 
 
-def stopped_at(run_dir, what: str, env=None) -> str:
+def stopped_at(run_dir, what: str, env=None, *overrides) -> str:
     """Start the run, stop every process at the moment `what` names, expect exit 75; the output."""
-    job = Job(run_dir, env=env)
+    job = Job(run_dir, *overrides, env=env)
     if what == "compiling":
         job.wait_until(lambda: kernel_compiler_running(session=job.p.pid))
     else:
@@ -105,6 +105,23 @@ def test_a_stop_at_each_moment_ends_in_exit_75_and_the_run_continues_exactly(tmp
     code, out = Job(run_dir).finish()
     assert code == 0, out[-4000:]
     assert logged_losses(run_dir) == compiled_reference
+
+
+@pytest.mark.processes
+def test_a_stop_during_an_evaluation_and_during_the_final_save(tmp_path, toy_data):
+    """During an evaluation: it finishes, the run stops right after it with a checkpoint of that
+    step. During the final save: the run is finished, it ends normally (nothing to requeue for)."""
+    run_dir = tmp_path / "run"
+    evaluating = ["eval_iters=1", "eval_interval=2", "compile_blocks=false"]
+    out = stopped_at(run_dir, "eval of step 2", {"NEOX_FAULT_PAUSE": "eval@2:300"}, *evaluating)
+    assert "eval at step 2:" in out and "stopped after step 2; exit status 75" in out
+    assert (run_dir / "ckpt" / "global_step2" / "complete").is_file()
+    job = Job(run_dir, *evaluating, env={"NEOX_FAULT_PAUSE": "save@8:300"})
+    job.wait_until(lambda: "fault: pausing the save of step 8" in job.text)
+    job.stop_every_process()
+    code, out = job.finish()
+    assert code == 0 and "saved checkpoint global_step8" in out, out[-3000:]
+    assert "stop requested" not in out and (run_dir / "ckpt" / "global_step8" / "complete").is_file()
 
 
 @pytest.mark.processes
@@ -159,7 +176,7 @@ def test_the_pause_fault_names_a_wrong_moment(monkeypatch):
     from neox import faults
 
     monkeypatch.setenv("NEOX_FAULT_PAUSE", "indexx:5")
-    with pytest.raises(ValueError, match="NEOX_FAULT_PAUSE: unknown moment 'indexx' \\(one of index, resume, save, step\\)"):
+    with pytest.raises(ValueError, match="unknown moment 'indexx' \\(one of index, resume, save, step, eval\\)"):
         faults.pause("index")
     monkeypatch.setenv("NEOX_FAULT_PAUSE", "save@4:0.01")
     faults.pause("save", 3)  # another step: no pause, no line
