@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import inspect
+import os
 import sys
 from dataclasses import dataclass
 
@@ -69,8 +70,6 @@ _checked: dict[str, bool] = {}
 
 
 def _warn(line: str):
-    import os
-
     if os.environ.get("RANK", "0") == "0":
         print(line, file=sys.stderr, flush=True)
 

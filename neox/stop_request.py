@@ -23,12 +23,12 @@ import sys
 import threading
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-_state = {"requested": False, "on_request": None, "listening": False, "event": threading.Event()}
+_state = {"on_request": None, "listening": False}
+_requested = threading.Event()  # set by a stop signal; wait() sleeps on it
 
 
 def _note(signum: int):
-    _state["requested"] = True
-    _state["event"].set()
+    _requested.set()
     if _state["on_request"] is not None:
         _state["on_request"]()
 
@@ -61,18 +61,17 @@ def with_stop_signals(argv: list) -> list:
 
 
 def requested() -> bool:
-    return _state["requested"]
+    return _requested.is_set()
 
 
 def wait(seconds: float) -> bool:
     """Sleep up to ``seconds``, returning early (True) once a stop is requested."""
-    return _state["event"].wait(seconds)
+    return _requested.wait(seconds)
 
 
 def clear():
     """The request was acted on (the run ended): a later run in this process starts without it."""
-    _state["requested"] = False
-    _state["event"].clear()
+    _requested.clear()
 
 
 def ignore_from_now():
