@@ -65,9 +65,9 @@ print(sum(t.numel() for s in shards for t in s.values()))
 NAIVE = r"""
 import os, sys, torch, transformers
 sys.path.insert(0, sys.argv[3])
-from neox import partition
+from neox.model import partition
 from neox.config import padded_vocab_size
-from neox.interop.hf_compat import shard_hf_weights
+from neox.model.hf_compat import shard_hf_weights
 src, out, tp = sys.argv[1], sys.argv[2], 2
 model = transformers.LlamaForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
 hf = model.state_dict()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Seconds of the pre-flight .idx/.bin check (neox.data_check.check_index) at Proof-Pile-2's
+"""Seconds of the pre-flight .idx/.bin check (neox.data.check.check_index) at Proof-Pile-2's
 scale: a synthetic index of 15M documents (megatron-core's format, written with numpy) over a
 sparse .bin of the matching size. Prints one JSON object.
 
@@ -18,7 +18,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from neox.data_check import _INDEX_HEADER, check_index  # noqa: E402
+from neox.data.check import _INDEX_HEADER, check_index  # noqa: E402
 
 UINT16_CODE = 8  # megatron-core's dtype code for uint16
 

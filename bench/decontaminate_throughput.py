@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Throughput of the decontamination filter (neox/decontaminate.py) against the overlap scan alone.
+"""Throughput of the decontamination filter (neox/data/decontaminate.py) against the overlap scan alone.
 
     python bench/decontaminate_throughput.py [--tokens 60000000] [--test-examples 5000] [--n 13]
         [--repeats 3] [--work-dir DIR]
@@ -12,8 +12,8 @@ tokenizer, and a MATH-shaped test file of --test-examples examples (problem ~80 
 copies of an earlier document (of the same prefix or an earlier one), so the filter has work.
 Then measures, in the same run, best of --repeats (alternating, so noise hits both alike), one
 process each (workers = 1):
-  scan:   neox.overlap.run: the overlap check (same n, same test file, same prefixes), hits written
-  filter: neox.decontaminate.run, shard 0/1, force: the same scan plus every document's two hashes,
+  scan:   neox.data.overlap.run: the overlap check (same n, same test file, same prefixes), hits written
+  filter: neox.data.decontaminate.run, shard 0/1, force: the same scan plus every document's two hashes,
           the part (.npz), the exact-duplicate search and the filtered prefixes written, with
           decontamination.json, dropped.jsonl and report.md (a fresh --out each repeat)
 Every repeat is timed by stage (wrappers around the module functions): test side (build_index),
@@ -47,8 +47,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from overlap_throughput import document_lengths, write_test_file, zipf_ids  # noqa: E402  (bench/ is on sys.path)
 
-from neox import decontaminate, overlap  # noqa: E402
-from neox.data_check import sha256_of  # noqa: E402
+from neox.data import decontaminate, overlap  # noqa: E402
+from neox.paths import sha256_of  # noqa: E402
 
 PLANTED = 100
 MIN_TOKENS = 2_000_000

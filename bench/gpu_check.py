@@ -21,7 +21,7 @@ timeout or the overall budget runs out), each writing DIR/<part>.json (schema in
                of bench/train_throughput.py on the same data; tokens/s and MFU against the peak
   llemma7b     2 and 4 full-width Llemma 7B layers (TP=1, micro batch 4, checkpointing): step time
                per layer, extrapolated to 32 layers, next to Llemma's published A100 rate
-  memory       max_memory_allocated of every trainer run against neox.planner for its config
+  memory       max_memory_allocated of every trainer run against neox.model.planner for its config
 The summary table is printed last (also DIR/summary.json). --plan runs nothing heavy and needs no
 GPU: it prints every config's shapes and planner estimate, the last stdout line is JSON.
 """
@@ -47,7 +47,7 @@ sys.path.insert(0, BENCH)
 
 import train_throughput as tt  # noqa: E402  (its configs, data, loops and launcher are reused)
 
-from neox.local_launch import RANK_CONFIG_FLAG  # noqa: E402
+from neox.launch.local_launch import RANK_CONFIG_FLAG  # noqa: E402
 
 PARTS = ("setup", "correctness", "training", "throughput", "llemma7b", "memory")
 # the sum is above the budget on purpose: a part that finishes early leaves its time to the next
@@ -132,7 +132,7 @@ def family_hf_config(family: str):
 
 def family_flat(work: str, family: str) -> dict:
     """The correctness config with the model keys the converter reads from that family's config."""
-    from neox.interop.hf_compat import neox_model_keys_from_hf
+    from neox.model.hf_compat import neox_model_keys_from_hf
 
     return {**correctness_flat(work), **neox_model_keys_from_hf(family_hf_config(family))}
 
@@ -191,8 +191,8 @@ def all_configs(work: str, prefix: str, peak_tflops: float) -> dict:
 
 def describe(flat: dict, dry_run: bool = True) -> dict:
     """Shapes, parameters, FLOPs and the planner's memory estimate of one config."""
-    from neox.flops import flops_per_token, parameter_count
-    from neox.planner import memory_per_gpu
+    from neox.model.flops import flops_per_token, parameter_count
+    from neox.model.planner import memory_per_gpu
 
     cfg = validated(flat, dry_run)
     m, b = cfg.model, cfg.batch
@@ -442,9 +442,9 @@ def paired_models(flat: dict, dtype, device: str, hf_config=None):
     import torch
     import transformers
 
-    from neox import partition
-    from neox.interop.hf_compat import shard_hf_weights
-    from neox.model import LlamaModel
+    from neox.model import partition
+    from neox.model.hf_compat import shard_hf_weights
+    from neox.model.llama import LlamaModel
 
     cfg = validated(flat, dry_run=True)
     m = cfg.model
@@ -480,7 +480,7 @@ def part_correctness(p: Part, args):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from neox import head_loss
+    from neox.model import head_loss
 
     tt.init_single_process_group()  # NCCL on CUDA
     torch.set_float32_matmul_precision("highest")  # no TF32: the 1e-4 is about fp32
@@ -561,7 +561,7 @@ def check_family(p: Part, family: str, flat: dict, tokens):
 
 
 def part_training(p: Part, args):
-    from neox.config import tokenizer_vocab_size
+    from neox.data.tokenizer import tokenizer_vocab_size
 
     work = os.path.join(args.out, "work", "training")
     shutil.rmtree(work, ignore_errors=True)
@@ -642,7 +642,7 @@ def synthetic_data(work: str, shape: dict, steps: int) -> str:
 
 
 def summarized(run: dict, warmup: int, flat: dict, peak: float) -> dict:
-    from neox.flops import flops_per_token
+    from neox.model.flops import flops_per_token
 
     cfg = validated(flat, dry_run=True)
     tokens = cfg.batch.train_batch_size * cfg.model.seq_length

@@ -5,7 +5,7 @@
 
 The benchmark model's head by default (2,048 tokens, hidden 512, vocab 32,016, bf16, TP=1):
   unfused   lm_head GEMM, logits.float(), megatron's vocab_parallel_cross_entropy, backward
-  fused     neox.head_loss.head_loss (fused_head_loss: true), backward
+  fused     neox.model.head_loss.head_loss (fused_head_loss: true), backward
 Each runs in its own process: time is the median of --repeats forward + backward passes after one
 untimed; peak is the process's peak RSS above its RSS just before the first pass (inputs, weight
 and libraries already loaded), so it counts what the pass allocates. The last stdout line is one
@@ -41,7 +41,7 @@ def worker(impl: str, tokens: int, hidden: int, vocab: int, repeats: int) -> dic
     init_single_process_group()
     from megatron.core import tensor_parallel as mtp
 
-    from neox.head_loss import head_loss
+    from neox.model.head_loss import head_loss
 
     gen = torch.Generator().manual_seed(0)
     hidden_states = torch.randn(1, tokens, hidden, generator=gen).bfloat16()

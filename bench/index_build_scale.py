@@ -6,7 +6,7 @@
 Writes synthetic megatron-core MMIDIDX datasets with Proof-Pile-2-like sizes (the .idx files
 are real, with seeded lognormal document lengths; the .bin files are sparse, so no token data
 is written and reads return zeros), then builds the training dataset exactly as the trainer
-does (neox.data.build_train_dataset with the 7B config: 42,000 steps x 1,024 sequences of 4,096
+does (neox.data.dataset.build_train_dataset with the 7B config: 42,000 steps x 1,024 sequences of 4,096
 tokens, seed 1234, the 5 mixture weights), each time in a fresh process so its peak RSS
 (wait4 ru_maxrss) is its own: once with a cold index cache and once loading that cache.
 The child also times the main megatron-core steps (document index, sample index, shuffle index,
@@ -163,7 +163,7 @@ def instrument(phases):
 def child(work, mode):
     import torch
 
-    from neox.data import build_train_dataset, format_mixture, mixture_table
+    from neox.data.dataset import build_train_dataset, format_mixture, mixture_table
 
     def peak():
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

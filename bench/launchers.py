@@ -16,7 +16,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from neox.ports import free_port  # noqa: E402
+from neox.launch.ports import free_port  # noqa: E402
 
 RANK = r'''
 import os, signal, sys, time

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Throughput of the test-set overlap check (neox/overlap.py) against the I/O floor and plain Python.
+"""Throughput of the test-set overlap check (neox/data/overlap.py) against the I/O floor and plain Python.
 
     python bench/overlap_throughput.py [--tokens 500000000] [--test-examples 5000] [--slice-tokens 300000]
         [--words-tokens 20000000] [--workers 2] [--work-dir DIR]
@@ -37,7 +37,7 @@ import sentencepiece as spm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from neox import overlap  # noqa: E402
+from neox.data import overlap  # noqa: E402
 
 N = 30
 PLANTED = 200
@@ -203,7 +203,7 @@ def main(argv=None):
     if not os.path.isfile(tok):
         subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_toy_data.py")], check=True, cwd=REPO)
     sp = spm.SentencePieceProcessor(model_file=tok)  # the Python baselines' tokenizer
-    tk = overlap.open_tokenizer(tok)  # what the check itself uses (neox.tokenizer)
+    tk = overlap.open_tokenizer(tok)  # what the check itself uses (neox.data.tokenizer)
     os.makedirs(args.work_dir, exist_ok=True)
     load_start = os.getloadavg()[0]
     t0 = time.perf_counter()

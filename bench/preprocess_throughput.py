@@ -95,7 +95,7 @@ def bench_hf(args, work, paths, texts):
             with open(p, "rb") as f:
                 out.write(f.read())  # concatenated zstd frames are one valid stream
     tok = Tokenizer.from_file(tok_path)
-    tok.encode_special_tokens = True  # as neox.tokenizer.HFTokenizer
+    tok.encode_special_tokens = True  # as neox.data.tokenizer.HFTokenizer
     times = {k: [] for k in ("ours_processes", "ours_threads", "raw", "raw_fast")}
     for r in range(args.repeats):
         for name, inputs in (("ours_processes", paths), ("ours_threads", [one])):

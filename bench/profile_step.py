@@ -4,7 +4,7 @@
     python bench/profile_step.py [--impl ours|plain|hf] [--steps 3] [--warmup 1] [--eager] [--quick] [--top 25]
 
 Same model, data and settings as bench/train_throughput.py, in this one process (TP=1):
-  ours   (default) neox.model.LlamaModel on the DeepSpeed engine exactly as neox.training.train
+  ours   (default) neox.model.llama.LlamaModel on the DeepSpeed engine exactly as neox.train.trainer.train
          builds it (our AdamW, deepspeed_config(cfg): ZeRO-1, bf16, fp32 gradient accumulation,
          the megatron-core mpu), and the trainer's step mirrored line by line: set the LR, fetch
          the micro batch, engine(...), engine.backward, engine.step, loss to CPU with the
@@ -89,18 +89,18 @@ def classify(chain: list[str]) -> str:
 
 
 def build_ours(cfg):
-    """Our model on the DeepSpeed engine, built as neox.training.train builds it; the returned
+    """Our model on the DeepSpeed engine, built as neox.train.trainer.train builds it; the returned
     step mirrors one iteration of its loop (gradient_accumulation_steps = 1)."""
     import torch
     from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
     from megatron.core import parallel_state as ps
     from torch.profiler import record_function
 
-    from neox.data import get_micro_batch
-    from neox.engine import build_engine, seed_everything, set_lr
-    from neox.lr_schedule import lr_for_config
-    from neox.model import LlamaModel
-    from neox.validation import dp_mean
+    from neox.data.dataset import get_micro_batch
+    from neox.model.llama import LlamaModel
+    from neox.train.engine import build_engine, seed_everything, set_lr
+    from neox.train.lr_schedule import lr_for_config
+    from neox.train.validation import dp_mean
 
     # label DeepSpeed's fp32 gradient accumulation (the end of engine.backward) for the profile
     original = BF16_Optimizer.update_hp_grads
@@ -111,7 +111,7 @@ def build_ours(cfg):
 
     BF16_Optimizer.update_hp_grads = update_hp_grads
 
-    from neox import speed
+    from neox.train import speed
 
     for line in speed.apply(cfg, tt._device()):  # as the trainer: compile_blocks, the CPU allocator
         tt.log(line)
@@ -215,7 +215,7 @@ def main(argv=None):
             tt.init_single_process_group()
         cfg = tt.load_cfg(tt.neox_flat(shape, total, prefix, work))
         if args.impl in ("ours", "plain"):  # compile_blocks: auto as in a long run (train_throughput.py)
-            from neox.speed import compile_blocks_of_a_long_run
+            from neox.train.speed import compile_blocks_of_a_long_run
 
             cfg.model.compile_blocks = not args.eager and compile_blocks_of_a_long_run(tt._device())[0]
         build = {"ours": build_ours, "plain": tt.build_plain, "hf": tt.build_hf}[args.impl]
@@ -240,7 +240,7 @@ def main(argv=None):
             prof.export_chrome_trace(args.trace)
         wall, buckets, phases, ops = analyse(prof, use_device)
         if args.impl in ("ours", "plain"):
-            from neox import distributed
+            from neox.launch import distributed
 
             distributed.destroy()
     finally:

@@ -9,20 +9,20 @@ intermediate 1376, vocab 32016, sequence 512, micro batch 4 (2,048 tokens per st
 optimizer step per micro batch, AdamW (lr 1e-4 constant, betas 0.9/0.95, eps 1e-8, decay 0.1 on
 matrices), gradient clipping 1.0. The same synthetic data for all: random token ids < 32016
 written as a megatron-core indexed dataset into a temporary directory and read through the
-trainer's own dataset code (neox.data), so every implementation sees the same batches and pays
+trainer's own dataset code (neox.data.dataset), so every implementation sees the same batches and pays
 the same data-fetch cost inside its timed step.
 
 Implementations, each in its own fresh process; a round runs each once, and the rounds interleave:
   ours       `deepy.py train.py <config>`: the real launcher (deepy starts the ranks), trainer, DeepSpeed
              engine (ZeRO-1, bf16 weights, fp32 master weights, fp32 AdamW state, fp32 gradient
              accumulation), the default config (compile_blocks: auto decided as for a run of
-             neox.speed.COMPILE_MIN_TRAIN_ITERS steps: the benchmark's own few steps would never
+             neox.train.speed.COMPILE_MIN_TRAIN_ITERS steps: the benchmark's own few steps would never
              compile). Step times are read from its metrics.jsonl (`step_time_s`).
   ours_tp2   the same with model_parallel_size 2 on 2 processes (only with --tp 2); same global batch.
-  plain      neox.model.LlamaModel without DeepSpeed, same precision policy written out by hand:
+  plain      neox.model.llama.LlamaModel without DeepSpeed, same precision policy written out by hand:
              bf16 weights and compute, bf16 gradients added into fp32 gradient buffers, clipping and
              fused torch.optim.AdamW (as ours) on fp32 master copies, master copied back into the bf16
-             weights; the same model config and process policies as ours (neox.speed.apply:
+             weights; the same model config and process policies as ours (neox.train.speed.apply:
              compile_blocks, the CPU allocator; fused head loss, --set keys). The
              framework-overhead floor for ours (TP=1 megatron-core layers on a 1-process gloo group).
              Master weights and fp32 gradients are flat buffers per parameter group (weights with
@@ -39,7 +39,7 @@ Warm-up steps are excluded; a round's step time is the median over its measured 
 tokens/s = 2,048 / that. Over the rounds every figure is a median, and each ratio (ours_vs_X) is
 the median of the ratios within a round, so slow phases of a shared machine cancel. Peak RSS is
 the largest process of each run (ours: its rank, not the launcher). FLOPs per token and MFU use
-neox.flops (6N + 12 L d S, N all parameters incl. the embedding; identical for all models)
+neox.model.flops (6N + 12 L d S, N all parameters incl. the embedding; identical for all models)
 against `matmul_peak_tflops`, the best of ten 2048^3 bf16 matmuls measured before and after the
 runs with the same thread count (the first is passed to ours as peak_flops_per_gpu; at TP=2 each
 process gets half, so all MFUs are against the whole machine). On a CPU the 1-thread peak is
@@ -66,7 +66,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from neox.speed import use_compile_cache  # noqa: E402
+from neox.train.speed import use_compile_cache  # noqa: E402
 
 use_compile_cache()  # as train.py does (ours and plain share torch's compile cache)
 
@@ -182,7 +182,7 @@ def _device():
 
 
 def train_dataset(cfg):
-    from neox.data import SentencePieceTokenizer, build_train_dataset
+    from neox.data.dataset import SentencePieceTokenizer, build_train_dataset
 
     return build_train_dataset(cfg, SentencePieceTokenizer(cfg.data.vocab_file))
 
@@ -190,7 +190,7 @@ def train_dataset(cfg):
 def _fetch(train_set, cfg, i, device):
     from torch.profiler import record_function
 
-    from neox.data import get_micro_batch
+    from neox.data.dataset import get_micro_batch
 
     micro = cfg.batch.train_micro_batch_size_per_gpu
     with record_function("bench::data"):
@@ -199,7 +199,7 @@ def _fetch(train_set, cfg, i, device):
 
 
 def _param_groups(named_params):
-    """Decay on matrices, none on norm weights (as neox.engine.build_optimizer)."""
+    """Decay on matrices, none on norm weights (as neox.train.engine.build_optimizer)."""
     decay, no_decay = [], []
     for _, p in named_params:
         (no_decay if p.dim() == 1 else decay).append(p)
@@ -208,8 +208,8 @@ def _param_groups(named_params):
 
 def init_single_process_group():
     """A 1-process gloo (or nccl) group with megatron-core parallel state at TP=1."""
-    from neox import distributed
-    from neox.ports import free_port
+    from neox.launch import distributed
+    from neox.launch.ports import free_port
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0",
                       WORLD_SIZE="1", LOCAL_RANK="0")
@@ -217,12 +217,12 @@ def init_single_process_group():
 
 
 def build_plain(cfg):
-    """neox.model.LlamaModel with DeepSpeed's bf16 policy written out (no DeepSpeed)."""
+    """neox.model.llama.LlamaModel with DeepSpeed's bf16 policy written out (no DeepSpeed)."""
     import torch
     from torch.profiler import record_function
 
-    from neox import speed
-    from neox.model import LlamaModel
+    from neox.model.llama import LlamaModel
+    from neox.train import speed
 
     device = _device()
     train_set = train_dataset(cfg)
@@ -401,7 +401,7 @@ def run_worker(impl: str, flat: dict, total_steps: int) -> dict:
         norms.append(norm)
         log(f"  {impl} step {i + 1}/{total_steps}: {times[-1]:.3f} s, loss {loss:.4f}, grad_norm {norm:.3f}")
     if impl == "plain":
-        from neox import distributed
+        from neox.launch import distributed
 
         distributed.destroy()
     return {"step_time_s": times, "loss": losses, "grad_norm": norms, "setup_s": setup_s,
@@ -596,7 +596,7 @@ def main(argv=None):
     if "compile_blocks" not in settings:
         # The default config's compile_blocks: auto, decided as for a real run (the benchmark's few
         # steps are far below the threshold and would always run eager)
-        from neox.speed import COMPILE_MIN_TRAIN_ITERS, compile_blocks_of_a_long_run
+        from neox.train.speed import COMPILE_MIN_TRAIN_ITERS, compile_blocks_of_a_long_run
 
         settings["compile_blocks"], why = compile_blocks_of_a_long_run(_device())
         log(f"compile_blocks: auto -> {str(settings['compile_blocks']).lower()} for ours and plain, as in a run "
@@ -625,7 +625,7 @@ def main(argv=None):
         log(f"synthetic data: {n_tokens:,} random tokens < {shape['vocab_size']} in {prefix}")
         flat = {**neox_flat(shape, total, prefix, work, peak_flops=peak * 1e12), **settings}
         cfg = load_cfg(flat)  # also validates the --set keys before anything runs
-        from neox.flops import flops_per_token, parameter_count
+        from neox.model.flops import flops_per_token, parameter_count
 
         fpt = flops_per_token(cfg)
         tokens_per_step = shape["micro_batch"] * shape["seq_length"]

@@ -200,7 +200,7 @@ def equiv(argv) -> int:
     args = p.parse_args(options + ["--"] + answers)
     with Checker(args.timeout) as checker:
         if args.protocol == "llemma":
-            from llemma_eval.kinds import minerva
+            from llemma_eval.upstream import minerva
 
             norm = minerva().normalize_final_answer
             same = checker.llemma_equal(norm(args.pred), norm(args.gold))

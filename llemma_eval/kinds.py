@@ -11,7 +11,7 @@ Two protocols score every generation task, side by side in results.json:
              simplify(a - b) == 0 with a timeout (lm-eval's minerva_math is_equiv)
 A kind is duck-typed: problem_reference(doc), gold(reference, protocol), extract(generation,
 protocol), equal(pred, gold, protocol, checker), key(answer, protocol) (identical keys are one vote)
-and missing_data(data_dir). Kinds of other modules are listed in kinds() below.
+and missing_data(data_dir). Every kind by name: llemma_eval.registry.
 """
 
 import functools
@@ -19,22 +19,14 @@ import re
 
 from llemma_eval import answers as ans
 from llemma_eval import data
+from llemma_eval.upstream import minerva, upstream_yaml
 
 PROTOCOLS = ("default", "llemma")
 
 
 @functools.lru_cache(maxsize=None)
-def minerva():
-    from lm_eval.tasks.minerva_math import utils  # lm-eval[math]
-
-    return utils
-
-
-@functools.lru_cache(maxsize=None)
 def gsm8k_strict():
     """lm-eval's gsm8k-cot "strict-match": its answer regex and the strings its exact match ignores."""
-    from llemma_eval.task_fns import upstream_yaml
-
     cot = upstream_yaml("gsm8k/gsm8k-cot.yaml")
     strict = next(f for f in cot["filter_list"] if f["name"] == "strict-match")
     pattern = next(step["regex_pattern"] for step in strict["filter"] if step["function"] == "regex")
@@ -100,18 +92,3 @@ class Gsm8kKind:
 
     def missing_data(self, data_dir: str) -> str | None:
         return data.missing_data("gsm8k", data_dir)
-
-
-@functools.lru_cache(maxsize=None)
-def kinds() -> dict:
-    """Every kind by name (the task-family modules import this one, so they are imported here late)."""
-    from llemma_eval import stem, tool_use
-
-    return {k.name: k for k in (MathKind(), Gsm8kKind(), stem.OCW, stem.MC, tool_use.GSM8K_PYTHON,
-                                tool_use.MATH_PYTHON)}
-
-
-def kind(name: str):
-    if name not in kinds():
-        raise ValueError(f"unknown task kind {name!r}; known: {sorted(kinds())}")
-    return kinds()[name]

@@ -15,7 +15,7 @@ import time
 from tqdm import tqdm
 
 from llemma_eval import TASKS_DIR
-from llemma_eval.kinds import kind
+from llemma_eval.registry import kind
 from llemma_eval.scoring import score_records, summarize, write_samples
 
 # task -> kind (llemma_eval.kinds; "ppl" is held-out perplexity); *_majk tasks sample k per problem
@@ -40,7 +40,6 @@ def check_tasks(tasks: list[str]) -> None:
 def missing_data(task: str, data_dir: str) -> str | None:
     """What --data-dir lacks for a task (checked before any model is loaded), or None."""
     from llemma_eval import data, stem
-    from llemma_eval.kinds import kind
 
     if task.removesuffix("_majk") in stem.TASK_LAYOUT:  # one kind, several file layouts
         return stem.missing_task_data(task, data_dir)

@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 from llemma_eval.checker import DEFAULT_TIMEOUT, close_thread_checkers, thread_checker
-from llemma_eval.kinds import PROTOCOLS, kind
+from llemma_eval.kinds import PROTOCOLS
+from llemma_eval.registry import kind
 from llemma_eval.voting import majority_vote
 
 

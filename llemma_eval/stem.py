@@ -21,8 +21,8 @@ import re
 
 from llemma_eval.answers import extract_math_answer, last_boxed
 from llemma_eval.data import DataError, _dataset, _require, from_hub, read_jsonl
-from llemma_eval.kinds import minerva as _minerva
-from llemma_eval.task_fns import _results, upstream_yaml
+from llemma_eval.upstream import minerva as _minerva
+from llemma_eval.upstream import upstream_yaml
 
 LETTERS = "ABCD"
 OCW_HUB = "open-web-math/ocwcourses"  # the dataset id the Llemma paper's lm-eval fork loaded
@@ -254,19 +254,6 @@ def mc_doc_to_text(doc: dict) -> str:
 
 def mc_doc_to_target(doc: dict) -> str:
     return doc.get("solution") or f"Final Answer: The final answer is ({doc['answer']}). I hope it is correct."
-
-
-def ocw_results(doc: dict, results: list) -> dict:
-    return _results("ocw", str(doc["answer"]), results)
-
-
-def mc_results(doc: dict, results: list) -> dict:
-    return _results("mc", doc["answer"], results)
-
-
-def math_results(doc: dict, results: list) -> dict:
-    """MATH-500 and AIME (kind "math"): the reference is doc["solution"] (AIME: \\boxed{answer})."""
-    return _results("math", doc["solution"], results)
 
 
 # --------------------------------------------------------------------------------------------- kinds

@@ -9,37 +9,24 @@ afterwards by llemma_eval.scoring in a pool of checkers, so the accelerator is n
 with plain `lm-eval --include_path llemma_eval/tasks` the same scoring runs here.
 """
 
-import functools
 import os
 
 import jinja2
+
+from llemma_eval.scoring import score_record  # the default protocol, in lm-eval's process_results
+from llemma_eval.upstream import minerva, upstream_yaml
 
 
 def _defer() -> bool:
     return os.environ.get("LLEMMA_EVAL_DEFER_SCORING") == "1"
 
 
-@functools.lru_cache(maxsize=None)
-def upstream_yaml(relpath: str) -> dict:
-    import lm_eval.tasks
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    path = os.path.join(os.path.dirname(lm_eval.tasks.__file__), relpath)
-    return load_yaml(path, resolve_func=False)
-
-
-def _minerva():
-    from lm_eval.tasks.minerva_math import utils  # needs lm-eval[math]
-
-    return utils
-
-
 def math_fewshot() -> list[dict]:
-    return _minerva().list_fewshot_samples()
+    return minerva().list_fewshot_samples()
 
 
 def math_doc_to_text(doc: dict) -> str:
-    return _minerva().doc_to_text(doc)
+    return minerva().doc_to_text(doc)
 
 
 def gsm8k_fewshot() -> list[dict]:
@@ -60,8 +47,6 @@ def gsm8k_doc_to_target(doc: dict) -> str:
 def _results(kind: str, reference: str, generations: list) -> dict:
     if _defer():
         return {"exact_or_equiv": 0, "maj_at_k": 0}
-    from llemma_eval.scoring import score_record  # the default protocol, in lm-eval's process_results
-
     gens = [g for group in generations for g in (group if isinstance(group, list) else [group])]
     rec = score_record({"kind": kind, "reference": reference, "generations": gens})
     return {"exact_or_equiv": int(rec["correct"][0]), "maj_at_k": int(rec["maj_correct"])}
@@ -73,3 +58,19 @@ def math_results(doc: dict, results: list) -> dict:
 
 def gsm8k_results(doc: dict, results: list) -> dict:
     return _results("gsm8k", doc["answer"], results)
+
+
+def ocw_results(doc: dict, results: list) -> dict:
+    return _results("ocw", str(doc["answer"]), results)
+
+
+def mc_results(doc: dict, results: list) -> dict:
+    return _results("mc", doc["answer"], results)
+
+
+def gsm8k_python_results(doc: dict, results: list) -> dict:
+    return _results("gsm8k_python", doc["answer"], results)
+
+
+def math_python_results(doc: dict, results: list) -> dict:
+    return _results("math_python", doc["solution"], results)

@@ -27,9 +27,9 @@ import threading
 from collections import OrderedDict
 
 from llemma_eval import answers as ans
-from llemma_eval.kinds import Gsm8kKind, MathKind, minerva
+from llemma_eval.kinds import Gsm8kKind, MathKind
 from llemma_eval.sandbox import SandboxUnavailable, run_program  # noqa: F401  (SandboxUnavailable: re-exported)
-from llemma_eval.task_fns import _results
+from llemma_eval.upstream import minerva
 
 OPENER = "```python\n"
 CLOSER = "```"
@@ -261,10 +261,3 @@ MATH_PYTHON = MathPythonKind()
 
 
 # --------------------------------------------------------------------------------------- lm-eval
-
-def gsm8k_python_results(doc: dict, results: list) -> dict:
-    return _results("gsm8k_python", doc["answer"], results)
-
-
-def math_python_results(doc: dict, results: list) -> dict:
-    return _results("math_python", doc["solution"], results)

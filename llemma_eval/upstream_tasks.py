@@ -33,7 +33,7 @@ def upstream_path(relpath: str) -> str:
 
 
 def _until(relpath: str) -> list:
-    from llemma_eval.stem import upstream_yaml
+    from llemma_eval.upstream import upstream_yaml
 
     return list(upstream_yaml(relpath)["generation_kwargs"]["until"])
 
@@ -60,7 +60,7 @@ test_split: test
 training_split: null
 validation_split: null
 fewshot_split: null
-process_results: !function llemma_eval.stem.math_results
+process_results: !function llemma_eval.task_fns.math_results
 metric_list:
   - {{metric: exact_or_equiv, aggregation: mean, higher_is_better: true}}
   - {{metric: maj_at_k, aggregation: mean, higher_is_better: true}}

@@ -190,7 +190,7 @@ def checkpoint_writes_keep_first_error(engine, before_write=None):
 
 def spend_megatron_warning():
     """megatron-core's linear layers warn once, from inside their forward, when TP > 1 and
-    CUDA_DEVICE_MAX_CONNECTIONS is not 1 (a warning neox.quiet filters out: not actionable here);
+    CUDA_DEVICE_MAX_CONNECTIONS is not 1 (a warning neox.launch.quiet filters out: not actionable here);
     in a compiled block that warnings.warn would be a graph break and a recompile, so it is marked
     as said before compiling. (Adding warnings.warn to dynamo's ignore_logging_functions instead
     made torch 2.11 log a traceback at every compile: its compile-metrics logger cannot serialise

@@ -3,7 +3,7 @@
 # $REPO/.venv/bin/python, and each may be set in the environment (sbatch --export=ALL,KEY=VALUE);
 # arguments after the script name replace CONFIGS and EXTRA_ARGS:
 #   sbatch [sbatch options] slurm/llemma_7b.sbatch [CONFIG.yml ...] [-o KEY=VALUE ...]
-# How a job ends (docs/slurm.md): every rank's own exit status decides (python -m neox.job_status),
+# How a job ends (docs/slurm.md): every rank's own exit status decides (python -m neox.launch.job_status),
 # not srun's; a stop on request (exit 75) is requeued unless the job is being cancelled.
 set +e -uo pipefail  # no -e: each status below is read and reported
 REPO=${REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
@@ -50,10 +50,10 @@ if [[ -z "$stop_signal" ]]; then
   # the ranks are done: a later TERM or USR1 (the time limit's, a requeue's) has nothing to stop, and
   # must not kill the verdict below or scontrol (their children inherit the ignored signals)
   trap '' TERM USR1
-  line=$("$PYTHON" -m neox.job_status "$NEOX_STATUS_DIR" "${SLURM_NTASKS:-1}" ${stop_signal:+--stop-requested})
+  line=$("$PYTHON" -m neox.launch.job_status "$NEOX_STATUS_DIR" "${SLURM_NTASKS:-1}" ${stop_signal:+--stop-requested})
   rc=$?
   if [[ -z "$line" ]]; then  # no Python to ask: srun's own status
-    line="srun exited with status $srun_status; the ranks' statuses could not be read (python -m neox.job_status exited $rc)"
+    line="srun exited with status $srun_status; the ranks' statuses could not be read (python -m neox.launch.job_status exited $rc)"
     rc=$srun_status
   fi
 else  # the signal came before the ranks were started: nothing to checkpoint

@@ -5,7 +5,7 @@
 # MASTER_ADDR: the first node of the allocation, as an IP address (resolved here, so every rank
 # reaches it even where node names do not resolve on the nodes); set MASTER_ADDR to override.
 # With NEOX_STATUS_DIR set (slurm/common.sh sets it), the rank's exit status and end time go to
-# $NEOX_STATUS_DIR/rank<R>, read by python -m neox.job_status to name the rank that failed first.
+# $NEOX_STATUS_DIR/rank<R>, read by python -m neox.launch.job_status to name the rank that failed first.
 # NEOX_LAUNCH_DRY_RUN=1 prints the environment and command instead of running it.
 set -euo pipefail
 # Slurm signals every process of the task, this shell too: the trainer handles them (checkpoint,

@@ -7,7 +7,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
-from neox.ports import free_port  # noqa: E402,F401  (re-exported for the tests)
+from neox.launch.ports import free_port  # noqa: E402,F401  (re-exported for the tests)
 
 
 def tiny_flat(**overrides) -> dict:
@@ -38,7 +38,7 @@ def single_process_group():
     saved = {k: os.environ.get(k) for k in names}
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0",
                       WORLD_SIZE="1", LOCAL_RANK="0")
-    from neox import distributed
+    from neox.launch import distributed
 
     distributed.init_distributed(1)
     yield

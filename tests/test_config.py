@@ -123,7 +123,7 @@ def test_bad_checkpoint_layers_name_the_key_and_value(env, value):
 
 
 def test_checkpoint_layers_select_layers_and_the_memory_plan(env):
-    from neox.planner import memory_per_gpu
+    from neox.model.planner import memory_per_gpu
 
     cfg = load_config([env(checkpoint_activations=True, checkpoint_layers=[1])])
     assert cfg.model.checkpointed_layers() == [1] and cfg.model.compile_blocks == "auto"

@@ -11,13 +11,13 @@ import transformers
 from conftest import REPO
 from safetensors.torch import load_file
 
-from neox import partition
 from neox.checkpoint.files import HFWeights
 from neox.cli.make_stand_in_codellama import make
 from neox.interop import (
     convert_codellama,
     export_hf,
 )
+from neox.model import partition
 
 TOOLS = os.path.join(REPO, "tools")
 

@@ -13,7 +13,7 @@ from conftest import REPO, tiny_cfg
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from neox.cli import preprocess_data
-from neox.data import SentencePieceTokenizer, build_train_dataset, micro_batch_indices
+from neox.data.dataset import SentencePieceTokenizer, build_train_dataset, micro_batch_indices
 
 
 def read_jsonl_zst(path):
@@ -84,7 +84,7 @@ def test_data_identity_follows_content_not_mtime(tmp_path):
     import os
     import shutil
 
-    from neox.data import data_identity
+    from neox.data.dataset import data_identity
 
     prefix = tmp_path / "a" / "x_text_document"
     prefix.parent.mkdir()
@@ -109,7 +109,7 @@ def test_prefetcher_returns_what_a_direct_fetch_returns():
 
     import torch
 
-    from neox.data import Prefetcher, get_micro_batch
+    from neox.data.dataset import Prefetcher, get_micro_batch
 
     class Samples:  # sample i: tokens all equal to i; records which thread built it
         threads = set()

@@ -13,8 +13,8 @@ import pytest
 from conftest import REPO, job_submitted_by, sbatch, wait_for_sacct
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-from neox import decontaminate, overlap
-from neox.overlap import OverlapError
+from neox.data import decontaminate, overlap
+from neox.data.overlap import OverlapError
 
 pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
 

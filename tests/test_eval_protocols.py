@@ -12,7 +12,7 @@ from conftest import REPO
 
 from llemma_eval import answers
 from llemma_eval.checker import Checker
-from llemma_eval.kinds import kind
+from llemma_eval.registry import kind
 from llemma_eval.scoring import score_protocol, score_records, summarize
 from llemma_eval.voting import majority_vote
 

@@ -119,7 +119,7 @@ def test_user_defined_pieces_are_emitted_whole_like_sentencepiece(tmp_path, toy_
     import io
 
     from neox.cli import train_toy_tokenizer
-    from neox.hf_tokenizer import write_hf_tokenizer
+    from neox.data.hf_tokenizer import write_hf_tokenizer
 
     lines = list(train_toy_tokenizer.iter_train_lines(os.path.join(toy_data, "corpus")))[:2000]
     buf = io.BytesIO()

@@ -11,9 +11,8 @@ import sys
 import pytest
 from conftest import REPO
 
-from neox import gpt_neox_keys
-from neox.config import KEY_TO_SECTION, ConfigError, load_config
-from neox.gpt_neox_keys import (
+from neox.config import KEY_TO_SECTION, ConfigError, gpt_neox_keys, load_config
+from neox.config.gpt_neox_keys import (
     GPT_NEOX_KEYS,
     Always,
     Lacking,
@@ -22,7 +21,7 @@ from neox.gpt_neox_keys import (
     llemma_branch_mlp_width,
     main_swiglu_mlp_width,
 )
-from neox.planner import plan
+from neox.model.planner import plan
 
 HERE = os.path.join(REPO, "tests", "gpt_neox_configs")
 REFERENCE_CLUSTER = ["num_gpus=8", "num_nodes=32"]

@@ -1,5 +1,5 @@
 """bench/gpu_check.py without a GPU: --plan builds and validates every part's config (and its
-planner numbers are neox.planner's), the arithmetic of the report, and the part runner's timeout."""
+planner numbers are neox.model.planner's), the arithmetic of the report, and the part runner's timeout."""
 
 import json
 import os
@@ -37,7 +37,7 @@ def test_plan_lists_every_part_with_budget(plan):
 
 @pytest.mark.processes
 def test_planner_numbers_are_neox_planners(plan):
-    from neox.planner import memory_per_gpu
+    from neox.model.planner import memory_per_gpu
 
     for part, runs in plan[0]["configs"].items():
         for run, d in runs.items():

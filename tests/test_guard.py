@@ -6,7 +6,7 @@ import statistics
 import pytest
 from conftest import tiny_cfg
 
-from neox.guard import GuardStop, LossGuard, batch_of_step
+from neox.train.guard import GuardStop, LossGuard, batch_of_step
 
 
 def test_batch_of_step_leaves_out_skipped_batches():

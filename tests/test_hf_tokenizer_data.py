@@ -16,14 +16,14 @@ from conftest import REPO, tiny_cfg
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from neox import overlap
 from neox.cli import preprocess_data
 from neox.cli.preprocess_data import preprocess
 from neox.config import ConfigError
-from neox.data import build_train_dataset
-from neox.data_check import DataError, check_data, check_tokenizer
+from neox.data import overlap
+from neox.data.check import DataError, check_data, check_tokenizer
+from neox.data.dataset import build_train_dataset
+from neox.data.tokenizer import HFTokenizer, TokenizerError, load_tokenizer
 from neox.interop import export_hf
-from neox.tokenizer import HFTokenizer, TokenizerError, load_tokenizer
 
 pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
 

@@ -1,7 +1,7 @@
-"""neox.job_status: how a Slurm job ended, from every rank's own status (the real jobs are in
+"""neox.launch.job_status: how a Slurm job ended, from every rank's own status (the real jobs are in
 tests/test_slurm.py; these are the orders of events the batch script must read right)."""
 
-from neox.job_status import main, verdict
+from neox.launch.job_status import main, verdict
 
 
 def test_a_stop_is_75_whatever_the_order_of_the_ranks():

@@ -6,8 +6,8 @@ import pytest
 from conftest import REPO
 
 from neox.config import ConfigError, fit_to_cluster, load_config
-from neox.lr_schedule import lr_for_config
-from neox.planner import gpu_hours, memory_per_gpu, plan
+from neox.model.planner import gpu_hours, memory_per_gpu, plan
+from neox.train.lr_schedule import lr_for_config
 
 CONFIGS = os.path.join(REPO, "llemma_configs")
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from neox.lr_schedule import learning_rate
+from neox.train.lr_schedule import learning_rate
 
 
 def closed_form(s, w, d, p, m):

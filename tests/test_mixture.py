@@ -12,7 +12,7 @@ import yaml
 import zstandard
 from conftest import REPO, tiny_cfg
 
-from neox.data import SentencePieceTokenizer, build_train_dataset, cache_dir, component_of_sample, mixture_table
+from neox.data.dataset import SentencePieceTokenizer, build_train_dataset, cache_dir, component_of_sample, mixture_table
 
 pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
 

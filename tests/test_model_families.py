@@ -18,8 +18,8 @@ from conftest import REPO
 from test_converters import hf_tensors
 
 from neox.interop import convert_codellama, export_hf, export_neox
-from neox.interop.hf_compat import neox_model_keys_from_hf
 from neox.interop.verify_conversion import verify
+from neox.model.hf_compat import neox_model_keys_from_hf
 
 pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
 
@@ -131,9 +131,9 @@ def test_family_logits_in_process(tmp_path, single_process_group, family):
     that family brings matters (dropping it changes the logits)."""
     from conftest import tiny_cfg
 
-    from neox import partition
-    from neox.interop.hf_compat import shard_hf_weights
-    from neox.model import LlamaModel
+    from neox.model import partition
+    from neox.model.hf_compat import shard_hf_weights
+    from neox.model.llama import LlamaModel
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(make_family(tmp_path / "hf", family)).eval()
     keys = neox_model_keys_from_hf(hf.config)
@@ -181,9 +181,9 @@ CHANGES = {
 def test_every_config_key_is_implemented_or_refused(single_process_group, cls):
     from conftest import tiny_cfg
 
-    from neox import partition
-    from neox.interop.hf_compat import shard_hf_weights
-    from neox.model import LlamaModel
+    from neox.model import partition
+    from neox.model.hf_compat import shard_hf_weights
+    from neox.model.llama import LlamaModel
 
     defaults = cls().to_dict()
     unclassified = sorted(set(defaults) - NO_EFFECT - set(CHANGES))

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import tiny_cfg
 
-from neox import partition
-from neox.interop.hf_compat import shard_hf_weights
+from neox.model import partition
+from neox.model.hf_compat import shard_hf_weights
 
 
 def gqa_hf_weights(layers=2, hidden=48, heads=6, kv_heads=2, inter=96, vocab=101, seed=0):
@@ -70,7 +70,7 @@ def test_partition_round_trip_is_bit_identical_for_gqa_at_tp2():
 
 def loss_and_grads(seed=7, loss_mask=None, **overrides):
     """One training forward and backward; also which layers ran forward, in order."""
-    from neox.model import LlamaModel
+    from neox.model.llama import LlamaModel
 
     cfg = tiny_cfg(**overrides)
     model = LlamaModel(cfg).train()
@@ -116,7 +116,7 @@ def test_checkpointing_selected_layers_gives_the_same_loss_and_gradients(single_
 @pytest.mark.processes
 @pytest.mark.parametrize("chunk_elements", [1 << 23, 101 * 5])  # one chunk; 7 chunks of 5 tokens (last: 2)
 def test_fused_head_loss_gives_the_same_loss_and_gradients(single_process_group, monkeypatch, chunk_elements):
-    from neox import head_loss
+    from neox.model import head_loss
 
     monkeypatch.setitem(head_loss.CHUNK_ELEMENTS, "cpu", chunk_elements)
     mask = torch.ones(2, 16)
@@ -134,8 +134,8 @@ def test_fused_head_loss_gives_the_same_loss_and_gradients(single_process_group,
 
 @pytest.mark.processes
 def test_fused_adamw_takes_the_same_steps_as_the_for_loop_adamw(single_process_group):
-    from neox.engine import build_optimizer
-    from neox.model import LlamaModel
+    from neox.model.llama import LlamaModel
+    from neox.train.engine import build_optimizer
 
     cfg = tiny_cfg(weight_decay=0.1)
     tokens = torch.randint(0, 101, (2, 17), generator=torch.Generator().manual_seed(3))
@@ -165,7 +165,7 @@ def test_fused_adamw_takes_the_same_steps_as_the_for_loop_adamw(single_process_g
 def test_flops_count_attention_over_heads_times_head_size():
     """With head_dim set apart from hidden / heads (as Gemma-style bases do), attention's scores and
     values cost 12 L (heads x head_dim) S per token, not 12 L hidden S."""
-    from neox.flops import flops_per_token, parameter_count
+    from neox.model.flops import flops_per_token, parameter_count
 
     plain = tiny_cfg()
     m = plain.model

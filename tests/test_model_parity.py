@@ -5,8 +5,8 @@ import torch
 import transformers
 from conftest import tiny_cfg
 
-from neox import partition
-from neox.interop.hf_compat import neox_model_keys_from_hf, shard_hf_weights
+from neox.model import partition
+from neox.model.hf_compat import neox_model_keys_from_hf, shard_hf_weights
 
 pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
 
@@ -26,7 +26,7 @@ def make_hf_model(vocab=101, theta=1e6, seed=0):
 
 
 def our_model_from_hf(hf_model, **overrides):
-    from neox.model import LlamaModel
+    from neox.model.llama import LlamaModel
 
     keys = neox_model_keys_from_hf(hf_model.config)
     keys.pop("max_position_embeddings")

@@ -13,13 +13,13 @@ import transformers
 import yaml
 from conftest import tiny_cfg
 
-from neox import partition
 from neox.interop import (
     convert_codellama,
     convert_neox,
     export_neox,
 )
-from neox.interop.hf_compat import shard_hf_weights
+from neox.model import partition
+from neox.model.hf_compat import shard_hf_weights
 
 SEQ = 24
 THETA = 10000.0
@@ -135,7 +135,7 @@ def load_ours(ckpt, rank=0):
 def our_logits(ckpt, tokens):
     """Our model started the way ``finetune: true`` starts it from ``ckpt``."""
     from neox.checkpoint.files import load_finetune_weights
-    from neox.model import LlamaModel
+    from neox.model.llama import LlamaModel
 
     keys = dict(load_ours(ckpt)["neox_conversion"]["neox_model_keys"])
     keys.pop("max_position_embeddings")

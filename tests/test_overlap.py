@@ -12,9 +12,9 @@ import pytest
 from conftest import REPO, job_submitted_by, sbatch, wait_for_sacct
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-from neox import overlap
 from neox.cli import preprocess_data
-from neox.overlap import OverlapError
+from neox.data import overlap
+from neox.data.overlap import OverlapError
 
 pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
 
@@ -125,7 +125,7 @@ def test_planted_tokens_found_exactly_and_equal_brute_force(planted_tokens, test
 def test_hash_match_with_different_ngram_is_not_a_hit(planted_tokens, test_file, tok):
     """A collision (same hash, other tokens) is refused by the comparison of the actual n-gram."""
     prefix, docs, ex, truth = planted_tokens
-    sp = overlap.open_tokenizer(tok)  # the data's tokenizer, as the scanner loads it (neox.tokenizer)
+    sp = overlap.open_tokenizer(tok)  # the data's tokenizer, as the scanner loads it (neox.data.tokenizer)
     tests = overlap.read_test_file(test_file, ["problem", "solution"])
     index = overlap.build_index(tests, N, "tokens", sp)
     ds = overlap.open_dataset(prefix)

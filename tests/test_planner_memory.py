@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import tiny_cfg
 
-from neox import planner
+from neox.model import planner
 
 pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
 
@@ -19,7 +19,7 @@ SHAPE = dict(num_layers=1, hidden_size=64, num_attention_heads=4, num_kv_heads=2
 def saved_bytes_of_one_layer(precision: str, compile_blocks: bool, batch: int) -> tuple:
     """(bytes autograd keeps for backward of layer 0, tokens, config): unique storages, without
     the layer's weights and the rotary tables (neither is an activation)."""
-    from neox.model import LlamaModel
+    from neox.model.llama import LlamaModel
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     cfg = tiny_cfg(**SHAPE, precision=precision, compile_blocks=compile_blocks)
@@ -59,8 +59,8 @@ def test_bf16_optimizer_holds_what_the_planner_counts(single_process_group):
     """weights bf16 2 B, fp32 gradient buffer 4 B (not the bf16 2 B the planner assumed before the
     H200 run), master + Adam 12 B per parameter at data parallel 1; the bf16 gradients are freed
     after the step."""
-    from neox.engine import build_engine
-    from neox.model import LlamaModel
+    from neox.model.llama import LlamaModel
+    from neox.train.engine import build_engine
 
     cfg = tiny_cfg(precision="bf16", zero_optimization={"stage": 1})
     model = LlamaModel(cfg, dtype=torch.bfloat16).train()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from neox.data_check import HEADER_BYTES, DataError, check_index, check_tokenizer
+from neox.data.check import HEADER_BYTES, DataError, check_index, check_tokenizer
 
 TOY = os.path.join(REPO, "data", "toy")
 ARXIV = "arxiv_train_text_document"
@@ -285,7 +285,7 @@ def test_one_job_per_save_directory_and_deepy_owns_its_ranks(toy_data, tmp_path)
 
 # ----------------------------------------------------------------------------- the launcher owns its children
 
-# deepy.py starts its ranks with SIGTERM / SIGUSR1 blocked (train.py reads them with neox.stop_request);
+# deepy.py starts its ranks with SIGTERM / SIGUSR1 blocked (train.py reads them with neox.launch.stop_request);
 # the stand-in takes SIGTERM with a handler of its own
 STAND_IN_RANK = r'''
 import os, signal, sys, time
@@ -303,7 +303,7 @@ time.sleep(60)
 @pytest.fixture
 def stand_in_job(tmp_path):
     """deepy's LocalJob around two stand-in ranks (no torch: they start in a blink)."""
-    from neox.local_launch import LocalJob
+    from neox.launch.local_launch import LocalJob
 
     script = tmp_path / "rank.py"
     script.write_text(STAND_IN_RANK)
@@ -434,7 +434,7 @@ def test_save_directory_checked_at_start(tmp_path):
 @pytest.mark.processes
 def test_planner_checkpoint_size_is_what_a_save_writes(toy_data):
     from neox.config import load_config
-    from neox.planner import checkpoint_bytes
+    from neox.model.planner import checkpoint_bytes
 
     cfg = load_config([os.path.join(REPO, "llemma_configs", "smoke.yml")], ["precision=fp32"], dry_run=True)
     assert checkpoint_bytes(cfg) == pytest.approx(18_180_402, rel=0.01)  # du -sb of a smoke checkpoint
@@ -573,7 +573,7 @@ def test_a_stopped_rank_is_a_watchdog_exit_with_every_stack(toy_data, tmp_path):
     assert "exited with status 76; stopping the other ranks (SIGTERM, SIGKILL after 5 s)" in out
     stacks = (run_dir / "logs" / "watchdog-rank0.txt").read_text()
     # The stacks show where rank 0 waited: the step's all-reduce, or the checkpoint save.
-    waited_in = ("neox/step.py", "train_step") if in_step else ("neox/training.py", "in save")
+    waited_in = ("neox/train/step.py", "train_step") if in_step else ("neox/train/trainer.py", "in save")
     assert all(w in stacks for w in waited_in) and 'Thread 0x' in stacks, stacks[-3000:]
     assert processes_of(p.pid) == []
     saved = sorted(int(d.name[11:]) for d in ckpt.glob("global_step*"))

@@ -46,7 +46,7 @@ JOBS = {
     "external_requeue": ([], [("requeue", 1)]),
     "two_nodes": (["--nodes=2", "--ntasks-per-node=1"], []),
 }
-# test-only faults (neox/faults.py) per job: the time limit's SIGTERM reaches every process of the
+# test-only faults (neox/launch/faults.py) per job: the time limit's SIGTERM reaches every process of the
 # batch step, the verdict's Python too, when the stop outlasts the limit: it must change nothing;
 # slowed moments (every start pauses there; a stop ends the pause)
 # A job acting at a step gets 2 s at the start of each step: an unloaded machine trains the smoke

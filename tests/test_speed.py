@@ -1,4 +1,4 @@
-"""The speed policies of neox.speed and neox.engine: each decided as documented, none changes a number."""
+"""The speed policies of neox.train.speed and neox.train.engine: each decided as documented, none changes a number."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import REPO, tiny_cfg
 
-from neox import speed
+from neox.train import speed
 
 
 @pytest.mark.processes
@@ -55,8 +55,9 @@ def test_apply_resolves_the_config_and_says_so(monkeypatch, tmp_path):
 KEEP_FREED = """
 import sys, torch; sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 from conftest import tiny_cfg
-from neox import distributed, speed
-from neox.model import LlamaModel
+from neox.launch import distributed
+from neox.train import speed
+from neox.model.llama import LlamaModel
 import os
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 distributed.init_distributed(1)
@@ -88,7 +89,7 @@ def test_keeping_freed_memory_changes_no_number():
 
 def train_weights(build, steps=3, **overrides):
     """bf16 engine over the tiny model: the weights after `steps` updates, and the grad norms."""
-    from neox.model import LlamaModel
+    from neox.model.llama import LlamaModel
 
     cfg = tiny_cfg(precision="bf16", train_batch_size=2 * overrides["gradient_accumulation_steps"], **overrides)
     torch.manual_seed(0)
@@ -111,11 +112,11 @@ def train_weights(build, steps=3, **overrides):
 @pytest.mark.processes
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_copying_the_first_gradient_changes_no_number(single_process_group, accumulation):
-    """DeepSpeed's own accumulation (add into zeroed buffers) against neox.engine's (copy the first
+    """DeepSpeed's own accumulation (add into zeroed buffers) against neox.train.engine's (copy the first
     micro batch, add the rest, no zeroing): bf16 weights, fp32 master weights and grad norms equal."""
     import deepspeed
 
-    from neox.engine import build_engine, build_optimizer, deepspeed_config
+    from neox.train.engine import build_engine, build_optimizer, deepspeed_config
 
     def deepspeed_as_is(cfg, model):
         engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(cfg, model),

@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from llemma_eval import TASKS_DIR, stem  # noqa: E402
+from llemma_eval import TASKS_DIR, stem, task_fns  # noqa: E402
 from llemma_eval.data import DataError  # noqa: E402
 
 # ------------------------------------------------------------------------------------------ data
@@ -212,7 +212,7 @@ def test_upstream_yamls_include_the_installed_files(tmp_path):
 
 def test_process_results_defers_scoring_under_run_eval(monkeypatch):
     monkeypatch.setenv("LLEMMA_EVAL_DEFER_SCORING", "1")
-    assert stem.mc_results({"answer": "B"}, ["The final answer is (B)."]) == {"exact_or_equiv": 0, "maj_at_k": 0}
+    assert task_fns.mc_results({"answer": "B"}, ["The final answer is (B)."]) == {"exact_or_equiv": 0, "maj_at_k": 0}
 
 
 # ---------------------------------------------------------------------------------------- scoring

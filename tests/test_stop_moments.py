@@ -137,7 +137,7 @@ def test_a_hang_in_a_start_up_moment_is_still_the_watchdogs(tmp_path, toy_data):
 
 LISTENER = """
 import subprocess, sys, time
-from neox import stop_request
+from neox.launch import stop_request
 stop_request.listen()
 child = subprocess.Popen(["sleep", "3"])
 print(child.pid, flush=True)
@@ -164,7 +164,7 @@ def test_a_stop_request_is_noted_and_the_trainers_children_do_not_die_of_it():
 
 
 def test_a_stop_before_deepy_starts_the_ranks_starts_none(capsys):
-    from neox.local_launch import run_job
+    from neox.launch.local_launch import run_job
 
     code = run_job([sys.executable, "-c", "raise SystemExit('must not start')"], 2, 0, dict(os.environ),
                    lambda stream, out: None, stop_before_spawn=[signal.SIGTERM])
@@ -173,7 +173,7 @@ def test_a_stop_before_deepy_starts_the_ranks_starts_none(capsys):
 
 
 def test_the_pause_fault_names_a_wrong_moment(monkeypatch):
-    from neox import faults
+    from neox.launch import faults
 
     monkeypatch.setenv("NEOX_FAULT_PAUSE", "indexx:5")
     with pytest.raises(ValueError, match="unknown moment 'indexx' \\(one of index, resume, save, step, eval\\)"):
@@ -185,7 +185,7 @@ def test_the_pause_fault_names_a_wrong_moment(monkeypatch):
 
 HOOK = """
 import sys
-from neox import stop_request
+from neox.launch import stop_request
 from neox.checkpoint.hooks import after_checkpoint
 stop_request.listen()
 after_checkpoint("grep SigBlk /proc/self/status > {ckpt}/mask", sys.argv[1], 1).wait()

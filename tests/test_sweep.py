@@ -207,7 +207,7 @@ def test_dry_run_plans_the_whole_sweep_and_writes_nothing(tmp_path, capsys, toy_
                       [f"{k}={v}" for k, v in SMOKE_OVERRIDES.items()] + ["train_iters=3", "warmup_iters=1",
                                                                           "lr_decay_iters=3", "vocab_size=3001"],
                       dry_run=True)
-    from neox.planner import plan as planner
+    from neox.model.planner import plan as planner
 
     per_run = planner(one)["gpu_hours_at_mfu"]
     assert [x["gpu_hours"] for x in plan["runs"]] == pytest.approx([per_run] * 3, rel=1e-12)

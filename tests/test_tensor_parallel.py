@@ -19,9 +19,10 @@ def _grad_worker(rank, world, port, out_path):
     sys.path.insert(0, REPO)
     from megatron.core import parallel_state as ps
 
-    from neox import distributed, partition
     from neox.config import NeoXConfig, _coerce_all, validate
-    from neox.model import LlamaModel
+    from neox.launch import distributed
+    from neox.model import partition
+    from neox.model.llama import LlamaModel
 
     flat = tiny_flat(model_parallel_size=world, num_gpus=world, vocab_size=101)
     cfg = validate(NeoXConfig.from_flat(_coerce_all(flat)), dry_run=True)

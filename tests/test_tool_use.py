@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from llemma_eval import TASKS_DIR, tool_use  # noqa: E402
+from llemma_eval import TASKS_DIR, task_fns, tool_use  # noqa: E402
 from llemma_eval.checker import Checker  # noqa: E402
 from llemma_eval.tool_use import GSM8K_PYTHON, MATH_PYTHON  # noqa: E402
 
@@ -198,20 +198,20 @@ def test_math_python_yaml_renders(manager):
 @pytest.mark.processes
 def test_process_results(monkeypatch):
     monkeypatch.setenv("LLEMMA_EVAL_DEFER_SCORING", "1")
-    assert tool_use.gsm8k_python_results(GSM8K_DOC, ["def solution():\n    return 37\n"]) == \
+    assert task_fns.gsm8k_python_results(GSM8K_DOC, ["def solution():\n    return 37\n"]) == \
         {"exact_or_equiv": 0, "maj_at_k": 0}
-    from llemma_eval import checker, kinds
+    from llemma_eval import checker, registry
 
-    assert kinds.kind("gsm8k_python") is GSM8K_PYTHON and kinds.kind("math_python") is MATH_PYTHON
+    assert registry.kind("gsm8k_python") is GSM8K_PYTHON and registry.kind("math_python") is MATH_PYTHON
     monkeypatch.setenv("LLEMMA_EVAL_DEFER_SCORING", "0")
     try:
-        assert tool_use.gsm8k_python_results(GSM8K_DOC, ["def solution():\n    return 37\n"]) == \
+        assert task_fns.gsm8k_python_results(GSM8K_DOC, ["def solution():\n    return 37\n"]) == \
             {"exact_or_equiv": 1, "maj_at_k": 1}
-        assert tool_use.gsm8k_python_results(GSM8K_DOC, ["def solution():\n    return 36\n"]) == \
+        assert task_fns.gsm8k_python_results(GSM8K_DOC, ["def solution():\n    return 36\n"]) == \
             {"exact_or_equiv": 0, "maj_at_k": 0}
         right = "from sympy import Rational\ndef solution():\n    return Rational(6, 8)\n"
-        assert tool_use.math_python_results(MATH_DOC, [right]) == {"exact_or_equiv": 1, "maj_at_k": 1}
-        assert tool_use.math_python_results(MATH_DOC, ["def solution():\n    return 1\n"]) == \
+        assert task_fns.math_python_results(MATH_DOC, [right]) == {"exact_or_equiv": 1, "maj_at_k": 1}
+        assert task_fns.math_python_results(MATH_DOC, ["def solution():\n    return 1\n"]) == \
             {"exact_or_equiv": 0, "maj_at_k": 0}
     finally:
         checker.close_thread_checkers()

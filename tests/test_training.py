@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from neox.lr_schedule import learning_rate
+from neox.train.lr_schedule import learning_rate
 
 pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
 

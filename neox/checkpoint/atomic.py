@@ -19,8 +19,9 @@ import shutil
 
 import torch
 
-from neox import faults, patches
+from neox import patches
 from neox.checkpoint.files import CheckpointError
+from neox.launch import faults
 
 COMPLETE = "complete"
 # Copied into <save> by every DeepSpeed save; they read TP rank 0 only, so at TP > 1 they would
@@ -164,7 +165,7 @@ def _on_every_rank_or_fail(write, save: str, tmp: str, final: str, rank0: bool):
     all-reduce: a rank raising alone would leave the others waiting in a barrier), rank 0
     removes the unfinished directory, and the failing ranks name the path and the cause."""
     from neox.checkpoint.lock import io_cause
-    from neox.distributed import device
+    from neox.launch.distributed import device
 
     error = cause = None
     try:

@@ -21,8 +21,8 @@ from typing import Optional
 
 import torch
 
-from neox import partition
 from neox.errors import NeoxError
+from neox.model import partition
 
 CONVERSION_FILE = "neox_conversion.json"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

@@ -3,27 +3,16 @@
 The command is a shell command with placeholders {ckpt} (the run's save directory), {step} and
 {tag} (global_step<N>), e.g.
     sbatch slurm/evaluate.sbatch {ckpt} runs/7b/eval {step} --tasks llemma_math,llemma_gsm8k
-It is started in its own session, with the stop signals unblocked (neox.stop_request), its output
+It is started in its own session, with the stop signals unblocked (neox.launch.stop_request), its output
 appended to <ckpt>/eval_after_checkpoint.log, and not waited for: training goes on while it runs
 (or while sbatch queues the job).
 """
 
 import os
-import string
 import subprocess
 
-from neox.stop_request import with_stop_signals
-
-PLACEHOLDERS = {"ckpt", "step", "tag"}
-
-
-def check_command(command: str) -> None:
-    """ValueError naming an unknown placeholder (call when the config is read, before training)."""
-    names = {field for _, field, _, _ in string.Formatter().parse(command) if field is not None}
-    unknown = names - PLACEHOLDERS
-    if unknown:
-        raise ValueError(f"eval_after_checkpoint: unknown placeholder(s) {sorted(unknown)} in {command!r}; "
-                         f"known: {sorted(PLACEHOLDERS)}")
+from neox.config.hooks import check_command
+from neox.launch.stop_request import with_stop_signals
 
 
 def after_checkpoint(command: str, ckpt_dir: str, step: int) -> subprocess.Popen:
@@ -34,7 +23,7 @@ def after_checkpoint(command: str, ckpt_dir: str, step: int) -> subprocess.Popen
     log.write(f"[step {step}] {line}\n")
     log.flush()
     try:
-        # a program of its own: the stop signals the trainer blocks (neox.stop_request) act on it again
+        # a program of its own: the stop signals the trainer blocks (neox.launch.stop_request) act on it again
         return subprocess.Popen(with_stop_signals(["/bin/sh", "-c", line]), stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     finally:

@@ -26,7 +26,7 @@ on these checkpoints for fp32 ZeRO-1 (TP=2 -> TP=1 x DP=2 gave the uninterrupted
 it needed a patched copy of every model file (megatron-core's ``_extra_state`` entries are
 ``None`` and crash the converter), an offline pass writing two copies of the full fp32 + Adam
 state to disk, and the TP layout restated as DeepSpeed's pattern lists, whose loader re-slices by
-``chunk`` along one dimension. The layout is declared once, in ``neox.partition``; a fused,
+``chunk`` along one dimension. The layout is declared once, in ``neox.model.partition``; a fused,
 rank-blocked weight there would be re-sliced wrongly, silently. Here only ``partition.shard`` /
 ``unshard`` decide where rows go, so any layout the table can express reshards correctly.
 """
@@ -40,9 +40,9 @@ import re
 import torch
 from megatron.core import parallel_state as ps
 
-from neox import partition
 from neox.checkpoint.files import CheckpointError, load_rank, tensor_parallel_size
-from neox.interop.hf_compat import shard_hf_weights
+from neox.model import partition
+from neox.model.hf_compat import shard_hf_weights
 
 OPTIM_FILE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 ADAM_KEYS = ("exp_avg", "exp_avg_sq")

@@ -28,7 +28,7 @@ def main(argv=None):
         return 2
     import torch
 
-    from neox.data import (
+    from neox.data.dataset import (
         build_eval_datasets,
         build_tokenizer,
         build_train_dataset,
@@ -36,7 +36,7 @@ def main(argv=None):
         format_mixture,
         mixture_table,
     )
-    from neox.ports import free_port
+    from neox.launch.ports import free_port
 
     # megatron's builder expects a process group: a world of one
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)

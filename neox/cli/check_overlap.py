@@ -19,7 +19,7 @@ is never redone. `join` writes Llemma's table: accuracy with and without hits, p
 --data prefix without the documents that share an n-gram (default 13) with a test text or repeat an
 earlier document exactly, plus DIR/decontamination.json, DIR/dropped.jsonl and DIR/report.md; with
 --shard it scans into DIR/parts/ and `filter-merge DIR` writes the prefixes. The logic is in
-neox/overlap.py and neox/decontaminate.py.
+neox/data/overlap.py and neox/data/decontaminate.py.
 """
 
 import argparse
@@ -27,7 +27,7 @@ import json
 import os
 import sys
 
-from neox import overlap
+from neox.data import overlap
 
 
 def _scan(argv):
@@ -65,7 +65,7 @@ def _scan(argv):
 
 
 def _filter(argv):
-    from neox import decontaminate
+    from neox.data import decontaminate
 
     p = argparse.ArgumentParser(prog="check_overlap.py filter",
                                 description="write the data without documents that overlap test sets or repeat")
@@ -103,7 +103,7 @@ def _filter(argv):
 
 
 def _filter_merge(argv):
-    from neox import decontaminate
+    from neox.data import decontaminate
 
     p = argparse.ArgumentParser(prog="check_overlap.py filter-merge", description="write the filtered prefixes")
     p.add_argument("out", help="the filter's --out directory")

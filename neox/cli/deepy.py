@@ -18,9 +18,9 @@ import threading
 
 from neox import exit_status
 from neox.config import ConfigError, derived, load_config
-from neox.local_launch import RANK_CONFIG_FLAG
-from neox.ports import free_port
-from neox.stop_request import SIGNALS as STOP_SIGNALS
+from neox.launch.local_launch import RANK_CONFIG_FLAG
+from neox.launch.ports import free_port
+from neox.launch.stop_request import SIGNALS as STOP_SIGNALS
 
 
 def parse_args(argv):
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     for w in cfg.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if args.dry_run:
-        from neox.planner import format_plan
+        from neox.model.planner import format_plan
 
         print(format_plan(cfg, info), file=sys.stderr)
         print(json.dumps({**cfg.to_flat(), "derived": info, "gpt_neox": cfg.gpt_neox}))
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     except NeoxError as e:  # data, tokenizer or save directory: the data tools' status
         print(f"error: {e}", file=sys.stderr)
         return e.exit_status
-    from neox.data_check import DATA_CHECKED_ENV
+    from neox.data.check import DATA_CHECKED_ENV
 
     env = {**os.environ, DATA_CHECKED_ENV: "1"}
     import torch
@@ -143,10 +143,10 @@ def note_stop_requests() -> list:
 
 
 def check_before_spawn(cfg):
-    """The data (neox.data_check) and the save directory: writable, room for a checkpoint."""
+    """The data (neox.data.check) and the save directory: writable, room for a checkpoint."""
     from neox.checkpoint.lock import check_save_dir
-    from neox.data_check import check_data
-    from neox.planner import checkpoint_bytes
+    from neox.data.check import check_data
+    from neox.model.planner import checkpoint_bytes
 
     for w in check_data(cfg):
         print(f"warning: {w}", file=sys.stderr)
@@ -168,9 +168,9 @@ NOISE = re.compile(r"^DeepSpeed deepspeed\.ops\.\S+ built successfully")
 
 
 def run_quietly(cmd: list, num_ranks: int, port: int, env: dict, log_path: str, stop_before_spawn: list) -> int:
-    """Run the ranks (neox.local_launch) unless a stop was requested already; every line goes to
+    """Run the ranks (neox.launch.local_launch) unless a stop was requested already; every line goes to
     log_path, all but the NOISE lines also to the terminal. Returns the job's exit status."""
-    from neox.local_launch import run_job
+    from neox.launch.local_launch import run_job
 
     os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
     with open(log_path, "a") as log:

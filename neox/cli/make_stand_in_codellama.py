@@ -15,7 +15,7 @@ import sys
 import torch
 import transformers
 
-from neox.hf_tokenizer import write_hf_tokenizer
+from neox.data.hf_tokenizer import write_hf_tokenizer
 from neox.paths import project_root
 
 REPO = project_root()

@@ -67,7 +67,7 @@ def main(argv=None):
         print(f"error: tokenizer model not found: {args.tokenizer_model}", file=sys.stderr)
         return 1
     if args.decontaminate_against:  # the test sets are read now, not after hours of tokenizing
-        from neox import decontaminate, overlap
+        from neox.data import decontaminate, overlap
 
         try:
             keys = args.decontaminate_key or ["problem", "solution"]
@@ -95,7 +95,7 @@ def main(argv=None):
 
 
 def decontaminate_train(args, prefixes) -> int:
-    from neox import decontaminate, overlap
+    from neox.data import decontaminate, overlap
 
     out = os.path.join(args.out, "decontaminated")
     if os.path.isfile(os.path.join(out, decontaminate.RUN_FILE)):

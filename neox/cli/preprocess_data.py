@@ -44,8 +44,8 @@ import numpy
 import zstandard
 from tqdm import tqdm
 
+from neox.data.tokenizer import HF, TokenizerError, describe, kind_of_file, load_tokenizer
 from neox.errors import NeoxError
-from neox.tokenizer import HF, TokenizerError, describe, kind_of_file, load_tokenizer
 
 with warnings.catch_warnings():
     # megatron.core warns about missing Apex/Transformer Engine, irrelevant here.

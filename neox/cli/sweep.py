@@ -29,7 +29,7 @@ import time
 import yaml
 
 from neox.config import ConfigError, apply_overrides, config_from_flat, derived, load_yaml_files, validate
-from neox.data import component_name
+from neox.data.dataset import component_name
 from neox.errors import NeoxError
 from neox.exit_status import BAD_INPUT
 from neox.paths import project_root

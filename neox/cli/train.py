@@ -20,18 +20,19 @@ import os
 import signal
 import sys
 
-from neox import exit_status, stop_request
+from neox import exit_status
+from neox.launch import stop_request
 
 stop_request.listen()  # a SIGTERM / SIGUSR1 during the imports below is a stop request too
-from neox.speed import use_compile_cache  # noqa: E402 - each import below waits for the call above it
+from neox.train.speed import use_compile_cache  # noqa: E402 - each import below waits for the call above it
 
 use_compile_cache()  # before megatron-core is imported: it sets torch's default cache directory
-from neox.quiet import quiet_library_messages  # noqa: E402
+from neox.launch.quiet import quiet_library_messages  # noqa: E402
 
 quiet_library_messages()
 
 from neox.config import ConfigError, config_from_flat, fit_to_cluster, load_config  # noqa: E402
-from neox.local_launch import RANK_CONFIG_FLAG  # noqa: E402
+from neox.launch.local_launch import RANK_CONFIG_FLAG  # noqa: E402
 
 
 def config_from_args(argv):
@@ -71,14 +72,14 @@ def config_from_args(argv):
 
 def main(argv=None):
     from neox.errors import NeoxError
-    from neox.stop_request import follow_launcher
+    from neox.launch.stop_request import follow_launcher
 
     follow_launcher()
     faulthandler.register(signal.SIGUSR2, all_threads=True)  # kill -USR2 <rank>: its Python stacks to stderr
 
     try:
         cfg = config_from_args(argv)
-        from neox.training import train
+        from neox.train.trainer import train
 
         train(cfg)
     except NeoxError as e:  # one line naming the key or file, not a traceback; a config error 2, as in deepy.py

@@ -24,11 +24,11 @@ import sys
 import torch
 from tqdm import tqdm
 
-from neox import partition
 from neox.checkpoint.files import CONVERSION_FILE, DTYPES, TOKENIZER_FILES, CheckpointError, HFWeights, model_file
 from neox.config import padded_vocab_size
-from neox.interop.hf_compat import FAMILIES, neox_model_keys_from_hf, shard_hf_weights
 from neox.interop.publish import check_out, publish_dir
+from neox.model import partition
+from neox.model.hf_compat import FAMILIES, neox_model_keys_from_hf, shard_hf_weights
 
 TORCH_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 

@@ -28,12 +28,12 @@ import sys
 
 import torch
 
-from neox import partition
 from neox.checkpoint.files import CheckpointError, run_tool
 from neox.config import padded_vocab_size
 from neox.interop import gptneox_format as fmt
-from neox.interop.hf_compat import ShardedWeights
 from neox.interop.publish import check_out
+from neox.model import partition
+from neox.model.hf_compat import ShardedWeights
 
 GPTNEOX_DEFAULT_THETA = 10000  # neox_args.py's rotary_emb_base default (both branches)
 GPTNEOX_DEFAULT_RMS_EPS = 1.0e-8  # neox_args.py's rms_norm_epsilon default (both branches)

@@ -9,7 +9,7 @@ rope_scaling, num_key_value_heads, head_dim, intermediate_size, rms_norm_eps, vo
 tie_word_embeddings), model-0000X-of-0000Y.safetensors shards with an index,
 generation_config.json and the tokenizer: a Hugging Face tokenizer's own files (tokenizer.json,
 tokenizer_config.json, special_tokens_map.json) copied byte for byte, or, for a SentencePiece
-model, tokenizer.model plus the files built from it (see neox.hf_tokenizer); loadable by
+model, tokenizer.model plus the files built from it (see neox.data.hf_tokenizer); loadable by
 AutoModelForCausalLM.from_pretrained and AutoTokenizer. Files get the modes the umask gives.
 
 Weights come from the module weights in mp_rank_<TT>_model_states.pt (what the model computed
@@ -27,7 +27,6 @@ import sys
 import torch
 from tqdm import tqdm
 
-from neox import partition
 from neox.checkpoint.files import (
     CONVERSION_FILE,
     DTYPES,
@@ -37,10 +36,11 @@ from neox.checkpoint.files import (
     run_tool,
     unfused_hint,
 )
-from neox.hf_tokenizer import UnsupportedTokenizer, write_hf_tokenizer
-from neox.interop.hf_compat import FAMILIES
+from neox.data.hf_tokenizer import UnsupportedTokenizer, write_hf_tokenizer
+from neox.data.tokenizer import HF, SPM, HFTokenizer, TokenizerError, kind_of_file
 from neox.interop.publish import publish_dir
-from neox.tokenizer import HF, SPM, HFTokenizer, TokenizerError, kind_of_file
+from neox.model import partition
+from neox.model.hf_compat import FAMILIES
 
 
 def hf_config(info: dict, source: dict, dtype: str) -> dict:

@@ -32,7 +32,6 @@ import sys
 import torch
 from tqdm import tqdm
 
-from neox import partition
 from neox.checkpoint.files import (
     DTYPES,
     CheckpointError,
@@ -41,8 +40,9 @@ from neox.checkpoint.files import (
 )
 from neox.config import padded_vocab_size
 from neox.interop import gptneox_format as fmt
-from neox.interop.hf_compat import ShardedWeights
 from neox.interop.publish import check_out, publish_dir
+from neox.model import partition
+from neox.model.hf_compat import ShardedWeights
 
 
 def gptneox_config(info: dict, tp: int, divisible_by: int, vocab_file, dtype: str,
@@ -165,7 +165,7 @@ def export(ckpt: str, out: str, step=None, tp_out=None, layout="per-rank", dtype
 def rank_module(view, L, rank, tp, vocab, padded, dtype, dims) -> dict:
     """GPT-NeoX ``sequential.<i>.*`` tensors of one rank: our rank weight via partition, then the
     in-rank GPT-NeoX order."""
-    from neox.interop.hf_compat import shard_hf_weights
+    from neox.model.hf_compat import shard_hf_weights
 
     state = {}
     for name, t in shard_hf_weights(view, partition.expected_names(L), vocab, padded, rank, tp, dtype).items():
@@ -194,7 +194,7 @@ def copy_tokenizer(ckpt, info, tmp, out) -> tuple[str, str | None]:
     os.makedirs(os.path.join(tmp, "tokenizer"), exist_ok=True)
     shutil.copy2(src, os.path.join(tmp, "tokenizer", name))
     config = os.path.join(os.path.dirname(src), "tokenizer_config.json")
-    if kind == "HFTokenizer" and os.path.isfile(config):  # its BOS/EOS conventions (neox.tokenizer)
+    if kind == "HFTokenizer" and os.path.isfile(config):  # its BOS/EOS conventions (neox.data.tokenizer)
         shutil.copy2(config, os.path.join(tmp, "tokenizer", "tokenizer_config.json"))
     return kind, os.path.join(os.path.abspath(out), "tokenizer", name)
 

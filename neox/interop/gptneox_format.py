@@ -1,4 +1,4 @@
-"""GPT-NeoX's own checkpoint format for Llama models, stated relative to ``neox.partition``.
+"""GPT-NeoX's own checkpoint format for Llama models, stated relative to ``neox.model.partition``.
 
 A GPT-NeoX checkpoint holds, per tensor-parallel rank, the same contiguous blocks of every HF
 tensor that ``partition.shard`` gives that rank (GPT-NeoX's ColumnParallelLinear/RowParallelLinear

@@ -7,7 +7,7 @@ import shutil
 from contextlib import contextmanager
 
 from neox.checkpoint.files import CheckpointError
-from neox.file_modes import follow_umask
+from neox.interop.file_modes import follow_umask
 
 
 def check_out(out: str, force: bool) -> None:

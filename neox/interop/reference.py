@@ -61,7 +61,7 @@ def streamed_hf_logits(weights, tokens: list[int], rope_theta: float | None = No
 
     import transformers
 
-    from neox.interop.hf_compat import FAMILIES
+    from neox.model.hf_compat import FAMILIES
 
     raw = dict(weights.config)
     model_type = raw.get("model_type", "llama")

@@ -31,18 +31,18 @@ from neox.checkpoint.files import (
     tensor_parallel_size,
     weights_of,
 )
-from neox.ports import free_port
+from neox.launch.ports import free_port
 
 
 def _ours_worker(rank, tp, port, ckpt, tag, tokens, out_path):
     """One TP rank: load its shard, run the batch, rank 0 saves layer outputs and full logits."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(tp), LOCAL_RANK=str(rank))
-    from neox.quiet import quiet_library_messages
+    from neox.launch.quiet import quiet_library_messages
 
     quiet_library_messages()
-    from neox import distributed
-    from neox.model import LlamaModel
+    from neox.launch import distributed
+    from neox.model.llama import LlamaModel
 
     distributed.init_distributed(tp)
     state = load_rank(ckpt, tag, rank)

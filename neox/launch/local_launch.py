@@ -7,7 +7,7 @@ owns them: the ranks form one process group of their own (a terminal's Ctrl-C re
 only); SIGTERM and SIGUSR1 are passed on to them; the first Ctrl-C is passed on as SIGTERM
 (checkpoint, exit 75), a second one kills them at once; the first rank to fail is named with its
 status or signal; deepy exits with the job's status. Each rank asks the kernel for a SIGTERM
-if deepy dies (neox.stop_request.follow_launcher), so an orphan checkpoints and stops.
+if deepy dies (neox.launch.stop_request.follow_launcher), so an orphan checkpoints and stops.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from neox.stop_request import SIGNALS as STOP_SIGNALS
+from neox.launch.stop_request import SIGNALS as STOP_SIGNALS
 
 # how deepy.py hands each rank its resolved config (also how a rank is told from deepy itself)
 RANK_CONFIG_FLAG = "--neox-config-b64"
@@ -54,7 +54,7 @@ class LocalJob:
 
     def start(self):
         # the ranks start with the stop signals blocked (the mask survives exec): one passed on
-        # before train.py reads them (neox.stop_request.listen) waits for it instead of killing
+        # before train.py reads them (neox.launch.stop_request.listen) waits for it instead of killing
         # the rank; here it waits until every rank exists, then reaches them all
         unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
@@ -113,7 +113,7 @@ class LocalJob:
 
     def _first_failure(self, rank: int, p: subprocess.Popen, code: int, others: bool):
         from neox.exit_status import STOPPED as EXIT_REQUEUE
-        from neox.watchdog import EXIT_HUNG
+        from neox.launch.watchdog import EXIT_HUNG
 
         if code == EXIT_REQUEUE:
             return  # a stop on request: the other ranks stop after the same step

@@ -14,7 +14,7 @@ checkpointed (all, some or none: checkpoint_activations / checkpoint_layers):
   one layer recomputed (if C > 0)        s b * layer_bytes_per_token
   logits gradient (fused_head_loss)      s b V / t * e                      (fp32 chunks are small)
   logits and their gradient (unfused)    2 * s b V / t * 4                  (fp32 for the cross entropy)
-layer_bytes_per_token is what one layer of neox.model saves for backward, per token, with q, k
+layer_bytes_per_token is what one layer of neox.model.llama saves for backward, per token, with q, k
 the query and key/value widths and f the MLP width on this rank (each / t), h unsplit:
   eager           16 h + e (2 h + 3 q + 3 k + 4 f)   norms: fp32 input and normalised value (8 h
                                                      each) + their output; the fused qkv output,
@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import math
 
-from neox import partition
-from neox.flops import flops_per_token, parameter_count
+from neox.model import partition
+from neox.model.flops import flops_per_token, parameter_count
 
 GIB = 2**30
 OVERHEAD_GIB = 2.0
@@ -58,7 +58,7 @@ def layer_bytes_per_token(cfg) -> int:
     h, head_dim = m.hidden_size, m.head_dim
     q, k, f = m.num_attention_heads * head_dim // tp, m.num_kv_heads * head_dim // tp, m.intermediate_size // tp
     small = 4 * m.num_attention_heads // tp + 8
-    if m.compile_blocks is True:  # "auto" stays eager until neox.speed resolves it at start-up
+    if m.compile_blocks is True:  # "auto" stays eager until neox.train.speed resolves it at start-up
         return e * (4 * h + 3 * q + 3 * k + 3 * f) + small
     return 16 * h + e * (2 * h + 3 * q + 3 * k + 4 * f) + small
 

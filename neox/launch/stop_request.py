@@ -9,7 +9,7 @@ deepy.py the ranks' whole process group, and a C++ compiler of torch's inductor,
 worker or a data worker killed that way used to turn a stop into a crash (``CppCompileError``).
 The trainer's own code is never interrupted either (no handler runs in the middle of a save or a
 collective). The thread only sets a flag; the training loop agrees on it with the other ranks at
-safe points (neox.training: before the first step, each step's all-reduce, after a checkpoint or
+safe points (neox.train.trainer: before the first step, each step's all-reduce, after a checkpoint or
 an evaluation). Once a rank has decided to stop, later signals are ignored (``ignore_from_now``).
 
 Also: StopSignal (the trainer's view of it) and follow_launcher (a rank whose deepy.py died is
@@ -83,8 +83,8 @@ def ignore_from_now():
 
 class StopSignal:
     """The trainer's view of a stop request (noted since train.py started). The flag travels in
-    the step's one all-reduce (neox.step) and in the agreement at the other safe points
-    (neox.training), so every rank stops at the same point."""
+    the step's one all-reduce (neox.train.step) and in the agreement at the other safe points
+    (neox.train.trainer), so every rank stops at the same point."""
 
     def __init__(self, log_dir: str | None = None):
         self.log_dir = log_dir

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from neox.data_check import sha256_of
+from neox.paths import sha256_of
 from neox.errors import NeoxError
 
 HASH_BASE = 0x9E3779B97F4A7C15  # odd, so invertible mod 2^64
@@ -513,8 +513,8 @@ WORK: dict = {}  # set in the parent before forking workers: the index, datasets
 
 
 def open_tokenizer(path: str):
-    """The data's tokenizer (neox.tokenizer): a SentencePiece model or a Hugging Face tokenizer.json."""
-    from neox.tokenizer import TokenizerError, load_tokenizer
+    """The data's tokenizer (neox.data.tokenizer): a SentencePiece model or a Hugging Face tokenizer.json."""
+    from neox.data.tokenizer import TokenizerError, load_tokenizer
 
     try:
         return load_tokenizer(path, require_eos=False)

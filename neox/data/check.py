@@ -11,7 +11,9 @@ import struct
 
 import numpy as np
 
+from neox.data.tokenizer import tokenizer_vocab_size
 from neox.errors import NeoxError
+from neox.paths import sha256_of
 
 # megatron-core's MMIDIDX format (kept here so deepy.py need not import megatron to check data)
 _INDEX_HEADER = b"MMIDIDX\x00\x00"
@@ -75,14 +77,6 @@ def check_index(prefix: str) -> dict:
     return {"sequences": n, "documents": d - 1, "tokens": used // dtype.itemsize, "dtype": dtype.name}
 
 
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_tokenizer(prefix: str, vocab_file: str, vocab_size: int, without_manifest: bool,
                     kind: str = "SPMTokenizer") -> str | None:
     """The preprocessing manifest's tokenizer must be the run's vocab_file (kind, hash and vocabulary
@@ -113,8 +107,6 @@ def check_tokenizer(prefix: str, vocab_file: str, vocab_size: int, without_manif
 
 def check_data(cfg) -> list[str]:
     """Every configured data prefix (train and validation): index, then tokenizer. Returns warnings."""
-    from neox.config import tokenizer_vocab_size
-
     d = cfg.data
     warnings = []
     vocab = tokenizer_vocab_size(d.vocab_file, d.tokenizer_type) if d.vocab_file else None

@@ -17,8 +17,8 @@ import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-from neox import faults
-from neox.tokenizer import HFTokenizer, SentencePieceTokenizer, load_tokenizer  # noqa: F401  (the run's tokenizer)
+from neox.launch import faults
+from neox.data.tokenizer import HFTokenizer, SentencePieceTokenizer, load_tokenizer  # noqa: F401  (the run's tokenizer)
 
 logging.getLogger("megatron.core.datasets").setLevel(logging.WARNING)
 
@@ -89,7 +89,7 @@ def build_train_dataset(cfg, tokenizer):
     """A blended dataset with at least train_iters x global batch samples."""
     d = cfg.data
     weights = d.train_data_weights or [1.0] * len(d.train_data_paths)
-    # room for the batches the NaN/spike guard may put on its skip-list (neox.guard)
+    # room for the batches the NaN/spike guard may put on its skip-list (neox.train.guard)
     spare_batches = cfg.guard.max_rollbacks * cfg.guard.max_bad_steps_in_a_row
     num_samples = (cfg.schedule.train_iters + spare_batches) * cfg.batch.train_batch_size
     config = GPTDatasetConfig(blend_per_split=[(list(d.train_data_paths), list(weights)), None, None],

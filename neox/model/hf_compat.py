@@ -1,5 +1,5 @@
 """Hugging Face Llama, Mistral and Qwen2 <-> trainer: config keys and per-rank weights (names from
-neox.partition)."""
+neox.model.partition)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Iterable, Optional
 
 import torch
 
-from neox import partition
+from neox.model import partition
+from neox.model.rope_scaling import ROPE_SCALING_KEYS
 
 # model_type -> (architecture, transformers' class prefix): the families the converters take.
 # All three are the Llama decoder; Qwen2 adds q/k/v biases (always on: its config has no key).
@@ -34,8 +35,7 @@ def rope_parameters(c: dict) -> dict:
 
 
 def rope_scaling_key(params: dict, where: str):
-    """Our ``rope_scaling`` (None, or the numbers neox.config.ROPE_SCALING_KEYS names)."""
-    from neox.config import ROPE_SCALING_KEYS
+    """Our ``rope_scaling`` (None, or the numbers ROPE_SCALING_KEYS names)."""
 
     kind = params["rope_type"]
     if kind == "default":
@@ -114,7 +114,7 @@ class InMemoryWeights:
 
 def shard_hf_weights(source, names: Iterable[str], vocab: int, padded_vocab: int, rank: int,
                      tp: int, dtype: Optional[torch.dtype] = None) -> dict:
-    """This rank's weights by our names, laid out by ``neox.partition``, optionally cast to
+    """This rank's weights by our names, laid out by ``neox.model.partition``, optionally cast to
     ``dtype``. ``source`` is an ``HFWeights`` (read slice by slice: only this rank's part of each
     tensor is read), or full HF tensors as a dict or a function of the HF name. Vocab rows
     beyond ``vocab`` are zero padding (masked to -inf in the logits)."""

@@ -10,7 +10,7 @@ from typing import Iterable
 import torch
 from megatron.core import parallel_state as ps
 
-from neox import distributed, faults
+from neox.launch import distributed, faults
 
 
 @dataclass
@@ -35,7 +35,7 @@ def train_step(engine, micro_batches: Iterable[dict], update: int, stop,
         out_of_vocab += _out_of_vocab(batch, vocab_size, device)
         loss = engine(batch["tokens"], batch["labels"], batch["loss_mask"])
         if accum == 1:
-            loss = faults.nan_loss(update, loss)  # test-only switches (neox.faults)
+            loss = faults.nan_loss(update, loss)  # test-only switches (neox.launch.faults)
         engine.backward(loss)
         engine.step()
         loss_sum += loss.detach().float()

@@ -5,7 +5,7 @@ often a rank srun itself terminated (143) rather than the one that failed. So sl
 writes each rank's status and the time it ended into NEOX_STATUS_DIR/rank<R>, and this module
 reads them:
 
-    python -m neox.job_status STATUS_DIR NUM_RANKS [--stop-requested]
+    python -m neox.launch.job_status STATUS_DIR NUM_RANKS [--stop-requested]
                                         prints one line; exits with the job's status
 
   every rank 0                        0   finished
@@ -26,10 +26,10 @@ import os
 import signal
 import sys
 
-from neox import faults
 from neox.exit_status import BAD_INPUT as EXIT_CONFIG
 from neox.exit_status import HUNG as EXIT_HUNG
 from neox.exit_status import STOPPED as EXIT_REQUEUE
+from neox.launch import faults
 
 
 def read_statuses(status_dir: str, num_ranks: int) -> dict[int, tuple[int, float] | None]:
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     stop_requested = "--stop-requested" in args
     args = [a for a in args if a != "--stop-requested"]
     if len(args) != 2:
-        print("usage: python -m neox.job_status STATUS_DIR NUM_RANKS [--stop-requested]", file=sys.stderr)
+        print("usage: python -m neox.launch.job_status STATUS_DIR NUM_RANKS [--stop-requested]", file=sys.stderr)
         return 2
     status, line = verdict(read_statuses(args[0], int(args[1])), stop_requested)
     print(line)

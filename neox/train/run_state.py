@@ -9,7 +9,6 @@ import os
 
 import torch
 
-from neox import faults
 from neox.checkpoint import reshard
 from neox.checkpoint.atomic import (
     config_differences,
@@ -23,8 +22,9 @@ from neox.checkpoint.atomic import (
 from neox.checkpoint.files import CheckpointError
 from neox.checkpoint.rng import restore_rng, rng_state
 from neox.config import NeoXConfig
-from neox.distributed import is_rank0, print_rank0
-from neox.guard import LossGuard, samples_of_batch
+from neox.launch import faults
+from neox.launch.distributed import is_rank0, print_rank0
+from neox.train.guard import LossGuard, samples_of_batch
 
 
 def find_resume_dir(cfg: NeoXConfig):
@@ -147,8 +147,8 @@ def lock_save_dir(cfg: NeoXConfig) -> str:
     import torch
 
     from neox.checkpoint.lock import SaveLock, check_save_dir
-    from neox.distributed import on_rank0_for_all
-    from neox.planner import checkpoint_bytes
+    from neox.launch.distributed import on_rank0_for_all
+    from neox.model.planner import checkpoint_bytes
 
     lock = SaveLock(cfg.checkpoint.save, cfg.checkpoint.save_lock_stale_minutes)
 

@@ -17,9 +17,13 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from neox.config.gpt_neox_keys import GPT_NEOX_KEYS, GPTNeoXKeyError, check_zero_optimization, translate
+from neox.config.hooks import check_command
+from neox.data.tokenizer import HF, KINDS, TokenizerError, kind_of_file, tokenizer_vocab_size
 from neox.errors import NeoxError
 from neox.exit_status import BAD_INPUT
-from neox.gpt_neox_keys import GPT_NEOX_KEYS, GPTNeoXKeyError, check_zero_optimization, translate
+from neox.model.planner import memory_per_gpu, plan
+from neox.model.rope_scaling import ROPE_SCALING_KEYS, check_rope_scaling  # noqa: F401 - ROPE_SCALING_KEYS: part of the config's API
 
 
 class ConfigError(NeoxError, ValueError):
@@ -54,26 +58,6 @@ def _gpt_neox_call(fn, *args):
 BoolOrAuto = Union[bool, str]  # true, false or "auto"
 
 
-ROPE_SCALING_KEYS = {"linear": {"factor"},
-                     "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}}
-
-
-def check_rope_scaling(scaling) -> None:
-    """``rope_scaling``: None, or one of the types of ROPE_SCALING_KEYS with exactly its numbers."""
-    if scaling is None:
-        return
-    kind = scaling.get("rope_type") if isinstance(scaling, dict) else None
-    if kind not in ROPE_SCALING_KEYS:
-        raise ConfigError(f"key 'rope_scaling': rope_type must be one of {sorted(ROPE_SCALING_KEYS)}, got {scaling!r}")
-    given = set(scaling) - {"rope_type"}
-    if given != ROPE_SCALING_KEYS[kind]:
-        raise ConfigError(f"key 'rope_scaling' of rope_type {kind} needs exactly {sorted(ROPE_SCALING_KEYS[kind])}, "
-                          f"got {sorted(given)}")
-    for key in given:
-        value = scaling[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-            raise ConfigError(f"key 'rope_scaling.{key}' must be a positive number, got {value!r}")
-
 @dataclass
 class ModelArgs:
     num_layers: Optional[int] = None
@@ -93,10 +77,10 @@ class ModelArgs:
     checkpoint_layers: Optional[list] = None  # ... or only these layer indices (None: all)
     attention_impl: str = "auto"  # auto | sdpa | flash
     # torch.compile each transformer block; auto: when the backend compiles here and train_iters
-    # repays it (neox.speed, decided at start-up)
+    # repays it (neox.train.speed, decided at start-up)
     compile_blocks: BoolOrAuto = "auto"
-    cpu_keep_freed_memory: bool = True  # on CPU: malloc keeps freed memory for reuse (neox.speed)
-    fused_head_loss: bool = True  # output head + cross entropy chunk by chunk (neox.head_loss)
+    cpu_keep_freed_memory: bool = True  # on CPU: malloc keeps freed memory for reuse (neox.train.speed)
+    fused_head_loss: bool = True  # output head + cross entropy chunk by chunk (neox.model.head_loss)
     # options of current bases (docs/converters.md, "Base models"); the defaults are Llama 2's
     head_dim: Optional[int] = None  # None: hidden_size / num_attention_heads (Mistral-Nemo sets 128)
     qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
@@ -130,7 +114,10 @@ class ModelArgs:
                                   f"'num_attention_heads' ({self.num_attention_heads}), or set 'head_dim'")
             self.head_dim = self.hidden_size // self.num_attention_heads
         _positive(self, "head_dim")
-        check_rope_scaling(self.rope_scaling)
+        try:
+            check_rope_scaling(self.rope_scaling)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.num_attention_heads % self.num_kv_heads:
             raise ConfigError(f"key 'num_attention_heads' ({self.num_attention_heads}) must be divisible "
                               f"by 'num_kv_heads' ({self.num_kv_heads})")
@@ -286,8 +273,6 @@ class DataArgs:
             raise ConfigError(f"key 'tokenizer_type' must be SPMTokenizer (a SentencePiece .model) or HFTokenizer "
                               f"(a tokenizer.json), got '{self.tokenizer_type}'")
         if self.vocab_file and os.path.isfile(self.vocab_file):
-            from neox.tokenizer import HF, KINDS, kind_of_file
-
             found = kind_of_file(self.vocab_file)
             if KINDS[self.tokenizer_type] != found:
                 raise ConfigError(f"key 'vocab_file': {self.vocab_file} is a "
@@ -313,8 +298,6 @@ class CheckpointArgs:
         _positive(self, "save_lock_stale_minutes")
         _finite(self, "save_lock_stale_minutes")
         if self.eval_after_checkpoint:
-            from neox.checkpoint.hooks import check_command
-
             try:
                 check_command(self.eval_after_checkpoint)
             except ValueError as e:
@@ -363,14 +346,14 @@ class PlannerArgs:
 
 @dataclass
 class GuardArgs:
-    """NaN / loss-spike guard (neox.guard). A non-finite loss or gradient norm skips the update;
+    """NaN / loss-spike guard (neox.train.guard). A non-finite loss or gradient norm skips the update;
     a spike or a run of bad steps rolls back to the last complete checkpoint."""
     loss_spike_std_factor: float = 6.0  # spike: loss > running mean + k * std (0 disables)
     loss_spike_window: int = 100  # steps in the running mean and std
     loss_spike_min_history: int = 50  # no spike test before this many good steps
     max_bad_steps_in_a_row: int = 3  # this many skipped steps in a row also roll back
     max_rollbacks: int = 5  # one more rollback stops the run with an error
-    watchdog_min_seconds: float = 300.0  # a step may take max(5 x median step time, this) (neox.watchdog)
+    watchdog_min_seconds: float = 300.0  # a step may take max(5 x median step time, this) (neox.launch.watchdog)
     watchdog_first_step_seconds: float = 1800.0  # setup and the first step; each checkpoint and evaluation
 
     def check(self) -> None:
@@ -764,7 +747,7 @@ def check_vocab_and_memory(cfg: NeoXConfig) -> None:
     if d.vocab_file and os.path.isfile(d.vocab_file):
         try:
             found = tokenizer_vocab_size(d.vocab_file, d.tokenizer_type)
-        except ConfigError as e:
+        except TokenizerError as e:
             if m.vocab_size is None:
                 raise
             found = m.vocab_size
@@ -781,8 +764,6 @@ def check_vocab_and_memory(cfg: NeoXConfig) -> None:
         cfg.warnings.append("vocab size unknown (no tokenizer file and no vocab_size): memory plan skipped; "
                             "give -o vocab_size=N to plan (32016 for Code Llama 7B, 32000 for 34B)")
         return
-    from neox.planner import memory_per_gpu
-
     mem = memory_per_gpu(cfg)
     if mem["total_gib"] > cfg.planner.gpu_memory_gib:
         raise ConfigError(
@@ -793,30 +774,7 @@ def check_vocab_and_memory(cfg: NeoXConfig) -> None:
             "enable checkpoint_activations or lower train_micro_batch_size_per_gpu")
 
 
-def tokenizer_vocab_size(path: str, kind: str | None = None) -> int:
-    """Largest id + 1 of the tokenizer in ``path`` (SentencePiece model or tokenizer.json); ``kind``,
-    a tokenizer_type, must match the file."""
-    from neox.tokenizer import HF, KINDS, HFTokenizer, TokenizerError, kind_of_file
-
-    found = kind_of_file(path)
-    if kind is not None and KINDS.get(kind) != found:
-        raise ConfigError(f"key 'vocab_file': {path} is a {'tokenizer.json' if found == HF else 'SentencePiece model'}, "
-                          f"but tokenizer_type is {kind} (use {found})")
-    try:
-        if found == HF:
-            return HFTokenizer(path).vocab_size
-        import sentencepiece as spm
-
-        return spm.SentencePieceProcessor(model_file=path).vocab_size()
-    except TokenizerError as e:
-        raise ConfigError(f"key 'vocab_file': {e}") from None
-    except Exception as e:  # sentencepiece raises plain RuntimeError/OSError
-        raise ConfigError(f"key 'vocab_file': cannot read SentencePiece model {path}: {e}") from None
-
-
 def derived(cfg: NeoXConfig) -> dict:
-    from neox.planner import plan
-
     g = cfg.batch.train_batch_size
     return {
         "world_size": cfg.world_size,
@@ -867,7 +825,7 @@ def load_config(paths: list[str], overrides: list[str] = (), dry_run: bool = Fal
 
 
 def from_gpt_neox_flat(flat: dict) -> tuple[NeoXConfig, dict]:
-    """Our config from keys that may include GPT-NeoX ones (``neox.gpt_neox_keys``), and what
+    """Our config from keys that may include GPT-NeoX ones (``neox.config.gpt_neox_keys``), and what
     was translated or ignored, for the plan."""
     t = _gpt_neox_call(translate, flat, set(KEY_TO_SECTION))
     cfg = NeoXConfig.from_flat(_coerce_all(t.flat))

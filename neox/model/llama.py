@@ -2,7 +2,7 @@
 
 Layout: activations are [batch, seq, hidden]. Each TP rank holds 1/tp of the heads, of the MLP
 intermediate features and of the vocabulary; how each weight is split is declared once in
-``neox.partition``. Normalisation and rotary tables are computed in fp32 whatever the weights'
+``neox.model.partition``. Normalisation and rotary tables are computed in fp32 whatever the weights'
 dtype, and the rotary tables are never stored in a module buffer (a ``.bfloat16()`` cast of the
 model must not touch them: reduced-precision RoPE tables were a known GPT-NeoX bug).
 """
@@ -20,8 +20,9 @@ from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attri
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from neox import partition, patches
-from neox.head_loss import head_loss
+from neox import patches
+from neox.model import partition
+from neox.model.head_loss import head_loss
 
 try:  # optional GPU extra
     from flash_attn import flash_attn_func
@@ -106,7 +107,7 @@ class Attention(nn.Module):
         self.local_kv_heads = m.num_kv_heads // tp
         self.impl = impl
         # one matmul for q, k and v; this rank's rows are [its q heads; its k heads; its v heads]
-        # (the rank-blocked layout of neox.partition)
+        # (the rank-blocked layout of neox.model.partition)
         self.local_sizes = [n * self.head_dim for n in (self.local_heads, self.local_kv_heads, self.local_kv_heads)]
         self.qkv_proj = _column(m.hidden_size, (m.num_attention_heads + 2 * m.num_kv_heads) * self.head_dim,
                                 mp_config, bias=m.qkv_bias)
@@ -186,7 +187,7 @@ class LlamaModel(nn.Module):
             # (megatron sets them on its biases itself)
             if not hasattr(param, "tensor_model_parallel"):
                 set_tensor_model_parallel_attributes(param, dim is not None, dim if dim is not None else -1, 1)
-        if m.compile_blocks is True:  # "auto" is resolved at start-up (neox.speed.apply); unresolved: eager
+        if m.compile_blocks is True:  # "auto" is resolved at start-up (neox.train.speed.apply); unresolved: eager
             patches.spend_megatron_warning()  # before compiling: it would be a graph break
             for layer in self.layers:
                 layer.compile()  # in place: parameter names stay the same
@@ -195,7 +196,7 @@ class LlamaModel(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int):
-        """Random init that does not depend on TP: each full HF tensor of ``neox.partition`` (q, k
+        """Random init that does not depend on TP: each full HF tensor of ``neox.model.partition`` (q, k
         and v separately) comes from its own seeded generator and this rank keeps its shard, so
         TP=1 and TP=2 start from the same model."""
         std = self.cfg.model.init_method_std
@@ -224,7 +225,7 @@ class LlamaModel(nn.Module):
     # ---- forward
 
     def forward(self, tokens, labels=None, loss_mask=None):
-        # batches are built on the CPU (neox.data, the prefetch thread, evaluation, the guarded
+        # batches are built on the CPU (neox.data.dataset, the prefetch thread, evaluation, the guarded
         # start's reference batch) and neither the trainer nor DeepSpeed's engine moves them: on
         # CUDA the embedding lookup would fail. A no-op when they are already on the weights' device.
         device = self.embed.weight.device

@@ -20,8 +20,9 @@ import os
 
 import numpy as np
 
-from neox.data_check import sha256_of
 from neox.errors import NeoxError
+from neox.exit_status import BAD_INPUT
+from neox.paths import sha256_of
 
 SPM, HF = "SPMTokenizer", "HFTokenizer"
 KINDS = {"SPMTokenizer": SPM, "SentencePieceTokenizer": SPM, "HFTokenizer": HF}
@@ -29,6 +30,12 @@ KINDS = {"SPMTokenizer": SPM, "SentencePieceTokenizer": SPM, "HFTokenizer": HF}
 
 class TokenizerError(NeoxError, ValueError):
     """A tokenizer file that cannot be used; the message is one line naming the file."""
+
+
+class VocabFileError(TokenizerError):
+    """The configured vocab_file cannot be used (a config's error: its status is bad input)."""
+
+    exit_status = BAD_INPUT
 
 
 def kind_of_file(path: str) -> str:
@@ -196,3 +203,22 @@ def describe(tok) -> dict:
         out["config_sha256"] = tok.config_sha256
         out["add_bos"] = tok.add_bos
     return out
+
+
+def tokenizer_vocab_size(path: str, kind: str | None = None) -> int:
+    """Largest id + 1 of the tokenizer in ``path`` (SentencePiece model or tokenizer.json); ``kind``,
+    a tokenizer_type, must match the file."""
+    found = kind_of_file(path)
+    if kind is not None and KINDS.get(kind) != found:
+        raise VocabFileError(f"key 'vocab_file': {path} is a {'tokenizer.json' if found == HF else 'SentencePiece model'}, "
+                          f"but tokenizer_type is {kind} (use {found})")
+    try:
+        if found == HF:
+            return HFTokenizer(path).vocab_size
+        import sentencepiece as spm
+
+        return spm.SentencePieceProcessor(model_file=path).vocab_size()
+    except TokenizerError as e:
+        raise VocabFileError(f"key 'vocab_file': {e}") from None
+    except Exception as e:  # sentencepiece raises plain RuntimeError/OSError
+        raise VocabFileError(f"key 'vocab_file': cannot read SentencePiece model {path}: {e}") from None

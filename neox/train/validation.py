@@ -7,9 +7,9 @@ import math
 import torch
 from megatron.core import parallel_state as ps
 
-from neox import distributed
 from neox.config import NeoXConfig
-from neox.data import get_micro_batch
+from neox.data.dataset import get_micro_batch
+from neox.launch import distributed
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ real run, each costs a set lookup or a dictionary read.
   NEOX_FAULT_WRITE_ERROR=<rank>:<step>  that rank's checkpoint writes fail as on a full disk
   NEOX_FAULT_KILL_DURING_SAVE=<step>    rank 0 is killed (SIGKILL) before the checkpoint's rename
   NEOX_FAULT_KILL_AFTER_RENAME=<step>   ... after the rename, before the completion marker
-  NEOX_FAULT_LATE_SIGNAL=TERM      python -m neox.job_status (the Slurm job's verdict) gets this
+  NEOX_FAULT_LATE_SIGNAL=TERM      python -m neox.launch.job_status (the Slurm job's verdict) gets this
                                    signal as it starts, as the time limit's SIGTERM reaches every
                                    process of the batch step
   NEOX_FAULT_PAUSE=<moment>[@<step>]:<seconds>[,...]  every rank pauses there, as a slow
@@ -85,7 +85,7 @@ PAUSE_MOMENTS = ("index", "resume", "save", "step", "eval")
 
 def pause(moment: str, step: int | None = None) -> None:
     """Pause this rank at ``moment`` for the seconds NEOX_FAULT_PAUSE gives it (see above)."""
-    from neox import stop_request
+    from neox.launch import stop_request
 
     for item in filter(None, (v.strip() for v in os.environ.get("NEOX_FAULT_PAUSE", "").split(","))):
         where, _, seconds = item.partition(":")

@@ -1,7 +1,7 @@
 """Decontamination before training: write new `.bin/.idx` prefixes without the documents that share
 an n-gram with a benchmark test set, and without exact duplicate documents.
 
-The n-gram search is the overlap check's (neox.overlap: the same index, scanners and shards); this
+The n-gram search is the overlap check's (neox.data.overlap: the same index, scanners and shards); this
 module adds what a filter needs on top of it:
 - every document's identity for exact deduplication: its length and a 64-bit polynomial hash
   of its tokens (overlap's hashing), confirmed token by token before a drop;
@@ -26,8 +26,8 @@ import time
 
 import numpy as np
 
-from neox import overlap
-from neox.data_check import sha256_of
+from neox.data import overlap
+from neox.paths import sha256_of
 
 DEFAULT_N = 13  # decontamination (Qwen2-Math, MathCoder2, MegaMath); the overlap report keeps Llemma's 30
 RUN_FILE = "decontamination.json"

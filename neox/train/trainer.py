@@ -11,19 +11,10 @@ import numpy as np
 import torch
 from megatron.core import parallel_state as ps
 
-from neox import distributed, faults, speed, stop_request, validation
 from neox.checkpoint.files import load_finetune_weights
-from neox.checkpoint.run_state import (
-    check_resumable,
-    find_resume_dir,
-    guarded_start,
-    lock_save_dir,
-    resume,
-    rollback,
-    save_checkpoint,
-)
 from neox.config import NeoXConfig, derived
-from neox.data import (
+from neox.data.check import DATA_CHECKED_ENV, DataError, check_data, out_of_vocab_samples
+from neox.data.dataset import (
     Prefetcher,
     build_eval_datasets,
     build_tokenizer,
@@ -34,17 +25,27 @@ from neox.data import (
     format_mixture,
     mixture_table,
 )
-from neox.data_check import DATA_CHECKED_ENV, DataError, check_data, out_of_vocab_samples
-from neox.distributed import is_rank0, print_rank0
-from neox.engine import build_engine, seed_everything, set_lr
 from neox.exit_status import STOPPED as EXIT_REQUEUE
-from neox.flops import mfu
-from neox.guard import LossGuard, samples_of_batch
-from neox.lr_schedule import lr_for_config
-from neox.metrics import MetricsLogger, format_line
-from neox.model import LlamaModel
-from neox.step import StepResult, train_step
-from neox.watchdog import Watchdog
+from neox.launch import distributed, faults, stop_request
+from neox.launch.distributed import is_rank0, print_rank0
+from neox.launch.watchdog import Watchdog
+from neox.model.flops import mfu
+from neox.model.llama import LlamaModel
+from neox.train import speed, validation
+from neox.train.engine import build_engine, seed_everything, set_lr
+from neox.train.guard import LossGuard, samples_of_batch
+from neox.train.lr_schedule import lr_for_config
+from neox.train.metrics import MetricsLogger, format_line
+from neox.train.run_state import (
+    check_resumable,
+    find_resume_dir,
+    guarded_start,
+    lock_save_dir,
+    resume,
+    rollback,
+    save_checkpoint,
+)
+from neox.train.step import StepResult, train_step
 
 
 def train(cfg: NeoXConfig):

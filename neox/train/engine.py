@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from megatron.core import parallel_state as ps
 
-from neox import distributed, patches
+from neox import patches
 from neox.config import NeoXConfig
+from neox.launch import distributed
 
 
 def deepspeed_config(cfg: NeoXConfig) -> dict:
