@@ -36,7 +36,7 @@ import sentencepiece as spm
 import zstandard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from neox.cli import make_toy_corpus  # noqa: E402
+from neox.data import toy_corpus as make_toy_corpus  # noqa: E402
 
 
 def make_inputs(out, mb, n_files, seed=4321):
@@ -86,7 +86,7 @@ def make_bpe(texts, out, filler=63_000):
 def bench_hf(args, work, paths, texts):
     from tokenizers import Tokenizer
 
-    from neox.cli import preprocess_data
+    from neox.data import preprocess as preprocess_data
 
     tok_path = make_bpe(texts, os.path.join(work, "bpe"))
     one = os.path.join(work, "inputs", "all.jsonl.zst")  # the same documents as a single file
@@ -149,7 +149,9 @@ def main(argv=None):
         print(f"generated {len(texts)} docs, {sum(map(len, texts)) / 1e6:.1f} MB text in "
               f"{len(paths)} files ({sum(map(os.path.getsize, paths)) / 1e6:.1f} MB zstd) "
               f"in {time.monotonic() - t0:.1f}s", file=sys.stderr)
-        from neox.cli import preprocess_data  # late: megatron.core takes seconds to import, not part of the timing
+        from neox.data import (
+            preprocess as preprocess_data,  # late: megatron.core takes seconds to import, not part of the timing
+        )
 
         if args.tokenizer == "hf":
             print(json.dumps(bench_hf(args, work, paths, texts)))

@@ -12,8 +12,8 @@ import zstandard
 from conftest import REPO, tiny_cfg
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from neox.cli import preprocess_data
 from neox.data.dataset import SentencePieceTokenizer, build_train_dataset, micro_batch_indices
+from neox.data.preprocess import preprocess
 
 
 def read_jsonl_zst(path):
@@ -26,7 +26,7 @@ def read_jsonl_zst(path):
 def test_round_trip_is_lossless(toy_data, tmp_path):
     src = os.path.join(toy_data, "corpus", "algebraic-stack", "validation")
     tok = os.path.join(toy_data, "tokenizer.model")
-    manifest = preprocess_data.preprocess([src], str(tmp_path / "as"), tok, append_eod=True, progress=False)
+    manifest = preprocess([src], str(tmp_path / "as"), tok, append_eod=True, progress=False)
     texts = read_jsonl_zst(os.path.join(src, "part-000.jsonl.zst"))
     ds = IndexedDataset(str(tmp_path / "as_text_document"))
     sp = spm.SentencePieceProcessor(model_file=tok)

@@ -17,11 +17,11 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from neox.cli import preprocess_data
-from neox.cli.preprocess_data import preprocess
 from neox.config import ConfigError
 from neox.data import overlap
 from neox.data.check import DataError, check_data, check_tokenizer
 from neox.data.dataset import build_train_dataset
+from neox.data.preprocess import preprocess
 from neox.data.tokenizer import HFTokenizer, TokenizerError, load_tokenizer
 from neox.interop import export_hf
 

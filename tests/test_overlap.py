@@ -12,9 +12,9 @@ import pytest
 from conftest import REPO, job_submitted_by, sbatch, wait_for_sacct
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-from neox.cli import preprocess_data
 from neox.data import overlap
 from neox.data.overlap import OverlapError
+from neox.data.preprocess import preprocess
 
 pytestmark = pytest.mark.processes  # every test here starts processes (docs/tests.md)
 
@@ -187,7 +187,7 @@ def test_planted_words_found_exactly_and_equal_llemma_reference(test_file, tok, 
     texts[2] = texts[2].replace(" ", "\n\t ", 50)  # other whitespace: the same words
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    preprocess_data.preprocess([str(src)], str(tmp_path / "w"), tok, append_eod=True, progress=False)
+    preprocess([str(src)], str(tmp_path / "w"), tok, append_eod=True, progress=False)
     prefix = str(tmp_path / "w_text_document")
     out = str(tmp_path / "out")
     overlap.run(test_file, ["problem", "solution"], [prefix], tok, out, n=N, mode="words", progress=False,

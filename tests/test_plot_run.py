@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from neox.cli import plot_run
+from neox.runs import plot as plot_run
 
 
 def write_log(path, rows):

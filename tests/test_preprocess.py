@@ -18,7 +18,8 @@ import zstandard
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from neox.cli import preprocess_data
-from neox.cli.preprocess_data import PreprocessError, preprocess
+from neox.data import preprocess as preprocess_lib
+from neox.data.preprocess import PreprocessError, preprocess
 
 
 def texts_of(path):
@@ -260,14 +261,14 @@ def test_resume_reuses_finished_shards(corpus, tok, tmp_path):
 @pytest.mark.processes
 @pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="patch reaches workers by fork")
 def test_killed_worker_is_an_error_not_a_hang(corpus, tok, tmp_path, monkeypatch):
-    real = preprocess_data._add_batch
+    real = preprocess_lib._add_batch
 
     def dies_on_b(builder, arrays, numbers, path):
         if path.endswith("b.jsonl"):
             os._exit(9)  # like the OOM killer
         return real(builder, arrays, numbers, path)
 
-    monkeypatch.setattr(preprocess_data, "_add_batch", dies_on_b)
+    monkeypatch.setattr(preprocess_lib, "_add_batch", dies_on_b)
     inputs = [write_jsonl(tmp_path / n, ["one two", "three"]) for n in ("a.jsonl", "b.jsonl", "c.jsonl")]
 
     def hung(*_):

@@ -12,9 +12,10 @@ import pytest
 import yaml
 from conftest import REPO, submit_env, wait_for_sacct
 
-from neox.cli import plot_run
-from neox.cli import sweep as sweep_tool
+from neox.cli import sweep as sweep_program
 from neox.config import load_config
+from neox.runs import plot as plot_run
+from neox.runs import sweep as sweep_tool
 
 SMOKE_OVERRIDES = {"num_gpus": 1, "model_parallel_size": 1, "eval_iters": 1}
 MIXTURES = {"llemma-2-4-1": [2, 4, 1], "equal": [1, 1, 1], "code-heavy": [1, 1, 4]}
@@ -169,7 +170,7 @@ def test_a_changed_sweep_file_is_refused_before_anything_is_written(local_sweep,
     text["tokens_per_run"] = 5000
     (tmp_path / "changed.yml").write_text(yaml.safe_dump(text))
     before = (out / "runs" / "equal" / "config.yml").read_text()
-    assert sweep_tool.main(["mixture", spec, "--out", str(out)]) == 2
+    assert sweep_program.main(["mixture", spec, "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
         f"error: {out / 'runs' / 'llemma-2-4-1' / 'config.yml'} exists with a different config")
     assert (out / "runs" / "equal" / "config.yml").read_text() == before
@@ -199,7 +200,7 @@ def test_slurm_executor_runs_one_array_task_per_run_on_slurm(slurm, tmp_path, to
 @pytest.mark.processes
 def test_dry_run_plans_the_whole_sweep_and_writes_nothing(tmp_path, capsys, toy_data):
     spec = write_sweep(tmp_path / "sweep.yml", tmp_path / "cache")
-    assert sweep_tool.main(["mixture", spec, "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert sweep_program.main(["mixture", spec, "--out", str(tmp_path / "out"), "--dry-run"]) == 0
     r = capsys.readouterr()
     plan = json.loads(r.out)
     # each run is the smoke model for 3 steps: the planner's GPU-hours for that config, times 3 runs
@@ -218,7 +219,7 @@ def test_dry_run_plans_the_whole_sweep_and_writes_nothing(tmp_path, capsys, toy_
 
 def test_llemma_sweep_file_plans_six_7b_runs(capsys):
     spec = os.path.join(REPO, "llemma_configs", "sweeps", "llemma_mixture.yml")
-    assert sweep_tool.main(["mixture", spec, "--out", "/nonexistent/sweep", "--dry-run"]) == 0
+    assert sweep_program.main(["mixture", spec, "--out", "/nonexistent/sweep", "--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)
     runs = {x["name"]: x for x in plan["runs"]}
     llemma = runs["arxiv-web-code-2-4-1"]["weights"]
@@ -278,7 +279,7 @@ def test_schedule_scaling_keeps_the_llemma_7b_shape():
 ])
 def test_bad_sweep_files_are_one_line_errors(tmp_path, capsys, extra, message):
     spec = write_sweep(tmp_path / "bad.yml", tmp_path / "cache", **extra)
-    assert sweep_tool.main(["mixture", spec, "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert sweep_program.main(["mixture", spec, "--out", str(tmp_path / "out"), "--dry-run"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("error: ") and message in captured.err, captured.err
     assert captured.err.count("\n") == 1 and not (tmp_path / "out").exists()

@@ -18,12 +18,13 @@ import os
 import shutil
 import time
 
-from neox.cli import make_toy_corpus, train_toy_tokenizer
+from neox.cli import train_toy_tokenizer
+from neox.data import toy_corpus as make_toy_corpus
 from neox.paths import project_root
 
-HERE = os.path.dirname(os.path.abspath(__file__))  # the sources below, hashed into the build key
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # neox/: the sources below are hashed
 
-SOURCES = ("make_toy_corpus.py", "train_toy_tokenizer.py", "preprocess_data.py", "make_toy_data.py")
+SOURCES = ("data/toy_corpus.py", "cli/train_toy_tokenizer.py", "data/preprocess.py", "cli/make_toy_data.py")
 LIBRARIES = ("sentencepiece", "zstandard", "megatron-core", "numpy")
 STAMP = ".complete"
 
@@ -31,7 +32,7 @@ STAMP = ".complete"
 def build_hash(args):
     h = hashlib.sha256()
     for name in SOURCES:
-        with open(os.path.join(HERE, name), "rb") as f:
+        with open(os.path.join(PACKAGE, name), "rb") as f:
             h.update(name.encode() + b"\0" + f.read() + b"\0")
     versions = {lib: importlib.metadata.version(lib) for lib in LIBRARIES}
     # --workers does not change the output, so it is not part of the key.
@@ -53,7 +54,7 @@ def build(tmp, args):
     timings["tokenizer"] = time.monotonic() - t0
 
     t0 = time.monotonic()
-    from neox.cli import preprocess_data  # late: importing megatron.core takes several seconds
+    from neox.data import preprocess as preprocess_data  # late: importing megatron.core takes several seconds
 
     datasets = {}
     for component in make_toy_corpus.COMPONENTS:

@@ -75,7 +75,7 @@ def main(argv=None):
         except overlap.OverlapError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-    from neox.cli import preprocess_data
+    from neox.data import preprocess as preprocess_data
 
     for src, prefix in plan(args):
         if os.path.isfile(prefix + "_text_document.manifest.json"):
