@@ -132,3 +132,21 @@ def test_the_diagram_in_the_readme_and_docs_is_the_declared_layers():
         assert blocks == [neox.mermaid()], f"{doc}: paste neox.mermaid() (python -c 'import neox; print(neox.mermaid())')"
     with open(os.path.join(REPO, "README.md")) as f:
         assert neox.room_list() in f.read(), "README.md: paste neox.room_list()"
+
+
+def test_no_function_over_80_lines_and_cli_modules_only_parse_arguments():
+    long, big = [], []
+    for package in (*PACKAGES, "tools"):
+        for folder, _, files in os.walk(os.path.join(REPO, package)):
+            for name in (n for n in files if n.endswith(".py")):
+                path = os.path.join(folder, name)
+                with open(path) as f:
+                    text = f.read()
+                for node in ast.walk(ast.parse(text)):
+                    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        length = node.end_lineno - node.lineno + 1
+                        if length > 80:
+                            long.append(f"{os.path.relpath(path, REPO)}:{node.lineno} {node.name}: {length} lines")
+                if folder == os.path.join(REPO, "neox", "cli") and len(text.splitlines()) > 200:
+                    big.append(f"{os.path.relpath(path, REPO)}: {len(text.splitlines())} lines")
+    assert long == [] and big == []

@@ -92,11 +92,6 @@ def is_rank0() -> bool:
     return torch.distributed.get_rank() == 0
 
 
-def print_rank0(*args):
-    if is_rank0():
-        print(*args, flush=True)
-
-
 def device() -> str:
     """Where the step's tensors and collectives live: gloo on CPU, nccl on GPU."""
     return "cpu" if use_cpu() else "cuda"

@@ -23,8 +23,11 @@ from neox.checkpoint.files import CheckpointError
 from neox.checkpoint.rng import restore_rng, rng_state
 from neox.config import NeoXConfig
 from neox.launch import faults
-from neox.launch.distributed import is_rank0, print_rank0
+from neox.launch.distributed import is_rank0
+from neox.log import get_logger
 from neox.train.guard import LossGuard, samples_of_batch
+
+log = get_logger(__name__)
 
 
 def find_resume_dir(cfg: NeoXConfig):
@@ -36,7 +39,7 @@ def find_resume_dir(cfg: NeoXConfig):
     if save and os.path.isdir(save):
         tag, warnings = resume_tag(save)
         for w in warnings:
-            print_rank0(f"warning: {w}")
+            log.warning(w)
         if tag:
             return save, tag
     if load and not cfg.checkpoint.finetune and os.path.abspath(load) != os.path.abspath(save or ""):
@@ -75,7 +78,7 @@ def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[int, dict
     """Weights, ZeRO optimizer state, step, RNG and guard state (skip-list); the LR and the data
     position follow the step (load_state). Returns (step, the checkpoint's client state)."""
     path, state = load_state(engine, cfg, directory, tag)
-    print_rank0(f"resumed from {path} at step {state['step']}")
+    log.info(f"resumed from {path} at step {state['step']}")
     return int(state["step"]), state
 
 
@@ -88,7 +91,7 @@ def load_state(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[str, 
     try:
         if reshard.needed(cfg, directory, tag):
             tp, dp = reshard.saved_layout(directory, tag)
-            print_rank0(f"resharding {os.path.join(directory, tag)}: saved at TP={tp} x DP={dp}, loading at "
+            log.info(f"resharding {os.path.join(directory, tag)}: saved at TP={tp} x DP={dp}, loading at "
                         f"TP={cfg.parallel.model_parallel_size} x DP={cfg.data_parallel_size} "
                         "(weights and optimizer state)")
             path, state = os.path.join(directory, tag), reshard.load_resharded(engine, cfg, directory, tag)
@@ -118,7 +121,7 @@ def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_f
                 is_rank0(), extra_files={"config.json": json.dumps(cfg.to_flat(), indent=1),
                                                   "data.json": json.dumps(data_files, indent=1)},
                 job=job)
-    print_rank0(f"saved checkpoint global_step{step} to {cfg.checkpoint.save}")
+    log.info(f"saved checkpoint global_step{step} to {cfg.checkpoint.save}")
     if cfg.checkpoint.eval_after_checkpoint and is_rank0():  # the checkpoint is complete by now
         from neox.checkpoint.hooks import after_checkpoint
 
@@ -132,7 +135,7 @@ def rollback(engine, cfg: NeoXConfig, guard: LossGuard, update: int, reason: str
     tag = latest_complete_tag(save) if save and os.path.isdir(save) else None
     info = guard.plan_rollback(step_of(tag) if tag else None, save, reason)
     info["samples"] = [samples_of_batch(b, cfg.batch.train_batch_size) for b in info["skipped_batches"]]
-    print_rank0(f"step {update}: {reason}; rolling back to {tag} and skipping batches {info['skipped_batches']} "
+    log.info(f"step {update}: {reason}; rolling back to {tag} and skipping batches {info['skipped_batches']} "
                 f"(samples {info['samples']}); rollback {guard.rollbacks} of at most {cfg.guard.max_rollbacks}")
     if logger:
         logger.log({"step": update, "rollback": info})
@@ -155,7 +158,7 @@ def lock_save_dir(cfg: NeoXConfig) -> str:
     def take():
         check_save_dir(cfg.checkpoint.save, checkpoint_bytes(cfg))
         for w in lock.acquire():
-            print_rank0(f"warning: {w}")
+            log.warning(w)
         atexit.register(lock.release)
 
     on_rank0_for_all(take)
@@ -173,7 +176,7 @@ def guarded_start(model, cfg: NeoXConfig, conversion: dict) -> dict:
     model.train()
     check_reference(at_source, conversion["reference"], cfg.checkpoint.reference_loss_tolerance,
                     cfg.checkpoint.load)
-    print_rank0(f"guarded start: reference loss {at_source:.6f} at theta {conversion['rope_theta_source']:g} "
+    log.info(f"guarded start: reference loss {at_source:.6f} at theta {conversion['rope_theta_source']:g} "
                 f"(converter: {conversion['reference']['loss']:.6f}); {at_train:.6f} at the training theta "
                 f"{cfg.model.rotary_emb_base:g}")
     return {"step": 0, "reference_loss": at_source, "reference_loss_recorded": conversion["reference"]["loss"],

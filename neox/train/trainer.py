@@ -27,8 +27,9 @@ from neox.data.dataset import (
 )
 from neox.exit_status import STOPPED as EXIT_REQUEUE
 from neox.launch import distributed, faults, stop_request
-from neox.launch.distributed import is_rank0, print_rank0
+from neox.launch.distributed import is_rank0
 from neox.launch.watchdog import Watchdog
+from neox.log import get_logger
 from neox.model.flops import mfu
 from neox.model.llama import LlamaModel
 from neox.train import speed, validation
@@ -46,6 +47,8 @@ from neox.train.run_state import (
     save_checkpoint,
 )
 from neox.train.step import StepResult, train_step
+
+log = get_logger(__name__)
 
 
 def train(cfg: NeoXConfig):
@@ -71,10 +74,10 @@ class Trainer:
         self.job = lock_save_dir(cfg) if cfg.checkpoint.save else None  # before anything is written there
         self._write_resolved_config()
         if os.environ.get(DATA_CHECKED_ENV) != "1":  # deepy.py checked before spawning; srun/torchrun did not
-            distributed.on_rank0_for_all(lambda: [print_rank0(f"warning: {w}") for w in check_data(cfg)])
+            distributed.on_rank0_for_all(lambda: [log.warning(w) for w in check_data(cfg)])
         tokenizer = build_tokenizer(cfg)
         for line in speed.apply(cfg, distributed.device()):  # compile_blocks: auto, the CPU allocator
-            print_rank0(line)
+            log.info(line)
         model = LlamaModel(cfg)
         model.init_weights(cfg.misc.seed)
         resume_from = find_resume_dir(cfg)  # (directory, tag) or (None, None)
@@ -104,7 +107,7 @@ class Trainer:
         os.makedirs(log_dir, exist_ok=True)
         with open(os.path.join(log_dir, "config.json"), "w") as f:
             json.dump({**self.cfg.to_flat(), "derived": derived(self.cfg)}, f, indent=1)
-        print_rank0(f"run: resolved config in {log_dir}/config.json; metrics in {log_dir}/metrics.jsonl "
+        log.info(f"run: resolved config in {log_dir}/config.json; metrics in {log_dir}/metrics.jsonl "
                     f"(picture: python tools/plot_run.py {log_dir} --out run.png)")
 
     def _check_or_finetune(self, model, resume_dir: str | None, resume_tag: str | None) -> dict | None:
@@ -117,7 +120,7 @@ class Trainer:
         if not cfg.checkpoint.finetune:
             return None
         conversion = load_finetune_weights(model, cfg)
-        print_rank0(f"finetune: loaded weights from {cfg.checkpoint.load}; step 0, fresh optimizer")
+        log.info(f"finetune: loaded weights from {cfg.checkpoint.load}; step 0, fresh optimizer")
         if conversion and conversion.get("reference"):
             return guarded_start(model, cfg, conversion)
         return None
@@ -135,7 +138,7 @@ class Trainer:
             return None
         logger = MetricsLogger(self.cfg)
         rows = mixture_table(self.train_set, self.cfg)
-        print_rank0("data mixture (tokens):\n" + format_mixture(rows))
+        log.info("data mixture (tokens):\n" + format_mixture(rows))
         with open(os.path.join(self.cfg.logging.log_dir, "mixture.json"), "w") as f:
             json.dump(rows, f, indent=1)
         return logger
@@ -153,7 +156,7 @@ class Trainer:
         if self.agree_on_stop():  # a request during start-up (index build, resume, first evaluation)
             self.stop_before_training()
         if self.step and self.step >= cfg.schedule.train_iters:
-            print_rank0(f"warning: train_iters {cfg.schedule.train_iters} is at or below the checkpoint's step "
+            log.warning(f"train_iters {cfg.schedule.train_iters} is at or below the checkpoint's step "
                         f"{self.step}: nothing to train; exit status 0 (raise train_iters to train on)")
         while self.step < cfg.schedule.train_iters:
             update = self.step + 1  # updates count from 1; update s uses lr(s)
@@ -212,7 +215,7 @@ class Trainer:
         """DeepSpeed already dropped the update on every rank; say which samples it held."""
         record = {"step": update, "skipped": True, "reason": reason, "lr": lr, "batch": batch_index,
                   "samples": samples_of_batch(batch_index, self.cfg.batch.train_batch_size)}
-        print_rank0(f"step {update}: update skipped on every rank: {reason}; samples "
+        log.info(f"step {update}: update skipped on every rank: {reason}; samples "
                     f"{record['samples'][0]}..{record['samples'][1] - 1}")
         if self.logger:
             self.logger.log(record)
@@ -256,7 +259,7 @@ class Trainer:
                   "consumed_samples": update * cfg.batch.train_batch_size, "batch": batch_index,
                   "step_time_s": result.seconds, **self.consumed.tokens()}
         self.logger.log(record)
-        print_rank0(format_line(record, cfg.schedule.train_iters, show_mfu=distributed.device() == "cuda"))
+        log.info(format_line(record, cfg.schedule.train_iters, show_mfu=distributed.device() == "cuda"))
 
     def evaluate(self, step: int):
         self.watchdog.expect_slow(f"the evaluation at step {step}")
@@ -264,7 +267,7 @@ class Trainer:
         values = validation.evaluate(self.engine, self.eval_sets, self.cfg)
         if self.logger:
             self.logger.log({"step": step, **values})
-            print_rank0(f"eval at step {step}: " + " | ".join(f"{k} {v:.4f}" for k, v in values.items()))
+            log.info(f"eval at step {step}: " + " | ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
     def save(self, update: int):
         self.watchdog.expect_slow(f"the checkpoint of step {update}")
@@ -289,7 +292,7 @@ class Trainer:
         stop_request.ignore_from_now()  # every rank decided: later signals must not turn 75 into 143
         if self.cfg.checkpoint.save and self.saved_step != update:
             self.save(update)
-        print_rank0(f"stop requested by signal: stopped after step {update}; exit status {EXIT_REQUEUE} "
+        log.info(f"stop requested by signal: stopped after step {update}; exit status {EXIT_REQUEUE} "
                     "(requeue and the run resumes here)")
         self.close(last_record={"step": update, "stopped_by_signal": True})
         raise SystemExit(EXIT_REQUEUE)
@@ -298,7 +301,7 @@ class Trainer:
         """A request before this start's first update: nothing new to save, the same exit status."""
         stop_request.ignore_from_now()
         kept = f"the checkpoint of step {self.step} stays" if self.step else "no step was trained yet"
-        print_rank0(f"stop requested by signal before the first step of this start: nothing new to save ({kept}); "
+        log.info(f"stop requested by signal before the first step of this start: nothing new to save ({kept}); "
                     f"exit status {EXIT_REQUEUE} (requeue and the run resumes here)")
         self.close(last_record={"step": self.step, "stopped_by_signal": True})
         raise SystemExit(EXIT_REQUEUE)
