@@ -29,6 +29,7 @@ GPU: it prints every config's shapes and planner estimate, the last stdout line 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -500,7 +501,7 @@ def part_correctness(p: Part, args):
     ours.train()
     got = {}
     for fused in (True, False):
-        cfg.model.fused_head_loss = fused
+        ours.cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fused_head_loss=fused))
         got[fused] = loss_and_grads(ours, tokens, labels, mask)
     loss_rel = abs(got[True][0] - got[False][0]) / abs(got[False][0])
     grad_rel = max_rel_grad_diff(got[True][1], got[False][1])

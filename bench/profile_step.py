@@ -39,6 +39,7 @@ step) and the top ops by self time go to stderr; the last stdout line is one JSO
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -217,7 +218,8 @@ def main(argv=None):
         if args.impl in ("ours", "plain"):  # compile_blocks: auto as in a long run (train_throughput.py)
             from neox.train.speed import compile_blocks_of_a_long_run
 
-            cfg.model.compile_blocks = not args.eager and compile_blocks_of_a_long_run(tt._device())[0]
+            compile_blocks = not args.eager and compile_blocks_of_a_long_run(tt._device())[0]
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compile_blocks=compile_blocks))
         build = {"ours": build_ours, "plain": tt.build_plain, "hf": tt.build_hf}[args.impl]
         step = build(cfg)
         use_device = torch.cuda.is_available()

@@ -3,13 +3,14 @@
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, tiny_flat
 
 from neox.config import ConfigError, load_config
 
@@ -209,3 +210,55 @@ def test_every_shipped_yaml_validates():
         r, _ = run_deepy("train.py", *[os.path.join(REPO, "llemma_configs", f) for f in combo], "--dry-run")
         assert r.returncode == 0, f"{combo}: {r.stderr}"
         json.loads(r.stdout)
+
+
+def test_field_types_come_from_get_type_hints_and_new_spellings_coerce():
+    import dataclasses
+    from typing import Literal, Optional
+
+    from neox.config import BoolOrAuto, ConfigError, ModelArgs, _coerce, field_types
+
+    assert field_types(ModelArgs)["num_kv_heads"] == Optional[int]
+    assert _coerce("k", "3e2", int | None) == 300 and _coerce("k", None, int | None) is None
+    assert _coerce("k", ["a", 1], list[str]) == ["a", "1"] and _coerce("k", "one", list[str]) == ["one"]
+    assert _coerce("k", ["1", "2e1"], Optional[list[int]]) == [1, 20]
+    assert _coerce("k", "AUTO", BoolOrAuto) == "auto" and _coerce("k", False, BoolOrAuto) is False
+    assert _coerce("k", "sdpa", Literal["sdpa", "flash"]) == "sdpa"
+    for value, tp, message in [(None, int, "key 'k' must not be empty"), ("x", BoolOrAuto, "must be true, false or auto"),
+                               (["a", 1.5], list[int], "must be list[int]"), (2.5, int | None, "must be int, got 2.5")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            _coerce("k", value, tp)
+    assert {f.name for f in dataclasses.fields(ModelArgs)} == set(field_types(ModelArgs))
+
+
+def test_validate_returns_a_frozen_resolved_config_and_leaves_its_input_as_it_was():
+    import dataclasses
+
+    from neox.config import NeoXConfig, _coerce_all, validate
+
+    raw = NeoXConfig.from_flat(_coerce_all(tiny_flat(gradient_accumulation_steps=None, train_batch_size=8)))
+    assert raw.model.head_dim is None and raw.batch.gradient_accumulation_steps is None
+    cfg = validate(raw, dry_run=True)
+    assert cfg is not raw and raw.model.head_dim is None and raw.batch.gradient_accumulation_steps is None
+    assert cfg.model.head_dim == cfg.model.hidden_size // cfg.model.num_attention_heads
+    assert cfg.batch.gradient_accumulation_steps == 8 // cfg.batch.train_micro_batch_size_per_gpu
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.model.num_layers = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.model = raw.model
+
+
+def test_the_keys_a_resume_may_change_are_declared_on_the_fields():
+    import dataclasses
+
+    from neox.checkpoint.atomic import config_differences
+    from neox.config import LAYOUT_KEYS, RESUME, RESUME_MAY_CHANGE, SECTIONS
+
+    declared = {f.name: f.metadata.get(RESUME) for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    assert RESUME_MAY_CHANGE == {k for k, v in declared.items() if v is True} and LAYOUT_KEYS == {"model_parallel_size"}
+    assert {"train_iters", "save", "num_gpus", "eval_after_checkpoint"} <= RESUME_MAY_CHANGE
+    assert not {"seq_length", "optimizer", "train_data_paths", "rotary_emb_base"} & RESUME_MAY_CHANGE
+    saved = {"train_iters": 10, "seq_length": 64, "model_parallel_size": 1}
+    now = {"train_iters": 20, "seq_length": 128, "model_parallel_size": 2}
+    assert config_differences(now, saved) == ["model_parallel_size (1 -> 2)", "seq_length (64 -> 128)"]
+    assert config_differences(now, saved, layout_may_change=True) == ["seq_length (64 -> 128)"]

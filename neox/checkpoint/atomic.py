@@ -21,28 +21,13 @@ import torch
 
 from neox import patches
 from neox.checkpoint.files import CheckpointError
+from neox.config import LAYOUT_KEYS, RESUME_MAY_CHANGE
 from neox.launch import faults
 
 COMPLETE = "complete"
 # Copied into <save> by every DeepSpeed save; they read TP rank 0 only, so at TP > 1 they would
 # recover part of the model: tools/export_hf.py is the way out of a checkpoint.
 DEEPSPEED_SCRIPTS = ("zero_to_fp32.py", "zero_to_torch.py")
-# A stopped run exits with this status after its checkpoint; slurm/common.sh requeues on it.
-# Keys a resume may change; anything else differing from the checkpoint's config is refused.
-RESUME_MAY_CHANGE = {
-    "train_iters", "log_interval", "eval_interval", "eval_iters", "checkpoint_factor",
-    "keep_last_n_checkpoints", "log_dir", "use_wandb", "wandb_project", "wandb_group", "wandb_entity",
-    "use_tensorboard", "save",
-    "load", "finetune", "master_port", "num_nodes", "num_gpus", "launcher",
-    "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "data_cache_dir",
-    "peak_flops_per_gpu", "gpu_memory_gib", "planner_mfu", "attention_impl",
-    "checkpoint_activations", "checkpoint_layers", "compile_blocks", "fused_head_loss",
-    "reference_loss_tolerance", "eval_after_checkpoint", "data_without_manifest",
-    "save_lock_stale_minutes",
-    "distributed_timeout_minutes", "watchdog_min_seconds", "watchdog_first_step_seconds",
-}
-# The parallel layout: may change at resume only where neox.checkpoint.reshard can reshard the state (ZeRO).
-LAYOUT_KEYS = {"model_parallel_size"}
 
 
 def _fsync_tree(path: str):
@@ -233,7 +218,7 @@ def find_corrupt_file(directory: str):
 
 def config_differences(current: dict, saved: dict, layout_may_change: bool = False) -> list[str]:
     diffs = []
-    may_change = RESUME_MAY_CHANGE | (LAYOUT_KEYS if layout_may_change else set())
+    may_change = RESUME_MAY_CHANGE | (LAYOUT_KEYS if layout_may_change else frozenset())
     for key in sorted(set(current) | set(saved)):
         if key in may_change or key not in saved:
             continue

@@ -8,12 +8,14 @@ fails in a second on a laptop instead of minutes into a 256-GPU job.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
 import os
+import types
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -55,11 +57,32 @@ def _gpt_neox_call(fn, *args):
 # ----------------------------------------------------------------------------- sections
 
 
-BoolOrAuto = Union[bool, str]  # true, false or "auto"
+BoolOrAuto = Union[bool, Literal["auto"]]
+RESUME = "resume"  # field metadata: a resume may change this key ("reshard": where the state can be resharded)
 
 
-@dataclass
-class ModelArgs:
+def resumable(default: Any, reshard: bool = False) -> Any:
+    """A field whose value a resume may change (the checkpoint's config is otherwise kept)."""
+    return field(default=default, metadata={RESUME: "reshard" if reshard else True})
+
+
+def _given(value, default):
+    return default if value is None else value
+
+
+class _Section:
+    """A config section: ``resolved()`` returns it checked, with its derived values filled."""
+
+    def check(self) -> None:
+        pass
+
+    def resolved(self):
+        self.check()
+        return self
+
+
+@dataclass(frozen=True)
+class ModelArgs(_Section):
     num_layers: Optional[int] = None
     hidden_size: Optional[int] = None
     num_attention_heads: Optional[int] = None
@@ -73,14 +96,14 @@ class ModelArgs:
     vocab_size: Optional[int] = None  # None: taken from the tokenizer (vocab_file)
     make_vocab_size_divisible_by: int = 1  # Llemma used 1; TP divisibility is added on top
     init_method_std: float = 0.02
-    checkpoint_activations: bool = False  # recompute layer activations in backward (all layers ...)
-    checkpoint_layers: Optional[list] = None  # ... or only these layer indices (None: all)
-    attention_impl: str = "auto"  # auto | sdpa | flash
+    checkpoint_activations: bool = resumable(False)  # recompute layer activations in backward (all layers ...)
+    checkpoint_layers: Optional[list] = resumable(None)  # ... or only these layer indices (None: all)
+    attention_impl: str = resumable("auto")  # auto | sdpa | flash
     # torch.compile each transformer block; auto: when the backend compiles here and train_iters
     # repays it (neox.train.speed, decided at start-up)
-    compile_blocks: BoolOrAuto = "auto"
+    compile_blocks: BoolOrAuto = resumable("auto")
     cpu_keep_freed_memory: bool = True  # on CPU: malloc keeps freed memory for reuse (neox.train.speed)
-    fused_head_loss: bool = True  # output head + cross entropy chunk by chunk (neox.model.head_loss)
+    fused_head_loss: bool = resumable(True)  # output head + cross entropy chunk by chunk (neox.model.head_loss)
     # options of current bases (docs/converters.md, "Base models"); the defaults are Llama 2's
     head_dim: Optional[int] = None  # None: hidden_size / num_attention_heads (Mistral-Nemo sets 128)
     qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
@@ -90,16 +113,25 @@ class ModelArgs:
     rope_scaling: Optional[dict] = None
     hf_model_type: Optional[str] = None  # the Hugging Face family an export writes (None: llama)
 
+    def resolved(self) -> ModelArgs:
+        """With the derived defaults filled: KV heads, context length and head size."""
+        _positive(self, "hidden_size", "num_attention_heads", "seq_length")
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"key 'hidden_size' ({self.hidden_size}) must be divisible by "
+                              f"'num_attention_heads' ({self.num_attention_heads}), or set 'head_dim'")
+        resolved = dataclasses.replace(
+            self, num_kv_heads=_given(self.num_kv_heads, self.num_attention_heads),
+            max_position_embeddings=_given(self.max_position_embeddings, self.seq_length),
+            head_dim=_given(self.head_dim, self.hidden_size // self.num_attention_heads))
+        resolved.check()
+        return resolved
+
     def check(self) -> None:
         _positive(self, "num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "intermediate_size",
                   "seq_length", "max_position_embeddings", "rotary_emb_base", "vocab_size",
                   "make_vocab_size_divisible_by", "rms_norm_epsilon")
         _finite(self, "rms_norm_epsilon", "init_method_std", "rotary_emb_base")
         _positive(self, "init_method_std")
-        if self.num_kv_heads is None:
-            self.num_kv_heads = self.num_attention_heads
-        if self.max_position_embeddings is None:
-            self.max_position_embeddings = self.seq_length
         if self.seq_length > self.max_position_embeddings:
             raise ConfigError(f"key 'seq_length' ({self.seq_length}) exceeds 'max_position_embeddings' "
                               f"({self.max_position_embeddings})")
@@ -108,11 +140,6 @@ class ModelArgs:
         if self.attention_impl not in ("auto", "sdpa", "flash"):
             raise ConfigError(f"key 'attention_impl' must be auto, sdpa or flash, got '{self.attention_impl}'")
         self._check_checkpoint_layers()
-        if self.head_dim is None:
-            if self.hidden_size % self.num_attention_heads:
-                raise ConfigError(f"key 'hidden_size' ({self.hidden_size}) must be divisible by "
-                                  f"'num_attention_heads' ({self.num_attention_heads}), or set 'head_dim'")
-            self.head_dim = self.hidden_size // self.num_attention_heads
         _positive(self, "head_dim")
         try:
             check_rope_scaling(self.rope_scaling)
@@ -145,15 +172,15 @@ class ModelArgs:
         return sorted(self.checkpoint_layers)
 
 
-@dataclass
-class ParallelArgs:
-    model_parallel_size: int = 1  # tensor parallel size
+@dataclass(frozen=True)
+class ParallelArgs(_Section):
+    model_parallel_size: int = resumable(1, reshard=True)  # tensor parallel size
     pipe_parallel_size: int = 0  # accepted for GPT-NeoX compatibility; only 0 or 1 supported
-    num_gpus: int = 1  # processes started on this node
-    num_nodes: int = 1
-    launcher: str = "local"
-    master_port: Optional[int] = None
-    distributed_timeout_minutes: int = 10  # every process group: a collective waits this long, then fails
+    num_gpus: int = resumable(1)  # processes started on this node
+    num_nodes: int = resumable(1)
+    launcher: str = resumable("local")
+    master_port: Optional[int] = resumable(None)
+    distributed_timeout_minutes: int = resumable(10)  # every process group: a collective waits this long, then fails
 
     def check(self) -> None:
         _positive(self, "model_parallel_size", "num_gpus", "num_nodes", "distributed_timeout_minutes")
@@ -168,18 +195,18 @@ class ParallelArgs:
             raise ConfigError(f"key 'launcher' must be 'local' or 'slurm', got '{self.launcher}'")
 
 
-@dataclass
-class BatchArgs:
-    train_micro_batch_size_per_gpu: Optional[int] = None
-    gradient_accumulation_steps: Optional[int] = None
+@dataclass(frozen=True)
+class BatchArgs(_Section):
+    train_micro_batch_size_per_gpu: Optional[int] = resumable(None)
+    gradient_accumulation_steps: Optional[int] = resumable(None)
     train_batch_size: Optional[int] = None  # global batch, in sequences
 
     def check(self) -> None:
         _positive(self, "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
 
 
-@dataclass
-class OptimizerArgs:
+@dataclass(frozen=True)
+class OptimizerArgs(_Section):
     optimizer: dict = field(
         default_factory=lambda: {
             "type": "AdamW",
@@ -191,8 +218,9 @@ class OptimizerArgs:
     zero_optimization: dict = field(default_factory=lambda: {"stage": 1})
     precision: str = "bf16"  # bf16 | fp32
 
-    def check(self) -> None:
-        opt = self.optimizer
+    def resolved(self) -> OptimizerArgs:
+        """With the optimizer's numbers as floats, its type and eps filled, precision's one spelling."""
+        opt = copy.deepcopy(self.optimizer)
         if not isinstance(opt.get("params"), dict) or "lr" not in opt["params"]:
             raise ConfigError("key 'optimizer' needs params.lr (e.g. optimizer: {type: AdamW, params: {lr: 1e-4}})")
         if str(opt.get("type", "AdamW")).lower() not in ("adam", "adamw"):
@@ -201,12 +229,12 @@ class OptimizerArgs:
         if unknown:
             raise ConfigError(f"key 'optimizer.params' has unsupported entries {sorted(unknown)}")
         params = opt["params"]
-        params["lr"] = _coerce("optimizer.params.lr", params["lr"], "float")
-        params["eps"] = _coerce("optimizer.params.eps", params.get("eps", 1e-8), "float")
+        params["lr"] = _coerce("optimizer.params.lr", params["lr"], float)
+        params["eps"] = _coerce("optimizer.params.eps", params.get("eps", 1e-8), float)
         betas = params.get("betas", [0.9, 0.95])
         if not (isinstance(betas, list) and len(betas) == 2):
             raise ConfigError(f"key 'optimizer.params.betas' must be a list of two floats, got {betas!r}")
-        params["betas"] = [_coerce("optimizer.params.betas", x, "float") for x in betas]
+        params["betas"] = [_coerce("optimizer.params.betas", x, float) for x in betas]
         opt.setdefault("type", "AdamW")
         if not params["lr"] > 0 or not math.isfinite(params["lr"]):
             raise ConfigError(f"key 'optimizer.params.lr' must be positive, got {params['lr']}")
@@ -215,7 +243,6 @@ class OptimizerArgs:
         precision = PRECISIONS.get(str(self.precision).lower())
         if precision is None:
             raise ConfigError(f"key 'precision' must be bf16 or fp32, got '{self.precision}'")
-        self.precision = precision
         stage = self.zero_optimization.get("stage", 0)
         if stage not in (0, 1):
             raise ConfigError(f"key 'zero_optimization.stage' must be 0 or 1, got {stage!r}")
@@ -223,52 +250,54 @@ class OptimizerArgs:
         _finite(self, "gradient_clipping", "weight_decay")
         if self.gradient_clipping < 0 or self.weight_decay < 0:
             raise ConfigError("keys 'gradient_clipping' and 'weight_decay' must be >= 0")
+        return dataclasses.replace(self, optimizer=opt, precision=precision)
 
 
-@dataclass
-class ScheduleArgs:
-    train_iters: Optional[int] = None
+@dataclass(frozen=True)
+class ScheduleArgs(_Section):
+    train_iters: Optional[int] = resumable(None)
     lr_decay_style: str = "cosine"
     lr_decay_iters: Optional[int] = None  # None: train_iters
     warmup_iters: int = 0
     min_lr: float = 0.0
 
-    def check(self) -> None:
+    def resolved(self) -> ScheduleArgs:
+        """With lr_decay_iters filled (train_iters when not given)."""
         _positive(self, "train_iters", "lr_decay_iters")
         _finite(self, "min_lr")
         if self.lr_decay_style not in ("cosine", "linear", "constant"):
             raise ConfigError(f"key 'lr_decay_style' must be cosine, linear or constant, got '{self.lr_decay_style}'")
-        if self.lr_decay_iters is None:
-            self.lr_decay_iters = self.train_iters
+        decay_iters = _given(self.lr_decay_iters, self.train_iters)
         if self.min_lr < 0 or self.warmup_iters < 0:
             raise ConfigError("keys 'min_lr' and 'warmup_iters' must be >= 0")
-        if self.warmup_iters >= self.lr_decay_iters:
+        if self.warmup_iters >= decay_iters:
             raise ConfigError(f"key 'warmup_iters' ({self.warmup_iters}) must be < 'lr_decay_iters' "
-                              f"({self.lr_decay_iters})")
+                              f"({decay_iters})")
+        return dataclasses.replace(self, lr_decay_iters=decay_iters)
 
 
-@dataclass
-class DataArgs:
+@dataclass(frozen=True)
+class DataArgs(_Section):
     train_data_paths: list = field(default_factory=list)
     train_data_weights: Optional[list] = None
     valid_data_paths: list = field(default_factory=list)
     test_data_paths: list = field(default_factory=list)
     vocab_file: Optional[str] = None  # SentencePiece tokenizer.model or Hugging Face tokenizer.json
     tokenizer_type: str = "SPMTokenizer"
-    data_cache_dir: Optional[str] = None  # where sample-index caches go (None: beside the data)
-    data_without_manifest: bool = False  # data with no preprocessing manifest: tokenizer not checked
+    data_cache_dir: Optional[str] = resumable(None)  # where sample-index caches go (None: beside the data)
+    data_without_manifest: bool = resumable(False)  # data with no preprocessing manifest: tokenizer not checked
 
-    def check(self) -> None:
+    def resolved(self) -> DataArgs:
+        """With train_data_weights as floats."""
         if not self.train_data_paths:
             raise ConfigError("key 'train_data_paths' is required (tokenized .bin/.idx prefixes)")
         if self.train_data_weights is not None:
             if len(self.train_data_weights) != len(self.train_data_paths):
                 raise ConfigError(f"key 'train_data_weights' has {len(self.train_data_weights)} entries "
                                   f"but 'train_data_paths' has {len(self.train_data_paths)}")
-            weights = [_coerce("train_data_weights", w, "float") for w in self.train_data_weights]
+            weights = [_coerce("train_data_weights", w, float) for w in self.train_data_weights]
             if any(not (w >= 0 and math.isfinite(w)) for w in weights) or sum(weights) <= 0:
                 raise ConfigError("key 'train_data_weights' must be non-negative with a positive sum")
-            self.train_data_weights = weights
         if self.tokenizer_type not in ("SPMTokenizer", "SentencePieceTokenizer", "HFTokenizer"):
             raise ConfigError(f"key 'tokenizer_type' must be SPMTokenizer (a SentencePiece .model) or HFTokenizer "
                               f"(a tokenizer.json), got '{self.tokenizer_type}'")
@@ -278,18 +307,21 @@ class DataArgs:
                 raise ConfigError(f"key 'vocab_file': {self.vocab_file} is a "
                                   f"{'tokenizer.json' if found == HF else 'SentencePiece model'}, but tokenizer_type "
                                   f"is {self.tokenizer_type} (use {found})")
+        if self.train_data_weights is None:
+            return self
+        return dataclasses.replace(self, train_data_weights=weights)
 
 
-@dataclass
-class CheckpointArgs:
-    save: Optional[str] = None
-    load: Optional[str] = None
-    checkpoint_factor: Optional[int] = None  # save every N steps (and at the end)
-    finetune: bool = False  # load weights only: step 0, fresh optimizer and data position
-    keep_last_n_checkpoints: Optional[int] = None  # None: keep all; never deletes the newest
-    reference_loss_tolerance: float = 1e-3  # guarded start: |loss - converter's loss| allowed
-    eval_after_checkpoint: Optional[str] = None  # shell command started after each complete checkpoint
-    save_lock_stale_minutes: float = 30.0  # a lock of another host not refreshed this long is stale
+@dataclass(frozen=True)
+class CheckpointArgs(_Section):
+    save: Optional[str] = resumable(None)
+    load: Optional[str] = resumable(None)
+    checkpoint_factor: Optional[int] = resumable(None)  # save every N steps (and at the end)
+    finetune: bool = resumable(False)  # load weights only: step 0, fresh optimizer and data position
+    keep_last_n_checkpoints: Optional[int] = resumable(None)  # None: keep all; never deletes the newest
+    reference_loss_tolerance: float = resumable(1e-3)  # guarded start: |loss - converter's loss| allowed
+    eval_after_checkpoint: Optional[str] = resumable(None)  # shell command started after each complete checkpoint
+    save_lock_stale_minutes: float = resumable(30.0)  # a lock of another host not refreshed this long is stale
 
     def check(self) -> None:
         _finite(self, "reference_loss_tolerance")
@@ -310,18 +342,18 @@ class CheckpointArgs:
             raise ConfigError("key 'finetune' is true but 'load' is not set (which checkpoint to start from?)")
 
 
-@dataclass
-class LoggingArgs:
-    log_dir: str = "logs"
-    log_interval: int = 1
-    eval_interval: Optional[int] = None
-    eval_iters: int = 0
-    use_wandb: bool = False
-    wandb_project: str = "llemma-neox"
-    wandb_group: Optional[str] = None
-    wandb_entity: Optional[str] = None  # GPT-NeoX's wandb_team
-    use_tensorboard: bool = False
-    peak_flops_per_gpu: float = 312e12  # A100 bf16 dense peak, for MFU
+@dataclass(frozen=True)
+class LoggingArgs(_Section):
+    log_dir: str = resumable("logs")
+    log_interval: int = resumable(1)
+    eval_interval: Optional[int] = resumable(None)
+    eval_iters: int = resumable(0)
+    use_wandb: bool = resumable(False)
+    wandb_project: str = resumable("llemma-neox")
+    wandb_group: Optional[str] = resumable(None)
+    wandb_entity: Optional[str] = resumable(None)  # GPT-NeoX's wandb_team
+    use_tensorboard: bool = resumable(False)
+    peak_flops_per_gpu: float = resumable(312e12)  # A100 bf16 dense peak, for MFU
 
     def check(self) -> None:
         _positive(self, "log_interval", "peak_flops_per_gpu")
@@ -332,10 +364,10 @@ class LoggingArgs:
             raise ConfigError(f"key 'eval_iters' must be >= 0, got {self.eval_iters}")
 
 
-@dataclass
-class PlannerArgs:
-    gpu_memory_gib: float = 40.0  # A100-40GB, as Llemma; a plan above it is an error
-    planner_mfu: float = 0.35  # for the GPU-hours estimate of --dry-run
+@dataclass(frozen=True)
+class PlannerArgs(_Section):
+    gpu_memory_gib: float = resumable(40.0)  # A100-40GB, as Llemma; a plan above it is an error
+    planner_mfu: float = resumable(0.35)  # for the GPU-hours estimate of --dry-run
 
     def check(self) -> None:
         _finite(self, "gpu_memory_gib", "planner_mfu")
@@ -344,8 +376,8 @@ class PlannerArgs:
             raise ConfigError(f"key 'planner_mfu' must be in (0, 1], got {self.planner_mfu}")
 
 
-@dataclass
-class GuardArgs:
+@dataclass(frozen=True)
+class GuardArgs(_Section):
     """NaN / loss-spike guard (neox.train.guard). A non-finite loss or gradient norm skips the update;
     a spike or a run of bad steps rolls back to the last complete checkpoint."""
     loss_spike_std_factor: float = 6.0  # spike: loss > running mean + k * std (0 disables)
@@ -353,8 +385,8 @@ class GuardArgs:
     loss_spike_min_history: int = 50  # no spike test before this many good steps
     max_bad_steps_in_a_row: int = 3  # this many skipped steps in a row also roll back
     max_rollbacks: int = 5  # one more rollback stops the run with an error
-    watchdog_min_seconds: float = 300.0  # a step may take max(5 x median step time, this) (neox.launch.watchdog)
-    watchdog_first_step_seconds: float = 1800.0  # setup and the first step; each checkpoint and evaluation
+    watchdog_min_seconds: float = resumable(300.0)  # a step may take max(5 x median step time, this) (neox.launch.watchdog)
+    watchdog_first_step_seconds: float = resumable(1800.0)  # setup and the first step; each checkpoint and evaluation
 
     def check(self) -> None:
         _positive(self, "loss_spike_window", "loss_spike_min_history", "max_bad_steps_in_a_row",
@@ -365,8 +397,8 @@ class GuardArgs:
             raise ConfigError("keys 'loss_spike_std_factor' and 'max_rollbacks' must be >= 0")
 
 
-@dataclass
-class MiscArgs:
+@dataclass(frozen=True)
+class MiscArgs(_Section):
     seed: int = 1234
 
     def check(self) -> None:
@@ -389,6 +421,13 @@ SECTIONS = {
 }
 
 KEY_TO_SECTION = {f.name: sec for sec, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+# Keys a resume may change (declared on the fields with resumable()); any other key that differs from
+# the checkpoint's config is refused. The layout keys may change where neox.checkpoint.reshard can
+# reshard the state.
+RESUME_MAY_CHANGE = frozenset(f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)
+                              if f.metadata.get(RESUME) is True)
+LAYOUT_KEYS = frozenset(f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)
+                        if f.metadata.get(RESUME) == "reshard")
 REQUIRED = [
     "num_layers", "hidden_size", "num_attention_heads", "intermediate_size", "seq_length",
     "rotary_emb_base", "train_iters", "train_micro_batch_size_per_gpu",
@@ -401,7 +440,7 @@ REQUIRED_HINTS = {
 PRECISIONS = {"bf16": "bf16", "bfloat16": "bf16", "fp32": "fp32", "float32": "fp32"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class NeoXConfig:
     model: ModelArgs
     parallel: ParallelArgs
@@ -581,63 +620,84 @@ def _default_of(key: str):
 # ----------------------------------------------------------------------------- types
 
 
-def _coerce(key: str, value: Any, annotation: str) -> Any:
-    """Coerce a YAML value to the field's type (YAML reads '3e-4' as a string)."""
-    if value is None:
-        if annotation.startswith("Optional"):
+def _type_name(tp) -> str:
+    if tp == BoolOrAuto:
+        return "true, false or auto"
+    if get_origin(tp) is Literal:
+        return " or ".join(map(str, get_args(tp)))
+    return str(tp) if get_origin(tp) else tp.__name__
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """A YAML value as the field's type ``tp`` (from typing.get_type_hints: YAML reads '3e-4' as a
+    string; an Optional field takes None, any other refuses it)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType) and type(None) in args:
+        if value is None:
             return None
+        rest = tuple(a for a in args if a is not type(None))
+        return _coerce(key, value, rest[0] if len(rest) == 1 else Union[rest])
+    if value is None:
         raise ConfigError(f"key '{key}' must not be empty")
-    base = annotation.replace("Optional[", "").rstrip("]")
     try:
-        if base == "int":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            if isinstance(value, str):
-                value = float(value) if any(c in value for c in ".eE") else int(value)
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError
-            return int(value)
-        if base == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if base == "bool":
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if base == "BoolOrAuto":
-            if isinstance(value, str) and value.lower() == "auto":
-                return "auto"
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if base == "str":
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ValueError
-            return str(value)
-        if base == "list":
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, list):
-                raise ValueError
-            return value
-        if base == "dict":
-            if not isinstance(value, dict):
-                raise ValueError
-            return value
+        return _coerce_value(value, tp)
     except (TypeError, ValueError):
-        kind = {"BoolOrAuto": "true, false or auto"}.get(base, base)
-        raise ConfigError(f"key '{key}' must be {kind}, got {value!r}") from None
-    return value
+        raise ConfigError(f"key '{key}' must be {_type_name(tp)}, got {value!r}") from None
+
+
+def _coerce_value(value: Any, tp: Any) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):  # the first member that takes the value (bool before "auto")
+        for member in args:
+            try:
+                return _coerce_value(value, member)
+            except (TypeError, ValueError):
+                pass
+        raise ValueError
+    if origin is Literal:
+        for allowed in args:
+            if value == allowed or (isinstance(value, str) and value.lower() == str(allowed).lower()):
+                return allowed
+        raise ValueError
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError
+        return value
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        if isinstance(value, str):
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError
+        return str(value)
+    if tp is list or origin is list:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ValueError
+        return [_coerce_value(v, args[0]) for v in items] if args else items
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError
+        return value
+    raise TypeError(f"no coercion for {tp}")
+
+
+def field_types(cls) -> dict[str, Any]:
+    """A section's field types, resolved (the module uses postponed annotations)."""
+    return get_type_hints(cls)
 
 
 def _coerce_all(flat: dict) -> dict:
-    out = {}
-    for key, value in flat.items():
-        cls = SECTIONS[KEY_TO_SECTION[key]]
-        ann = next(str(f.type) for f in dataclasses.fields(cls) if f.name == key)
-        out[key] = _coerce(key, value, ann)
-    return out
+    return {key: _coerce(key, value, field_types(SECTIONS[KEY_TO_SECTION[key]])[key]) for key, value in flat.items()}
 
 
 # ----------------------------------------------------------------------------- validation
@@ -648,9 +708,10 @@ def _data_files(prefix: str) -> list[str]:
 
 
 def validate(cfg: NeoXConfig, dry_run: bool = False) -> NeoXConfig:
-    """Check every rule that can be checked before spawning; fill derived defaults in place.
+    """The resolved config: every rule that can be checked before spawning, checked; the derived
+    values (KV heads, batch, decay length, vocabulary size, ...) filled in a new, frozen config.
 
-    Each section checks its own keys (``check``); the rules that span sections follow. With
+    Each section resolves its own keys (``resolved``); the rules that span sections follow. With
     dry_run, missing data/checkpoint/tokenizer files become warnings (so a 256-GPU config can be
     planned on a laptop); everything else is still an error.
     """
@@ -658,13 +719,13 @@ def validate(cfg: NeoXConfig, dry_run: bool = False) -> NeoXConfig:
     for key in REQUIRED:
         if flat[key] is None:
             raise ConfigError(f"key '{key}' is required" + REQUIRED_HINTS.get(key, ""))
-    for sec in SECTIONS:
-        getattr(cfg, sec).check()
+    cfg = dataclasses.replace(cfg, **{sec: getattr(cfg, sec).resolved() for sec in SECTIONS})
     check_tensor_parallel(cfg)
-    check_batch(cfg)
+    cfg = dataclasses.replace(cfg, batch=resolved_batch(cfg))
     check_lr_range(cfg)
     check_files(cfg, dry_run)
-    check_vocab_and_memory(cfg)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=resolved_vocab_size(cfg)))
+    check_memory(cfg)
     return cfg
 
 
@@ -686,24 +747,26 @@ def check_tensor_parallel(cfg: NeoXConfig) -> None:
         raise ConfigError(f"key 'num_gpus' ({p.num_gpus}) must be divisible by 'model_parallel_size' ({tp})" + hint)
 
 
-def check_batch(cfg: NeoXConfig) -> None:
+def resolved_batch(cfg: NeoXConfig) -> BatchArgs:
     """micro x accum x data-parallel = global; one of accum / global may be derived."""
     b = cfg.batch
     dp, micro, tp = cfg.data_parallel_size, b.train_micro_batch_size_per_gpu, cfg.parallel.model_parallel_size
-    if b.gradient_accumulation_steps is None and b.train_batch_size is None:
-        b.gradient_accumulation_steps = 1
-    if b.train_batch_size is None:
-        b.train_batch_size = micro * b.gradient_accumulation_steps * dp
-    if b.gradient_accumulation_steps is None:
-        if b.train_batch_size % (micro * dp):
-            raise ConfigError(f"key 'train_batch_size' ({b.train_batch_size}) is not divisible by "
+    accum, total = b.gradient_accumulation_steps, b.train_batch_size
+    if accum is None and total is None:
+        accum = 1
+    if total is None:
+        total = micro * accum * dp
+    if accum is None:
+        if total % (micro * dp):
+            raise ConfigError(f"key 'train_batch_size' ({total}) is not divisible by "
                               f"train_micro_batch_size_per_gpu x data-parallel size ({micro} x {dp})")
-        b.gradient_accumulation_steps = b.train_batch_size // (micro * dp)
-    if micro * b.gradient_accumulation_steps * dp != b.train_batch_size:
+        accum = total // (micro * dp)
+    if micro * accum * dp != total:
         raise ConfigError(
-            f"key 'train_batch_size' ({b.train_batch_size}) != train_micro_batch_size_per_gpu "
-            f"({micro}) x gradient_accumulation_steps ({b.gradient_accumulation_steps}) x "
+            f"key 'train_batch_size' ({total}) != train_micro_batch_size_per_gpu "
+            f"({micro}) x gradient_accumulation_steps ({accum}) x "
             f"data-parallel size ({dp} = {cfg.world_size} GPUs / TP {tp})")
+    return dataclasses.replace(b, gradient_accumulation_steps=accum, train_batch_size=total)
 
 
 def check_lr_range(cfg: NeoXConfig) -> None:
@@ -741,8 +804,8 @@ def _missing_file_hint(key: str, path: str) -> str:
     return hint + ")"
 
 
-def check_vocab_and_memory(cfg: NeoXConfig) -> None:
-    """The vocabulary against the tokenizer, then the memory plan against the GPU."""
+def resolved_vocab_size(cfg: NeoXConfig) -> Optional[int]:
+    """vocab_size against the tokenizer's (read from it when not given); None when neither says."""
     m, d = cfg.model, cfg.data
     if d.vocab_file and os.path.isfile(d.vocab_file):
         try:
@@ -753,14 +816,19 @@ def check_vocab_and_memory(cfg: NeoXConfig) -> None:
             found = m.vocab_size
             cfg.warnings.append(f"{e}: vocab_size {m.vocab_size} not checked against it")
         if m.vocab_size is None:
-            m.vocab_size = found
-        elif m.vocab_size < found:
+            return found
+        if m.vocab_size < found:
             raise ConfigError(f"key 'vocab_size' ({m.vocab_size}) is smaller than the vocabulary of vocab_file "
                               f"{d.vocab_file} ({found})")
         elif m.vocab_size > found:
             cfg.warnings.append(f"vocab_size {m.vocab_size} is larger than the tokenizer's {found} ({d.vocab_file}): "
                                 "the extra rows are never used")
-    if m.vocab_size is None:
+    return m.vocab_size
+
+
+def check_memory(cfg: NeoXConfig) -> None:
+    """The memory plan against the GPU."""
+    if cfg.model.vocab_size is None:
         cfg.warnings.append("vocab size unknown (no tokenizer file and no vocab_size): memory plan skipped; "
                             "give -o vocab_size=N to plan (32016 for Code Llama 7B, 32000 for 34B)")
         return
@@ -820,8 +888,7 @@ def load_config(paths: list[str], overrides: list[str] = (), dry_run: bool = Fal
     if unset_defaults and not any(key in flat for key in unset_defaults):
         flat.update(unset_defaults)
     cfg, gpt_neox = from_gpt_neox_flat(flat)
-    cfg.gpt_neox = gpt_neox
-    return validate(cfg, dry_run=dry_run)
+    return validate(dataclasses.replace(cfg, gpt_neox=gpt_neox), dry_run=dry_run)
 
 
 def from_gpt_neox_flat(flat: dict) -> tuple[NeoXConfig, dict]:
