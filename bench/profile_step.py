@@ -114,7 +114,8 @@ def build_ours(cfg):
 
     from neox.train import speed
 
-    for line in speed.apply(cfg, tt._device()):  # as the trainer: compile_blocks, the CPU allocator
+    cfg, lines = speed.apply(cfg, tt._device())  # as the trainer: compile_blocks, the CPU allocator
+    for line in lines:
         tt.log(line)
     seed_everything(cfg.misc.seed)
     model = LlamaModel(cfg)

@@ -226,7 +226,8 @@ def build_plain(cfg):
 
     device = _device()
     train_set = train_dataset(cfg)
-    for line in speed.apply(cfg, device):  # the trainer's process policies (compile_blocks, allocator)
+    cfg, lines = speed.apply(cfg, device)  # the trainer's process policies (compile_blocks, allocator)
+    for line in lines:
         log(f"  plain: {line}")
     torch.manual_seed(SEED)
     model = LlamaModel(cfg)

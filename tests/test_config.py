@@ -218,7 +218,8 @@ def test_field_types_come_from_get_type_hints_and_new_spellings_coerce():
 
     from neox.config import BoolOrAuto, ConfigError, ModelArgs, _coerce, field_types
 
-    assert field_types(ModelArgs)["num_kv_heads"] == Optional[int]
+    types = field_types(ModelArgs)
+    assert types["num_kv_heads"] is int and types["vocab_size"] == Optional[int]  # derived: always set; not
     assert _coerce("k", "3e2", int | None) == 300 and _coerce("k", None, int | None) is None
     assert _coerce("k", ["a", 1], list[str]) == ["a", "1"] and _coerce("k", "one", list[str]) == ["one"]
     assert _coerce("k", ["1", "2e1"], Optional[list[int]]) == [1, 20]
@@ -234,18 +235,19 @@ def test_field_types_come_from_get_type_hints_and_new_spellings_coerce():
 def test_validate_returns_a_frozen_resolved_config_and_leaves_its_input_as_it_was():
     import dataclasses
 
-    from neox.config import NeoXConfig, _coerce_all, validate
+    from neox.config import ConfigError, NeoXConfig, _coerce_all, validate
 
-    raw = NeoXConfig.from_flat(_coerce_all(tiny_flat(gradient_accumulation_steps=None, train_batch_size=8)))
-    assert raw.model.head_dim is None and raw.batch.gradient_accumulation_steps is None
+    flat = tiny_flat(gradient_accumulation_steps=None, train_batch_size=8, head_dim=None, precision="bfloat16")
+    raw = NeoXConfig.from_flat(_coerce_all(flat))  # derived keys filled when built: every field has its type
+    assert raw.model.head_dim == 48 // 6 and raw.batch.gradient_accumulation_steps == 8 // flat["train_micro_batch_size_per_gpu"]
     cfg = validate(raw, dry_run=True)
-    assert cfg is not raw and raw.model.head_dim is None and raw.batch.gradient_accumulation_steps is None
-    assert cfg.model.head_dim == cfg.model.hidden_size // cfg.model.num_attention_heads
-    assert cfg.batch.gradient_accumulation_steps == 8 // cfg.batch.train_micro_batch_size_per_gpu
+    assert cfg is not raw and raw.optim.precision == "bfloat16" and cfg.optim.precision == "bf16"
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.model.num_layers = 3
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.model = raw.model
+    with pytest.raises(ConfigError, match="key 'seq_length' is required"):
+        NeoXConfig.from_flat(_coerce_all(tiny_flat(seq_length=None)))
 
 
 def test_the_keys_a_resume_may_change_are_declared_on_the_fields():

@@ -40,14 +40,15 @@ def test_apply_resolves_the_config_and_says_so(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     cfg = tiny_cfg(train_iters=1000)
-    lines = speed.apply(cfg, "cpu")
+    cfg, lines = speed.apply(cfg, "cpu")
     assert cfg.model.compile_blocks is True
     assert lines[0].startswith("compile_blocks: on (auto: ") and lines[0].endswith(
         f"compiled kernels cached in {tmp_path}/llemma-neox/torchinductor")
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == f"{tmp_path}/llemma-neox/torchinductor"
     assert lines[1].startswith("cpu allocator: freed memory kept for reuse")
     cfg = tiny_cfg(cpu_keep_freed_memory=False)
-    assert speed.apply(cfg, "cpu") == [f"compile_blocks: off (auto: train_iters 10 < {speed.COMPILE_MIN_TRAIN_ITERS}, "
+    cfg, lines = speed.apply(cfg, "cpu")
+    assert lines == [f"compile_blocks: off (auto: train_iters 10 < {speed.COMPILE_MIN_TRAIN_ITERS}, "
                                        "too short to repay the compilation)"]
     assert cfg.model.compile_blocks is False
 

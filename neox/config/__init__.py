@@ -61,7 +61,7 @@ BoolOrAuto = Union[bool, Literal["auto"]]
 RESUME = "resume"  # field metadata: a resume may change this key ("reshard": where the state can be resharded)
 
 
-def resumable(default: Any, reshard: bool = False) -> Any:
+def resumable(default: Any = dataclasses.MISSING, reshard: bool = False) -> Any:
     """A field whose value a resume may change (the checkpoint's config is otherwise kept)."""
     return field(default=default, metadata={RESUME: "reshard" if reshard else True})
 
@@ -81,16 +81,17 @@ class _Section:
         return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelArgs(_Section):
-    num_layers: Optional[int] = None
-    hidden_size: Optional[int] = None
-    num_attention_heads: Optional[int] = None
-    num_kv_heads: Optional[int] = None  # None: same as num_attention_heads (no GQA)
-    intermediate_size: Optional[int] = None  # explicit, never derived from a multiplier
-    seq_length: Optional[int] = None
-    max_position_embeddings: Optional[int] = None  # None: seq_length
-    rotary_emb_base: Optional[float] = None  # required: Llemma 7B trains at 1e4, 34B at 1e6
+    # required keys have no default; derived ones (DERIVED) are filled by NeoXConfig.from_flat
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_kv_heads: int  # derived when not given: num_attention_heads (no GQA)
+    intermediate_size: int  # explicit, never derived from a multiplier
+    seq_length: int
+    max_position_embeddings: int  # derived when not given: seq_length
+    rotary_emb_base: float  # Llemma 7B trains at 1e4, 34B at 1e6
     norm: str = "rmsnorm"
     rms_norm_epsilon: float = 1e-5
     vocab_size: Optional[int] = None  # None: taken from the tokenizer (vocab_file)
@@ -105,26 +106,13 @@ class ModelArgs(_Section):
     cpu_keep_freed_memory: bool = True  # on CPU: malloc keeps freed memory for reuse (neox.train.speed)
     fused_head_loss: bool = resumable(True)  # output head + cross entropy chunk by chunk (neox.model.head_loss)
     # options of current bases (docs/converters.md, "Base models"); the defaults are Llama 2's
-    head_dim: Optional[int] = None  # None: hidden_size / num_attention_heads (Mistral-Nemo sets 128)
+    head_dim: int  # derived when not given: hidden_size / num_attention_heads (Mistral-Nemo sets 128)
     qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
     tie_word_embeddings: bool = False  # output head = input embedding, one parameter (Llama 3.2 1B/3B)
     # RoPE frequency scaling as Hugging Face writes it: {rope_type: linear, factor} or
     # {rope_type: llama3, factor, low_freq_factor, high_freq_factor, original_max_position_embeddings}
     rope_scaling: Optional[dict] = None
     hf_model_type: Optional[str] = None  # the Hugging Face family an export writes (None: llama)
-
-    def resolved(self) -> ModelArgs:
-        """With the derived defaults filled: KV heads, context length and head size."""
-        _positive(self, "hidden_size", "num_attention_heads", "seq_length")
-        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"key 'hidden_size' ({self.hidden_size}) must be divisible by "
-                              f"'num_attention_heads' ({self.num_attention_heads}), or set 'head_dim'")
-        resolved = dataclasses.replace(
-            self, num_kv_heads=_given(self.num_kv_heads, self.num_attention_heads),
-            max_position_embeddings=_given(self.max_position_embeddings, self.seq_length),
-            head_dim=_given(self.head_dim, self.hidden_size // self.num_attention_heads))
-        resolved.check()
-        return resolved
 
     def check(self) -> None:
         _positive(self, "num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "intermediate_size",
@@ -172,7 +160,7 @@ class ModelArgs(_Section):
         return sorted(self.checkpoint_layers)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ParallelArgs(_Section):
     model_parallel_size: int = resumable(1, reshard=True)  # tensor parallel size
     pipe_parallel_size: int = 0  # accepted for GPT-NeoX compatibility; only 0 or 1 supported
@@ -195,17 +183,17 @@ class ParallelArgs(_Section):
             raise ConfigError(f"key 'launcher' must be 'local' or 'slurm', got '{self.launcher}'")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BatchArgs(_Section):
-    train_micro_batch_size_per_gpu: Optional[int] = resumable(None)
-    gradient_accumulation_steps: Optional[int] = resumable(None)
-    train_batch_size: Optional[int] = None  # global batch, in sequences
+    train_micro_batch_size_per_gpu: int = resumable()
+    gradient_accumulation_steps: int = resumable()  # derived when not given (global / micro / data parallel)
+    train_batch_size: int  # global batch, in sequences; derived when not given (micro x accumulation x DP)
 
     def check(self) -> None:
         _positive(self, "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OptimizerArgs(_Section):
     optimizer: dict = field(
         default_factory=lambda: {
@@ -253,30 +241,27 @@ class OptimizerArgs(_Section):
         return dataclasses.replace(self, optimizer=opt, precision=precision)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScheduleArgs(_Section):
-    train_iters: Optional[int] = resumable(None)
+    train_iters: int = resumable()
     lr_decay_style: str = "cosine"
-    lr_decay_iters: Optional[int] = None  # None: train_iters
+    lr_decay_iters: int  # derived when not given: train_iters
     warmup_iters: int = 0
     min_lr: float = 0.0
 
-    def resolved(self) -> ScheduleArgs:
-        """With lr_decay_iters filled (train_iters when not given)."""
+    def check(self) -> None:
         _positive(self, "train_iters", "lr_decay_iters")
         _finite(self, "min_lr")
         if self.lr_decay_style not in ("cosine", "linear", "constant"):
             raise ConfigError(f"key 'lr_decay_style' must be cosine, linear or constant, got '{self.lr_decay_style}'")
-        decay_iters = _given(self.lr_decay_iters, self.train_iters)
         if self.min_lr < 0 or self.warmup_iters < 0:
             raise ConfigError("keys 'min_lr' and 'warmup_iters' must be >= 0")
-        if self.warmup_iters >= decay_iters:
+        if self.warmup_iters >= self.lr_decay_iters:
             raise ConfigError(f"key 'warmup_iters' ({self.warmup_iters}) must be < 'lr_decay_iters' "
-                              f"({decay_iters})")
-        return dataclasses.replace(self, lr_decay_iters=decay_iters)
+                              f"({self.lr_decay_iters})")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DataArgs(_Section):
     train_data_paths: list = field(default_factory=list)
     train_data_weights: Optional[list] = None
@@ -312,7 +297,7 @@ class DataArgs(_Section):
         return dataclasses.replace(self, train_data_weights=weights)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckpointArgs(_Section):
     save: Optional[str] = resumable(None)
     load: Optional[str] = resumable(None)
@@ -342,7 +327,7 @@ class CheckpointArgs(_Section):
             raise ConfigError("key 'finetune' is true but 'load' is not set (which checkpoint to start from?)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LoggingArgs(_Section):
     log_dir: str = resumable("logs")
     log_interval: int = resumable(1)
@@ -364,7 +349,7 @@ class LoggingArgs(_Section):
             raise ConfigError(f"key 'eval_iters' must be >= 0, got {self.eval_iters}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PlannerArgs(_Section):
     gpu_memory_gib: float = resumable(40.0)  # A100-40GB, as Llemma; a plan above it is an error
     planner_mfu: float = resumable(0.35)  # for the GPU-hours estimate of --dry-run
@@ -376,7 +361,7 @@ class PlannerArgs(_Section):
             raise ConfigError(f"key 'planner_mfu' must be in (0, 1], got {self.planner_mfu}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GuardArgs(_Section):
     """NaN / loss-spike guard (neox.train.guard). A non-finite loss or gradient norm skips the update;
     a spike or a run of bad steps rolls back to the last complete checkpoint."""
@@ -397,7 +382,7 @@ class GuardArgs(_Section):
             raise ConfigError("keys 'loss_spike_std_factor' and 'max_rollbacks' must be >= 0")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MiscArgs(_Section):
     seed: int = 1234
 
@@ -437,10 +422,62 @@ REQUIRED_HINTS = {
                         "1000000, Llemma 7B at 10000: say which)"),
     "intermediate_size": " (the MLP width; GPT-NeoX configs may give mlp_type: llama or activation: swiglu instead)",
 }
+# keys a config may leave out (or give as null) that are computed from others (with_derived)
+DERIVED = ("num_kv_heads", "max_position_embeddings", "head_dim", "lr_decay_iters", "gradient_accumulation_steps",
+           "train_batch_size")
 PRECISIONS = {"bf16": "bf16", "bfloat16": "bf16", "fp32": "fp32", "float32": "fp32"}
 
 
-@dataclass(frozen=True)
+def _positive_keys(flat: dict, *keys: str) -> None:
+    for key in keys:
+        value = flat[key]
+        if not value > 0:  # `not > 0` also catches NaN
+            raise ConfigError(f"key '{key}' must be positive, got {value}")
+
+
+def with_derived(flat: dict) -> dict:
+    """A config's keys (coerced) with the required ones checked and the DERIVED ones filled, so that
+    every field of the config holds a value of its type."""
+    for key in REQUIRED:
+        if flat.get(key) is None:
+            raise ConfigError(f"key '{key}' is required" + REQUIRED_HINTS.get(key, ""))
+    out = {k: v for k, v in flat.items() if not (k in DERIVED and v is None)}
+    _positive_keys(out, "hidden_size", "num_attention_heads", "seq_length", "train_iters",
+                   "train_micro_batch_size_per_gpu")
+    hidden, heads = out["hidden_size"], out["num_attention_heads"]
+    if "head_dim" not in out and hidden % heads:
+        raise ConfigError(f"key 'hidden_size' ({hidden}) must be divisible by 'num_attention_heads' ({heads}), "
+                          "or set 'head_dim'")
+    out.setdefault("num_kv_heads", heads)
+    out.setdefault("max_position_embeddings", out["seq_length"])
+    out.setdefault("head_dim", hidden // heads)
+    out.setdefault("lr_decay_iters", out["train_iters"])
+    out["gradient_accumulation_steps"], out["train_batch_size"] = _derived_batch(out)
+    return out
+
+
+def _derived_batch(flat: dict) -> tuple[int, int]:
+    """Gradient accumulation and the global batch, one derived from the other (micro x accumulation x
+    data parallel = global); checked whole by check_batch."""
+    layout = {key: flat.get(key, _default_of(key)) for key in ("num_gpus", "num_nodes", "model_parallel_size")}
+    _positive_keys(layout, *layout)
+    # a GPU count that TP does not divide is refused by check_tensor_parallel, after the model's rules
+    dp = max(1, layout["num_gpus"] * layout["num_nodes"] // layout["model_parallel_size"])
+    micro = flat["train_micro_batch_size_per_gpu"]
+    accum, total = flat.get("gradient_accumulation_steps"), flat.get("train_batch_size")
+    if accum is None and total is None:
+        accum = 1
+    if total is None:
+        return accum, micro * accum * dp
+    if accum is None:
+        if total % (micro * dp) and layout["num_gpus"] % layout["model_parallel_size"] == 0:
+            raise ConfigError(f"key 'train_batch_size' ({total}) is not divisible by "
+                              f"train_micro_batch_size_per_gpu x data-parallel size ({micro} x {dp})")
+        accum = max(1, total // (micro * dp))
+    return accum, total
+
+
+@dataclass(frozen=True, kw_only=True)
 class NeoXConfig:
     model: ModelArgs
     parallel: ParallelArgs
@@ -483,9 +520,10 @@ class NeoXConfig:
         return flat
 
     @classmethod
-    def from_flat(cls, flat: dict) -> "NeoXConfig":
-        kwargs = {sec: {} for sec in SECTIONS}
-        for key, value in flat.items():
+    def from_flat(cls, flat: dict) -> NeoXConfig:
+        """The config of coerced flat keys, the DERIVED ones filled (validate() checks it whole)."""
+        kwargs: dict[str, dict] = {sec: {} for sec in SECTIONS}
+        for key, value in with_derived(flat).items():
             kwargs[KEY_TO_SECTION[key]][key] = value
         return cls(**{sec: SECTIONS[sec](**kw) for sec, kw in kwargs.items()}, explicit=set(flat))
 
@@ -697,7 +735,9 @@ def field_types(cls) -> dict[str, Any]:
 
 
 def _coerce_all(flat: dict) -> dict:
-    return {key: _coerce(key, value, field_types(SECTIONS[KEY_TO_SECTION[key]])[key]) for key, value in flat.items()}
+    """Every value as its field's type; a null required or derived key counts as not given."""
+    return {key: _coerce(key, value, field_types(SECTIONS[KEY_TO_SECTION[key]])[key]) for key, value in flat.items()
+            if not (value is None and (key in DERIVED or key in REQUIRED))}
 
 
 # ----------------------------------------------------------------------------- validation
@@ -709,19 +749,17 @@ def _data_files(prefix: str) -> list[str]:
 
 def validate(cfg: NeoXConfig, dry_run: bool = False) -> NeoXConfig:
     """The resolved config: every rule that can be checked before spawning, checked; the derived
-    values (KV heads, batch, decay length, vocabulary size, ...) filled in a new, frozen config.
+    values filled in a new, frozen config (normalised optimizer numbers and precision, mixture weights,
+    the vocabulary size read from the tokenizer); the structural ones (KV heads, batch, decay length)
+    are filled when the config is built (with_derived).
 
     Each section resolves its own keys (``resolved``); the rules that span sections follow. With
     dry_run, missing data/checkpoint/tokenizer files become warnings (so a 256-GPU config can be
     planned on a laptop); everything else is still an error.
     """
-    flat = cfg.to_flat()
-    for key in REQUIRED:
-        if flat[key] is None:
-            raise ConfigError(f"key '{key}' is required" + REQUIRED_HINTS.get(key, ""))
     cfg = dataclasses.replace(cfg, **{sec: getattr(cfg, sec).resolved() for sec in SECTIONS})
     check_tensor_parallel(cfg)
-    cfg = dataclasses.replace(cfg, batch=resolved_batch(cfg))
+    check_batch(cfg)
     check_lr_range(cfg)
     check_files(cfg, dry_run)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=resolved_vocab_size(cfg)))
@@ -747,26 +785,15 @@ def check_tensor_parallel(cfg: NeoXConfig) -> None:
         raise ConfigError(f"key 'num_gpus' ({p.num_gpus}) must be divisible by 'model_parallel_size' ({tp})" + hint)
 
 
-def resolved_batch(cfg: NeoXConfig) -> BatchArgs:
-    """micro x accum x data-parallel = global; one of accum / global may be derived."""
-    b = cfg.batch
-    dp, micro, tp = cfg.data_parallel_size, b.train_micro_batch_size_per_gpu, cfg.parallel.model_parallel_size
-    accum, total = b.gradient_accumulation_steps, b.train_batch_size
-    if accum is None and total is None:
-        accum = 1
-    if total is None:
-        total = micro * accum * dp
-    if accum is None:
-        if total % (micro * dp):
-            raise ConfigError(f"key 'train_batch_size' ({total}) is not divisible by "
-                              f"train_micro_batch_size_per_gpu x data-parallel size ({micro} x {dp})")
-        accum = total // (micro * dp)
+def check_batch(cfg: NeoXConfig) -> None:
+    """micro x accumulation x data parallel = global batch."""
+    b, dp, tp = cfg.batch, cfg.data_parallel_size, cfg.parallel.model_parallel_size
+    micro, accum, total = b.train_micro_batch_size_per_gpu, b.gradient_accumulation_steps, b.train_batch_size
     if micro * accum * dp != total:
         raise ConfigError(
             f"key 'train_batch_size' ({total}) != train_micro_batch_size_per_gpu "
             f"({micro}) x gradient_accumulation_steps ({accum}) x "
             f"data-parallel size ({dp} = {cfg.world_size} GPUs / TP {tp})")
-    return dataclasses.replace(b, gradient_accumulation_steps=accum, train_batch_size=total)
 
 
 def check_lr_range(cfg: NeoXConfig) -> None:

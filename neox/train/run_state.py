@@ -92,8 +92,8 @@ def load_state(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[str, 
         if reshard.needed(cfg, directory, tag):
             tp, dp = reshard.saved_layout(directory, tag)
             log.info(f"resharding {os.path.join(directory, tag)}: saved at TP={tp} x DP={dp}, loading at "
-                        f"TP={cfg.parallel.model_parallel_size} x DP={cfg.data_parallel_size} "
-                        "(weights and optimizer state)")
+                     f"TP={cfg.parallel.model_parallel_size} x DP={cfg.data_parallel_size} "
+                     "(weights and optimizer state)")
             path, state = os.path.join(directory, tag), reshard.load_resharded(engine, cfg, directory, tag)
         else:
             path, state = engine.load_checkpoint(directory, tag=tag)
@@ -136,7 +136,7 @@ def rollback(engine, cfg: NeoXConfig, guard: LossGuard, update: int, reason: str
     info = guard.plan_rollback(step_of(tag) if tag else None, save, reason)
     info["samples"] = [samples_of_batch(b, cfg.batch.train_batch_size) for b in info["skipped_batches"]]
     log.info(f"step {update}: {reason}; rolling back to {tag} and skipping batches {info['skipped_batches']} "
-                f"(samples {info['samples']}); rollback {guard.rollbacks} of at most {cfg.guard.max_rollbacks}")
+             f"(samples {info['samples']}); rollback {guard.rollbacks} of at most {cfg.guard.max_rollbacks}")
     if logger:
         logger.log({"step": update, "rollback": info})
     _, state = load_state(engine, cfg, save, tag)
@@ -177,8 +177,8 @@ def guarded_start(model, cfg: NeoXConfig, conversion: dict) -> dict:
     check_reference(at_source, conversion["reference"], cfg.checkpoint.reference_loss_tolerance,
                     cfg.checkpoint.load)
     log.info(f"guarded start: reference loss {at_source:.6f} at theta {conversion['rope_theta_source']:g} "
-                f"(converter: {conversion['reference']['loss']:.6f}); {at_train:.6f} at the training theta "
-                f"{cfg.model.rotary_emb_base:g}")
+             f"(converter: {conversion['reference']['loss']:.6f}); {at_train:.6f} at the training theta "
+             f"{cfg.model.rotary_emb_base:g}")
     return {"step": 0, "reference_loss": at_source, "reference_loss_recorded": conversion["reference"]["loss"],
             "reference_loss_training_theta": at_train}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import json
 import os
 import shutil
@@ -121,16 +122,16 @@ def compile_blocks_of_a_long_run(device: str) -> tuple[bool, str]:
     return resolve_compile_blocks("auto", COMPILE_MIN_TRAIN_ITERS, device)
 
 
-def apply(cfg, device: str) -> list[str]:
-    """Resolve cfg.model.compile_blocks in place and set the allocator; the start-up lines."""
+def apply(cfg, device: str) -> tuple:
+    """The config with compile_blocks resolved (true or false), the allocator set; and the start-up lines."""
     m = cfg.model
     lines = []
     compile_on, why = resolve_compile_blocks(m.compile_blocks, cfg.schedule.train_iters, device)
-    m.compile_blocks = compile_on
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, compile_blocks=compile_on))
     if compile_on:
         lines.append(f"compile_blocks: on ({why}); compiled kernels cached in {use_compile_cache()}")
     else:
         lines.append(f"compile_blocks: off ({why})")
     if device == "cpu" and m.cpu_keep_freed_memory:
         lines.append(keep_freed_memory()[1])
-    return lines
+    return cfg, lines

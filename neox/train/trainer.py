@@ -76,8 +76,7 @@ class Trainer:
         if os.environ.get(DATA_CHECKED_ENV) != "1":  # deepy.py checked before spawning; srun/torchrun did not
             distributed.on_rank0_for_all(lambda: [log.warning(w) for w in check_data(cfg)])
         tokenizer = build_tokenizer(cfg)
-        for line in speed.apply(cfg, distributed.device()):  # compile_blocks: auto, the CPU allocator
-            log.info(line)
+        self.cfg = cfg = self._with_process_policies(cfg)
         model = LlamaModel(cfg)
         model.init_weights(cfg.misc.seed)
         resume_from = find_resume_dir(cfg)  # (directory, tag) or (None, None)
@@ -99,6 +98,14 @@ class Trainer:
                                    cfg.batch.train_micro_batch_size_per_gpu, cfg.data_parallel_size,
                                    cfg.batch.train_batch_size)
 
+    @staticmethod
+    def _with_process_policies(cfg: NeoXConfig) -> NeoXConfig:
+        """compile_blocks: auto resolved for this device and run length; the CPU allocator set."""
+        cfg, lines = speed.apply(cfg, distributed.device())
+        for line in lines:
+            log.info(line)
+        return cfg
+
     def _write_resolved_config(self):
         """The resolved config and its plan go to a file (they are in every checkpoint too); one line says where."""
         if not is_rank0():
@@ -108,7 +115,7 @@ class Trainer:
         with open(os.path.join(log_dir, "config.json"), "w") as f:
             json.dump({**self.cfg.to_flat(), "derived": derived(self.cfg)}, f, indent=1)
         log.info(f"run: resolved config in {log_dir}/config.json; metrics in {log_dir}/metrics.jsonl "
-                    f"(picture: python tools/plot_run.py {log_dir} --out run.png)")
+                 f"(picture: python tools/plot_run.py {log_dir} --out run.png)")
 
     def _check_or_finetune(self, model, resume_dir: str | None, resume_tag: str | None) -> dict | None:
         """Before anything expensive: the checkpoint to resume from is checked; or else (finetune)
@@ -216,7 +223,7 @@ class Trainer:
         record = {"step": update, "skipped": True, "reason": reason, "lr": lr, "batch": batch_index,
                   "samples": samples_of_batch(batch_index, self.cfg.batch.train_batch_size)}
         log.info(f"step {update}: update skipped on every rank: {reason}; samples "
-                    f"{record['samples'][0]}..{record['samples'][1] - 1}")
+                 f"{record['samples'][0]}..{record['samples'][1] - 1}")
         if self.logger:
             self.logger.log(record)
 
@@ -293,7 +300,7 @@ class Trainer:
         if self.cfg.checkpoint.save and self.saved_step != update:
             self.save(update)
         log.info(f"stop requested by signal: stopped after step {update}; exit status {EXIT_REQUEUE} "
-                    "(requeue and the run resumes here)")
+                 "(requeue and the run resumes here)")
         self.close(last_record={"step": update, "stopped_by_signal": True})
         raise SystemExit(EXIT_REQUEUE)
 
@@ -302,7 +309,7 @@ class Trainer:
         stop_request.ignore_from_now()
         kept = f"the checkpoint of step {self.step} stays" if self.step else "no step was trained yet"
         log.info(f"stop requested by signal before the first step of this start: nothing new to save ({kept}); "
-                    f"exit status {EXIT_REQUEUE} (requeue and the run resumes here)")
+                 f"exit status {EXIT_REQUEUE} (requeue and the run resumes here)")
         self.close(last_record={"step": self.step, "stopped_by_signal": True})
         raise SystemExit(EXIT_REQUEUE)
 
