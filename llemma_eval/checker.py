@@ -126,7 +126,7 @@ class Checker:
     def __init__(self, timeout: float = DEFAULT_TIMEOUT):
         self.timeout = timeout
         self.timeouts = 0  # comparisons that overran and were counted unequal
-        self._proc = None
+        self._proc: subprocess.Popen[str] | None = None
         self._cache: dict = {}
 
     def _start(self):
@@ -140,6 +140,7 @@ class Checker:
             raise RuntimeError(f"answer checker process did not start within {STARTUP_TIMEOUT:g} s")
 
     def _readline(self, timeout: float):
+        assert self._proc is not None and self._proc.stdout is not None, "called with the child running"
         ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
         if not ready:
             return None
@@ -152,6 +153,7 @@ class Checker:
             return self._cache[key]
         if self._proc is None or self._proc.poll() is not None:
             self._start()
+        assert self._proc is not None and self._proc.stdin is not None, "_start leaves the child running"
         self._proc.stdin.write(json.dumps([job, a, b]) + "\n")
         self._proc.stdin.flush()
         result = self._readline(timeout)
@@ -208,6 +210,7 @@ class Checker:
             self._proc.kill()
             self._proc.wait()
             for stream in (self._proc.stdin, self._proc.stdout):
+                assert stream is not None, "both are pipes"
                 stream.close()
         self._proc = None
 

@@ -18,7 +18,8 @@ class _BosOnceRolling:
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         self._in_rolling = True
         try:
-            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+            # a mixin: super() is the lm-eval LM it is combined with in make_lm
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)  # type: ignore[misc]
         finally:
             self._in_rolling = False
 

@@ -235,7 +235,9 @@ def run_program(source: str, *, timeout_s: float = 5.0, cpu_s: int | None = None
         _NAMESPACE["off"] = True  # unshare stopped working (e.g. a namespace limit): the hook still stands
         print("warning: program sandbox runs without a network namespace from now on (unshare failed)",
               file=sys.stderr)
-    return _run_once(source, (), *limits)
+    result = _run_once(source, (), *limits)
+    assert result is not None, "None only when an unshare prefix failed"
+    return result
 
 
 def _run_once(source, prefix, timeout_s, cpu, memory_bytes, max_output_bytes, python) -> SandboxResult | None:
@@ -270,6 +272,7 @@ def _run_once(source, prefix, timeout_s, cpu, memory_bytes, max_output_bytes, py
     finally:
         if proc is not None:
             for stream in (proc.stdout, proc.stderr):
+                assert stream is not None, "both are pipes"
                 stream.close()
             if proc.returncode is None:  # an exception on the way: still nothing left running
                 _kill_group(proc.pid)

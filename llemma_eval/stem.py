@@ -370,7 +370,11 @@ class OcwKind:
         kind = ocw_answer_type(gold)
         if kind == "numeric":
             p = ocw_number(pred, strict=False)
-            return p is not None and numeric_close(p, ocw_number(gold))
+            if p is None:
+                return False
+            g = ocw_number(gold)
+            assert g is not None, "a numeric gold is a number"
+            return numeric_close(p, g)
         if kind == "equation":
             pred, gold = _top_level_rhs(_clean(pred))[0], _top_level_rhs(_clean(gold))[0]
         compare = checker.llemma_equal if protocol == "llemma" else checker.equal

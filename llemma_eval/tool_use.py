@@ -218,6 +218,8 @@ def _answer(generation: str, protocol: str, fmt: str, timeout_s: float) -> str |
 
 def _numeric_equal(a: str, b: str) -> bool:
     x, y = ans.normalize_number(a), ans.normalize_number(b)
+    if x is None or y is None:
+        return x == y
     try:
         fx, fy = float(x), float(y)
     except (TypeError, ValueError):

@@ -23,7 +23,9 @@ def equivalence_classes(answers: list[Optional[str]], equal: Callable[[str, str]
             by_key[k].append(i)
             continue
         for members in classes:
-            if equal(answer, answers[members[0]]):
+            first = answers[members[0]]
+            assert first is not None, "classes hold answered samples only"
+            if equal(answer, first):
                 members.append(i)
                 break
         else:

@@ -10,7 +10,7 @@ from conftest import REPO
 # The README's test command: CI's .ci/run ends with exactly this line.
 TEST_COMMAND = (
     "bash .ci/slurm.sh up && python3.11 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 -e '.[test]'"
-    " && .venv/bin/ruff check . && .venv/bin/python -m pytest -q tests"
+    " && .venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/python -m pytest -q tests"
 )
 README_MAX_LINES = 260
 

@@ -76,7 +76,8 @@ class _SafetensorsFile:
         with open(self.path, "rb") as f:
             f.seek(self.base + info["data_offsets"][0] + start * row_bytes)
             buf = out.view(torch.uint8).reshape(-1).numpy() if out.numel() else None
-            if buf is not None and f.readinto(memoryview(buf)) != buf.nbytes:
+            # numpy's stub gives ndarray __buffer__ only for Python >= 3.12; it is a buffer on every version
+            if buf is not None and f.readinto(memoryview(buf)) != buf.nbytes:  # type: ignore[arg-type]
                 raise CheckpointError(f"{self.path}: file is truncated (tensor '{name}')")
         return out
 
@@ -173,9 +174,15 @@ def resolve_tag(ckpt_dir: str, step: Optional[int] = None) -> str:
     return tag
 
 
+def _rank_of_file(path: str) -> int:
+    m = re.search(r"mp_rank_(\d+)_", path)
+    assert m is not None, f"{path}: not an mp_rank_<N>_model_states.pt file"
+    return int(m.group(1))
+
+
 def tensor_parallel_size(ckpt_dir: str, tag: str) -> int:
     files = glob.glob(os.path.join(ckpt_dir, tag, "mp_rank_*_model_states.pt"))
-    ranks = sorted(int(re.search(r"mp_rank_(\d+)_", f).group(1)) for f in files)
+    ranks = sorted(_rank_of_file(f) for f in files)
     if not ranks or ranks != list(range(len(ranks))):
         raise CheckpointError(f"{os.path.join(ckpt_dir, tag)}: missing or incomplete mp_rank_*_model_states.pt files")
     return len(ranks)

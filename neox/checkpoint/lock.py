@@ -71,7 +71,7 @@ def stale_reason(holder: dict, age_seconds: float, stale_minutes: float) -> str 
         return "an earlier run of this Slurm job (requeued), whose rank 0 did not release it"
     if holder.get("host") == socket.gethostname():
         return None if _pid_alive(int(holder.get("pid", -1))) else f"pid {holder.get('pid')} is not running"
-    if this_cluster and slurm_job_running(job) is False:
+    if this_cluster and job is not None and slurm_job_running(job) is False:  # this_cluster: job is set
         return f"Slurm job {job} is no longer running"
     if age_seconds > stale_minutes * 60:
         return f"not refreshed for {age_seconds / 60:.0f} minutes (save_lock_stale_minutes {stale_minutes:g})"

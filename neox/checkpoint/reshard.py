@@ -76,10 +76,11 @@ class SavedState:
         self.path = os.path.join(directory, tag)
         self.vocab_size = model_args.vocab_size
         self.dims = partition.sizes(model_args)
-        self.tp, self.dp = saved_layout(directory, tag)
-        if self.dp is None:
+        self.tp, dp = saved_layout(directory, tag)
+        if dp is None:
             raise CheckpointError(f"{self.path}: no ZeRO optimizer files (*zero_pp_rank_*_optim_states.pt); "
                                   "cannot reshard its optimizer state")
+        self.dp = dp
         self.models = [load_rank(directory, tag, t) for t in range(self.tp)]
         self.optim = {}
         for f in glob.glob(os.path.join(self.path, "*_optim_states.pt")):

@@ -14,8 +14,9 @@ import difflib
 import math
 import os
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints, overload
 
 import yaml
 
@@ -468,6 +469,7 @@ def _derived_batch(flat: dict) -> tuple[int, int]:
     if accum is None and total is None:
         accum = 1
     if total is None:
+        assert accum is not None  # set above when neither key was given
         return accum, micro * accum * dp
     if accum is None:
         if total % (micro * dp) and layout["num_gpus"] % layout["model_parallel_size"] == 0:
@@ -528,6 +530,12 @@ class NeoXConfig:
         return cls(**{sec: SECTIONS[sec](**kw) for sec, kw in kwargs.items()}, explicit=set(flat))
 
 
+@overload
+def padded_vocab_size(vocab: int, divisible_by: int, tp: int) -> int: ...
+@overload
+def padded_vocab_size(vocab: None, divisible_by: int, tp: int) -> None: ...
+@overload
+def padded_vocab_size(vocab: Optional[int], divisible_by: int, tp: int) -> Optional[int]: ...
 def padded_vocab_size(vocab: Optional[int], divisible_by: int, tp: int) -> Optional[int]:
     """Smallest size >= vocab that divides by divisible_by * tp (pad rows never get mass)."""
     if vocab is None:
@@ -598,7 +606,8 @@ def _read_yaml(path: str):
 
 def load_yaml_files(paths: list[str]) -> tuple[dict, dict]:
     """Merge YAML files in order; a key set in two files is an error. Returns (flat, origin)."""
-    merged, origin = {}, {}
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     for path in paths:
         if not os.path.isfile(path):
             raise ConfigError(f"config file not found: {path}")
@@ -904,7 +913,7 @@ def fit_to_cluster(cfg: NeoXConfig, num_nodes: int, gpus_per_node: int, dry_run:
     return validate(NeoXConfig.from_flat(_coerce_all(flat)), dry_run=dry_run)
 
 
-def load_config(paths: list[str], overrides: list[str] = (), dry_run: bool = False,
+def load_config(paths: list[str], overrides: Sequence[str] = (), dry_run: bool = False,
                 unset_defaults: Optional[dict] = None) -> NeoXConfig:
     """Load, merge, override, translate GPT-NeoX keys and validate. ``unset_defaults`` fills its
     keys when the files and overrides set none of them (train.py: the cluster it was started on; a

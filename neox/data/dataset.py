@@ -174,11 +174,11 @@ class Prefetcher:
     asked for next (after a rollback) is dropped."""
 
     def __init__(self, dataset, dp_rank: int, micro: int, dp: int, global_batch: int):
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import Future, ThreadPoolExecutor
 
         self.fetch = lambda key: get_micro_batch(dataset, key[0], key[1], dp_rank, micro, dp, global_batch)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
-        self.pending = None  # (key, future)
+        self.pending: tuple[tuple[int, int], Future[dict]] | None = None  # (key, future)
 
     def get(self, key, next_key=None) -> dict:
         if self.pending is not None and self.pending[0] == key:

@@ -56,7 +56,7 @@ def parse_test_files(specs: list[str], default_keys: list[str]) -> list[tuple[st
     return out
 
 
-def read_test_files(files: list[tuple[str, list[str]]]) -> overlap.Examples:
+def read_test_files(files: list[tuple[str, list[str]]]) -> CombinedExamples:
     """All examples as one set, under the union of the files' fields (a field a file does not use is
     empty there); example i came from sources[i] = (file number, line)."""
     parts = [overlap.read_test_file(p, keys) for p, keys in files]
@@ -185,7 +185,7 @@ def scan_shard(test_files, keys, data, tokenizer, out, n=DEFAULT_N, mode="tokens
     total = sum(int(ds.lengths[lo:hi].sum()) for ds, (lo, hi) in zip(datasets, ranges))
     overlap.WORK.clear()
     overlap.WORK.update(index=index, datasets=datasets, tokenizer=tokenizer, chunk={})
-    groups = [[] for _ in datasets]
+    groups: list[list[tuple[int, int, int, int, str]]] = [[] for _ in datasets]
     hashes = [np.zeros(hi - lo, dtype=np.uint64) for lo, hi in ranges]
     pool = overlap.worker_pool(workers, len(pieces))  # forked before tqdm starts its monitor thread
     try:
@@ -288,7 +288,7 @@ def merge(out: str, force: bool = False, progress: bool = True, log=print) -> di
     check_outputs(out, [d.prefix for d in datasets], force)
     test_files = [t["path"] for t in fp["test_files"]]
     tests = read_test_files([(t["path"], t["keys"]) for t in fp["test_files"]])
-    dropped = [dict() for _ in datasets]  # doc -> reason
+    dropped: list[dict[int, dict]] = [dict() for _ in datasets]  # doc -> reason
     for hits in part_hits:
         for h in hits:
             fi, line = tests.sources[h["example"]]

@@ -37,7 +37,7 @@ class UnsupportedTokenizer(NeoxError, ValueError):
 
 
 def _proto(model_path: str):
-    proto = sentencepiece_model_pb2.ModelProto()
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # protoc-generated, no stub
     with open(model_path, "rb") as f:
         proto.ParseFromString(f.read())
     spec = proto.normalizer_spec

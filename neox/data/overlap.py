@@ -150,7 +150,7 @@ def read_test_file(path: str, keys: list[str]) -> Examples:
     """The test examples; one-line errors for a missing file, bad JSON, a missing key, no lines."""
     if not os.path.isfile(path):
         raise OverlapError(f"{path}: test file not found")
-    texts = {k: [] for k in keys}
+    texts: dict[str, list[str]] = {k: [] for k in keys}
     lines = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f):
@@ -670,7 +670,7 @@ def merge(dirs: list[str], out: str | None = None) -> dict:
 
 
 def combine_parts(paths: list[str], out: str, where: str) -> dict:
-    found = {}
+    found: dict[int, tuple[str, dict]] = {}
     for path in paths:
         try:
             with open(path) as f:
@@ -763,7 +763,7 @@ def join(hits_dir: str, samples: str, test_file: str | None = None, keys: list[s
     table = {"hits_dir": hits_dir, "samples": samples, "keys": list(keys), "n": summary["n"],
              "mode": summary["mode"], "rows": []}
     for level in sorted(groups, key=lambda g: (g == "all", g)):
-        row = {"level": level}
+        row: dict[str, object] = {"level": level}
         for side, xs in groups[level].items():
             row[side] = {"n": len(xs), "accuracy": round(sum(xs) / len(xs), 4) if xs else None}
         table["rows"].append(row)

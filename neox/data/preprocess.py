@@ -26,6 +26,7 @@ import time
 import warnings
 
 import zlib
+from typing import Any
 
 import lm_dataformat
 
@@ -193,7 +194,7 @@ def _lmd_batches(path, key, batch_docs, batch_bytes):
 
 
 # ---- worker side: one input file -> one shard. Each process loads its own tokenizer once.
-_worker = {}
+_worker: dict[str, Any] = {}
 
 
 def _init_worker(model_path, report, threads, options):

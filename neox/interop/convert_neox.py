@@ -39,6 +39,13 @@ GPTNEOX_DEFAULT_THETA = 10000  # neox_args.py's rotary_emb_base default (both br
 GPTNEOX_DEFAULT_RMS_EPS = 1.0e-8  # neox_args.py's rms_norm_epsilon default (both branches)
 
 
+def _number(pattern: str, path: str) -> int:
+    """The number a checkpoint file's name holds (group 1 of ``pattern``); the file was globbed by that name."""
+    m = re.search(pattern, path)
+    assert m is not None, f"{path}: no match for {pattern}"
+    return int(m.group(1))
+
+
 class NeoXCheckpoint:
     """One tag of a GPT-NeoX checkpoint: its rank files (read lazily, memory-mapped) and config."""
 
@@ -47,13 +54,13 @@ class NeoXCheckpoint:
         layer_files = glob.glob(os.path.join(self.dir, "layer_*-model_*-model_states.pt"))
         rank_files = glob.glob(os.path.join(self.dir, "mp_rank_*_model_states.pt"))
         self.pipeline = bool(layer_files)
-        ranks = {int(re.search(r"model_(\d+)-model_states", f).group(1)) for f in layer_files} if layer_files \
-            else {int(re.search(r"mp_rank_(\d+)_", f).group(1)) for f in rank_files}
+        ranks = {_number(r"model_(\d+)-model_states", f) for f in layer_files} if layer_files \
+            else {_number(r"mp_rank_(\d+)_", f) for f in rank_files}
         if not ranks or sorted(ranks) != list(range(len(ranks))):
             raise CheckpointError(f"{self.dir}: no complete set of mp_rank_*_model_states.pt or "
                                   f"layer_*-model_*-model_states.pt files")
         self.tp = len(ranks)
-        self._loaded = {}
+        self._loaded: dict[str, dict] = {}
         self.saved_config = sorted(glob.glob(os.path.join(self.dir, "configs", "*.yml")) +
                                    glob.glob(os.path.join(self.dir, "configs", "*.yaml")))
         self.config = read_configs(self.saved_config + list(config_files))
@@ -98,7 +105,7 @@ class NeoXCheckpoint:
     def all_names(self) -> list[str]:
         if self.pipeline:
             files = sorted(glob.glob(os.path.join(self.dir, "layer_*-model_00-model_states.pt")))
-            index = {f: int(re.search(r"layer_(\d+)-", f).group(1)) for f in files}
+            index = {f: _number(r"layer_(\d+)-", f) for f in files}
             return [f"{index[f]}.{k}" for f in files for k in self._load(f)]
         return [k[len("sequential."):] for k in self.rank_state(0)["module"]]
 
@@ -312,10 +319,11 @@ def recorded_logits(ckpt: NeoXCheckpoint, padded_rows: int):
         return None
     if pieces[0].shape[-1] == padded_rows:
         return pieces[0].float()
-    if any(p is None for p in pieces) or sum(p.shape[-1] for p in pieces) != padded_rows:
+    shards = [p for p in pieces if p is not None]
+    if len(shards) < len(pieces) or sum(p.shape[-1] for p in shards) != padded_rows:
         print("warning: checkpoint_validation_logits have an unexpected shape; not checked", file=sys.stderr)
         return None
-    return torch.cat([p.float() for p in pieces], -1)
+    return torch.cat([p.float() for p in shards], -1)
 
 
 def run_checks(ckpt, view, keys, args) -> list[tuple[str, float, float]]:

@@ -167,7 +167,9 @@ def export(ckpt: str, out: str, step=None, dtype: str = "auto", max_shard_bytes:
 
     out = os.path.abspath(out.rstrip("/"))
     with publish_dir(out, force) as tmp:
-        shards, current, size = [], {}, 0  # shards: [(names, bytes)]; tensors are not kept
+        shards: list[tuple[list[str], int]] = []  # [(names, bytes)]; tensors are not kept
+        current: dict[str, torch.Tensor] = {}
+        size = 0
 
         def flush():
             shards.append(([k for k in current], sum(v.numel() * v.element_size() for v in current.values())))
@@ -185,7 +187,7 @@ def export(ckpt: str, out: str, step=None, dtype: str = "auto", max_shard_bytes:
                 current[hf_name] = full
                 size += nbytes
         flush()
-        current = None
+        current = {}
         weight_map = {}
         for i, (keys, _) in enumerate(shards, 1):
             final = f"model-{i:05d}-of-{len(shards):05d}.safetensors" if len(shards) > 1 else "model.safetensors"

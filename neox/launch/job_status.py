@@ -35,7 +35,7 @@ from neox.launch import faults
 def read_statuses(status_dir: str, num_ranks: int) -> dict[int, tuple[int, float] | None]:
     """rank -> (exit status, end time) as launch.sh wrote it, or None (no record: the rank's
     wrapper was killed too, or never started)."""
-    out = {}
+    out: dict[int, tuple[int, float] | None] = {}
     for rank in range(num_ranks):
         try:
             with open(os.path.join(status_dir, f"rank{rank}")) as f:

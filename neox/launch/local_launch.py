@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
 from neox.launch.stop_request import SIGNALS as STOP_SIGNALS
 
@@ -128,7 +129,7 @@ class LocalJob:
             kill.start()
 
 
-def run_job(cmd: list, num_ranks: int, port: int, env: dict, pump, stop_before_spawn: list = ()) -> int:
+def run_job(cmd: list, num_ranks: int, port: int, env: dict, pump, stop_before_spawn: Sequence[int] = ()) -> int:
     """The job's exit status. ``stop_before_spawn``: stop signals deepy noted before this call;
     with any, no rank is started (nothing to save) and the status is the stop's."""
     from neox.exit_status import STOPPED as EXIT_REQUEUE

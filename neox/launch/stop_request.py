@@ -21,9 +21,10 @@ import os
 import signal
 import sys
 import threading
+from typing import Any
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-_state = {"on_request": None, "listening": False}
+_state: dict[str, Any] = {"on_request": None, "listening": False}
 _requested = threading.Event()  # set by a stop signal; wait() sleeps on it
 
 
@@ -108,7 +109,7 @@ class StopSignal:
 
 
 def launcher_gone() -> bool:
-    launcher = os.environ.get("NEOX_LAUNCHER_PID")
+    launcher = os.environ.get("NEOX_LAUNCHER_PID", "")
     return bool(launcher) and os.getppid() != int(launcher)
 
 

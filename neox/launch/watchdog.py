@@ -30,7 +30,8 @@ class Watchdog:
         self.min_seconds, self.first_step_seconds = min_seconds, first_step_seconds
         self.step_times: list[float] = []
         self._lock = threading.Lock()
-        self._deadline, self._what = None, ""
+        self._deadline: float | None = None
+        self._what = ""
         self._stop = threading.Event()
         threading.Thread(target=self._watch, daemon=True, name="watchdog").start()
 

@@ -135,13 +135,19 @@ def shard_hf_weights(source, names: Iterable[str], vocab: int, padded_vocab: int
                 parts.append(source.get(n))
                 continue
             start, end = span
+            assert dim is not None, "a part with a slice is split"
             t = source.get_slice(n, dim, start, max(start, min(end, source.shape(n)[dim])))
             if t.shape[dim] < end - start:  # rows past the real vocabulary: padding
                 pad_shape = list(t.shape)
                 pad_shape[dim] = end - start - t.shape[dim]
                 t = torch.cat([t, t.new_zeros(pad_shape)], dim)
             parts.append(t)
-        t = (parts[0] if len(parts) == 1 else torch.cat(parts, dim)).to(dtype or parts[0].dtype).contiguous()
+        if len(parts) == 1:
+            t = parts[0]
+        else:
+            assert dim is not None, "fused parts are split"
+            t = torch.cat(parts, dim)
+        t = t.to(dtype or parts[0].dtype).contiguous()
         if t.untyped_storage().nbytes() != t.numel() * t.element_size():
             t = t.clone()  # a view of a larger tensor: torch.save would write all of it
         out[name] = t
@@ -158,7 +164,7 @@ class ShardedWeights:
     def __init__(self, rank_weight, names, tp: int, dims: dict, vocab: int, config: dict):
         self.rank_weight, self.tp, self.dims, self.vocab, self.config = rank_weight, tp, dims, vocab, config
         self._ours = {hf: name for name in names for hf in partition.hf_names(name)}
-        self._cached = (None, None)
+        self._cached: tuple[str | None, dict[str, torch.Tensor] | None] = (None, None)
 
     def names(self):
         return list(self._ours)
@@ -168,6 +174,7 @@ class ShardedWeights:
         if self._cached[0] != name:
             parts = partition.unshard([self.rank_weight(r, name) for r in range(self.tp)], name, self.dims)
             self._cached = (name, dict(zip(partition.hf_names(name), parts)))
+        assert self._cached[1] is not None, "filled above for this name"
         return partition.strip_vocab(self._cached[1][hf_name], name, self.vocab)
 
     def shape(self, name) -> tuple:

@@ -64,7 +64,7 @@ class Rotary:
 
     def __init__(self, head_dim: int, base: float, scaling=None):
         self.head_dim, self.base, self.scaling = head_dim, float(base), scaling
-        self._cache = {}
+        self._cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def cos_sin(self, seq_len: int, device):
         key = (seq_len, str(device))

@@ -30,7 +30,7 @@ cutting the fused matrix into t equal blocks.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, cast
 
 import torch
 
@@ -156,7 +156,7 @@ def rank_slices(name: str, shapes: list[tuple], rank: int, tp: int) -> list[Opti
     dim = split_dim(name)
     if dim is None:
         return [None] * len(shapes)
-    out = []
+    out: list[Optional[tuple[int, int]]] = []
     for shape in shapes:
         if shape[dim] % tp:
             raise ValueError(f"weight '{name}' dim {dim} of size {shape[dim]} does not divide by TP {tp}")
@@ -170,7 +170,8 @@ def shard(parts: list[torch.Tensor], name: str, rank: int, tp: int) -> torch.Ten
     dim = split_dim(name)
     if dim is None:
         return parts[0].clone()
-    slices = rank_slices(name, [tuple(p.shape) for p in parts], rank, tp)
+    # a split weight (dim is not None): no part's slice is None
+    slices = cast(list[tuple[int, int]], rank_slices(name, [tuple(p.shape) for p in parts], rank, tp))
     return torch.cat([p.narrow(dim, s, e - s) for p, (s, e) in zip(parts, slices)], dim)
 
 

@@ -64,7 +64,8 @@ def smooth(values: list[float], weight: float) -> list[float]:
 
 def timeline(rows: list[dict]) -> dict:
     """Replay the log: training rows by step, with the ones a rollback discarded set aside."""
-    kept, abandoned, skipped, rollbacks = {}, [], [], []
+    kept: dict[int, dict] = {}
+    abandoned, skipped, rollbacks = [], [], []
     for r in rows:
         if "rollback" in r:
             info = r["rollback"]

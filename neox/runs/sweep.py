@@ -22,6 +22,8 @@ import subprocess
 import sys
 
 import time
+from collections.abc import Sequence
+from typing import cast
 
 import yaml
 
@@ -183,7 +185,8 @@ def full_weights(weights: list[float], searched: list[str], fixed: dict, train_c
     """Shares of every train component (summing to 1): fixed ones as given, the rest split by weights."""
     free = 1.0 - sum(fixed.values())
     share = dict(zip(searched, (free * w / sum(weights) for w in weights)))
-    return [fixed.get(c, share.get(c)) for c in train_components]
+    # never None: searched_components puts every train component in searched or fixed
+    return cast(list[float], [fixed.get(c, share.get(c)) for c in train_components])
 
 
 def scaled_schedule(base, train_iters: int) -> dict:
@@ -443,7 +446,7 @@ def write_olmix(plan: dict, results: list[dict], out_dir: str):
             yaml.safe_dump({"priors": {"token_counts": counts}}, f, sort_keys=False)
 
 
-def ternary_xy(weights: list[float]) -> tuple[float, float]:
+def ternary_xy(weights: Sequence[float]) -> tuple[float, float]:
     """A point of the 3-simplex in the plane: corner 0 at (0, 0), 1 at (1, 0), 2 at (1/2, sqrt(3)/2)."""
     a, b, c = (w / sum(weights) for w in weights)
     return b + c / 2, c * math.sqrt(3) / 2

@@ -34,7 +34,8 @@ def deepspeed_config(cfg: NeoXConfig) -> dict:
 
 def build_optimizer(cfg: NeoXConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW; no weight decay on norm weights (1-D), decay on every matrix."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for _, p in model.named_parameters():
         (no_decay if p.dim() == 1 else decay).append(p)
     params = cfg.optim.optimizer["params"]

@@ -47,7 +47,8 @@ class LossGuard:
         self.skip_batches = sorted(state.get("skip_batches", []))
         self.rollbacks = int(state.get("rollbacks", 0))
         self.history = deque(state.get("history", []), maxlen=guard_cfg.loss_spike_window)  # (step, loss)
-        self.bad_steps = []  # 1-based updates skipped in a row, with their batches: [(update, batch)]
+        # 1-based updates skipped in a row, with their batches: [(update, batch)]
+        self.bad_steps: list[tuple[int, int]] = []
 
     def state(self) -> dict:
         return {"skip_batches": list(self.skip_batches), "rollbacks": self.rollbacks,

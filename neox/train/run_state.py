@@ -114,18 +114,20 @@ def load_state(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[str, 
 def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_files: dict, job: str):
     """GPT-NeoX/DeepSpeed layout, written atomically (neox.checkpoint.atomic): <save>/global_step<N>/
     mp_rank_XX_model_states.pt + ZeRO shards + config.json + complete, then <save>/latest."""
+    save = cfg.checkpoint.save
+    assert save is not None, "called only when the run saves"
     state = {"step": step, "consumed_samples": step * cfg.batch.train_batch_size,
              "neox_config": cfg.to_flat(), "rng": rng_state(),
              "guard": guard.state()}
-    save_atomic(engine, cfg.checkpoint.save, step, state, cfg.checkpoint.keep_last_n_checkpoints,
+    save_atomic(engine, save, step, state, cfg.checkpoint.keep_last_n_checkpoints,
                 is_rank0(), extra_files={"config.json": json.dumps(cfg.to_flat(), indent=1),
                                                   "data.json": json.dumps(data_files, indent=1)},
                 job=job)
-    log.info(f"saved checkpoint global_step{step} to {cfg.checkpoint.save}")
+    log.info(f"saved checkpoint global_step{step} to {save}")
     if cfg.checkpoint.eval_after_checkpoint and is_rank0():  # the checkpoint is complete by now
         from neox.checkpoint.hooks import after_checkpoint
 
-        after_checkpoint(cfg.checkpoint.eval_after_checkpoint, cfg.checkpoint.save, step)
+        after_checkpoint(cfg.checkpoint.eval_after_checkpoint, save, step)
 
 
 def rollback(engine, cfg: NeoXConfig, guard: LossGuard, update: int, reason: str, logger) -> int:
@@ -139,6 +141,7 @@ def rollback(engine, cfg: NeoXConfig, guard: LossGuard, update: int, reason: str
              f"(samples {info['samples']}); rollback {guard.rollbacks} of at most {cfg.guard.max_rollbacks}")
     if logger:
         logger.log({"step": update, "rollback": info})
+    assert save is not None and tag is not None, "plan_rollback raised GuardStop without a checkpoint"
     _, state = load_state(engine, cfg, save, tag)
     return int(state["step"])
 
@@ -153,10 +156,12 @@ def lock_save_dir(cfg: NeoXConfig) -> str:
     from neox.launch.distributed import on_rank0_for_all
     from neox.model.planner import checkpoint_bytes
 
-    lock = SaveLock(cfg.checkpoint.save, cfg.checkpoint.save_lock_stale_minutes)
+    save = cfg.checkpoint.save
+    assert save is not None, "called only when the run saves"
+    lock = SaveLock(save, cfg.checkpoint.save_lock_stale_minutes)
 
     def take():
-        check_save_dir(cfg.checkpoint.save, checkpoint_bytes(cfg))
+        check_save_dir(save, checkpoint_bytes(cfg))
         for w in lock.acquire():
             log.warning(w)
         atexit.register(lock.release)
@@ -174,8 +179,9 @@ def guarded_start(model, cfg: NeoXConfig, conversion: dict) -> dict:
     at_source, at_train = reference_losses(model, conversion["reference"], conversion["rope_theta_source"],
                                            cfg.model.rotary_emb_base)
     model.train()
-    check_reference(at_source, conversion["reference"], cfg.checkpoint.reference_loss_tolerance,
-                    cfg.checkpoint.load)
+    load = cfg.checkpoint.load
+    assert load is not None, "finetune: validate() requires load"
+    check_reference(at_source, conversion["reference"], cfg.checkpoint.reference_loss_tolerance, load)
     log.info(f"guarded start: reference loss {at_source:.6f} at theta {conversion['rope_theta_source']:g} "
              f"(converter: {conversion['reference']['loss']:.6f}); {at_train:.6f} at the training theta "
              f"{cfg.model.rotary_emb_base:g}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,7 +75,11 @@ class Trainer:
         self.job = lock_save_dir(cfg) if cfg.checkpoint.save else None  # before anything is written there
         self._write_resolved_config()
         if os.environ.get(DATA_CHECKED_ENV) != "1":  # deepy.py checked before spawning; srun/torchrun did not
-            distributed.on_rank0_for_all(lambda: [log.warning(w) for w in check_data(cfg)])
+            def warn_about_data():
+                for w in check_data(cfg):
+                    log.warning(w)
+
+            distributed.on_rank0_for_all(warn_about_data)
         tokenizer = build_tokenizer(cfg)
         self.cfg = cfg = self._with_process_policies(cfg)
         model = LlamaModel(cfg)
@@ -122,6 +127,7 @@ class Trainer:
         the converted weights are loaded and, with a reference batch, give the guarded-start record."""
         cfg = self.cfg
         if resume_dir:
+            assert resume_tag is not None, "find_resume_dir gives a directory with its tag"
             check_resumable(cfg, os.path.join(resume_dir, resume_tag), self.data_files)
             return None
         if not cfg.checkpoint.finetune:
@@ -220,8 +226,8 @@ class Trainer:
 
     def log_skipped(self, update: int, reason: str, lr: float, batch_index: int):
         """DeepSpeed already dropped the update on every rank; say which samples it held."""
-        record = {"step": update, "skipped": True, "reason": reason, "lr": lr, "batch": batch_index,
-                  "samples": samples_of_batch(batch_index, self.cfg.batch.train_batch_size)}
+        record: dict[str, Any] = {"step": update, "skipped": True, "reason": reason, "lr": lr, "batch": batch_index,
+                                  "samples": samples_of_batch(batch_index, self.cfg.batch.train_batch_size)}
         log.info(f"step {update}: update skipped on every rank: {reason}; samples "
                  f"{record['samples'][0]}..{record['samples'][1] - 1}")
         if self.logger:
@@ -235,12 +241,12 @@ class Trainer:
 
     def should_evaluate(self, update: int) -> bool:
         interval = self.cfg.logging.eval_interval
-        return bool(self.eval_sets) and bool(interval) and update % interval == 0
+        return bool(self.eval_sets) and bool(interval and update % interval == 0)
 
     def should_checkpoint(self, update: int) -> bool:
         factor = self.cfg.checkpoint.checkpoint_factor
         return bool(self.cfg.checkpoint.save) and (
-            (bool(factor) and update % factor == 0) or update == self.cfg.schedule.train_iters)
+            bool(factor and update % factor == 0) or update == self.cfg.schedule.train_iters)
 
     def should_stop(self, result: StepResult, update: int, slow_work: bool) -> bool:
         """A request on any rank stops every rank after the same update: seen in the step's
@@ -278,6 +284,7 @@ class Trainer:
 
     def save(self, update: int):
         self.watchdog.expect_slow(f"the checkpoint of step {update}")
+        assert self.job is not None, "save() is called only when the run saves (lock_save_dir gave the job)"
         save_checkpoint(self.engine, self.cfg, update, self.guard, self.data_files, self.job)
         self.saved_step = update
 
@@ -287,6 +294,7 @@ class Trainer:
         if not is_rank0():  # rank 0 names them; the others stop with it
             raise SystemExit(1)
         g, vocab = self.cfg.batch.train_batch_size, self.cfg.model.vocab_size
+        assert vocab is not None, "a training run's vocab_size is set (validate() read it from the tokenizer)"
         bad = out_of_vocab_samples(self.train_set, batch_index * g, (batch_index + 1) * g, vocab)
         files = sorted({f for _, f in bad})
         raise DataError(f"step {update}: token ids outside the vocabulary (0..{vocab - 1}) in global samples "
