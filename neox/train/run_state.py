@@ -4,8 +4,11 @@ The atomic write protocol itself is neox.checkpoint.atomic."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -28,6 +31,30 @@ from neox.log import get_logger
 from neox.train.guard import LossGuard, samples_of_batch
 
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What a checkpoint holds besides the weights and the optimizer state (DeepSpeed's client
+    state), declared once: save_checkpoint writes it, load_state reads it back (resume, rollback).
+    The LR and the data position are functions of ``step``."""
+
+    step: int
+    consumed_samples: int
+    neox_config: dict  # the resolved config (also <tag>/config.json)
+    rng: dict | None  # Python, NumPy and torch generators of this rank (neox.checkpoint.rng)
+    guard: dict | None  # the loss guard's skip-list, loss history and rollback count
+
+    def client_state(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def read(cls, state: dict, where: str) -> RunState:
+        missing = [key for key in ("step", "consumed_samples", "neox_config") if key not in state]
+        if missing:
+            raise CheckpointError(f"{where}: not a checkpoint of this trainer (client state lacks {', '.join(missing)})")
+        return cls(step=int(state["step"]), consumed_samples=int(state["consumed_samples"]),
+                   neox_config=state["neox_config"], rng=state.get("rng"), guard=state.get("guard"))
 
 
 def find_resume_dir(cfg: NeoXConfig):
@@ -74,19 +101,19 @@ def check_resumable(cfg: NeoXConfig, checkpoint: str, data_files: dict):
                                   "data in a new run (a different save directory)")
 
 
-def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[int, dict]:
+def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> RunState:
     """Weights, ZeRO optimizer state, step, RNG and guard state (skip-list); the LR and the data
-    position follow the step (load_state). Returns (step, the checkpoint's client state)."""
+    position follow the step (load_state)."""
     path, state = load_state(engine, cfg, directory, tag)
-    log.info(f"resumed from {path} at step {state['step']}")
-    return int(state["step"]), state
+    log.info(f"resumed from {path} at step {state.step}")
+    return state
 
 
-def load_state(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[str, dict]:
+def load_state(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[str, RunState]:
     """The one way a checkpoint is loaded into a running job, at its start (resume) and in a
     rollback: a checkpoint written at another TP/DP layout is resharded into this one
     (neox.checkpoint.reshard), an unreadable file is named, and the RNG state is restored.
-    Returns (the checkpoint's path, its client state)."""
+    Returns (the checkpoint's path, its RunState)."""
     faults.pause("resume")  # test-only: a slow load, to stop a job in the middle of it
     try:
         if reshard.needed(cfg, directory, tag):
@@ -107,8 +134,9 @@ def load_state(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[str, 
         raise
     if path is None:
         raise CheckpointError(f"could not load checkpoint {os.path.join(directory, tag)}")
-    restore_rng(state.get("rng"))
-    return path, state
+    run_state = RunState.read(state, path)
+    restore_rng(run_state.rng)
+    return path, run_state
 
 
 def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_files: dict, job: str):
@@ -116,10 +144,9 @@ def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_f
     mp_rank_XX_model_states.pt + ZeRO shards + config.json + complete, then <save>/latest."""
     save = cfg.checkpoint.save
     assert save is not None, "called only when the run saves"
-    state = {"step": step, "consumed_samples": step * cfg.batch.train_batch_size,
-             "neox_config": cfg.to_flat(), "rng": rng_state(),
-             "guard": guard.state()}
-    save_atomic(engine, save, step, state, cfg.checkpoint.keep_last_n_checkpoints,
+    state = RunState(step=step, consumed_samples=step * cfg.batch.train_batch_size, neox_config=cfg.to_flat(),
+                     rng=rng_state(), guard=guard.state())
+    save_atomic(engine, save, step, state.client_state(), cfg.checkpoint.keep_last_n_checkpoints,
                 is_rank0(), extra_files={"config.json": json.dumps(cfg.to_flat(), indent=1),
                                                   "data.json": json.dumps(data_files, indent=1)},
                 job=job)
@@ -143,7 +170,7 @@ def rollback(engine, cfg: NeoXConfig, guard: LossGuard, update: int, reason: str
         logger.log({"step": update, "rollback": info})
     assert save is not None and tag is not None, "plan_rollback raised GuardStop without a checkpoint"
     _, state = load_state(engine, cfg, save, tag)
-    return int(state["step"])
+    return state.step
 
 
 def lock_save_dir(cfg: NeoXConfig) -> str:

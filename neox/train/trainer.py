@@ -89,9 +89,10 @@ class Trainer:
         self.reference_record = self._check_or_finetune(model, *resume_from)
         self.stop = stop_request.StopSignal(cfg.logging.log_dir)
         self.engine = build_engine(cfg, model)
-        self.step, saved_state = resume(self.engine, cfg, *resume_from) if resume_from[0] else (0, {})
+        saved = resume(self.engine, cfg, *resume_from) if resume_from[0] else None
+        self.step = saved.step if saved else 0
         self.saved_step = self.step  # the newest step with a checkpoint of this run
-        self.guard = LossGuard(cfg.guard, saved_state.get("guard"))
+        self.guard = LossGuard(cfg.guard, saved.guard if saved else None)
         self.train_set = build_train_dataset(cfg, tokenizer)
         self.eval_sets = self._eval_sets(tokenizer)
         self.logger = self._logger()
