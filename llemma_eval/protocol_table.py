@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+from llemma_eval.scoring import score_records, summarize
 from neox.paths import project_root
 
 FIXTURE = os.path.join("tests", "fixtures", "protocol_samples.jsonl")
@@ -25,7 +26,6 @@ def protocol_table(summaries: dict) -> str:
 
 
 def main() -> int:
-    from llemma_eval.scoring import score_records, summarize
 
     by_task: dict = {}
     with open(os.path.join(project_root(), FIXTURE)) as f:

@@ -14,9 +14,11 @@ import time
 
 from tqdm import tqdm
 
-from llemma_eval import TASKS_DIR
+from llemma_eval import TASKS_DIR, data, stem
+from llemma_eval.models import make_lm
 from llemma_eval.registry import kind
 from llemma_eval.scoring import score_records, summarize, write_samples
+from llemma_eval.upstream_tasks import write_upstream_task_yamls
 
 # task -> kind (llemma_eval.kinds; "ppl" is held-out perplexity); *_majk tasks sample k per problem
 TASKS = {"llemma_math": "math", "llemma_math_majk": "math", "llemma_gsm8k": "gsm8k",
@@ -39,7 +41,6 @@ def check_tasks(tasks: list[str]) -> None:
 
 def missing_data(task: str, data_dir: str) -> str | None:
     """What --data-dir lacks for a task (checked before any model is loaded), or None."""
-    from llemma_eval import data, stem
 
     if task.removesuffix("_majk") in stem.TASK_LAYOUT:  # one kind, several file layouts
         return stem.missing_task_data(task, data_dir)
@@ -51,7 +52,6 @@ def upstream_tasks_dir() -> str:
     """MATH-500 and AIME: lm-eval's own task files, included by YAMLs written for this machine."""
     import tempfile
 
-    from llemma_eval.upstream_tasks import write_upstream_task_yamls
 
     d = tempfile.mkdtemp(prefix="llemma-eval-upstream-")
     write_upstream_task_yamls(d)
@@ -124,7 +124,6 @@ def evaluate_model(model_dir: str, tasks: list[str], out: str, backend: str = "h
     from lm_eval import evaluator
     from transformers import AutoTokenizer
 
-    from llemma_eval.models import make_lm
 
     os.makedirs(os.path.join(out, "samples"), exist_ok=True)
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)

@@ -13,6 +13,8 @@ import os
 import shutil
 import sys
 
+from llemma_eval.stem import MMLU_STEM_SUBJECTS
+
 SUBJECTS = ["algebra", "geometry"]
 
 
@@ -90,7 +92,6 @@ def write_mmlu(root: str, per_subject: int = 1) -> None:
     """One invented question per STEM subject, in MMLU's csv layout (no header)."""
     import csv
 
-    from llemma_eval.stem import MMLU_STEM_SUBJECTS
 
     os.makedirs(os.path.join(root, "mmlu", "test"), exist_ok=True)
     for i, subject in enumerate(MMLU_STEM_SUBJECTS):

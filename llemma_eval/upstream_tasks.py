@@ -13,6 +13,8 @@ The prompt (doc_to_text, few-shot examples, stop sequences) stays the upstream t
 import os
 import sys
 
+from llemma_eval.upstream import upstream_yaml
+
 # our task -> (upstream file under lm_eval/tasks/, loader in llemma_eval.stem, max_gen_toks, default maj@k k)
 UPSTREAM = {
     "llemma_math500": ("minerva_math/minerva_math500.yaml", "math500_test", 512, 256),
@@ -33,7 +35,6 @@ def upstream_path(relpath: str) -> str:
 
 
 def _until(relpath: str) -> list:
-    from llemma_eval.upstream import upstream_yaml
 
     return list(upstream_yaml(relpath)["generation_kwargs"]["until"])
 

@@ -16,6 +16,7 @@ import sys
 
 ROOT = "neox"
 ALL_RANKS = {"all_ranks": True}  # extra= for a record every rank shows
+HANDLER = "neox-rank-0"
 
 
 def global_rank() -> int:
@@ -53,9 +54,10 @@ class _CurrentStdout(logging.StreamHandler):
 
 def _install() -> None:
     root = logging.getLogger(ROOT)
-    if any(isinstance(h, _CurrentStdout) for h in root.handlers):
+    if any(h.get_name() == HANDLER for h in root.handlers):  # by name: a reloaded module is the same handler
         return
     handler = _CurrentStdout()
+    handler.set_name(HANDLER)
     handler.setFormatter(LineFormatter("%(message)s"))
     handler.addFilter(RankFilter())
     root.addHandler(handler)

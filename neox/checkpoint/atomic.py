@@ -21,8 +21,10 @@ import torch
 
 from neox import patches
 from neox.checkpoint.files import CheckpointError
+from neox.checkpoint.lock import io_cause
 from neox.config import LAYOUT_KEYS, RESUME_MAY_CHANGE
 from neox.launch import faults
+from neox.launch.distributed import device
 
 COMPLETE = "complete"
 # Copied into <save> by every DeepSpeed save; they read TP rank 0 only, so at TP > 1 they would
@@ -149,8 +151,6 @@ def _on_every_rank_or_fail(write, save: str, tmp: str, final: str, rank0: bool):
     """Run this rank's part of a save; if any rank failed, every rank stops (after one
     all-reduce: a rank raising alone would leave the others waiting in a barrier), rank 0
     removes the unfinished directory, and the failing ranks name the path and the cause."""
-    from neox.checkpoint.lock import io_cause
-    from neox.launch.distributed import device
 
     error = cause = None
     try:

@@ -21,6 +21,8 @@ from typing import Optional
 
 import torch
 
+from neox import exit_status
+from neox.config import KEY_TO_SECTION, NeoXConfig, _coerce_all, validate
 from neox.errors import NeoxError
 from neox.model import partition
 
@@ -268,7 +270,6 @@ def load_finetune_weights(model, cfg):
 
 def config_for_checkpoint(info: dict, tp: int, **overrides):
     """A validated trainer config for running a checkpoint's model (e.g. to verify or export)."""
-    from neox.config import KEY_TO_SECTION, NeoXConfig, _coerce_all, validate
 
     flat = {k: v for k, v in info.items() if k in KEY_TO_SECTION and KEY_TO_SECTION[k] == "model"}
     flat.setdefault("seq_length", flat.get("max_position_embeddings") or 2048)
@@ -282,7 +283,6 @@ def config_for_checkpoint(info: dict, tp: int, **overrides):
 
 def run_tool(fn, *args) -> int:
     """Runs a tool's ``fn``: exit status 0, or FAILED with one `error:` line when it raises CheckpointError."""
-    from neox import exit_status
 
     try:
         fn(*args)

@@ -27,6 +27,8 @@ from tqdm import tqdm
 from neox.checkpoint.files import CONVERSION_FILE, DTYPES, TOKENIZER_FILES, CheckpointError, HFWeights, model_file
 from neox.config import padded_vocab_size
 from neox.interop.publish import check_out, publish_dir
+from neox.interop.reference import reference_tokens, streamed_hf_loss
+from neox.interop.verify_conversion import verify
 from neox.model import partition
 from neox.model.hf_compat import FAMILIES, neox_model_keys_from_hf, shard_hf_weights
 
@@ -171,7 +173,6 @@ def convert(args) -> dict:
 
     reference = None
     if args.reference_tokens > 0:
-        from neox.interop.reference import reference_tokens, streamed_hf_loss
 
         length = min(args.reference_tokens, keys["max_position_embeddings"])
         tokens = reference_tokens(args.hf_dir, length, keys["vocab_size"])
@@ -197,7 +198,6 @@ def convert(args) -> dict:
 
     def verify_before_publish(tmp):
         if args.verify:
-            from neox.interop.verify_conversion import verify
 
             diff = verify(args.hf_dir, tmp, tolerance=args.tolerance)
             meta["verify_max_abs_logit_diff"] = diff

@@ -28,10 +28,13 @@ import sys
 
 import torch
 
-from neox.checkpoint.files import CheckpointError, run_tool
+from neox.checkpoint.files import CheckpointError, HFWeights, run_tool
 from neox.config import padded_vocab_size
 from neox.interop import gptneox_format as fmt
+from neox.interop.convert_codellama import limit_heap_growth, write_checkpoint
+from neox.interop.export_hf import hf_config
 from neox.interop.publish import check_out
+from neox.interop.reference import reference_tokens, streamed_hf_logits, streamed_hf_loss
 from neox.model import partition
 from neox.model.hf_compat import ShardedWeights
 
@@ -283,7 +286,6 @@ def choose_layout(ckpt, keys, style, given) -> tuple[str, str]:
 
 def hf_view(ckpt: NeoXCheckpoint, keys: dict, style: str, layout: str) -> ShardedWeights:
     """The checkpoint as full HF tensors: each rank's GPT-NeoX tensors -> our rank weight -> unshard."""
-    from neox.interop.export_hf import hf_config
 
     L = keys["num_layers"]
     dims = {"layout": layout, "heads": keys["num_attention_heads"], "kv_heads": keys["num_kv_heads"],
@@ -328,7 +330,6 @@ def recorded_logits(ckpt: NeoXCheckpoint, padded_rows: int):
 
 def run_checks(ckpt, view, keys, args) -> list[tuple[str, float, float]]:
     """(check, measured, tolerance) for every reference available."""
-    from neox.interop.reference import reference_tokens, streamed_hf_logits, streamed_hf_loss
 
     results = []
     vocab = keys["vocab_size"]
@@ -346,7 +347,6 @@ def run_checks(ckpt, view, keys, args) -> list[tuple[str, float, float]]:
         results.append(("recorded reference loss, absolute difference",
                         abs(streamed_hf_loss(view, ref["tokens"]) - ref["loss"]), 1e-4))
     if args.verify_hf:
-        from neox.checkpoint.files import HFWeights
 
         hf = HFWeights(args.verify_hf)
         tokens = reference_tokens(args.verify_hf, min(args.check_tokens, keys["max_position_embeddings"]), vocab)
@@ -378,7 +378,6 @@ def check_layout(ckpt, view, keys, layout, why, args) -> list:
 
 
 def convert(args) -> dict:
-    from neox.interop.convert_codellama import limit_heap_growth, write_checkpoint
 
     limit_heap_growth()
     ckpt = NeoXCheckpoint(args.ckpt, args.step, args.config or ())
@@ -404,7 +403,6 @@ def convert(args) -> dict:
         tok_dir = os.path.dirname(os.path.abspath(vocab_file))
     reference = None
     if args.reference_tokens > 0:
-        from neox.interop.reference import reference_tokens, streamed_hf_loss
 
         tokens = reference_tokens(tok_dir or ckpt.dir, min(args.reference_tokens, keys["max_position_embeddings"]),
                                   keys["vocab_size"])

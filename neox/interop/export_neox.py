@@ -40,9 +40,12 @@ from neox.checkpoint.files import (
 )
 from neox.config import padded_vocab_size
 from neox.interop import gptneox_format as fmt
+from neox.interop.export_hf import find_tokenizer, hf_config
 from neox.interop.publish import check_out, publish_dir
+from neox.interop.reference import reference_tokens as tokens_for
+from neox.interop.reference import streamed_hf_loss
 from neox.model import partition
-from neox.model.hf_compat import ShardedWeights
+from neox.model.hf_compat import ShardedWeights, shard_hf_weights
 
 
 def gptneox_config(info: dict, tp: int, divisible_by: int, vocab_file, dtype: str,
@@ -77,7 +80,6 @@ def write_yaml(path: str, config: dict, header: str):
 
 
 def ours_as_hf(tp, info, ranks) -> ShardedWeights:
-    from neox.interop.export_hf import hf_config
 
     dims = partition.sizes(info)
     vocab = int(info["vocab_size"])
@@ -123,8 +125,6 @@ def export(ckpt: str, out: str, step=None, tp_out=None, layout="per-rank", dtype
     view = ours_as_hf(tp, info, ranks)
     record = {"qkv_layout": layout, "source": os.path.abspath(ckpt), "source_tag": tag, "reference": None}
     if reference_tokens > 0:
-        from neox.interop.reference import reference_tokens as tokens_for
-        from neox.interop.reference import streamed_hf_loss
 
         n = min(reference_tokens, int(info.get("max_position_embeddings") or reference_tokens))
         tokens = tokens_for(os.path.join(ckpt, "tokenizer"), n, vocab)
@@ -165,7 +165,6 @@ def export(ckpt: str, out: str, step=None, tp_out=None, layout="per-rank", dtype
 def rank_module(view, L, rank, tp, vocab, padded, dtype, dims) -> dict:
     """GPT-NeoX ``sequential.<i>.*`` tensors of one rank: our rank weight via partition, then the
     in-rank GPT-NeoX order."""
-    from neox.model.hf_compat import shard_hf_weights
 
     state = {}
     for name, t in shard_hf_weights(view, partition.expected_names(L), vocab, padded, rank, tp, dtype).items():
@@ -179,7 +178,6 @@ def copy_tokenizer(ckpt, info, tmp, out) -> tuple[str, str | None]:
     """The checkpoint's tokenizer into <out>/tokenizer/; (tokenizer_type, vocab_file) for both
     configs. A SentencePiece model (the converter's copy in <ckpt>/tokenizer/, else the run's
     vocab_file) is GPT-NeoX's SPMTokenizer; a Hugging Face tokenizer.json alone its HFTokenizer."""
-    from neox.interop.export_hf import find_tokenizer
 
     model, hf_dir = find_tokenizer(ckpt, info)
     hf_json = os.path.join(hf_dir, "tokenizer.json") if hf_dir else None

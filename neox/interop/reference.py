@@ -9,6 +9,8 @@ import os
 
 import torch
 
+from neox.model.hf_compat import FAMILIES
+
 # A fixed, math-flavoured reference text (written for this project).
 REFERENCE_TEXT = (
     "Theorem 1. Let $p$ be a prime and let $a$ be an integer not divisible by $p$. "
@@ -61,7 +63,6 @@ def streamed_hf_logits(weights, tokens: list[int], rope_theta: float | None = No
 
     import transformers
 
-    from neox.model.hf_compat import FAMILIES
 
     raw = dict(weights.config)
     model_type = raw.get("model_type", "llama")

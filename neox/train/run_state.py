@@ -23,11 +23,14 @@ from neox.checkpoint.atomic import (
     verify_manifest,
 )
 from neox.checkpoint.files import CheckpointError
+from neox.checkpoint.hooks import after_checkpoint
+from neox.checkpoint.lock import SaveLock, check_save_dir
 from neox.checkpoint.rng import restore_rng, rng_state
 from neox.config import NeoXConfig
 from neox.launch import faults
-from neox.launch.distributed import is_rank0
+from neox.launch.distributed import is_rank0, on_rank0_for_all
 from neox.log import get_logger
+from neox.model.planner import checkpoint_bytes
 from neox.train.guard import LossGuard, samples_of_batch
 
 log = get_logger(__name__)
@@ -152,7 +155,6 @@ def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_f
                 job=job)
     log.info(f"saved checkpoint global_step{step} to {save}")
     if cfg.checkpoint.eval_after_checkpoint and is_rank0():  # the checkpoint is complete by now
-        from neox.checkpoint.hooks import after_checkpoint
 
         after_checkpoint(cfg.checkpoint.eval_after_checkpoint, save, step)
 
@@ -179,9 +181,6 @@ def lock_save_dir(cfg: NeoXConfig) -> str:
 
     import torch
 
-    from neox.checkpoint.lock import SaveLock, check_save_dir
-    from neox.launch.distributed import on_rank0_for_all
-    from neox.model.planner import checkpoint_bytes
 
     save = cfg.checkpoint.save
     assert save is not None, "called only when the run saves"
