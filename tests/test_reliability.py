@@ -584,7 +584,7 @@ def test_a_stopped_rank_is_a_watchdog_exit_with_every_stack(toy_data, tmp_path):
 def test_distributed_timeout_minutes_reaches_every_process_group(toy_data):
     """One process of its own (process groups are per process): the default group and
     megatron-core's TP and DP groups all time out after the configured minutes."""
-    code = ("import sys, torch; sys.path.insert(0, '.'); from neox import distributed; "
+    code = ("import sys, torch; sys.path.insert(0, '.'); from neox.launch import distributed; "
             "from megatron.core import parallel_state as ps; distributed.init_distributed(1, 3); "
             "groups = [torch.distributed.distributed_c10d._get_default_group(), ps.get_tensor_model_parallel_group(), "
             "ps.get_data_parallel_group()]; "
