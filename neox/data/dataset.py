@@ -18,6 +18,7 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
 from neox.launch import faults
+from neox.data.names import component_name
 from neox.data.tokenizer import HFTokenizer, SentencePieceTokenizer, load_tokenizer  # noqa: F401  (the run's tokenizer)
 
 logging.getLogger("megatron.core.datasets").setLevel(logging.WARNING)
@@ -26,14 +27,6 @@ logging.getLogger("megatron.core.datasets").setLevel(logging.WARNING)
 def build_tokenizer(cfg):
     """The run's tokenizer: vocab_file, of the kind tokenizer_type names (SPMTokenizer or HFTokenizer)."""
     return load_tokenizer(cfg.data.vocab_file, cfg.data.tokenizer_type)
-
-
-def component_name(prefix: str) -> str:
-    """'.../arxiv_validation_text_document' -> 'arxiv' (used in metric names)."""
-    name = os.path.basename(prefix.rstrip("/"))
-    for suffix in ("_text_document", "_validation", "_valid", "_test", "_train"):
-        name = name[: -len(suffix)] if name.endswith(suffix) else name
-    return name
 
 
 def data_fingerprint(prefixes) -> str:

@@ -29,7 +29,7 @@ import yaml
 
 from neox.config import ConfigError, apply_overrides, config_from_flat, derived, load_yaml_files, validate
 
-from neox.data.dataset import component_name
+from neox.data.names import component_name
 
 from neox.errors import NeoxError
 

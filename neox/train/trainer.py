@@ -20,12 +20,12 @@ from neox.data.dataset import (
     build_eval_datasets,
     build_tokenizer,
     build_train_dataset,
-    component_name,
     component_of_sample,
     data_identity,
     format_mixture,
     mixture_table,
 )
+from neox.data.names import component_name
 from neox.exit_status import STOPPED as EXIT_REQUEUE
 from neox.launch import distributed, faults, stop_request
 from neox.launch.distributed import is_rank0
