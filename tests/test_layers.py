@@ -150,3 +150,27 @@ def test_no_function_over_80_lines_and_cli_modules_only_parse_arguments():
                 if folder == os.path.join(REPO, "neox", "cli") and len(text.splitlines()) > 200:
                     big.append(f"{os.path.relpath(path, REPO)}: {len(text.splitlines())} lines")
     assert long == [] and big == []
+
+
+def unannotated_public_functions(root: str = REPO) -> list[str]:
+    """Public functions and methods (no leading underscore) of neox/ and llemma_eval/ with a parameter
+    or the return value not annotated (``__init__`` returns nothing to annotate)."""
+    found = []
+    for module, path in sorted(modules(root).items()):
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name.startswith("_") \
+                    and node.name != "__init__":
+                continue
+            args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            params = [a.arg for a in args if a.annotation is None and a.arg not in ("self", "cls")]
+            params += [f"*{a.arg}" for a in (node.args.vararg, node.args.kwarg) if a is not None and a.annotation is None]
+            if params or (node.returns is None and node.name != "__init__"):
+                what = ", ".join(params) + ("; return" if node.returns is None and node.name != "__init__" else "")
+                found.append(f"{os.path.relpath(path, root)}:{node.lineno} {node.name}: {what.strip('; ')}")
+    return found
+
+
+def test_public_functions_are_annotated():
+    assert unannotated_public_functions() == []
