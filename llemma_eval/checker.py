@@ -14,7 +14,9 @@ import select
 import subprocess
 import sys
 import threading
+from collections.abc import Iterable
 from fractions import Fraction
+from typing import TextIO
 
 from llemma_eval.answers import normalize_math
 
@@ -97,7 +99,7 @@ def top_level_items(s: str) -> list[str]:
     return items + [s[start:]]
 
 
-def serve(stdin, stdout):
+def serve(stdin: Iterable[str], stdout: TextIO) -> None:
     """The child's loop: one JSON request [job, a, b] per line in, one JSON bool per line out."""
     import logging
     import warnings
@@ -205,7 +207,7 @@ class Checker:
     def math_verify(self, generation: str, solution: str) -> bool:
         return self._ask("math_verify", generation, solution, self.timeout)
 
-    def close(self):
+    def close(self) -> None:
         if self._proc is not None:
             self._proc.kill()
             self._proc.wait()

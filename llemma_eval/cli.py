@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 
 from llemma_eval import runs
 from llemma_eval.checker import DEFAULT_TIMEOUT, Checker
@@ -39,7 +40,7 @@ def is_trainer_checkpoint(path: str) -> bool:
         n.startswith("global_step") for n in os.listdir(path))
 
 
-def eval_options(p):
+def eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=DEFAULT_TASKS, help=f"comma-separated, of {', '.join(TASKS)}")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--data-dir", help="benchmark files as downloaded (default: the HF datasets cache)")
@@ -57,7 +58,7 @@ def eval_options(p):
     p.add_argument("--seed", type=int, default=1234)
 
 
-def usage_errors(args) -> str | None:
+def usage_errors(args: argparse.Namespace) -> str | None:
     """The one-line complaint about bad arguments, checked before any model is loaded."""
     try:
         check_tasks(args.tasks.split(","))
@@ -97,7 +98,7 @@ def usage_errors(args) -> str | None:
     return None
 
 
-def evaluate_source(args, source: str, out: str, step=None) -> dict:
+def evaluate_source(args: argparse.Namespace, source: str, out: str, step: int | None = None) -> dict:
     """An HF directory as it is; a trainer checkpoint exported to a temporary HF directory first."""
     from llemma_eval.runner import evaluate_model
 
@@ -115,7 +116,7 @@ def evaluate_source(args, source: str, out: str, step=None) -> dict:
         return evaluate_model(os.path.join(tmp, "hf"), tasks, out, **kwargs)
 
 
-def run_checkpoints(args) -> int:
+def run_checkpoints(args: argparse.Namespace) -> int:
     tasks = args.tasks.split(",")
     steps = runs.pending_steps(args.run, args.out, args.every, tasks)
     if args.step is not None:
@@ -136,7 +137,7 @@ def run_checkpoints(args) -> int:
     return 0
 
 
-def rescore(argv) -> int:
+def rescore(argv: Sequence[str]) -> int:
     import json
     import time
 
@@ -179,7 +180,7 @@ def rescore(argv) -> int:
     return 0
 
 
-def equiv(argv) -> int:
+def equiv(argv: Sequence[str]) -> int:
     """Answers often start with "-" ("-\\frac{1}{2}"), which argparse would take for an option:
     every argument but --timeout S and -h is an answer."""
     p = argparse.ArgumentParser(prog="run_eval.py equiv", description="Is PRED equal to GOLD as a MATH answer? "
@@ -223,7 +224,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def offline_without_data(args) -> None:
+def offline_without_data(args: argparse.Namespace) -> None:
     """No --data-dir and no hub: the datasets library would retry for half a minute and end in a
     long ConnectionError. Use the local datasets cache only (a miss then fails in one line)."""
     if args.data_dir or os.environ.get("HF_DATASETS_OFFLINE") == "1" or hub_reachable():
@@ -233,7 +234,7 @@ def offline_without_data(args) -> None:
           "the local datasets cache only", file=sys.stderr, flush=True)
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     require("evaluation", "lm_eval", "math_verify")  # the `eval` extra; one line naming it, not a traceback
     if argv and argv[0] == "rescore":

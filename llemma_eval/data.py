@@ -11,6 +11,7 @@ import glob
 import io
 import json
 import os
+from typing import Any
 
 from neox.errors import NeoxError
 
@@ -79,7 +80,7 @@ LAYOUTS = {"math": "MATH/test/<subject>/<n>.json (or MATH/test.jsonl)", "gsm8k":
            "ppl": "proof-pile-2/<component>/test/*.jsonl(.zst)"}
 
 
-def from_hub(kind: str, dataset_id: str, *args, **kwargs):
+def from_hub(kind: str, dataset_id: str, *args: Any, **kwargs: Any) -> Any:
     """datasets.load_dataset, or one line naming --data-dir and the file layout it expects."""
     import datasets
 
@@ -92,7 +93,7 @@ def from_hub(kind: str, dataset_id: str, *args, **kwargs):
                         f"files as downloaded: D/{LAYOUTS.get(kind, kind)}") from None
 
 
-def math_test(data_dir: str | None = None, **_):
+def math_test(data_dir: str | None = None, **_: Any) -> Any:
     if data_dir:
         return _dataset(math_rows(data_dir), os.path.join(data_dir, "MATH"))
     import datasets  # from the HF cache (HF_DATASETS_OFFLINE=1 on offline clusters)
@@ -101,7 +102,7 @@ def math_test(data_dir: str | None = None, **_):
     return datasets.DatasetDict({"test": datasets.concatenate_datasets(parts)})
 
 
-def gsm8k_test(data_dir: str | None = None, **_):
+def gsm8k_test(data_dir: str | None = None, **_: Any) -> Any:
     if data_dir:
         path = os.path.join(data_dir, "gsm8k", "test.jsonl")
         if not os.path.isfile(path):
@@ -112,7 +113,7 @@ def gsm8k_test(data_dir: str | None = None, **_):
     return datasets.DatasetDict({"test": from_hub("gsm8k", "openai/gsm8k", "main", split="test")})
 
 
-def proof_pile_2_test(data_dir: str | None = None, **_):
+def proof_pile_2_test(data_dir: str | None = None, **_: Any) -> Any:
     """Held-out documents of each component present, tagged with their component."""
     if data_dir:
         root = os.path.join(data_dir, "proof-pile-2")

@@ -19,13 +19,14 @@ import re
 
 from llemma_eval import answers as ans
 from llemma_eval import data
+from llemma_eval.checker import Checker
 from llemma_eval.upstream import minerva, upstream_yaml
 
 PROTOCOLS = ("default", "llemma")
 
 
 @functools.lru_cache(maxsize=None)
-def gsm8k_strict():
+def gsm8k_strict() -> tuple[re.Pattern[str], list[re.Pattern[str]]]:
     """lm-eval's gsm8k-cot "strict-match": its answer regex and the strings its exact match ignores."""
     cot = upstream_yaml("gsm8k/gsm8k-cot.yaml")
     strict = next(f for f in cot["filter_list"] if f["name"] == "strict-match")
@@ -54,10 +55,10 @@ class MathKind:
             return None if raw == "[invalidanswer]" else m.normalize_final_answer(raw)
         return ans.extract_math_answer(generation)
 
-    def equal(self, pred: str, gold: str, protocol: str, checker) -> bool:
+    def equal(self, pred: str, gold: str, protocol: str, checker: Checker) -> bool:
         return checker.llemma_equal(pred, gold) if protocol == "llemma" else checker.equal(pred, gold)
 
-    def key(self, answer: str, protocol: str):
+    def key(self, answer: str, protocol: str) -> str | None:
         return answer if protocol == "llemma" else ans.normalize_math(answer)
 
     def missing_data(self, data_dir: str) -> str | None:
@@ -80,10 +81,10 @@ class Gsm8kKind:
             return m.group(1) if m else None
         return ans.extract_gsm8k_answer(generation)
 
-    def equal(self, pred: str, gold: str, protocol: str, checker) -> bool:
+    def equal(self, pred: str, gold: str, protocol: str, checker: Checker | None) -> bool:
         return self.key(pred, protocol) == self.key(gold, protocol)
 
-    def key(self, answer: str, protocol: str):
+    def key(self, answer: str, protocol: str) -> str | None:
         if protocol == "llemma":  # lm-eval's exact match: strip what it ignores, then compare strings
             for r in gsm8k_strict()[1]:
                 answer = r.sub("", answer)

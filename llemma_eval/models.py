@@ -11,11 +11,14 @@ log-softmax and sums the log-probabilities in the logits' dtype, and in bf16 tha
 perplexity 0.8% above the float32 value. vLLM returns float32 log-probabilities itself.
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class _BosOnceRolling:
     _in_rolling = False
 
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         self._in_rolling = True
         try:
             # a mixin: super() is the lm-eval LM it is combined with in make_lm
@@ -23,10 +26,12 @@ class _BosOnceRolling:
         finally:
             self._in_rolling = False
 
-    def tok_encode(self, string, add_special_tokens=None, **kwargs):
+    def tok_encode(self, string: str | Sequence[str], add_special_tokens: bool | None = None,
+                   **kwargs: Any) -> list[int] | list[list[int]]:
         if self._in_rolling:
             add_special_tokens = False
-        return super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
+        # the mixin's super() is the lm-eval LM of make_lm, which mypy cannot see
+        return super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)  # type: ignore[misc]
 
 
 class _Float32Logits:
@@ -34,8 +39,9 @@ class _Float32Logits:
         return super()._model_call(*args, **kwargs).float()
 
 
-def make_lm(backend: str, model_dir: str, batch_size=None, device: str = "cpu", dtype: str = "auto",
-            tensor_parallel_size: int = 1, max_length: int | None = None, seed: int = 1234):
+def make_lm(backend: str, model_dir: str, batch_size: int | str | None = None, device: str = "cpu",
+            dtype: str = "auto", tensor_parallel_size: int = 1, max_length: int | None = None,
+            seed: int = 1234) -> Any:
     """An lm-eval LM for an HF directory: 'hf' (CPU or GPU) or 'vllm' (GPUs)."""
     default_batch = {"hf": 1, "vllm": "auto"}.get(backend)  # vLLM schedules its own batches
     common = {"pretrained": model_dir, "dtype": dtype, "batch_size": batch_size or default_batch}

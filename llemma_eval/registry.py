@@ -14,7 +14,7 @@ def kinds() -> dict:
                                 tool_use.MATH_PYTHON)}
 
 
-def kind(name: str):
+def kind(name: str) -> MathKind | Gsm8kKind | stem.OcwKind | stem.McKind:
     if name not in kinds():
         raise ValueError(f"unknown task kind {name!r}; known: {sorted(kinds())}")
     return kinds()[name]

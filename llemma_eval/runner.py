@@ -11,6 +11,7 @@ import math
 import os
 import random
 import time
+from typing import Any
 
 from tqdm import tqdm
 
@@ -98,7 +99,7 @@ def _ppl_records(samples, tokenizer):
 
 
 def summarize_ppl(records: list[dict]) -> dict:
-    def ppl(rs):
+    def ppl(rs: list[dict]) -> dict[str, float]:
         ll, toks, nbytes = (sum(r[key] for r in rs) for key in ("loglikelihood", "tokens", "bytes"))
         return {"token_perplexity": math.exp(-ll / toks), "bits_per_byte": -ll / nbytes / math.log(2), "n": len(rs)}
 
@@ -113,9 +114,10 @@ def summarize_ppl(records: list[dict]) -> dict:
             "metrics": metrics, "components": {c: m["n"] for c, m in by_comp.items()}}
 
 
-def evaluate_model(model_dir: str, tasks: list[str], out: str, backend: str = "hf", data_dir=None,
-                   limit=None, k=None, batch_size=None, device: str = "cpu", dtype: str = "auto",
-                   tensor_parallel_size: int = 1, max_gen_toks=None, workers: int = 4,
+def evaluate_model(model_dir: str, tasks: list[str], out: str, backend: str = "hf",
+                   data_dir: str | None = None, limit: int | None = None, k: int | None = None,
+                   batch_size: int | str | None = None, device: str = "cpu", dtype: str = "auto",
+                   tensor_parallel_size: int = 1, max_gen_toks: int | None = None, workers: int = 4,
                    timeout: float = 5.0, seed: int = 1234) -> dict:
     """Evaluates model_dir on tasks; returns and writes results.json (per task: metric, value, n, k, seconds)."""
     check_tasks(tasks)
@@ -161,7 +163,7 @@ class _TruncationOncePerTask(logging.Filter):
 
     said = False
 
-    def filter(self, record):
+    def filter(self, record: logging.LogRecord) -> bool:
         if not record.getMessage().startswith("Left truncation applied"):
             return True
         said, self.said = self.said, True
@@ -172,7 +174,7 @@ _truncation = _TruncationOncePerTask()
 logging.getLogger("lm_eval.models.huggingface").addFilter(_truncation)
 
 
-def fit_generation_budget(task, name: str, context: int, requested=None) -> None:
+def fit_generation_budget(task: Any, name: str, context: int, requested: int | None = None) -> None:
     """The task's generation length (or --max-gen-toks), clipped with one warning line when it
     leaves the model's context no room for a prompt (a toy model of 128 positions)."""
     budget = requested_or_default = requested or task.config.generation_kwargs.get("max_gen_toks", 256)
@@ -187,7 +189,7 @@ def fit_generation_budget(task, name: str, context: int, requested=None) -> None
         task.set_config(key="generation_kwargs", value={"max_gen_toks": budget}, update=True)
 
 
-def write_results(out: str, results: dict, step=None) -> None:
+def write_results(out: str, results: dict, step: int | None = None) -> None:
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(out, "results.md"), "w") as f:

@@ -46,6 +46,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from types import TracebackType
 
 from neox.errors import NeoxError
 
@@ -208,7 +210,8 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _remove_tree(path: str) -> None:
-    def unlock(func, p, _exc):  # a directory the program made unwritable or unsearchable
+    def unlock(func: Callable[[str], object], p: str,  # a directory the program made unwritable or unsearchable
+               _exc: tuple[type[BaseException], BaseException, TracebackType]) -> None:
         try:
             os.chmod(os.path.dirname(p), stat.S_IRWXU)
             os.chmod(p, stat.S_IRWXU)

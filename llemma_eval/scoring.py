@@ -17,17 +17,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tqdm import tqdm
 
-from llemma_eval.checker import DEFAULT_TIMEOUT, close_thread_checkers, thread_checker
-from llemma_eval.kinds import PROTOCOLS
+from llemma_eval.checker import DEFAULT_TIMEOUT, Checker, close_thread_checkers, thread_checker
+from llemma_eval.kinds import PROTOCOLS, Gsm8kKind, MathKind
 from llemma_eval.registry import kind
+from llemma_eval.stem import McKind, OcwKind
 from llemma_eval.voting import majority_vote
 
 
-def score_protocol(task_kind, protocol: str, reference: str, generations: list[str], checker) -> dict:
+def score_protocol(task_kind: MathKind | Gsm8kKind | OcwKind | McKind, protocol: str, reference: str,
+                   generations: list[str], checker: Checker) -> dict:
     gold = task_kind.gold(reference, protocol)
     extracted = [task_kind.extract(g, protocol) for g in generations]
 
-    def equal(a, b):
+    def equal(a: str | None, b: str | None) -> bool:
         return a is not None and b is not None and task_kind.equal(a, b, protocol, checker)
 
     correct = [equal(a, gold) for a in extracted]

@@ -18,8 +18,10 @@ llemma_eval.upstream_tasks; their data loaders are here.
 import csv
 import os
 import re
+from typing import Any
 
 from llemma_eval.answers import extract_math_answer, last_boxed
+from llemma_eval.checker import Checker
 from llemma_eval.data import DataError, _dataset, _require, from_hub, read_jsonl
 from llemma_eval.upstream import minerva as _minerva
 from llemma_eval.upstream import upstream_yaml
@@ -56,7 +58,7 @@ def ocw_rows(data_dir: str) -> list[dict]:
             for r in (_require(r, ("problem", "answer"), path) for r in rows)]
 
 
-def ocw_test(data_dir: str | None = None, **_):
+def ocw_test(data_dir: str | None = None, **_: Any) -> Any:
     if data_dir:
         return _dataset(ocw_rows(data_dir), os.path.join(data_dir, "ocw", "test.jsonl"))
     import datasets
@@ -90,7 +92,7 @@ def mmlu_stem_rows(data_dir: str) -> list[dict]:
     return rows
 
 
-def mmlu_stem_test(data_dir: str | None = None, **_):
+def mmlu_stem_test(data_dir: str | None = None, **_: Any) -> Any:
     if data_dir:
         return _dataset(mmlu_stem_rows(data_dir), os.path.join(data_dir, "mmlu", "test"))
 
@@ -117,14 +119,14 @@ def sat_rows(data_dir: str) -> list[dict]:
     return out
 
 
-def sat_test(data_dir: str | None = None, **_):
+def sat_test(data_dir: str | None = None, **_: Any) -> Any:
     if not data_dir:
         raise DataError("SAT: no hub dataset is known; pass --data-dir D with D/sat/test.jsonl "
                         "(fields question, options, answer)")
     return _dataset(sat_rows(data_dir), os.path.join(data_dir, "sat", "test.jsonl"))
 
 
-def math500_test(data_dir: str | None = None, **_):
+def math500_test(data_dir: str | None = None, **_: Any) -> Any:
     if data_dir:
         path, rows = _jsonl(data_dir, "MATH-500/test.jsonl", "MATH-500", "problem, solution, answer")
         return _dataset([_require(r, ("problem", "solution", "answer"), path) for r in rows], path)
@@ -157,15 +159,15 @@ def _aime(name: str, data_dir: str | None):
     return _dataset([_aime_doc(r, pkey, akey, cfg["dataset_path"]) for r in ds], cfg["dataset_path"])
 
 
-def aime_test(data_dir: str | None = None, **_):
+def aime_test(data_dir: str | None = None, **_: Any) -> Any:
     return _aime("aime", data_dir)
 
 
-def aime24_test(data_dir: str | None = None, **_):
+def aime24_test(data_dir: str | None = None, **_: Any) -> Any:
     return _aime("aime24", data_dir)
 
 
-def aime25_test(data_dir: str | None = None, **_):
+def aime25_test(data_dir: str | None = None, **_: Any) -> Any:
     return _aime("aime25", data_dir)
 
 
@@ -364,7 +366,7 @@ class OcwKind:
             return None if raw == "[invalidanswer]" else utils.normalize_final_answer(raw)
         return extract_math_answer(generation)
 
-    def equal(self, pred: str, gold: str, protocol: str, checker) -> bool:
+    def equal(self, pred: str, gold: str, protocol: str, checker: Checker) -> bool:
         if pred is None or gold is None:
             return False
         kind = ocw_answer_type(gold)
@@ -380,7 +382,7 @@ class OcwKind:
         compare = checker.llemma_equal if protocol == "llemma" else checker.equal
         return bool(compare(pred, gold))
 
-    def key(self, answer: str, protocol: str):
+    def key(self, answer: str, protocol: str) -> str:
         """Identical keys are one vote: the answer without $, spacing and \\boxed (llemma: as extracted)."""
         return answer if protocol == "llemma" else re.sub(r"\s+", "", _clean(answer))
 
@@ -424,10 +426,10 @@ class McKind:
     def extract(self, generation: str, protocol: str) -> str | None:
         return extract_choice(generation, protocol)
 
-    def equal(self, pred: str, gold: str, protocol: str, checker) -> bool:
+    def equal(self, pred: str, gold: str, protocol: str, checker: Checker | None) -> bool:
         return pred is not None and gold is not None and pred.upper() == gold.upper()
 
-    def key(self, answer: str, protocol: str):
+    def key(self, answer: str, protocol: str) -> str:
         return answer.upper()
 
     def missing_data(self, data_dir: str) -> str | None:

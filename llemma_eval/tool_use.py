@@ -27,6 +27,7 @@ import threading
 from collections import OrderedDict
 
 from llemma_eval import answers as ans
+from llemma_eval.checker import Checker
 from llemma_eval.kinds import Gsm8kKind, MathKind
 from llemma_eval.sandbox import SandboxUnavailable, run_program  # noqa: F401  (SandboxUnavailable: re-exported)
 from llemma_eval.upstream import minerva
@@ -238,10 +239,10 @@ class Gsm8kPythonKind(Gsm8kKind):
     def extract(self, generation: str, protocol: str) -> str | None:
         return _answer(generation, protocol, "number", self.timeout_s)
 
-    def equal(self, pred: str, gold: str, protocol: str, checker) -> bool:
+    def equal(self, pred: str, gold: str, protocol: str, checker: Checker | None) -> bool:
         return _numeric_equal(pred, gold)
 
-    def key(self, answer: str, protocol: str):
+    def key(self, answer: str, protocol: str) -> str | None:
         return ans.normalize_number(answer)
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 
 from llemma_eval.stem import MMLU_STEM_SUBJECTS
 
@@ -121,7 +122,7 @@ def write_all(root: str, corpus: str | None = None) -> str:
     return root
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out")
     p.add_argument("--corpus", default=os.path.join("data", "toy", "corpus"),

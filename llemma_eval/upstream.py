@@ -3,6 +3,7 @@ Minerva's MATH utilities (answer extraction, normalisation, prompt format; lm-ev
 
 import functools
 import os
+from types import ModuleType
 
 
 @functools.lru_cache(maxsize=None)
@@ -16,7 +17,7 @@ def upstream_yaml(relpath: str) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def minerva():
+def minerva() -> ModuleType:
     """lm-eval's minerva_math utils module."""
     from lm_eval.tasks.minerva_math import utils  # lm-eval[math]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import sys
+from collections.abc import Iterator
 
 from neox.exit_status import FAILED
 
@@ -56,7 +57,7 @@ def missing_extra_line(e: ModuleNotFoundError, needed_for: str) -> str | None:
 
 
 @contextlib.contextmanager
-def one_line_errors(command: str):
+def one_line_errors(command: str) -> Iterator[None]:
     """Around an entry point's main(): a NeoxError a program did not report itself, or a missing
     optional dependency, ends it with one `error:` line and the error's status, not a traceback."""
     try:

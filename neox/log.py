@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any, TextIO
 
 ROOT = "neox"
 ALL_RANKS = {"all_ranks": True}  # extra= for a record every rank shows
@@ -44,11 +45,11 @@ class _CurrentStdout(logging.StreamHandler):
     """Writes to sys.stdout as it is when the record comes (a test's capture, a redirected stream)."""
 
     @property
-    def stream(self):
+    def stream(self) -> TextIO:
         return sys.stdout
 
     @stream.setter
-    def stream(self, _):
+    def stream(self, _: Any) -> None:
         pass
 
 

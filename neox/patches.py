@@ -16,7 +16,9 @@ import importlib.metadata
 import inspect
 import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 PINS = {"deepspeed": "0.19.8", "megatron-core": "0.16.1"}
 
@@ -45,7 +47,7 @@ class Patch:
         return ok
 
 
-def resolve(dotted: str):
+def resolve(dotted: str) -> Any:
     """The object a dotted path names: the longest importable module, then attributes."""
     parts = dotted.split(".")
     for i in range(len(parts), 0, -1):
@@ -96,7 +98,7 @@ PATCHES = {p.name: p for p in (
 )}
 
 
-def quiet_bf16_memory_report():
+def quiet_bf16_memory_report() -> None:
     """DeepSpeed's bf16 optimizer forces a memory report (five times two lines on rank 0) that
     would open every Slurm log: its module's see_memory_usage becomes a no-op."""
     if PATCHES["quiet_bf16_memory_report"].applies():
@@ -105,7 +107,7 @@ def quiet_bf16_memory_report():
         bf16_optimizer.see_memory_usage = lambda *args, **kwargs: None
 
 
-def copy_first_gradient(opt):
+def copy_first_gradient(opt: Any) -> None:
     """DeepSpeed's BF16_Optimizer zeroes its fp32 gradient buffers after every step and adds each
     micro batch's bf16 gradients into them through an fp32 temporary. Here the first micro batch
     of a step writes its gradient in (a converting copy: 0 + g is g, bit for bit), later micro
@@ -120,7 +122,7 @@ def copy_first_gradient(opt):
     has_grad = opt.fp32_groups_has_gradients
 
     @torch.no_grad()
-    def update_hp_grad(lp, group_idx, param_idx, clear_lp_grads):
+    def update_hp_grad(lp: torch.nn.Parameter, group_idx: int, param_idx: int, clear_lp_grads: bool) -> None:
         if lp.grad is None:
             return
         hp_grad = opt.fp32_groups_gradients[group_idx][param_idx]
@@ -128,18 +130,18 @@ def copy_first_gradient(opt):
             hp_grad.add_(lp.grad.to(hp_grad.dtype).view(hp_grad.shape))
         else:
             hp_grad.copy_(lp.grad.view(hp_grad.shape))
-        lp._hp_grad = hp_grad
+        lp._hp_grad = hp_grad  # type: ignore[attr-defined]  # DeepSpeed's own attribute, unknown to torch's stubs
         has_grad[group_idx][param_idx] = True
         if clear_lp_grads:
             lp.grad.zero_()
 
-    def clear_hp_grads():
+    def clear_hp_grads() -> None:
         for i, group in enumerate(opt.fp32_groups_gradients):
             has_grad[i] = [False] * len(group)
 
     deepspeed_step = opt.step
 
-    def step(closure=None):
+    def step(closure: Callable[[], Any] | None = None) -> Any:
         stale = [g for i, group in enumerate(opt.fp32_groups_gradients)
                  for j, g in enumerate(group) if not has_grad[i][j]]
         if stale:
@@ -150,19 +152,20 @@ def copy_first_gradient(opt):
 
 
 @contextlib.contextmanager
-def checkpoint_writes_keep_first_error(engine, before_write=None):
+def checkpoint_writes_keep_first_error(engine: Any, before_write: Callable[[], object] | None = None
+                                       ) -> Iterator[list[Exception]]:
     """During engine.save_checkpoint: each file write of this rank (the checkpoint engine's save,
     rank 0's copy of DeepSpeed's recovery scripts) that raises is kept instead of raised, and the
     rest of this rank's writes are skipped, so the rank still reaches every collective of the save
     (it ends in a barrier). Yields the list of kept errors; the caller raises the first one after
     the save returned. ``before_write`` runs before each write (the test-only write fault)."""
-    errors = []
+    errors: list[Exception] = []
     if not PATCHES["checkpoint_write_errors"].applies():
         yield errors
         return
 
-    def keep_first_error(write):
-        def guarded(*args, **kwargs):
+    def keep_first_error(write: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded(*args: Any, **kwargs: Any) -> Any:
             if errors:
                 return None
             try:
@@ -188,7 +191,7 @@ def checkpoint_writes_keep_first_error(engine, before_write=None):
                 setattr(obj, name, old)
 
 
-def spend_megatron_warning():
+def spend_megatron_warning() -> None:
     """megatron-core's linear layers warn once, from inside their forward, when TP > 1 and
     CUDA_DEVICE_MAX_CONNECTIONS is not 1 (a warning neox.launch.quiet filters out: not actionable here);
     in a compiled block that warnings.warn would be a graph break and a recompile, so it is marked

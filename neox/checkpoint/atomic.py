@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+from typing import Any
 
 import torch
 
@@ -64,7 +65,7 @@ def complete_tags(save: str) -> list[str]:
     return sorted(tags, key=step_of)
 
 
-def latest_complete_tag(save: str):
+def latest_complete_tag(save: str) -> str | None:
     """The tag to resume from: `latest` if it is complete, else the newest complete one."""
     return resume_tag(save)[0]
 
@@ -93,8 +94,8 @@ def resume_tag(save: str) -> tuple[str | None, list[str]]:
     return chosen, warnings
 
 
-def save_atomic(engine, save: str, step: int, client_state: dict, keep_last: int | None, rank0: bool,
-                extra_files: dict | None = None, job: str = "job"):
+def save_atomic(engine: Any, save: str, step: int, client_state: dict, keep_last: int | None, rank0: bool,
+                extra_files: dict | None = None, job: str = "job") -> None:
     """Write global_step<step> by the protocol above; prune old complete checkpoints. The temp
     directory carries the job's identity (neox.checkpoint.lock), so two writers never share one."""
     tag = f"global_step{step}"
@@ -187,7 +188,7 @@ def _write_manifest(directory: str):
         json.dump(sizes, f, indent=1, sort_keys=True)
 
 
-def verify_manifest(directory: str):
+def verify_manifest(directory: str) -> None:
     """Every file the checkpoint was written with is there with its size (cheap: no reads)."""
     path = os.path.join(directory, MANIFEST)
     if not os.path.isfile(path):
@@ -203,7 +204,7 @@ def verify_manifest(directory: str):
             raise CheckpointError(f"checkpoint file {file} is corrupt: {actual} bytes, written with {size}")
 
 
-def find_corrupt_file(directory: str):
+def find_corrupt_file(directory: str) -> tuple[str, str] | tuple[None, None]:
     """After a failed load: the first .pt file of the checkpoint that torch cannot read, with why."""
     for root, _, files in os.walk(directory):
         for name in sorted(files):

@@ -17,7 +17,8 @@ import json
 import os
 import re
 import sys
-from typing import Optional
+from collections.abc import Callable, Iterable
+from typing import Any, Optional
 
 import torch
 
@@ -60,19 +61,20 @@ class _SafetensorsFile:
         self.base = 8 + n
         self.header = header
 
-    def keys(self):
+    def keys(self) -> list[str]:
         return list(self.header)
 
-    def shape(self, name) -> tuple:
+    def shape(self, name: str) -> tuple:
         return tuple(self.header[name]["shape"])
 
-    def read_rows(self, name, start=None, end=None) -> torch.Tensor:
+    def read_rows(self, name: str, start: int | None = None, end: int | None = None) -> torch.Tensor:
         info = self.header[name]
         if info["dtype"] not in _ST_DTYPES:
             raise CheckpointError(f"{self.path}: tensor '{name}' has unsupported dtype {info['dtype']}")
         dtype, shape = _ST_DTYPES[info["dtype"]], list(info["shape"])
         rows = shape[0] if shape else 1
         start, end = (0, rows) if start is None else (start, end)
+        assert end is not None, "a row range is given with both ends"
         row_bytes = (info["data_offsets"][1] - info["data_offsets"][0]) // max(rows, 1)
         out = torch.empty([end - start] + shape[1:], dtype=dtype) if shape else torch.empty((), dtype=dtype)
         with open(self.path, "rb") as f:
@@ -131,18 +133,18 @@ class HFWeights:
             raise CheckpointError(f"tensor '{name}' not found in {self.dir}")
         return self._open[self._where[name]]
 
-    def names(self):
+    def names(self) -> list[str]:
         return list(self._where)
 
-    def shape(self, name) -> tuple:
+    def shape(self, name: str) -> tuple:
         h = self._handle(name)
         return tuple(h[name].shape) if self._kind == "bin" else h.shape(name)
 
-    def get(self, name) -> torch.Tensor:
+    def get(self, name: str) -> torch.Tensor:
         h = self._handle(name)
         return h[name].clone() if self._kind == "bin" else h.read_rows(name)
 
-    def get_slice(self, name, dim: int, start: int, end: int) -> torch.Tensor:
+    def get_slice(self, name: str, dim: int, start: int, end: int) -> torch.Tensor:
         """Rows (dim 0) or columns (dim 1) [start, end) of a 2-D tensor."""
         h = self._handle(name)
         if self._kind == "bin":
@@ -204,7 +206,7 @@ def weights_of(state: dict) -> dict:
     return {k: v for k, v in state["module"].items() if not k.endswith("_extra_state")}
 
 
-def unfused_hint(names) -> str:
+def unfused_hint(names: Iterable[str]) -> str:
     """Explains a checkpoint written before q/k/v and gate/up were fused (empty if it is not one)."""
     if any(partition.is_unfused_part(n) for n in names):
         return (" (separate q/k/v or gate/up weights: the checkpoint predates fused qkv_proj/gate_up_proj; "
@@ -234,12 +236,13 @@ def open_checkpoint(ckpt_dir: str, step: Optional[int] = None) -> tuple[str, int
     return tag, tp, ranks, checkpoint_model_info(ckpt_dir, tag, ranks[0])
 
 
-def load_finetune_weights(model, cfg):
+def load_finetune_weights(model: Any, cfg: NeoXConfig) -> dict | None:
     """``finetune: true``: this rank's weights from <load>/latest; nothing else is restored.
 
     Refuses, with the reason, a checkpoint written for another TP size, another model shape or
     another RoPE theta (re-convert with --rope-theta to change it)."""
     load = cfg.checkpoint.load
+    assert load is not None, "finetune: validate() requires load"
     tag = resolve_tag(load)
     tp = tensor_parallel_size(load, tag)
     if tp != cfg.parallel.model_parallel_size:
@@ -268,7 +271,7 @@ def load_finetune_weights(model, cfg):
     return state.get("neox_conversion")
 
 
-def config_for_checkpoint(info: dict, tp: int, **overrides):
+def config_for_checkpoint(info: dict, tp: int, **overrides: Any) -> NeoXConfig:
     """A validated trainer config for running a checkpoint's model (e.g. to verify or export)."""
 
     flat = {k: v for k, v in info.items() if k in KEY_TO_SECTION and KEY_TO_SECTION[k] == "model"}
@@ -281,7 +284,7 @@ def config_for_checkpoint(info: dict, tp: int, **overrides):
     return validate(cfg, dry_run=True)
 
 
-def run_tool(fn, *args) -> int:
+def run_tool(fn: Callable[..., object], *args: Any) -> int:
     """Runs a tool's ``fn``: exit status 0, or FAILED with one `error:` line when it raises CheckpointError."""
 
     try:

@@ -98,7 +98,7 @@ def io_cause(error: Exception, directory: str) -> str:
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
-def check_save_dir(save: str, needed_bytes: int):
+def check_save_dir(save: str, needed_bytes: int) -> None:
     """At start: <save> can be created and written (a probe file) and holds one checkpoint."""
     try:
         os.makedirs(save, exist_ok=True)
@@ -169,7 +169,7 @@ class SaveLock:
             except OSError:
                 return
 
-    def release(self):
+    def release(self) -> None:
         self._stop.set()
         try:
             with open(self.path) as f:

@@ -36,11 +36,13 @@ from __future__ import annotations
 import glob
 import os
 import re
+from typing import Any
 
 import torch
 from megatron.core import parallel_state as ps
 
 from neox.checkpoint.files import CheckpointError, load_rank, tensor_parallel_size
+from neox.config import ModelArgs, NeoXConfig
 from neox.model import partition
 from neox.model.hf_compat import shard_hf_weights
 
@@ -56,12 +58,12 @@ def saved_layout(directory: str, tag: str) -> tuple[int, int | None]:
     return tp, (max(dps) + 1 if dps else None)
 
 
-def supported(cfg) -> bool:
+def supported(cfg: NeoXConfig) -> bool:
     """Resharding rebuilds the state from ZeRO optimizer files (stage 1 or 2)."""
     return int(cfg.optim.zero_optimization.get("stage", 0)) in (1, 2)
 
 
-def needed(cfg, directory: str, tag: str) -> bool:
+def needed(cfg: NeoXConfig, directory: str, tag: str) -> bool:
     """True when the checkpoint's layout differs from this job's in a way a plain load cannot take:
     another TP size, or (with ZeRO) another DP size."""
     tp, dp = saved_layout(directory, tag)
@@ -72,8 +74,9 @@ class SavedState:
     """The full (unsharded, vocabulary unpadded) fp32 master weight and Adam moments of every
     parameter of a ZeRO checkpoint, read one parameter at a time from memory-mapped files."""
 
-    def __init__(self, directory: str, tag: str, model_args):
+    def __init__(self, directory: str, tag: str, model_args: ModelArgs):
         self.path = os.path.join(directory, tag)
+        assert model_args.vocab_size is not None, "a training run's vocab_size is set (validate() read it)"
         self.vocab_size = model_args.vocab_size
         self.dims = partition.sizes(model_args)
         self.tp, dp = saved_layout(directory, tag)
@@ -125,7 +128,7 @@ class SavedState:
         parts = partition.unshard(shards, name, self.dims)
         return {hf: partition.strip_vocab(t, name, self.vocab_size) for hf, t in zip(partition.hf_names(name), parts)}
 
-    def step(self, group: int):
+    def step(self, group: int) -> torch.Tensor | float:
         step = self.optim[0, 0]["base_optimizer_state"]["state"][group]["step"]
         return step.clone() if torch.is_tensor(step) else step
 
@@ -138,9 +141,11 @@ class SavedState:
 
 
 @torch.no_grad()
-def load_resharded(engine, cfg, directory: str, tag: str) -> dict:
+def load_resharded(engine: Any, cfg: NeoXConfig, directory: str, tag: str) -> dict:
     """Load master weights, Adam state and step counters of a checkpoint written at another
     layout into ``engine`` (already built for this job's layout). Returns the client state."""
+    assert cfg.model.vocab_size is not None and cfg.padded_vocab_size is not None, \
+        "a training run's vocab_size is set (validate() read it from the tokenizer)"
     saved = SavedState(directory, tag, cfg.model)
     opt = engine.optimizer  # DeepSpeed's ZeRO-1/2 optimizer or its BF16_Optimizer
     lp_groups = opt.bf16_groups if hasattr(opt, "bf16_groups") else opt.bit16_groups

@@ -15,7 +15,7 @@ def rng_state() -> dict:
     return state
 
 
-def restore_rng(state: dict | None):
+def restore_rng(state: dict | None) -> None:
     if not state:
         return
     random.setstate(state["python"])

@@ -5,6 +5,7 @@ when their command runs: importing this package costs nothing)."""
 
 import importlib
 import sys
+from collections.abc import Sequence
 
 # command -> (module with main(argv), one line of help); the command is the tools/ file's name
 COMMANDS = {
@@ -44,7 +45,7 @@ def resolve(name: str) -> str | None:
     return name if name in COMMANDS else None
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), end="")

@@ -12,11 +12,12 @@ just loads them, on every rank and every restart.
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 
 from neox.config import ConfigError, load_config
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("configs", nargs="+")
     p.add_argument("-o", "--override", action="append", default=[])

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 
 from neox.data import overlap
 
@@ -140,10 +141,10 @@ def _join(argv):
     print(md, end="")
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     command = {"merge": _merge, "join": _join, "filter": _filter, "filter-merge": _filter_merge}.get(
-        argv[0] if argv else None, _scan)
+        argv[0] if argv else None, _scan)  # type: ignore[arg-type]  # typeshed's dict.get takes no None key
     try:
         command(argv[1:] if command is not _scan else argv)
     except overlap.OverlapError as e:

@@ -15,15 +15,17 @@ import re
 import signal
 import sys
 import threading
+from collections.abc import Sequence
+from typing import IO, TextIO
 
 from neox import exit_status
-from neox.config import ConfigError, derived, load_config
+from neox.config import ConfigError, NeoXConfig, derived, load_config
 from neox.launch.local_launch import RANK_CONFIG_FLAG
 from neox.launch.ports import free_port
 from neox.launch.stop_request import SIGNALS as STOP_SIGNALS
 
 
-def parse_args(argv):
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("script", help="training script, normally train.py")
     p.add_argument("configs", nargs="*", help="YAML files, merged in order")
@@ -80,7 +82,7 @@ def encode_config(flat: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(flat).encode()).decode()
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.configs, args.override, dry_run=args.dry_run)
@@ -142,7 +144,7 @@ def note_stop_requests() -> list:
     return noted
 
 
-def check_before_spawn(cfg):
+def check_before_spawn(cfg: NeoXConfig) -> None:
     """The data (neox.data.check) and the save directory: writable, room for a checkpoint."""
     from neox.checkpoint.lock import check_save_dir
     from neox.data.check import check_data
@@ -154,7 +156,7 @@ def check_before_spawn(cfg):
         check_save_dir(cfg.checkpoint.save, checkpoint_bytes(cfg))
 
 
-def startup_line(cfg, info: dict, cuda: bool, log_path: str) -> str:
+def startup_line(cfg: NeoXConfig, info: dict, cuda: bool, log_path: str) -> str:
     device = "GPUs, nccl" if cuda else "CPU, gloo"
     params = f"{info['num_parameters']:,} parameters, " if "num_parameters" in info else ""
     return (f"deepy: {cfg.parallel.num_gpus} processes ({device}; TP {cfg.parallel.model_parallel_size} x DP "
@@ -176,7 +178,7 @@ def run_quietly(cmd: list, num_ranks: int, port: int, env: dict, log_path: str, 
     with open(log_path, "a") as log:
         lock = threading.Lock()
 
-        def pump(stream, out):
+        def pump(stream: IO[str], out: TextIO) -> None:
             for line in stream:
                 with lock:
                     log.write(line)

@@ -15,11 +15,12 @@ The same --seed and --scale always give byte-identical files.
 """
 
 import argparse
+from collections.abc import Sequence
 
 from neox.data.toy_corpus import make_corpus
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=1234)

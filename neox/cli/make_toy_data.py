@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 
 from neox.cli import train_toy_tokenizer
 from neox.data import toy_corpus as make_toy_corpus
@@ -29,7 +30,7 @@ LIBRARIES = ("sentencepiece", "zstandard", "megatron-core", "numpy")
 STAMP = ".complete"
 
 
-def build_hash(args):
+def build_hash(args: argparse.Namespace) -> str:
     h = hashlib.sha256()
     for name in SOURCES:
         with open(os.path.join(PACKAGE, name), "rb") as f:
@@ -41,7 +42,7 @@ def build_hash(args):
     return h.hexdigest()
 
 
-def build(tmp, args):
+def build(tmp: str, args: argparse.Namespace) -> tuple[dict, dict[str, float]]:
     """Run the three steps into `tmp`; returns (summary dict, timings dict)."""
     timings = {}
     t0 = time.monotonic()
@@ -72,7 +73,7 @@ def build(tmp, args):
     return summary, timings
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join(project_root(), "data", "toy"),
                    help="output directory (default: <repo>/data/toy)")

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 from neox.runs.plot import draw, panel_data, write_html
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("log_dirs", nargs="+", metavar="LOG_DIR")
     p.add_argument("--out", required=True, help="PNG file to write")

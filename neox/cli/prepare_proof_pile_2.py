@@ -21,12 +21,13 @@ filter: documents sharing a 13-gram with a test text, and exact duplicates, drop
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 
 PROOF_PILE_2 = ["arxiv", "open-web-math", "algebraic-stack"]
 SPLITS = ["train", "validation", "test"]
 
 
-def plan(args) -> list[tuple[str, str]]:
+def plan(args: argparse.Namespace) -> list[tuple[str, str]]:
     """(input directory, output prefix) for every component and split that will be written."""
     jobs = []
     for comp in PROOF_PILE_2:
@@ -46,7 +47,7 @@ def plan(args) -> list[tuple[str, str]]:
     return jobs
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--proof-pile-2", required=True)
     p.add_argument("--tokenizer-model", required=True)
@@ -94,7 +95,7 @@ def main(argv=None):
     return 0
 
 
-def decontaminate_train(args, prefixes) -> int:
+def decontaminate_train(args: argparse.Namespace, prefixes: list[str]) -> int:
     from neox.data import decontaminate, overlap
 
     out = os.path.join(args.out, "decontaminated")

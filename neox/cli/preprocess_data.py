@@ -28,11 +28,12 @@ the manifest's directory, so a tokenized tree can be moved as a whole.
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 from neox.data.preprocess import PreprocessError, preprocess
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
     p.add_argument("--output-prefix", required=True)

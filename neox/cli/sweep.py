@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 
 from neox.config import ConfigError
 from neox.runs.sweep import (
@@ -40,7 +41,7 @@ from neox.runs.sweep import (
 )
 
 
-def cmd_mixture(args) -> int:
+def cmd_mixture(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep_file)
     out = os.path.abspath(args.out)
     plan = plan_sweep(sweep, out, dry_run=args.dry_run)
@@ -70,7 +71,7 @@ def cmd_mixture(args) -> int:
     return 0
 
 
-def cmd_compare(args) -> int:
+def cmd_compare(args: argparse.Namespace) -> int:
     plan, results = collect_results(args.sweep_dir)
     d = args.sweep_dir
     write_results_csv(plan, results, os.path.join(d, "results.csv"))
@@ -83,7 +84,7 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("mixture", help="plan and train one run per mixture")

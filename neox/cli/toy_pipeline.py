@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 
 from neox.paths import project_root
 
@@ -28,7 +29,7 @@ REPO = project_root()
 COMPONENTS = ["arxiv", "open-web-math", "algebraic-stack"]
 
 
-def run(*cmd):
+def run(*cmd: str) -> None:
     print("+ " + " ".join(cmd), flush=True)
     subprocess.run([sys.executable, *cmd], cwd=REPO, check=True)
 
@@ -59,7 +60,7 @@ def held_out_perplexity(hf_dir: str, max_docs: int = 8, max_tokens: int = 128) -
     return out
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default="runs/toy")
     args = p.parse_args(argv)

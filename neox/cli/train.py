@@ -19,6 +19,8 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Sequence
+from typing import NoReturn
 
 from neox import exit_status
 from neox.launch import stop_request
@@ -31,11 +33,11 @@ from neox.launch.quiet import quiet_library_messages  # noqa: E402
 
 quiet_library_messages()
 
-from neox.config import ConfigError, config_from_flat, fit_to_cluster, load_config  # noqa: E402
+from neox.config import ConfigError, NeoXConfig, config_from_flat, fit_to_cluster, load_config  # noqa: E402
 from neox.launch.local_launch import RANK_CONFIG_FLAG  # noqa: E402
 
 
-def config_from_args(argv):
+def config_from_args(argv: Sequence[str] | None) -> NeoXConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("configs", nargs="*")
     p.add_argument("-o", "--override", action="append", default=[])
@@ -70,7 +72,7 @@ def config_from_args(argv):
     return cfg
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     from neox.errors import NeoxError
     from neox.launch.stop_request import follow_launcher
 
@@ -97,7 +99,7 @@ def main(argv=None):
         exit_now(exit_status.FAILED)
 
 
-def exit_now(code: int):
+def exit_now(code: int) -> NoReturn:
     """Exit with ``code`` without the interpreter's teardown. After a stop on one rank its peers
     may be gone; destroying gloo's process group then can abort the process (SIGABRT, "terminate
     called without an active exception"), which turned a clean exit 1 into 134. Everything that

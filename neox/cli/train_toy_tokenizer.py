@@ -11,12 +11,14 @@ import glob
 import io
 import json
 import os
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import sentencepiece as spm
 import zstandard
 
 # Mirrors the Llama tokenizer settings that matter for round-tripping text exactly.
-TRAINER_OPTIONS = dict(
+TRAINER_OPTIONS: dict[str, Any] = dict(
     model_type="bpe",
     byte_fallback=True,
     split_digits=True,
@@ -34,7 +36,7 @@ TRAINER_OPTIONS = dict(
 )
 
 
-def iter_train_lines(corpus_dir):
+def iter_train_lines(corpus_dir: str) -> Iterator[str]:
     """Yield non-empty text lines from <corpus>/*/train/*.jsonl.zst in sorted order.
 
     SentencePiece treats each input item as a sentence; feeding lines (not whole
@@ -53,7 +55,8 @@ def iter_train_lines(corpus_dir):
                             yield text_line
 
 
-def train_tokenizer(corpus_dir, out_path, vocab_size=3001, verbose=False):
+def train_tokenizer(corpus_dir: str, out_path: str, vocab_size: int = 3001,
+                    verbose: bool = False) -> spm.SentencePieceProcessor:
     """Train and write `out_path` (+ `.vocab` next to it); returns the loaded processor."""
     model = io.BytesIO()
     # model_writer keeps SentencePiece from writing <prefix>.model/.vocab into the cwd.
@@ -83,7 +86,7 @@ def train_tokenizer(corpus_dir, out_path, vocab_size=3001, verbose=False):
     return sp
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", required=True, help="corpus dir made by make_toy_corpus.py")
     p.add_argument("--out", required=True, help="output FILE.model (FILE.vocab is written next to it)")

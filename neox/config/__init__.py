@@ -16,7 +16,7 @@ import os
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints, overload
+from typing import Any, Literal, Optional, Self, Union, get_args, get_origin, get_type_hints, overload
 
 import yaml
 
@@ -77,7 +77,7 @@ class _Section:
     def check(self) -> None:
         pass
 
-    def resolved(self):
+    def resolved(self) -> Self:
         self.check()
         return self
 

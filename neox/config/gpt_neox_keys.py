@@ -50,7 +50,7 @@ class Always:
     doc: str
     lacking: Optional[str] = None  # the feature another value would ask for
 
-    def accepts(self, value) -> bool:
+    def accepts(self, value: object) -> bool:
         return any(_same(value, a) for a in self.accepted)
 
 

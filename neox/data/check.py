@@ -4,10 +4,10 @@ take seconds. Every error is one line naming the file."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
+from typing import Any
 
 import numpy as np
 
@@ -105,7 +105,7 @@ def check_tokenizer(prefix: str, vocab_file: str, vocab_size: int, without_manif
     return None
 
 
-def check_data(cfg) -> list[str]:
+def check_data(cfg: Any) -> list[str]:
     """Every configured data prefix (train and validation): index, then tokenizer. Returns warnings."""
     d = cfg.data
     warnings = []
@@ -118,7 +118,7 @@ def check_data(cfg) -> list[str]:
     return warnings
 
 
-def out_of_vocab_samples(dataset, first: int, last: int, vocab_size: int) -> list[tuple[int, str]]:
+def out_of_vocab_samples(dataset: Any, first: int, last: int, vocab_size: int) -> list[tuple[int, str]]:
     """(global sample index, data file) of the samples in [first, last) holding an id outside
     [0, vocab_size): the slow path after the on-device check found one."""
     bad = []
@@ -130,7 +130,7 @@ def out_of_vocab_samples(dataset, first: int, last: int, vocab_size: int) -> lis
     return bad
 
 
-def data_file_of_sample(dataset, i: int) -> str:
+def data_file_of_sample(dataset: Any, i: int) -> str:
     """The .bin a global sample of the (blended) training set comes from."""
     if hasattr(dataset, "dataset_index"):  # megatron BlendedDataset
         dataset = dataset.datasets[int(dataset.dataset_index[i])]

@@ -12,24 +12,27 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterable
+from typing import Any
 
+import numpy as np
 import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-from neox.launch import faults
 from neox.data.names import component_name
 from neox.data.tokenizer import HFTokenizer, SentencePieceTokenizer, load_tokenizer  # noqa: F401  (the run's tokenizer)
+from neox.launch import faults
 
 logging.getLogger("megatron.core.datasets").setLevel(logging.WARNING)
 
 
-def build_tokenizer(cfg):
+def build_tokenizer(cfg: Any) -> HFTokenizer | SentencePieceTokenizer:
     """The run's tokenizer: vocab_file, of the kind tokenizer_type names (SPMTokenizer or HFTokenizer)."""
     return load_tokenizer(cfg.data.vocab_file, cfg.data.tokenizer_type)
 
 
-def data_fingerprint(prefixes) -> str:
+def data_fingerprint(prefixes: Iterable[str]) -> str:
     """Identity of the data files (path, size, mtime): a changed file gets a fresh index cache."""
     h = hashlib.sha256()
     for prefix in prefixes:
@@ -40,7 +43,7 @@ def data_fingerprint(prefixes) -> str:
     return h.hexdigest()[:16]
 
 
-def data_identity(prefixes) -> dict:
+def data_identity(prefixes: Iterable[str]) -> dict:
     """What a resume checks to know the data did not change under the run: per file its size and
     a hash of its content (all of the .idx; 1 MiB at the start, middle and end of the .bin).
     Content, not mtime, so copying the data to another disk keeps the identity."""
@@ -62,7 +65,7 @@ def data_identity(prefixes) -> dict:
     return out
 
 
-def cache_dir(cfg, prefixes) -> str:
+def cache_dir(cfg: Any, prefixes: Iterable[str]) -> str:
     """Index caches live under data_cache_dir (default: beside the first training file), one
     subdirectory per data fingerprint; megatron-core keys the files inside by seed, sequence
     length, sample counts, weights and tokenizer."""
@@ -78,7 +81,7 @@ def _dataset_config(cfg, tokenizer, prefixes) -> dict:
                 reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False)
 
 
-def build_train_dataset(cfg, tokenizer):
+def build_train_dataset(cfg: Any, tokenizer: Any) -> Any:
     """A blended dataset with at least train_iters x global batch samples."""
     d = cfg.data
     weights = d.train_data_weights or [1.0] * len(d.train_data_paths)
@@ -93,7 +96,7 @@ def build_train_dataset(cfg, tokenizer):
     return train
 
 
-def build_eval_datasets(cfg, tokenizer, num_samples: int) -> dict:
+def build_eval_datasets(cfg: Any, tokenizer: Any, num_samples: int) -> dict:
     """One dataset per validation component (e.g. arxiv, open-web-math, algebraic-stack)."""
     out = {}
     for prefix in cfg.data.valid_data_paths:
@@ -115,7 +118,8 @@ def micro_batch_indices(step: int, micro_index: int, dp_rank: int, micro: int, d
     return list(range(start, start + micro))
 
 
-def get_micro_batch(dataset, step, micro_index, dp_rank, micro, dp, global_batch) -> dict:
+def get_micro_batch(dataset: Any, step: int, micro_index: int, dp_rank: int, micro: int, dp: int,
+                    global_batch: int) -> dict:
     idx = micro_batch_indices(step, micro_index, dp_rank, micro, dp, global_batch)
     return collate([dataset[i] for i in idx])
 
@@ -123,7 +127,7 @@ def get_micro_batch(dataset, step, micro_index, dp_rank, micro, dp, global_batch
 # ----------------------------------------------------------------------------- mixture accounting
 
 
-def component_of_sample(dataset):
+def component_of_sample(dataset: Any) -> np.ndarray:
     """Per global sample, the index of its training component (an array over all samples)."""
     import numpy as np
 
@@ -132,7 +136,7 @@ def component_of_sample(dataset):
     return np.zeros(len(dataset), dtype=np.int16)  # a single component
 
 
-def mixture_table(dataset, cfg) -> list[dict]:
+def mixture_table(dataset: Any, cfg: Any) -> list[dict]:
     """Per component: tokens available, tokens the run will draw, epochs, and share of samples."""
     import numpy as np
 
@@ -152,7 +156,7 @@ def mixture_table(dataset, cfg) -> list[dict]:
     return rows
 
 
-def format_mixture(rows) -> str:
+def format_mixture(rows: Iterable[dict]) -> str:
     lines = [f"{'component':<20} {'weight':>7} {'available':>15} {'drawn':>15} {'epochs':>7} {'share':>7}"]
     for r in rows:
         lines.append(f"{r['component']:<20} {r['weight']:>7.4f} {r['tokens_available']:>15,} "
@@ -166,14 +170,14 @@ class Prefetcher:
     (batch index, micro index) pair) and starts on ``next_key``; a prefetch for a key that is not
     asked for next (after a rollback) is dropped."""
 
-    def __init__(self, dataset, dp_rank: int, micro: int, dp: int, global_batch: int):
+    def __init__(self, dataset: Any, dp_rank: int, micro: int, dp: int, global_batch: int):
         from concurrent.futures import Future, ThreadPoolExecutor
 
         self.fetch = lambda key: get_micro_batch(dataset, key[0], key[1], dp_rank, micro, dp, global_batch)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self.pending: tuple[tuple[int, int], Future[dict]] | None = None  # (key, future)
 
-    def get(self, key, next_key=None) -> dict:
+    def get(self, key: tuple[int, int], next_key: tuple[int, int] | None = None) -> dict:
         if self.pending is not None and self.pending[0] == key:
             batch = self.pending[1].result()
         else:
@@ -181,5 +185,5 @@ class Prefetcher:
         self.pending = (next_key, self.pool.submit(self.fetch, next_key)) if next_key is not None else None
         return batch
 
-    def close(self):
+    def close(self) -> None:
         self.pool.shutdown(wait=True)

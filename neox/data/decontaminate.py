@@ -23,10 +23,13 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from neox.data import overlap
+from neox.data.tokenizer import HFTokenizer, SentencePieceTokenizer
 from neox.paths import sha256_of
 
 DEFAULT_N = 13  # decontamination (Qwen2-Math, MathCoder2, MegaMath); the overlap report keeps Llemma's 30
@@ -88,7 +91,7 @@ def check_outputs(out: str, data: list[str], force: bool) -> None:
             raise overlap.OverlapError(f"{existing[0]}: output prefix exists (--force replaces it)")
 
 
-def check_tokenizer_of(ds: overlap.Dataset, tok, tokenizer: str) -> None:
+def check_tokenizer_of(ds: overlap.Dataset, tok: HFTokenizer | SentencePieceTokenizer, tokenizer: str) -> None:
     """The data's manifest must name this tokenizer (hash), else the test n-grams mean other tokens."""
     try:
         with open(ds.prefix + ".manifest.json") as f:
@@ -131,7 +134,8 @@ def _filter_piece(piece):
     return di, lo, hi, tokens, groups, doc_hashes(overlap.WORK["datasets"][di], lo, hi)
 
 
-def fingerprint(test_files, n, mode, tokenizer, datasets, shards) -> dict:
+def fingerprint(test_files: Iterable[tuple[str, list[str]]], n: int, mode: str, tokenizer: str,
+                datasets: Iterable[overlap.Dataset], shards: int) -> dict:
     files = [{"path": os.path.abspath(p), "keys": keys, "sha256": sha256_of(p)} for p, keys in test_files]
     return {"version": FORMAT_VERSION, "test_files": files,
             "n": n, "mode": mode, "tokenizer_sha256": sha256_of(tokenizer),
@@ -140,7 +144,8 @@ def fingerprint(test_files, n, mode, tokenizer, datasets, shards) -> dict:
             "shards": shards}
 
 
-def prepare(test_files, data, tokenizer, n, mode, out, force):
+def prepare(test_files: list[tuple[str, list[str]]], data: list[str], tokenizer: str, n: int, mode: str, out: str,
+            force: bool) -> tuple[CombinedExamples, HFTokenizer | SentencePieceTokenizer, list[overlap.Dataset]]:
     """Everything cheap that can be wrong, before any scanning."""
     if n < 1:
         raise overlap.OverlapError(f"--n {n}: must be at least 1")
@@ -160,8 +165,10 @@ def prepare(test_files, data, tokenizer, n, mode, out, force):
     return tests, tok, datasets
 
 
-def scan_shard(test_files, keys, data, tokenizer, out, n=DEFAULT_N, mode="tokens", workers=1, shard=(0, 1),
-               force=False, progress=True, piece_tokens=overlap.PIECE_TOKENS, log=print) -> dict:
+def scan_shard(test_files: list[Any], keys: list[str], data: list[str], tokenizer: str, out: str, n: int = DEFAULT_N,
+               mode: str = "tokens", workers: int = 1, shard: tuple[int, int] = (0, 1), force: bool = False,
+               progress: bool = True, piece_tokens: int = overlap.PIECE_TOKENS,
+               log: Callable[[str], None] = print) -> dict:
     """Scan shard (I, K) into out/parts/ (skipped when done); returns the part's metadata.
     test_files: paths, or `path=field,field` for a file's own fields (else `keys`)."""
     from tqdm import tqdm
@@ -250,7 +257,8 @@ def load_parts(out: str) -> tuple[dict, list[dict], list[list[dict]], list[np.nd
     return first["fingerprint"], metas, hits, hashes
 
 
-def exact_duplicates(datasets, hashes) -> dict[tuple[int, int], tuple[int, int]]:
+def exact_duplicates(datasets: Sequence[overlap.Dataset],
+                     hashes: Sequence[np.ndarray]) -> dict[tuple[int, int], tuple[int, int]]:
     """{(prefix number, doc): (prefix number, doc) of the first identical document before it}."""
     keys = np.concatenate([np.column_stack([ds.lengths.astype(np.uint64), h]) for ds, h in zip(datasets, hashes)])
     if not len(keys):
@@ -275,7 +283,7 @@ def _doc_tokens(ds, d):
     return np.asarray(ds.tokens()[s:s + int(ds.lengths[d])])
 
 
-def merge(out: str, force: bool = False, progress: bool = True, log=print) -> dict:
+def merge(out: str, force: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Decide which documents go, write the filtered prefixes and the record; returns the record."""
     from tqdm import tqdm
 
@@ -344,7 +352,7 @@ def _sha_or_none(path):
     return sha256_of(path) if os.path.isfile(path) else None
 
 
-def write_filtered(ds, keep, target, fp, bar) -> dict:
+def write_filtered(ds: overlap.Dataset, keep: np.ndarray, target: str, fp: dict, bar: Any) -> dict:
     """target.{bin,idx,manifest.json}: the kept documents, in order, as megatron-core writes them."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
@@ -389,7 +397,7 @@ def _source_manifest(ds) -> dict:
     return m
 
 
-def summary_counts(ds, keep, dropped: dict) -> dict:
+def summary_counts(ds: overlap.Dataset, keep: np.ndarray, dropped: dict) -> dict:
     overlap_docs = [d for d, w in dropped.items() if w["reason"] == "overlap"]
     dup_docs = [d for d, w in dropped.items() if w["reason"] == "duplicate"]
     return {"documents": ds.num_docs, "tokens": ds.num_tokens,
@@ -425,8 +433,9 @@ def report_markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
-def run(test_files, keys, data, tokenizer, out, n=DEFAULT_N, mode="tokens", workers=1, shard=(0, 1), force=False,
-        progress=True, log=print) -> dict:
+def run(test_files: list[str], keys: list[str], data: list[str], tokenizer: str, out: str, n: int = DEFAULT_N,
+        mode: str = "tokens", workers: int = 1, shard: tuple[int, int] = (0, 1), force: bool = False,
+        progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """One shard's scan; with one shard (K = 1) also the merge that writes the filtered prefixes."""
     meta = scan_shard(test_files, keys, data, tokenizer, out, n, mode, workers, shard, force, progress, log=log)
     if shard[1] == 1:

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterable
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
@@ -97,7 +98,8 @@ def special_tokens(model_path: str) -> dict:
     return {"tokens": tokens, "ids": token_ids}
 
 
-def mismatch(model_path: str, encode, decode, texts) -> str | None:
+def mismatch(model_path: str, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str],
+             texts: Iterable[str]) -> str | None:
     """The first text on which ``encode`` (ids without BOS) or ``decode`` differs from SentencePiece."""
     sp = spm.SentencePieceProcessor(model_file=model_path)
     for text in texts:

@@ -26,12 +26,16 @@ import os
 import struct
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.pool import Pool
+from typing import Any, cast
 
 import numpy as np
 
-from neox.paths import sha256_of
+from neox.data.tokenizer import HFTokenizer, SentencePieceTokenizer
 from neox.errors import NeoxError
+from neox.paths import sha256_of
 
 HASH_BASE = 0x9E3779B97F4A7C15  # odd, so invertible mod 2^64
 BYTE_BASE = 0xC2B2AE3D27D4EB4F  # another odd base for hashing the bytes of one word
@@ -196,7 +200,7 @@ class NgramIndex:
         return int(self.ent_pos.size)
 
 
-def build_index(tests: Examples, n: int, mode: str, sp) -> NgramIndex:
+def build_index(tests: Examples, n: int, mode: str, sp: HFTokenizer | SentencePieceTokenizer) -> NgramIndex:
     """Hash the n-grams of each example's text under each key (no n-gram crosses two examples)."""
     texts = [(ki, ei, t) for ki, k in enumerate(tests.keys) for ei, t in enumerate(tests.texts[k])]
     word_starts = word_ends = None
@@ -331,7 +335,7 @@ def split_range(starts: np.ndarray, lo: int, hi: int, parts: int, part: int) -> 
         return lo, lo
     base, total = int(starts[lo]), int(starts[hi - 1]) - int(starts[lo]) + 1
 
-    def cut(i):
+    def cut(i: int) -> int:
         if i >= parts:
             return hi
         return lo + int(np.searchsorted(starts[lo:hi], base + total * i // parts, side="left"))
@@ -345,11 +349,11 @@ class _Hits:
     def __init__(self):
         self.cols = []
 
-    def add(self, doc, example, key, pos):
+    def add(self, doc: np.ndarray, example: np.ndarray, key: np.ndarray, pos: np.ndarray) -> None:
         if doc.size:
             self.cols.append(np.stack([doc, example, key.astype(np.int64), pos]).astype(np.int64))
 
-    def groups(self):
+    def groups(self) -> list[tuple[int, int, int, int, int]]:
         """[(doc, example, key, count, first position)] sorted; a position counts once per group."""
         if not self.cols:
             return []
@@ -371,7 +375,8 @@ def _check_ids(ds: Dataset, toks: np.ndarray, offset: int, vocab_size: int, toke
                            f"vocabulary of {tokenizer_path} ({vocab_size} pieces): wrong tokenizer")
 
 
-def scan_tokens(ds, lo, hi, index, sp, tokenizer_path, chunk=CHUNK_TOKENS):
+def scan_tokens(ds: Dataset, lo: int, hi: int, index: NgramIndex, sp: HFTokenizer | SentencePieceTokenizer,
+                tokenizer_path: str, chunk: int = CHUNK_TOKENS) -> list[tuple[int, int, int, int, str]]:
     """Hit rows of documents [lo, hi) in tokens mode."""
     n, hits = index.n, _Hits()
     if hi <= lo:
@@ -397,8 +402,10 @@ def scan_tokens(ds, lo, hi, index, sp, tokenizer_path, chunk=CHUNK_TOKENS):
             for d, e, k, c, p in hits.groups()]
 
 
-def scan_words(ds, lo, hi, index, sp, tokenizer_path, chunk=WORDS_CHUNK_TOKENS):
+def scan_words(ds: Dataset, lo: int, hi: int, index: NgramIndex, sp: HFTokenizer | SentencePieceTokenizer,
+               tokenizer_path: str, chunk: int = WORDS_CHUNK_TOKENS) -> list[tuple[int, int, int, int, str]]:
     """Hit rows of documents [lo, hi) in words mode: decode, whitespace-split, hash words, then n-grams."""
+    rows_text: dict[tuple[int, int, int, int], str]
     n, hits, rows_text = index.n, _Hits(), {}
     all_tokens, vocab = ds.tokens(), sp.vocab_size
     d0 = lo
@@ -418,7 +425,9 @@ def scan_words(ds, lo, hi, index, sp, tokenizer_path, chunk=WORDS_CHUNK_TOKENS):
         for p, e in zip(*expand_entries(index, pos, u)):
             tp = index.ent_pos[e]
             gram = text[ws[p]:we[p + n - 1]]
-            if gram == index.text_bytes[index.word_starts[tp]:index.word_ends[tp + n - 1]]:
+            # never None in words mode: build_index sets word_starts and word_ends
+            if gram == index.text_bytes[cast(np.ndarray, index.word_starts)[tp]:
+                                        cast(np.ndarray, index.word_ends)[tp + n - 1]]:
                 key = (int(wdoc[p]) + d0, int(index.ent_example[e]), int(index.ent_key[e]), int(p))
                 rows_text.setdefault(key, gram.decode("utf-8"))
                 hits.add(*(np.array([x]) for x in key))
@@ -433,7 +442,8 @@ SCANNERS = {"tokens": scan_tokens, "words": scan_words}
 # ---------------------------------------------------------------- identity, parts and merging
 
 
-def fingerprint(test_file, keys, n, mode, tokenizer, datasets, shards) -> dict:
+def fingerprint(test_file: str, keys: Iterable[str], n: int, mode: str, tokenizer: str, datasets: Iterable[Dataset],
+                shards: int) -> dict:
     """What must be equal for parts to belong to one run (checked by resume and by merge)."""
     return {"version": FORMAT_VERSION, "test_file": os.path.abspath(test_file), "test_sha256": sha256_of(test_file),
             "test_keys": list(keys), "n": n, "mode": mode, "tokenizer_sha256": sha256_of(tokenizer),
@@ -446,7 +456,7 @@ def part_name(shard: int, shards: int) -> str:
     return f"part-{shard:05d}-of-{shards:05d}"
 
 
-def write_json_atomic(path: str, obj) -> None:
+def write_json_atomic(path: str, obj: Any) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
@@ -454,7 +464,7 @@ def write_json_atomic(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def write_lines_atomic(path: str, rows) -> None:
+def write_lines_atomic(path: str, rows: Iterable[dict]) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         for r in rows:
@@ -462,7 +472,8 @@ def write_lines_atomic(path: str, rows) -> None:
     os.replace(tmp, path)
 
 
-def hit_rows(groups, index: NgramIndex, tests: Examples, prefix: str) -> list[dict]:
+def hit_rows(groups: Iterable[tuple[int, int, int, int, str]], index: NgramIndex, tests: Examples,
+             prefix: str) -> list[dict]:
     return [{"test_id": tests.line_numbers[e], "key": index.keys[k], "data": prefix, "doc": d, "count": c,
              "ngram": g} for d, e, k, c, g in groups]
 
@@ -512,7 +523,7 @@ def _count_by_key(rows, keys, field_name):
 WORK: dict = {}  # set in the parent before forking workers: the index, datasets, tokenizer path
 
 
-def open_tokenizer(path: str):
+def open_tokenizer(path: str) -> HFTokenizer | SentencePieceTokenizer:
     """The data's tokenizer (neox.data.tokenizer): a SentencePiece model or a Hugging Face tokenizer.json."""
     from neox.data.tokenizer import TokenizerError, load_tokenizer
 
@@ -524,7 +535,7 @@ def open_tokenizer(path: str):
         raise OverlapError(f"{path}: cannot load the SentencePiece model ({e})") from None
 
 
-def scan_piece(piece):
+def scan_piece(piece: tuple[int, int, int]) -> tuple[int, int, int, list[tuple[int, int, int, int, str]]]:
     """Worker: the hit groups of documents [lo, hi) of dataset number di."""
     di, lo, hi = piece
     w = WORK
@@ -546,7 +557,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, k
 
 
-def prepare(test_file, keys, data, tokenizer, n, mode):
+def prepare(test_file: str, keys: list[str], data: Sequence[str], tokenizer: str, n: int,
+            mode: str) -> tuple[Examples, HFTokenizer | SentencePieceTokenizer, list[Dataset]]:
     """Everything cheap that can be wrong, checked before any scanning."""
     if n < 1:
         raise OverlapError(f"--n {n}: must be at least 1")
@@ -564,8 +576,10 @@ def prepare(test_file, keys, data, tokenizer, n, mode):
     return tests, sp, datasets
 
 
-def run(test_file, keys, data, tokenizer, out, n=30, mode="tokens", workers=1, shard=(0, 1), progress=True,
-        piece_tokens=PIECE_TOKENS, chunk=None, log=print):
+def run(test_file: str, keys: list[str], data: Sequence[str], tokenizer: str, out: str, n: int = 30,
+        mode: str = "tokens", workers: int = 1, shard: tuple[int, int] = (0, 1), progress: bool = True,
+        piece_tokens: int = PIECE_TOKENS, chunk: dict[str, int] | None = None,
+        log: Callable[[str], None] = print) -> dict:
     """Scan shard `shard` = (I, K) into out/parts/; with K == 1 also write hits.jsonl and summary.json.
 
     Returns the part's metadata (K > 1) or the summary (K == 1). A finished part is not redone.
@@ -590,7 +604,7 @@ def run(test_file, keys, data, tokenizer, out, n=30, mode="tokens", workers=1, s
         total = sum(int(ds.lengths[lo:hi].sum()) for ds, (lo, hi) in zip(datasets, ranges))
         WORK.clear()  # nothing of an earlier run in this process (its tokenizer) is reused
         WORK.update(index=index, datasets=datasets, tokenizer=tokenizer, chunk=chunk or {})
-        groups = [[] for _ in datasets]
+        groups: list[list[tuple[int, int, int, int, str]]] = [[] for _ in datasets]
         scanned = [[0, 0] for _ in datasets]
         pool = worker_pool(workers, len(pieces))  # forked before tqdm starts its monitor thread
         try:
@@ -622,7 +636,7 @@ def run(test_file, keys, data, tokenizer, out, n=30, mode="tokens", workers=1, s
     return meta
 
 
-def piece_ranges(ds, lo, hi, piece_tokens):
+def piece_ranges(ds: Dataset, lo: int, hi: int, piece_tokens: int) -> list[tuple[int, int]]:
     if hi <= lo:
         return []
     total = int(ds.starts[hi - 1] + ds.lengths[hi - 1] - ds.starts[lo])
@@ -630,7 +644,7 @@ def piece_ranges(ds, lo, hi, piece_tokens):
     return [r for r in (split_range(ds.starts, lo, hi, k, i) for i in range(k)) if r[1] > r[0]]
 
 
-def worker_pool(workers, pieces):
+def worker_pool(workers: int, pieces: int) -> Pool | None:
     if workers <= 1 or pieces <= 1:
         return None
     import multiprocessing
@@ -638,7 +652,7 @@ def worker_pool(workers, pieces):
     return multiprocessing.get_context("fork").Pool(min(workers, pieces))
 
 
-def load_part(base, fp):
+def load_part(base: str, fp: dict) -> dict | None:
     """The finished part's metadata if it was made by this same run, None if there is none."""
     try:
         with open(base + ".json") as f:
@@ -771,7 +785,7 @@ def join(hits_dir: str, samples: str, test_file: str | None = None, keys: list[s
 
 
 def accuracy_markdown(table: dict) -> str:
-    def cell(x):
+    def cell(x: dict) -> str:
         return "-" if x["accuracy"] is None else f"{100 * x['accuracy']:.1f}% (n={x['n']})"
 
     lines = [f"Accuracy by overlap ({table['mode']} {table['n']}-grams of {', '.join(table['keys'])})", "",

@@ -3,44 +3,27 @@ in worker processes, one shard per input file, merged in input order (byte-ident
 worker count), resumable. The program is neox.cli.preprocess_data (tools/preprocess_data.py).
 """
 
-import argparse
-
 import gc
-
 import glob
-
 import gzip
-
 import json
-
 import multiprocessing
-
 import os
-
 import shutil
-
-import sys
-
 import time
-
 import warnings
-
 import zlib
+from collections.abc import Iterable, Iterator
+from multiprocessing.queues import SimpleQueue
 from typing import Any
 
 import lm_dataformat
-
 import numpy
-
 import zstandard
-
 from tqdm import tqdm
 
 from neox.data.tokenizer import HF, TokenizerError, describe, kind_of_file, load_tokenizer
-
 from neox.errors import NeoxError
-
-
 
 with warnings.catch_warnings():
     # megatron.core warns about missing Apex/Transformer Engine, irrelevant here.
@@ -80,7 +63,7 @@ def _walk(directory):
     return sorted(found)
 
 
-def resolve_inputs(paths):
+def resolve_inputs(paths: Iterable[str]) -> list[str]:
     """Expand files, directories (recursive, sorted) and globs (sorted), in argument order."""
     files, seen = [], set()
     for path in paths:
@@ -326,7 +309,9 @@ def _load_shard(shard, identity, itemsize):
 class _Progress:
     """Turns worker reports into a tqdm bar (input bytes, docs/s, tokens/s); tracks live workers."""
 
-    def __init__(self, total_bytes, done_bytes, desc, enabled):
+    running: dict[int, int]  # pid -> input file number of each worker busy with a file
+
+    def __init__(self, total_bytes: int, done_bytes: int, desc: str, enabled: bool):
         self.bar = tqdm(total=total_bytes, initial=done_bytes, unit="B", unit_scale=True, desc=desc,
                         disable=not enabled, mininterval=1.0, smoothing=0.1)
         self.start, self.docs, self.tokens, self.running = time.monotonic(), 0, 0, {}
@@ -367,9 +352,9 @@ def _next_result(results, reports, progress, files):
                                           f"tokenizing this file (out of memory?)")
 
 
-def preprocess(inputs, output_prefix, tokenizer_model, append_eod=True, prepend_bos=None,
-               key="text", workers=1, progress=True, allow_empty=False,
-               batch_docs=BATCH_DOCS, batch_bytes=BATCH_BYTES):
+def preprocess(inputs: Iterable[str], output_prefix: str, tokenizer_model: str, append_eod: bool = True,
+               prepend_bos: bool | None = None, key: str = "text", workers: int = 1, progress: bool = True,
+               allow_empty: bool = False, batch_docs: int = BATCH_DOCS, batch_bytes: int = BATCH_BYTES) -> dict:
     """Tokenize `inputs` into `<output_prefix>_<key>_document.{bin,idx,manifest.json}`.
 
     `tokenizer_model`: a SentencePiece .model or a Hugging Face tokenizer.json. `prepend_bos`
@@ -395,10 +380,12 @@ def preprocess(inputs, output_prefix, tokenizer_model, append_eod=True, prepend_
     pool = builder = bar = None
     try:
         if procs > 1:  # forked before the tqdm bar starts its monitor thread
+            reports: SimpleQueue[tuple]
             reports = multiprocessing.SimpleQueue()  # synchronous put(): a "start" arrives even if the worker dies
             init_args = (tokenizer_model, reports.put, threads, worker_options)
             pool = multiprocessing.Pool(procs, _init_worker, init_args)
         bar = _Progress(sum(sizes), sum(s for s, i in zip(sizes, infos) if i), os.path.basename(final), progress)
+        results: Iterator[dict]
         if pool is not None:
             results = pool.imap(_tokenize_file, tasks)  # in input order, so shards merge as they arrive
             next_result = lambda: _next_result(results, reports, bar, files)  # noqa: E731
@@ -484,7 +471,7 @@ def _manifest(final: str, tokenizer_model: str, tok, tok_info: dict, options: di
     """What the output holds and how it was made; paths relative to the manifest's directory."""
     out_dir = os.path.dirname(os.path.abspath(final))
 
-    def rel(p):
+    def rel(p: str) -> str:
         return os.path.relpath(os.path.abspath(p), out_dir)
 
     return {

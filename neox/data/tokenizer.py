@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -79,11 +81,12 @@ class SentencePieceTokenizer:
         except (TypeError, ValueError):
             return [np.asarray(ids, dtype=np.int64) for ids in self.sp.encode(texts, num_threads=threads)]
 
-    def decode(self, ids) -> str:
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         return self.sp.decode(list(ids))
 
-    def decode_batch(self, batch) -> list[str]:
-        return self.sp.decode(batch)  # lists or numpy arrays of ids
+    def decode_batch(self, batch: Sequence[Sequence[int] | np.ndarray]) -> list[str]:
+        # the stub's decode takes no numpy arrays, which sentencepiece does take
+        return self.sp.decode(batch)  # type: ignore[arg-type]  # lists or numpy arrays of ids
 
 
 def _token_content(value, config_path: str, key: str):
@@ -176,15 +179,16 @@ class HFTokenizer:
         (no offsets) measured no faster here (bench/preprocess_throughput.py --tokenizer hf)."""
         return [np.asarray(e.ids, dtype=np.int64) for e in self.tok.encode_batch(texts, add_special_tokens=False)]
 
-    def decode(self, ids) -> str:
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         return self.tok.decode(np.asarray(ids, dtype=np.int64).tolist(), skip_special_tokens=True)
 
-    def decode_batch(self, batch) -> list[str]:
+    def decode_batch(self, batch: Sequence[Sequence[int] | np.ndarray]) -> list[str]:
         return self.tok.decode_batch([np.asarray(ids, dtype=np.int64).tolist() for ids in batch],
                                      skip_special_tokens=True)
 
 
-def load_tokenizer(path: str, kind: str | None = None, require_eos: bool = True):
+def load_tokenizer(path: str, kind: str | None = None,
+                   require_eos: bool = True) -> HFTokenizer | SentencePieceTokenizer:
     """The tokenizer in ``path``; ``kind`` (a config's tokenizer_type) must match the file's content.
     ``require_eos=False`` lets a SentencePiece model without ``</s>`` load (eos -1); a
     tokenizer.json always needs its eos_token."""
@@ -195,7 +199,7 @@ def load_tokenizer(path: str, kind: str | None = None, require_eos: bool = True)
     return HFTokenizer(path) if found == HF else SentencePieceTokenizer(path, require_eos)
 
 
-def describe(tok) -> dict:
+def describe(tok: Any) -> dict:
     """What a manifest records about the tokenizer (and the data check compares)."""
     out = {"kind": tok.kind, "sha256": tok.sha256, "vocab_size": tok.vocab_size,
            "bos_id": -1 if tok.bos is None else tok.bos, "eos_id": tok.eos}

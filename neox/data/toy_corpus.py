@@ -3,19 +3,12 @@ documents in Proof-Pile-2's layout), for the toy pipeline, tests and benchmarks.
 neox.cli.make_toy_corpus (tools/make_toy_corpus.py).
 """
 
-import argparse
-
 import json
-
 import math
-
 import os
-
 import random
 
 import zstandard
-
-
 
 COMPONENTS = ("arxiv", "open-web-math", "algebraic-stack")
 
@@ -198,7 +191,7 @@ def _arxiv_theorem(rng, env, label):
             f"\\begin{{proof}}\n{proof}\n\\end{{proof}}\n")
 
 
-def make_arxiv(rng, idx):
+def make_arxiv(rng: random.Random, idx: int) -> tuple[str, dict]:
     obj = rng.choice(OBJECTS)
     author = rng.choice(SURNAMES + [_name(rng).capitalize() for _ in range(3)])
     parts = [f"\\title{{On the {rng.choice(ADJ)} {rng.choice(NOUNS)} of {obj}}}\n",
@@ -270,7 +263,7 @@ def _owm_problem(rng):
             f"$C = 2\\pi r = {2 * r}\\pi \\approx {2 * math.pi * r:.2f}$.")
 
 
-def make_owm(rng, idx):
+def make_owm(rng: random.Random, idx: int) -> tuple[str, dict]:
     tag = rng.choice(TAGS)
     parts = [f"# {tag.replace('-', ' ').title()} questions \u2014 page {rng.randint(1, 40)}\n\n"]
     for _ in range(rng.randint(2, 5)):
@@ -355,7 +348,7 @@ def _code_sage(rng):
         f"f.roots()\n# {sorted({r1, r2}, reverse=True)}\n")
 
 
-def make_stack(rng, idx):
+def make_stack(rng: random.Random, idx: int) -> tuple[str, dict]:
     lang, maker = rng.choice([("python", _code_python), ("python", _code_python), ("lean", _code_lean),
                               ("isabelle", _code_isabelle), ("sage", _code_sage)])
     comment = {"python": "# {}\n", "sage": "# {}\n", "lean": "-- {}\n", "isabelle": "(* {} *)\n"}[lang]
@@ -375,7 +368,7 @@ def make_stack(rng, idx):
 MAKERS = {"arxiv": make_arxiv, "open-web-math": make_owm, "algebraic-stack": make_stack}
 
 
-def generate_split(component, split, seed, budget):
+def generate_split(component: str, split: str, seed: int, budget: int) -> tuple[bytes, int, int]:
     """Return jsonl bytes for one component/split, stopping once `budget` text bytes are reached."""
     # A string seed is hashed with sha512 by `random`, so it is stable across runs and platforms.
     rng = random.Random(f"{seed}/{component}/{split}")
@@ -389,9 +382,10 @@ def generate_split(component, split, seed, budget):
     return ("\n".join(lines) + "\n").encode("utf-8"), idx, nbytes
 
 
-def make_corpus(out, seed=1234, scale=1.0, verbose=True):
+def make_corpus(out: str, seed: int = 1234, scale: float = 1.0,
+                verbose: bool = True) -> dict[str, dict[str, tuple[int, int]]]:
     """Write the corpus under `out`; returns {component: {split: (docs, text_bytes)}}."""
-    stats = {}
+    stats: dict[str, dict[str, tuple[int, int]]] = {}
     cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)  # single-threaded, no checksum/timestamps: deterministic
     for component in COMPONENTS:
         stats[component] = {}

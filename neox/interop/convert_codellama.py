@@ -20,6 +20,8 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -36,7 +38,7 @@ TORCH_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float
 
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hf-dir", required=True, help="Hugging Face model directory")
     p.add_argument("--out", required=True, help="output trainer checkpoint directory")
@@ -77,7 +79,7 @@ def check_supported(weights: HFWeights, tp: int) -> dict:
     return keys
 
 
-def source_dtype(weights: HFWeights, hf_names) -> str:
+def source_dtype(weights: HFWeights, hf_names: Iterable[str]) -> str:
     """``--dtype auto``: the dtype of the source's tensors, so the conversion loses nothing.
     config.json's torch_dtype (``dtype`` in transformers 5) is only checked against them."""
     found = {weights.get_slice(n, 0, 0, 1).dtype for n in hf_names}  # one row each: the header's dtype
@@ -94,15 +96,17 @@ def source_dtype(weights: HFWeights, hf_names) -> str:
     return "fp32"
 
 
-def rank_state(weights, names, rank: int, tp: int, vocab: int, padded: int, dtype) -> dict:
+def rank_state(weights: Any, names: Iterable[str], rank: int, tp: int, vocab: int, padded: int,
+               dtype: torch.dtype) -> dict:
     """Weights of one TP rank, read slice by slice (the vocab shard of the last rank is padded)."""
     try:
         return shard_hf_weights(weights, names, vocab, padded, rank, tp, dtype)
     except ValueError as e:
-        raise CheckpointError(f"{weights.dir}: {e}") from None
+        # a Hugging Face source names its directory; a GPT-NeoX one (ShardedWeights) is named by its caller
+        raise CheckpointError(f"{getattr(weights, 'dir', 'source checkpoint')}: {e}") from None
 
 
-def limit_heap_growth():
+def limit_heap_growth() -> None:
     """Make glibc return freed tensor memory to the OS: with its default dynamic mmap threshold,
     freed multi-MB buffers stay on the heap and a streamed conversion's RSS creeps up by the
     size of the largest tensors. No-op where mallopt is unavailable."""
@@ -114,8 +118,9 @@ def limit_heap_growth():
         pass
 
 
-def write_checkpoint(out: str, source, names, tp: int, vocab: int, padded: int, dtype: str, meta: dict,
-                     tokenizer_dir=None, before_publish=None):
+def write_checkpoint(out: str, source: Any, names: Sequence[str], tp: int, vocab: int, padded: int, dtype: str,
+                     meta: dict, tokenizer_dir: str | None = None,
+                     before_publish: Callable[[str], object] | None = None) -> None:
     """Write a weights-only trainer checkpoint (``global_step0``, ``latest``, tokenizer files,
     ``neox_conversion.json`` = ``meta``) to ``out``, one TP rank at a time from ``source`` (full HF
     tensors: an HFWeights or anything with its reading interface). Built in a temporary directory
@@ -136,6 +141,7 @@ def write_checkpoint(out: str, source, names, tp: int, vocab: int, padded: int, 
         bar.close()
         os.makedirs(os.path.join(tmp, "tokenizer"))
         for name in TOKENIZER_FILES if tokenizer_dir else []:
+            assert tokenizer_dir is not None, "the loop runs only with a tokenizer_dir"
             if os.path.isfile(os.path.join(tokenizer_dir, name)):
                 shutil.copy2(os.path.join(tokenizer_dir, name), os.path.join(tmp, "tokenizer", name))
         with open(os.path.join(tmp, "latest"), "w") as f:
@@ -146,7 +152,7 @@ def write_checkpoint(out: str, source, names, tp: int, vocab: int, padded: int, 
             json.dump(meta, f, indent=1)
 
 
-def convert(args) -> dict:
+def convert(args: argparse.Namespace) -> dict:
     limit_heap_growth()
     weights = HFWeights(args.hf_dir)
     keys = check_supported(weights, args.tp)
@@ -196,7 +202,7 @@ def convert(args) -> dict:
         "reference": reference,
     }
 
-    def verify_before_publish(tmp):
+    def verify_before_publish(tmp: str) -> None:
         if args.verify:
 
             diff = verify(args.hf_dir, tmp, tolerance=args.tolerance)
@@ -214,7 +220,7 @@ def convert(args) -> dict:
     return meta
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.tp < 1:
         print("error: --tp must be >= 1", file=sys.stderr)

@@ -25,6 +25,7 @@ import glob
 import os
 import re
 import sys
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -52,7 +53,7 @@ def _number(pattern: str, path: str) -> int:
 class NeoXCheckpoint:
     """One tag of a GPT-NeoX checkpoint: its rank files (read lazily, memory-mapped) and config."""
 
-    def __init__(self, path: str, step=None, config_files=()):
+    def __init__(self, path: str, step: int | None = None, config_files: Iterable[str] = ()):
         self.dir = self._tag_dir(path, step)
         layer_files = glob.glob(os.path.join(self.dir, "layer_*-model_*-model_states.pt"))
         rank_files = glob.glob(os.path.join(self.dir, "mp_rank_*_model_states.pt"))
@@ -112,7 +113,7 @@ class NeoXCheckpoint:
             return [f"{index[f]}.{k}" for f in files for k in self._load(f)]
         return [k[len("sequential."):] for k in self.rank_state(0)["module"]]
 
-    def tensor(self, rank, index, name) -> torch.Tensor:
+    def tensor(self, rank: int, index: int, name: str) -> torch.Tensor:
         module = self.module(rank, index)
         if name not in module:
             where = f"layer_{index:02d}-model_{rank:02d}" if self.pipeline else f"sequential.{index}"
@@ -120,7 +121,7 @@ class NeoXCheckpoint:
         return module[name]
 
 
-def read_configs(paths) -> dict:
+def read_configs(paths: Iterable[str]) -> dict:
     """GPT-NeoX YAML files merged in order, keys with dashes spelled with underscores."""
     import yaml
 
@@ -138,7 +139,7 @@ def read_configs(paths) -> dict:
 # ----------------------------------------------------------------------------- model and layout
 
 
-def refuse_unsupported(ckpt: NeoXCheckpoint):
+def refuse_unsupported(ckpt: NeoXCheckpoint) -> None:
     c = ckpt.config
     wanted = {"norm": "rmsnorm", "pos_emb": "rotary", "gpt_j_residual": False, "no_weight_tying": True,
               "use_qk_layernorm": False}
@@ -154,7 +155,7 @@ def refuse_unsupported(ckpt: NeoXCheckpoint):
         raise CheckpointError(f"{ckpt.dir}: bias tensors ({biases[0]}, ...) are not supported (Llama has none)")
 
 
-def model_keys(ckpt: NeoXCheckpoint, args) -> tuple[dict, str]:
+def model_keys(ckpt: NeoXCheckpoint, args: argparse.Namespace) -> tuple[dict, str]:
     """Our model keys and the MLP naming style ('w123' or 'linear1'), from the config and shapes."""
     c = ckpt.config
     emb = ckpt.tensor(0, 0, "word_embeddings.weight")
@@ -199,10 +200,10 @@ def model_keys(ckpt: NeoXCheckpoint, args) -> tuple[dict, str]:
     return keys, style
 
 
-def refuse_unknown_tensors(ckpt, names, num_layers, style):
+def refuse_unknown_tensors(ckpt: NeoXCheckpoint, names: Iterable[str], num_layers: int, style: str) -> None:
     """Every tensor must be one our model has (or the rotary buffer): anything else (QK norms,
     adapters, another architecture) would be dropped silently."""
-    known = set()
+    known: set[str] = set()
     for name in partition.expected_names(num_layers):
         index, neox_names = fmt.neox_keys(name, num_layers, style)
         known.update(f"{index}.{n}" for n in neox_names)
@@ -212,7 +213,7 @@ def refuse_unknown_tensors(ckpt, names, num_layers, style):
                               f"GPT-NeoX's {style} names)")
 
 
-def rope_theta(ckpt, c, args, head_dim, num_layers) -> float:
+def rope_theta(ckpt: NeoXCheckpoint, c: dict, args: argparse.Namespace, head_dim: int, num_layers: int) -> float:
     """From the config; else from the llemma branch's saved inv_freq buffer; else --rope-theta.
     A saved inv_freq that disagrees with the config is an error."""
     module = ckpt.module(0, fmt.module_index("layer", num_layers))
@@ -266,7 +267,7 @@ def fitting_layouts(keys: dict, tp: int) -> list[str]:
     return out
 
 
-def choose_layout(ckpt, keys, style, given) -> tuple[str, str]:
+def choose_layout(ckpt: NeoXCheckpoint, keys: dict, style: str, given: str | None) -> tuple[str, str]:
     if given == "llemma-gqa" and keys["num_kv_heads"] == keys["num_attention_heads"]:
         given = "per-head"  # the same rows for multi-head attention
     layout, why = layout_from_checkpoint(ckpt, keys, style)
@@ -291,7 +292,7 @@ def hf_view(ckpt: NeoXCheckpoint, keys: dict, style: str, layout: str) -> Sharde
     dims = {"layout": layout, "heads": keys["num_attention_heads"], "kv_heads": keys["num_kv_heads"],
             "head_dim": keys["hidden_size"] // keys["num_attention_heads"], "tp": ckpt.tp}
 
-    def rank_weight(rank, name):
+    def rank_weight(rank: int, name: str) -> torch.Tensor:
         index, neox_names = fmt.neox_keys(name, L, style)
         return fmt.to_ours(name, [ckpt.tensor(rank, index, n) for n in neox_names], style, **dims)
 
@@ -309,7 +310,7 @@ def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return ((ours - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()
 
 
-def recorded_logits(ckpt: NeoXCheckpoint, padded_rows: int):
+def recorded_logits(ckpt: NeoXCheckpoint, padded_rows: int) -> torch.Tensor | None:
     """GPT-NeoX's ``checkpoint_validation_logits`` (tokens 0, 1, ..., seq_length-1) as [seq, vocab],
     joining vocab-parallel shards; None if the checkpoint has none."""
     pieces = [ckpt.rank_state(r).get("checkpoint_validation_logits") for r in range(ckpt.tp)]
@@ -328,7 +329,8 @@ def recorded_logits(ckpt: NeoXCheckpoint, padded_rows: int):
     return torch.cat([p.float() for p in shards], -1)
 
 
-def run_checks(ckpt, view, keys, args) -> list[tuple[str, float, float]]:
+def run_checks(ckpt: NeoXCheckpoint, view: ShardedWeights, keys: dict,
+               args: argparse.Namespace) -> list[tuple[str, float, float]]:
     """(check, measured, tolerance) for every reference available."""
 
     results = []
@@ -357,7 +359,8 @@ def run_checks(ckpt, view, keys, args) -> list[tuple[str, float, float]]:
     return results
 
 
-def check_layout(ckpt, view, keys, layout, why, args) -> list:
+def check_layout(ckpt: NeoXCheckpoint, view: ShardedWeights, keys: dict, layout: str, why: str,
+                 args: argparse.Namespace) -> list:
     results = run_checks(ckpt, view, keys, args)
     for check, value, tol in results:
         print(f"check: {check} = {value:.3e} (tolerance {tol:g})")
@@ -377,7 +380,7 @@ def check_layout(ckpt, view, keys, layout, why, args) -> list:
 # ----------------------------------------------------------------------------- main
 
 
-def convert(args) -> dict:
+def convert(args: argparse.Namespace) -> dict:
 
     limit_heap_growth()
     ckpt = NeoXCheckpoint(args.ckpt, args.step, args.config or ())
@@ -423,7 +426,7 @@ def convert(args) -> dict:
     return meta
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="GPT-NeoX checkpoint: the save dir (with 'latest') or a global_step dir")
     p.add_argument("--step", type=int, default=None, help="global step to read (default: 'latest')")
@@ -446,7 +449,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.tp < 1:
         print("error: --tp must be >= 1", file=sys.stderr)

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 
 import torch
 from tqdm import tqdm
@@ -102,7 +103,7 @@ def find_tokenizer(ckpt: str, info: dict) -> tuple[str | None, str | None]:
     return next((m for m in models if m and os.path.isfile(m) and kind_of_file(m) == SPM), None), hf_dir
 
 
-def write_tokenizer(model, hf_dir, out, config) -> dict:
+def write_tokenizer(model: str | None, hf_dir: str | None, out: str, config: dict) -> dict:
     """The complete tokenizer, built from the SentencePiece model the data was tokenized with (a
     Hugging Face tokenizer without one is copied as it is, byte for byte); returns its special-token ids."""
     if model:
@@ -137,7 +138,7 @@ def hf_tokenizer_ids(hf_dir: str) -> dict:
     return {k: v for k, v in ids.items() if v is not None}
 
 
-def use_tokenizer_ids(config: dict, ids: dict):
+def use_tokenizer_ids(config: dict, ids: dict) -> None:
     """Special-token ids in config.json are the tokenizer's; a source config that disagrees is named."""
     for key, value in ids.items():
         if config.get(key) != value:
@@ -147,7 +148,7 @@ def use_tokenizer_ids(config: dict, ids: dict):
             config[key] = value
 
 
-def export(ckpt: str, out: str, step=None, dtype: str = "auto", max_shard_bytes: int = 5 * 2**30,
+def export(ckpt: str, out: str, step: int | None = None, dtype: str = "auto", max_shard_bytes: int = 5 * 2**30,
            force: bool = False) -> dict:
     from safetensors.torch import save_file
 
@@ -171,7 +172,7 @@ def export(ckpt: str, out: str, step=None, dtype: str = "auto", max_shard_bytes:
         current: dict[str, torch.Tensor] = {}
         size = 0
 
-        def flush():
+        def flush() -> None:
             shards.append(([k for k in current], sum(v.numel() * v.element_size() for v in current.values())))
             save_file(current, os.path.join(tmp, f"part-{len(shards)}.safetensors"), metadata={"format": "pt"})
 
@@ -209,7 +210,7 @@ def export(ckpt: str, out: str, step=None, dtype: str = "auto", max_shard_bytes:
     return config
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="trainer checkpoint directory (holds 'latest')")
     p.add_argument("--step", type=int, default=None, help="global step to export (default: latest)")

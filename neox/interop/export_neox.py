@@ -28,6 +28,8 @@ import argparse
 import os
 import shutil
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -48,7 +50,7 @@ from neox.model import partition
 from neox.model.hf_compat import ShardedWeights, shard_hf_weights
 
 
-def gptneox_config(info: dict, tp: int, divisible_by: int, vocab_file, dtype: str,
+def gptneox_config(info: dict, tp: int, divisible_by: int, vocab_file: str | None, dtype: str,
                    tokenizer_type: str = "SPMTokenizer") -> dict:
     """GPT-NeoX main config keys for the model (main's meaning of intermediate_size: 3x the width)."""
     config = {
@@ -71,7 +73,7 @@ def gptneox_config(info: dict, tp: int, divisible_by: int, vocab_file, dtype: st
     return config
 
 
-def write_yaml(path: str, config: dict, header: str):
+def write_yaml(path: str, config: dict, header: str) -> None:
     import yaml
 
     with open(path, "w") as f:
@@ -79,7 +81,7 @@ def write_yaml(path: str, config: dict, header: str):
         yaml.safe_dump(config, f, sort_keys=False)
 
 
-def ours_as_hf(tp, info, ranks) -> ShardedWeights:
+def ours_as_hf(tp: int, info: dict, ranks: list[dict]) -> ShardedWeights:
 
     dims = partition.sizes(info)
     vocab = int(info["vocab_size"])
@@ -87,8 +89,9 @@ def ours_as_hf(tp, info, ranks) -> ShardedWeights:
                           tp, dims, vocab, hf_config(info, {}, "fp32"))
 
 
-def export(ckpt: str, out: str, step=None, tp_out=None, layout="per-rank", dtype="auto", divisible_by=None,
-           force=False, reference_tokens=128) -> dict:
+def export(ckpt: str, out: str, step: int | None = None, tp_out: int | None = None, layout: str = "per-rank",
+           dtype: str = "auto", divisible_by: int | None = None, force: bool = False,
+           reference_tokens: int = 128) -> dict:
     tag, tp, ranks, info = open_checkpoint(ckpt, step)
     lacking = [k for k in ("head_dim", "qkv_bias", "tie_word_embeddings", "rope_scaling")
                if info.get(k) and not (k == "head_dim" and info[k] * info["num_attention_heads"] == info["hidden_size"])]
@@ -123,7 +126,8 @@ def export(ckpt: str, out: str, step=None, tp_out=None, layout="per-rank", dtype
     out = os.path.abspath(out.rstrip("/"))
     check_out(out, force)
     view = ours_as_hf(tp, info, ranks)
-    record = {"qkv_layout": layout, "source": os.path.abspath(ckpt), "source_tag": tag, "reference": None}
+    record: dict[str, Any] = {"qkv_layout": layout, "source": os.path.abspath(ckpt), "source_tag": tag,
+                              "reference": None}
     if reference_tokens > 0:
 
         n = min(reference_tokens, int(info.get("max_position_embeddings") or reference_tokens))
@@ -162,7 +166,8 @@ def export(ckpt: str, out: str, step=None, tp_out=None, layout="per-rank", dtype
     return config
 
 
-def rank_module(view, L, rank, tp, vocab, padded, dtype, dims) -> dict:
+def rank_module(view: ShardedWeights, L: int, rank: int, tp: int, vocab: int, padded: int, dtype: torch.dtype,
+                dims: dict[str, str | int]) -> dict:
     """GPT-NeoX ``sequential.<i>.*`` tensors of one rank: our rank weight via partition, then the
     in-rank GPT-NeoX order."""
 
@@ -174,7 +179,7 @@ def rank_module(view, L, rank, tp, vocab, padded, dtype, dims) -> dict:
     return state
 
 
-def copy_tokenizer(ckpt, info, tmp, out) -> tuple[str, str | None]:
+def copy_tokenizer(ckpt: str, info: dict, tmp: str, out: str) -> tuple[str, str | None]:
     """The checkpoint's tokenizer into <out>/tokenizer/; (tokenizer_type, vocab_file) for both
     configs. A SentencePiece model (the converter's copy in <ckpt>/tokenizer/, else the run's
     vocab_file) is GPT-NeoX's SPMTokenizer; a Hugging Face tokenizer.json alone its HFTokenizer."""
@@ -197,7 +202,7 @@ def copy_tokenizer(ckpt, info, tmp, out) -> tuple[str, str | None]:
     return kind, os.path.join(os.path.abspath(out), "tokenizer", name)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="trainer checkpoint directory (holds 'latest')")
     p.add_argument("--step", type=int, default=None, help="global step to export (default: latest)")

@@ -15,7 +15,7 @@ def current_umask() -> int:
     return mask
 
 
-def follow_umask(tree: str):
+def follow_umask(tree: str) -> None:
     """Every file under ``tree`` gets mode 0666 & ~umask, every directory 0777 & ~umask."""
     mask = current_umask()
     os.chmod(tree, 0o777 & ~mask)

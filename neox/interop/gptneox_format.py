@@ -125,13 +125,13 @@ def neox_keys(name: str, num_layers: int, mlp_style: str) -> tuple[int, list[str
     return module_index(kind, num_layers, layer), entry["neox"]
 
 
-def to_ours(name: str, tensors: list, mlp_style: str, **dims) -> torch.Tensor:
+def to_ours(name: str, tensors: list, mlp_style: str, **dims: str | int) -> torch.Tensor:
     """Our weight ``name`` on one rank from that rank's GPT-NeoX tensor(s) (``dims``: layout,
     heads, kv_heads, head_dim, tp)."""
     return weight_table(mlp_style)[_generic(name)][1]["to_ours"](tensors, **dims)
 
 
-def to_neox(name: str, tensor: torch.Tensor, mlp_style: str, **dims) -> list:
+def to_neox(name: str, tensor: torch.Tensor, mlp_style: str, **dims: str | int) -> list:
     """Inverse of ``to_ours``: one rank's GPT-NeoX tensor(s) for our weight ``name``."""
     return weight_table(mlp_style)[_generic(name)][1]["to_neox"](tensor, **dims)
 

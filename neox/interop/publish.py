@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from neox.checkpoint.files import CheckpointError
@@ -17,7 +18,7 @@ def check_out(out: str, force: bool) -> None:
 
 
 @contextmanager
-def publish_dir(out: str, force: bool):
+def publish_dir(out: str, force: bool) -> Iterator[str]:
     """Yield a temporary sibling of ``out`` to write into; when the block ends without an error it
     replaces ``out`` in one rename (modes following the umask), otherwise it is removed and ``out``
     is left as it was. A non-empty ``out`` is refused unless ``force``."""

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import inspect
 import os
+from typing import Any
 
 import torch
 
-from neox.model.hf_compat import FAMILIES
+from neox.checkpoint.files import HFWeights
+from neox.model.hf_compat import FAMILIES, ShardedWeights
 
 # A fixed, math-flavoured reference text (written for this project).
 REFERENCE_TEXT = (
@@ -47,7 +49,7 @@ def reference_tokens(hf_dir: str, length: int, vocab_size: int) -> list[int]:
 
 
 @torch.no_grad()
-def streamed_hf_loss(weights, tokens: list[int], rope_theta: float | None = None) -> float:
+def streamed_hf_loss(weights: HFWeights | ShardedWeights, tokens: list[int], rope_theta: float | None = None) -> float:
     """Mean next-token loss of the Hugging Face model in ``weights`` (an HFWeights) on ``tokens``,
     in fp32, loading one decoder layer at a time. ``rope_theta`` overrides the model's theta."""
     logits = streamed_hf_logits(weights, tokens, rope_theta)
@@ -56,7 +58,8 @@ def streamed_hf_loss(weights, tokens: list[int], rope_theta: float | None = None
 
 
 @torch.no_grad()
-def streamed_hf_logits(weights, tokens: list[int], rope_theta: float | None = None) -> torch.Tensor:
+def streamed_hf_logits(weights: HFWeights | ShardedWeights, tokens: list[int],
+                       rope_theta: float | None = None) -> torch.Tensor:
     """Logits [len(tokens), vocab] of the Hugging Face model in ``weights`` (anything with the
     reading interface of HFWeights: ``config``, ``names()``, ``get()``), fp32, one layer at a time."""
     import importlib
@@ -97,7 +100,7 @@ def streamed_hf_logits(weights, tokens: list[int], rope_theta: float | None = No
     return (norm(hidden) @ weights.get(head).float().T)[0]
 
 
-def causal_mask(config, hidden: torch.Tensor, positions: torch.Tensor):
+def causal_mask(config: Any, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
     """transformers' causal mask without a cache; its keyword names differ between 4.x and 5.x
     (input_embeds / inputs_embeds, past_key_values / cache, cache_position)."""
     from transformers.masking_utils import create_causal_mask

@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 
 import torch
 
@@ -75,18 +76,18 @@ def run_ours(ckpt: str, tag: str, tokens: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def rounding_changes(model, dtype) -> bool:
+def rounding_changes(model: torch.nn.Module, dtype: torch.dtype) -> bool:
     return any(not torch.equal(p.to(dtype).float(), p) for p in model.parameters())
 
 
 @torch.no_grad()
-def round_weights_(model, dtype):
+def round_weights_(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Round the weights to ``dtype``, kept in fp32."""
     for p in model.parameters():
         p.copy_(p.to(dtype).float())
 
 
-def run_hf(hf_dir: str, tokens: torch.Tensor, rope_theta: float, dtype=torch.float32) -> dict:
+def run_hf(hf_dir: str, tokens: torch.Tensor, rope_theta: float, dtype: torch.dtype = torch.float32) -> dict:
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(hf_dir)
@@ -113,7 +114,8 @@ def run_hf(hf_dir: str, tokens: torch.Tensor, rope_theta: float, dtype=torch.flo
     return {"hidden": captured, "logits": logits}
 
 
-def verify(hf_dir: str, ckpt: str, step=None, tolerance: float = 1e-4, batch=(2, 32), seed=0) -> float:
+def verify(hf_dir: str, ckpt: str, step: int | None = None, tolerance: float = 1e-4,
+           batch: tuple[int, int] = (2, 32), seed: int = 0) -> float:
     tag = resolve_tag(ckpt, step)
     state0 = load_rank(ckpt, tag, 0)
     info = checkpoint_model_info(ckpt, tag, state0)
@@ -135,7 +137,7 @@ def verify(hf_dir: str, ckpt: str, step=None, tolerance: float = 1e-4, batch=(2,
     return diff
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hf-dir", required=True)
     p.add_argument("--ckpt", required=True)

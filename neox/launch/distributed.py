@@ -6,6 +6,7 @@ partitioning over data parallel and for counting each TP shard once in the globa
 """
 
 import os
+from collections.abc import Callable
 
 import torch
 from megatron.core import parallel_state as ps
@@ -15,7 +16,7 @@ def use_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def init_distributed(tensor_parallel_size: int, timeout_minutes: int = 10):
+def init_distributed(tensor_parallel_size: int, timeout_minutes: int = 10) -> None:
     """Initialise torch.distributed from the launcher's environment and the TP/DP groups; every
     group's collectives fail after timeout_minutes instead of megatron's 30-minute default."""
     from datetime import timedelta
@@ -50,7 +51,7 @@ def _unlink_shm_buffer():
         os.unlink(name)
 
 
-def on_rank0_for_all(fn):
+def on_rank0_for_all(fn: Callable[[], object]) -> None:
     """Run fn on rank 0 only; if it raises, every rank stops: rank 0 with the error, the others
     with SystemExit(1) (a rank that raised alone would leave the others in the next collective)."""
     error = None
@@ -67,7 +68,7 @@ def on_rank0_for_all(fn):
         raise SystemExit(1)
 
 
-def destroy():
+def destroy() -> None:
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
     if torch.distributed.is_initialized():

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import Any
 
 _nan_steps: set[int] = set()
 _spike_steps: set[int] = set()
@@ -46,14 +47,14 @@ def arm_loss_faults(rank0: bool) -> None:
     _spike_steps = steps("NEOX_FAULT_SPIKE_STEP")
 
 
-def nan_loss(update: int, loss):
+def nan_loss(update: int, loss: Any) -> Any:  # a torch.Tensor: this module stays stdlib-only (job_status)
     if update not in _nan_steps:
         return loss
     _nan_steps.discard(update)
     return loss * float("nan")
 
 
-def spike_loss(update: int, loss_sum, accum: int):
+def spike_loss(update: int, loss_sum: Any, accum: int) -> Any:  # a torch.Tensor, as nan_loss
     if update not in _spike_steps:
         return loss_sum
     _spike_steps.discard(update)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Sequence
 
 from neox.exit_status import BAD_INPUT as EXIT_CONFIG
 from neox.exit_status import HUNG as EXIT_HUNG
@@ -84,7 +85,7 @@ def verdict(statuses: dict[int, tuple[int, float] | None], stop_requested: bool 
     return status, f"rank {rank} failed first: it {describe_status(status)}{tail}"
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     faults.late_signal()
     args = sys.argv[1:] if argv is None else argv
     stop_requested = "--stop-requested" in args

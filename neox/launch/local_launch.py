@@ -18,7 +18,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import IO, TextIO
 
 from neox.launch.stop_request import SIGNALS as STOP_SIGNALS
 
@@ -41,7 +43,7 @@ def describe_status(returncode: int) -> str:
 
 
 class LocalJob:
-    def __init__(self, cmd: list, num_ranks: int, port: int, env: dict, pump):
+    def __init__(self, cmd: list, num_ranks: int, port: int, env: dict, pump: Callable[[IO[str], TextIO], None]):
         self.cmd, self.num_ranks, self.port, self.env, self.pump = cmd, num_ranks, port, env, pump
         self.procs: list[subprocess.Popen] = []
         self.pumps: list[threading.Thread] = []
@@ -53,7 +55,7 @@ class LocalJob:
                 "LOCAL_WORLD_SIZE": str(self.num_ranks), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(self.port),
                 "NEOX_LAUNCHER_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
 
-    def start(self):
+    def start(self) -> None:
         # the ranks start with the stop signals blocked (the mask survives exec): one passed on
         # before train.py reads them (neox.launch.stop_request.listen) waits for it instead of killing
         # the rank; here it waits until every rank exists, then reaches them all
@@ -71,7 +73,7 @@ class LocalJob:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
-    def signal_job(self, sig: int):
+    def signal_job(self, sig: int) -> None:
         if not self.procs:
             return
         try:
@@ -79,7 +81,7 @@ class LocalJob:
         except ProcessLookupError:  # every rank is gone already
             pass
 
-    def on_signal(self, signum, frame):
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT:
             self.interrupts += 1
             if self.interrupts > 1:
@@ -129,7 +131,8 @@ class LocalJob:
             kill.start()
 
 
-def run_job(cmd: list, num_ranks: int, port: int, env: dict, pump, stop_before_spawn: Sequence[int] = ()) -> int:
+def run_job(cmd: list, num_ranks: int, port: int, env: dict, pump: Callable[[IO[str], TextIO], None],
+            stop_before_spawn: Sequence[int] = ()) -> int:
     """The job's exit status. ``stop_before_spawn``: stop signals deepy noted before this call;
     with any, no rank is started (nothing to save) and the status is the stop's."""
     from neox.exit_status import STOPPED as EXIT_REQUEUE

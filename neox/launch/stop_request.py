@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -39,7 +40,7 @@ def _receive():
         _note(signal.sigwait(SIGNALS))
 
 
-def listen(on_request=None):
+def listen(on_request: Callable[[], object] | None = None) -> None:
     """Block SIGTERM / SIGUSR1 in this thread (and so in every thread and child started from now)
     and note them from a thread of their own; ``on_request`` (optional) runs there. Call it from
     the main thread before any other thread exists."""
@@ -70,12 +71,12 @@ def wait(seconds: float) -> bool:
     return _requested.wait(seconds)
 
 
-def clear():
+def clear() -> None:
     """The request was acted on (the run ended): a later run in this process starts without it."""
     _requested.clear()
 
 
-def ignore_from_now():
+def ignore_from_now() -> None:
     """The stop is decided: further SIGTERM / SIGUSR1 change nothing, until the process ends (a
     signal ignored stays ignored through the interpreter's shutdown, whatever the mask)."""
     for sig in SIGNALS:
@@ -113,7 +114,7 @@ def launcher_gone() -> bool:
     return bool(launcher) and os.getppid() != int(launcher)
 
 
-def follow_launcher():
+def follow_launcher() -> None:
     """Started by deepy.py: ask the kernel for a SIGTERM when deepy dies (Linux), so a rank left
     behind by a `kill -9` of deepy checkpoints and stops instead of training on as an orphan."""
     if not os.environ.get("NEOX_LAUNCHER_PID") or not sys.platform.startswith("linux"):

@@ -35,11 +35,11 @@ class Watchdog:
         self._stop = threading.Event()
         threading.Thread(target=self._watch, daemon=True, name="watchdog").start()
 
-    def expect(self, what: str, seconds: float, why: str):
+    def expect(self, what: str, seconds: float, why: str) -> None:
         with self._lock:
             self._deadline, self._what = time.monotonic() + seconds, f"{what} ({seconds:.0f} s allowed: {why})"
 
-    def expect_step(self, update: int, last_step_seconds: float | None = None):
+    def expect_step(self, update: int, last_step_seconds: float | None = None) -> None:
         """Before update ``update``: the first one gets the first-step allowance."""
         if last_step_seconds is not None:
             self.step_times = (self.step_times + [last_step_seconds])[-100:]
@@ -51,11 +51,11 @@ class Watchdog:
         self.expect(f"step {update}", allowance, f"max({STEP_FACTOR} x median step time {median:.2f} s, "
                                                  f"watchdog_min_seconds {self.min_seconds:g})")
 
-    def expect_slow(self, what: str):
+    def expect_slow(self, what: str) -> None:
         """A checkpoint or an evaluation: the first-step allowance."""
         self.expect(what, self.first_step_seconds, "watchdog_first_step_seconds")
 
-    def close(self):
+    def close(self) -> None:
         self._stop.set()
 
     def _watch(self):

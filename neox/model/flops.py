@@ -7,8 +7,10 @@ Activation recomputation is not counted (it is overhead, not useful work), as in
 MFU definition. MFU = tokens/s x FLOPs per token / (GPUs x peak FLOP/s per GPU).
 """
 
+from typing import Any
 
-def parameter_count(cfg, vocab_size=None) -> int:
+
+def parameter_count(cfg: Any, vocab_size: int | None = None) -> int:
     m = cfg.model
     v = vocab_size if vocab_size is not None else m.vocab_size
     head_dim = m.head_dim or m.hidden_size // m.num_attention_heads
@@ -21,11 +23,11 @@ def parameter_count(cfg, vocab_size=None) -> int:
     return m.num_layers * (attn + mlp + norms) + embeddings + m.hidden_size
 
 
-def flops_per_token(cfg) -> int:
+def flops_per_token(cfg: Any) -> int:
     m = cfg.model
     attention_width = m.num_attention_heads * (m.head_dim or m.hidden_size // m.num_attention_heads)
     return 6 * parameter_count(cfg) + 12 * m.num_layers * attention_width * m.seq_length
 
 
-def mfu(cfg, tokens_per_sec: float, num_gpus: int) -> float:
+def mfu(cfg: Any, tokens_per_sec: float, num_gpus: int) -> float:
     return tokens_per_sec * flops_per_token(cfg) / (num_gpus * cfg.logging.peak_flops_per_gpu)

@@ -19,6 +19,8 @@ group (two all-reduces per chunk). Vocabulary padding rows get -inf.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
@@ -34,7 +36,8 @@ CHUNK_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 25}
 
 class _HeadLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, token_weights, vocab_start, valid_local, chunk_rows):
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                token_weights: torch.Tensor, vocab_start: int, valid_local: int, chunk_rows: int) -> torch.Tensor:
         group = parallel_state.get_tensor_model_parallel_group()
         tp = parallel_state.get_tensor_model_parallel_world_size()
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
@@ -42,7 +45,8 @@ class _HeadLoss(torch.autograd.Function):
         losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
         # the logits gradient of every token in the weights' dtype: the two gradient GEMMs then run
         # once over all tokens, as in the unfused path (per-chunk GEMMs are slower on CPU)
-        grad_logits = torch.empty(n, local_vocab, dtype=hidden.dtype, device=hidden.device) if want_grad else None
+        # a tensor when want_grad, else None (Any: mypy cannot tie the uses below to want_grad)
+        grad_logits: Any = torch.empty(n, local_vocab, dtype=hidden.dtype, device=hidden.device) if want_grad else None
         for start in range(0, n, chunk_rows):
             end = min(n, start + chunk_rows)
             logits = (hidden[start:end] @ weight.t()).float()
@@ -73,13 +77,14 @@ class _HeadLoss(torch.autograd.Function):
         return (losses * token_weights).sum()
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None, None, None, None]:
         grad_hidden, grad_weight = ctx.saved_tensors
         scale = grad_loss.to(grad_hidden.dtype)
         return grad_hidden * scale, grad_weight * scale, None, None, None, None, None
 
 
-def head_loss(hidden, weight, labels, loss_mask, valid_local: int):
+def head_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor | None,
+              valid_local: int) -> torch.Tensor:
     """Mean token loss (weighted by loss_mask) of hidden [b, s, h] through this rank's vocab slice
     ``weight`` [vocab/tp, h] of the column-parallel output head, whose first ``valid_local`` rows
     are real tokens (the rest padding); equal to lm_head + -inf padding mask +

@@ -3,7 +3,8 @@ neox.model.partition)."""
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Callable, Mapping
+from typing import Any, Iterable, Optional
 
 import torch
 
@@ -34,7 +35,7 @@ def rope_parameters(c: dict) -> dict:
     return params
 
 
-def rope_scaling_key(params: dict, where: str):
+def rope_scaling_key(params: dict, where: str) -> dict | None:
     """Our ``rope_scaling`` (None, or the numbers ROPE_SCALING_KEYS names)."""
 
     kind = params["rope_type"]
@@ -50,7 +51,7 @@ def rope_scaling_key(params: dict, where: str):
     return {"rope_type": kind, **{k: params[k] for k in sorted(ROPE_SCALING_KEYS[kind])}}
 
 
-def neox_model_keys_from_hf(hf_config, where: str = "config.json") -> dict:
+def neox_model_keys_from_hf(hf_config: Any, where: str = "config.json") -> dict:
     """Our model keys for a transformers Llama, Mistral or Qwen2 config, or a ValueError naming
     the config key we cannot represent."""
     c = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
@@ -99,20 +100,20 @@ class InMemoryWeights:
     """Full HF tensors held in memory (a dict, or a function of the name), with the reading
     interface of ``neox.checkpoint.files.HFWeights``."""
 
-    def __init__(self, tensors):
+    def __init__(self, tensors: Mapping[str, torch.Tensor] | Callable[[str], torch.Tensor]):
         self._get = tensors if callable(tensors) else tensors.__getitem__
 
-    def shape(self, name) -> tuple:
+    def shape(self, name: str) -> tuple:
         return tuple(self._get(name).shape)
 
-    def get(self, name) -> torch.Tensor:
+    def get(self, name: str) -> torch.Tensor:
         return self._get(name).clone()
 
-    def get_slice(self, name, dim: int, start: int, end: int) -> torch.Tensor:
+    def get_slice(self, name: str, dim: int, start: int, end: int) -> torch.Tensor:
         return self._get(name).narrow(dim, start, end - start).clone()
 
 
-def shard_hf_weights(source, names: Iterable[str], vocab: int, padded_vocab: int, rank: int,
+def shard_hf_weights(source: Any, names: Iterable[str], vocab: int, padded_vocab: int, rank: int,
                      tp: int, dtype: Optional[torch.dtype] = None) -> dict:
     """This rank's weights by our names, laid out by ``neox.model.partition``, optionally cast to
     ``dtype``. ``source`` is an ``HFWeights`` (read slice by slice: only this rank's part of each
@@ -161,12 +162,13 @@ class ShardedWeights:
     the last weight read are cached (q, k and v are read one after another). Vocabulary rows
     beyond ``vocab`` are dropped. ``config`` is an HF config.json dict for the model."""
 
-    def __init__(self, rank_weight, names, tp: int, dims: dict, vocab: int, config: dict):
+    def __init__(self, rank_weight: Callable[[int, str], torch.Tensor], names: Iterable[str], tp: int, dims: dict,
+                 vocab: int, config: dict):
         self.rank_weight, self.tp, self.dims, self.vocab, self.config = rank_weight, tp, dims, vocab, config
         self._ours = {hf: name for name in names for hf in partition.hf_names(name)}
         self._cached: tuple[str | None, dict[str, torch.Tensor] | None] = (None, None)
 
-    def names(self):
+    def names(self) -> list[str]:
         return list(self._ours)
 
     def _full(self, hf_name) -> torch.Tensor:
@@ -177,11 +179,11 @@ class ShardedWeights:
         assert self._cached[1] is not None, "filled above for this name"
         return partition.strip_vocab(self._cached[1][hf_name], name, self.vocab)
 
-    def shape(self, name) -> tuple:
+    def shape(self, name: str) -> tuple:
         return tuple(self._full(name).shape)
 
-    def get(self, name) -> torch.Tensor:
+    def get(self, name: str) -> torch.Tensor:
         return self._full(name).clone()
 
-    def get_slice(self, name, dim: int, start: int, end: int) -> torch.Tensor:
+    def get_slice(self, name: str, dim: int, start: int, end: int) -> torch.Tensor:
         return self._full(name).narrow(dim, start, end - start).clone()

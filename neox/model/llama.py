@@ -10,6 +10,7 @@ model must not touch them: reduced-precision RoPE tables were a known GPT-NeoX b
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,13 +37,13 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(size))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (normed * self.weight.float()).to(x.dtype)
 
 
-def scale_frequencies(inv_freq: torch.Tensor, scaling) -> torch.Tensor:
+def scale_frequencies(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tensor:
     """RoPE frequency scaling (``rope_scaling``, checked by neox.config). ``linear`` divides every
     frequency by ``factor``; ``llama3`` (Llama 3.1) divides only the low frequencies, those whose
     wavelength exceeds original_max_position_embeddings / low_freq_factor, keeps the high ones
@@ -62,11 +63,11 @@ def scale_frequencies(inv_freq: torch.Tensor, scaling) -> torch.Tensor:
 class Rotary:
     """HF "rotate-half" rotary embedding; cos/sin built in fp32 and cached per (length, device)."""
 
-    def __init__(self, head_dim: int, base: float, scaling=None):
+    def __init__(self, head_dim: int, base: float, scaling: dict | None = None):
         self.head_dim, self.base, self.scaling = head_dim, float(base), scaling
         self._cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def cos_sin(self, seq_len: int, device):
+    def cos_sin(self, seq_len: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         key = (seq_len, str(device))
         if key not in self._cache:
             exponent = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim
@@ -78,7 +79,7 @@ class Rotary:
         return self._cache[key]
 
     @staticmethod
-    def apply(x, cos, sin):
+    def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x: [b, heads, s, head_dim]; rotation done in fp32, result in x's dtype."""
         x32 = x.float()
         half = x32.shape[-1] // 2
@@ -100,7 +101,7 @@ def _row(in_f, out_f, mp_config):
 
 
 class Attention(nn.Module):
-    def __init__(self, m, tp: int, mp_config, impl: str):
+    def __init__(self, m: Any, tp: int, mp_config: ModelParallelConfig, impl: str):
         super().__init__()
         self.head_dim = m.head_dim
         self.local_heads = m.num_attention_heads // tp
@@ -113,7 +114,7 @@ class Attention(nn.Module):
                                 mp_config, bias=m.qkv_bias)
         self.o_proj = _row(m.num_attention_heads * self.head_dim, m.hidden_size, mp_config)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
         q, k, v = (t.reshape(b, s, -1, self.head_dim).transpose(1, 2)
                    for t in self.qkv_proj(x)[0].split(self.local_sizes, dim=-1))
@@ -133,26 +134,26 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, m, mp_config):
+    def __init__(self, m: Any, mp_config: ModelParallelConfig):
         super().__init__()
         # one matmul for gate and up; this rank's rows are [its gate rows; its up rows]
         self.gate_up_proj = _column(m.hidden_size, 2 * m.intermediate_size, mp_config)
         self.down_proj = _row(m.intermediate_size, m.hidden_size, mp_config)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x)[0].chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)[0]
 
 
 class Layer(nn.Module):
-    def __init__(self, m, tp, mp_config):
+    def __init__(self, m: Any, tp: int, mp_config: ModelParallelConfig):
         super().__init__()
         self.input_norm = RMSNorm(m.hidden_size, m.rms_norm_epsilon)
         self.attention = Attention(m, tp, mp_config, m.attention_impl)
         self.post_attention_norm = RMSNorm(m.hidden_size, m.rms_norm_epsilon)
         self.mlp = MLP(m, mp_config)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.input_norm(x), cos, sin)
         return x + self.mlp(self.post_attention_norm(x))
 
@@ -161,7 +162,7 @@ class LlamaModel(nn.Module):
     """The decoder. ``forward(tokens)`` returns this rank's vocab-parallel logits (padding rows
     at -inf); ``forward(tokens, labels, loss_mask)`` returns the mean token loss."""
 
-    def __init__(self, cfg, dtype=torch.float32):
+    def __init__(self, cfg: Any, dtype: torch.dtype = torch.float32):
         super().__init__()
         m = cfg.model
         self.cfg = cfg
@@ -195,7 +196,7 @@ class LlamaModel(nn.Module):
     # ---- weights
 
     @torch.no_grad()
-    def init_weights(self, seed: int):
+    def init_weights(self, seed: int) -> None:
         """Random init that does not depend on TP: each full HF tensor of ``neox.model.partition`` (q, k
         and v separately) comes from its own seeded generator and this rank keeps its shard, so
         TP=1 and TP=2 start from the same model."""
@@ -224,13 +225,14 @@ class LlamaModel(nn.Module):
 
     # ---- forward
 
-    def forward(self, tokens, labels=None, loss_mask=None):
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
+                loss_mask: torch.Tensor | None = None) -> torch.Tensor:
         # batches are built on the CPU (neox.data.dataset, the prefetch thread, evaluation, the guarded
         # start's reference batch) and neither the trainer nor DeepSpeed's engine moves them: on
         # CUDA the embedding lookup would fail. A no-op when they are already on the weights' device.
         device = self.embed.weight.device
-        tokens, labels, loss_mask = (t.to(device, non_blocking=True) if t is not None else None
-                                     for t in (tokens, labels, loss_mask))
+        tokens, labels, loss_mask = (  # type: ignore[assignment]  # mypy: each item Tensor | None; tokens is a Tensor
+            t.to(device, non_blocking=True) if t is not None else None for t in (tokens, labels, loss_mask))
         x = self.embed(tokens)
         cos, sin = self.rotary.cos_sin(tokens.shape[1], tokens.device)
         for i, layer in enumerate(self.layers):
@@ -247,7 +249,7 @@ class LlamaModel(nn.Module):
         return self.loss(logits, labels, loss_mask)
 
     @property
-    def head_weight(self):
+    def head_weight(self) -> torch.Tensor:
         """This rank's output-head rows: the embedding's own when tied."""
         return self.embed.weight if self.cfg.model.tie_word_embeddings else self.lm_head.weight
 
@@ -265,14 +267,14 @@ class LlamaModel(nn.Module):
         return logits.masked_fill(mask, float("-inf"))
 
     @staticmethod
-    def loss(logits, labels, loss_mask=None):
+    def loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
         per_token = mtp.vocab_parallel_cross_entropy(logits.float(), labels.contiguous())
         if loss_mask is None:
             return per_token.mean()
         loss_mask = loss_mask.float()
         return (per_token * loss_mask).sum() / loss_mask.sum().clamp(min=1.0)
 
-    def gather_logits(self, logits):
+    def gather_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary logits (padding stripped) from this rank's vocab-parallel logits.
         For evaluation only (no gradient); megatron's gather assumes CUDA, this works on gloo too."""
         if self.tp > 1:

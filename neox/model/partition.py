@@ -30,7 +30,7 @@ cutting the fused matrix into t equal blocks.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple, Optional, cast
+from typing import Any, NamedTuple, Optional, cast
 
 import torch
 
@@ -72,7 +72,7 @@ OPTIONS = {
 VOCAB_WEIGHTS = {"embed.weight", "lm_head.weight"}
 
 
-def sizes(model, padded_vocab: Optional[int] = None) -> dict:
+def sizes(model: Any, padded_vocab: Optional[int] = None) -> dict:
     """Values of the shape symbols for a model: ``model`` is a ModelArgs or a dict of its keys.
     V is the (padded, if given) vocabulary, H hidden, Q heads x head_dim, KV kv_heads x head_dim,
     F intermediate."""
@@ -126,7 +126,7 @@ def hf_shapes(name: str, dims: dict) -> list[tuple]:
     return [tuple(dims[s] for s in shape) for _, shape in _lookup(name)[0].parts]
 
 
-def expected_names(num_layers: int, model=None) -> list[str]:
+def expected_names(num_layers: int, model: Any = None) -> list[str]:
     """Our weight names for a model of ``num_layers`` layers with the options of ``model`` (its
     keys: a ModelArgs or a dict; None: plain Llama, no biases, untied head)."""
     names = []
@@ -138,7 +138,7 @@ def expected_names(num_layers: int, model=None) -> list[str]:
     return names
 
 
-def expected_hf_names(num_layers: int, model=None) -> list[str]:
+def expected_hf_names(num_layers: int, model: Any = None) -> list[str]:
     return [hf for name in expected_names(num_layers, model) for hf in hf_names(name)]
 
 

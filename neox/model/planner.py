@@ -31,6 +31,7 @@ fragmentation. These are estimates to catch plans that cannot fit; they are not 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from neox.model import partition
 from neox.model.flops import flops_per_token, parameter_count
@@ -39,7 +40,7 @@ GIB = 2**30
 OVERHEAD_GIB = 2.0
 
 
-def parameters_per_gpu(cfg) -> int:
+def parameters_per_gpu(cfg: Any) -> int:
     m, tp = cfg.model, cfg.parallel.model_parallel_size
     dims = partition.sizes(m, cfg.padded_vocab_size)
     total = 0
@@ -51,7 +52,7 @@ def parameters_per_gpu(cfg) -> int:
     return total
 
 
-def layer_bytes_per_token(cfg) -> int:
+def layer_bytes_per_token(cfg: Any) -> int:
     """Bytes one decoder layer keeps for backward per token on one rank (formula above)."""
     m, tp = cfg.model, cfg.parallel.model_parallel_size
     e = 2 if cfg.optim.precision == "bf16" else 4
@@ -63,7 +64,7 @@ def layer_bytes_per_token(cfg) -> int:
     return 16 * h + e * (2 * h + 3 * q + 3 * k + 4 * f) + small
 
 
-def memory_per_gpu(cfg) -> dict:
+def memory_per_gpu(cfg: Any) -> dict:
     """Estimated bytes per GPU by category, and the total in GiB."""
     m, tp = cfg.model, cfg.parallel.model_parallel_size
     p = parameters_per_gpu(cfg)
@@ -86,7 +87,7 @@ def memory_per_gpu(cfg) -> dict:
             "parameters_per_gpu": p}
 
 
-def checkpoint_bytes(cfg) -> int:
+def checkpoint_bytes(cfg: Any) -> int:
     """Bytes of one checkpoint on disk, all ranks: every TP shard's weights in the training
     precision plus the fp32 master copy and Adam m and v (12 bytes per parameter; ZeRO splits
     them over data parallel, so the total is the same). The smoke config: 18.2 MB, as written."""
@@ -94,11 +95,11 @@ def checkpoint_bytes(cfg) -> int:
     return cfg.parallel.model_parallel_size * parameters_per_gpu(cfg) * (weight_bytes + 12)
 
 
-def gpu_hours(cfg, total_tokens: int, mfu: float) -> float:
+def gpu_hours(cfg: Any, total_tokens: int, mfu: float) -> float:
     return total_tokens * flops_per_token(cfg) / (mfu * cfg.logging.peak_flops_per_gpu) / 3600
 
 
-def plan(cfg) -> dict:
+def plan(cfg: Any) -> dict:
     g, s = cfg.batch.train_batch_size, cfg.model.seq_length
     total_tokens = g * s * cfg.schedule.train_iters
     weights = cfg.data.train_data_weights or [1.0] * len(cfg.data.train_data_paths)
@@ -122,7 +123,7 @@ def plan(cfg) -> dict:
     return out
 
 
-def format_plan(cfg, p: dict) -> str:
+def format_plan(cfg: Any, p: dict) -> str:
     rows = [("GPUs", f"{cfg.world_size} ({cfg.parallel.num_nodes} nodes x {cfg.parallel.num_gpus})"),
             ("tensor x data parallel", f"{cfg.parallel.model_parallel_size} x {cfg.data_parallel_size}"),
             ("micro x accum x DP = batch", f"{cfg.batch.train_micro_batch_size_per_gpu} x "

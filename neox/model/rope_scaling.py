@@ -1,11 +1,13 @@
 """The RoPE scalings the model implements and the numbers each needs (read by the config check and
 the Hugging Face import)."""
 
+from typing import Any
+
 ROPE_SCALING_KEYS = {"linear": {"factor"},
                      "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}}
 
 
-def check_rope_scaling(scaling) -> None:
+def check_rope_scaling(scaling: Any) -> None:
     """``rope_scaling``: None, or one of the types of ROPE_SCALING_KEYS with exactly its numbers."""
     if scaling is None:
         return

@@ -4,21 +4,12 @@ or a self-contained HTML page. The program is neox.cli.plot_run (tools/plot_run.
 
 from __future__ import annotations
 
-import argparse
-
 import html
-
 import io
-
 import json
-
 import math
-
 import os
-
-import sys
-
-
+from typing import Any
 
 SCALARS = [("lr", "learning rate"), ("grad_norm", "gradient norm"),
            ("tokens_per_sec", "tokens/s"), ("mfu", "MFU")]
@@ -115,7 +106,7 @@ def panel_data(log_paths: list[str], names: list[str] | None = None, smoothing: 
     return runs
 
 
-def draw(data: dict):
+def draw(data: dict) -> Any:
     """A 2 x 3 matplotlib figure of panel_data's runs."""
     import matplotlib
 
@@ -175,7 +166,7 @@ def summary_rows(data: dict) -> list[list[str]]:
     return rows
 
 
-def write_html(fig, data: dict, path: str):
+def write_html(fig: Any, data: dict, path: str) -> None:
     buf = io.StringIO()
     fig.savefig(buf, format="svg")
     svg = buf.getvalue()

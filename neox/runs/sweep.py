@@ -5,39 +5,32 @@ table). The program is neox.cli.sweep (tools/sweep.py).
 
 from __future__ import annotations
 
-import argparse
-
 import csv
-
 import itertools
-
 import json
-
 import math
-
 import os
-
 import subprocess
-
 import sys
-
 import time
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
 
 import yaml
 
-from neox.config import ConfigError, apply_overrides, config_from_flat, derived, load_yaml_files, validate
-
+from neox.config import (
+    ConfigError,
+    NeoXConfig,
+    apply_overrides,
+    config_from_flat,
+    derived,
+    load_yaml_files,
+    validate,
+)
 from neox.data.names import component_name
-
 from neox.errors import NeoxError
-
 from neox.exit_status import BAD_INPUT
-
 from neox.paths import project_root
-
-
 
 REPO = project_root()
 
@@ -105,7 +98,7 @@ def base_config(sweep: dict) -> dict:
     return apply_overrides(flat, overrides)
 
 
-def resolve(flat: dict, dry_run: bool):
+def resolve(flat: dict, dry_run: bool) -> NeoXConfig:
     """Validate a flat config the way deepy.py does (relative data paths are from the repository root)."""
     cwd = os.getcwd()
     os.chdir(REPO)
@@ -161,7 +154,7 @@ def mixture_points(sweep: dict, searched: list[str]) -> list[tuple[str, list[flo
     return points
 
 
-def compositions(total: int, k: int):
+def compositions(total: int, k: int) -> Iterator[tuple[int, ...]]:
     """All ways to write total as k positive integers (every component keeps some data)."""
     for cuts in itertools.combinations(range(1, total), k - 1):
         bounds = (0, *cuts, total)
@@ -189,7 +182,7 @@ def full_weights(weights: list[float], searched: list[str], fixed: dict, train_c
     return cast(list[float], [fixed.get(c, share.get(c)) for c in train_components])
 
 
-def scaled_schedule(base, train_iters: int) -> dict:
+def scaled_schedule(base: NeoXConfig, train_iters: int) -> dict:
     """Warmup and decay length scaled by train_iters / the base run's train_iters (same LR shape)."""
     s = base.schedule
     f = train_iters / s.train_iters
@@ -257,7 +250,7 @@ def format_plan(plan: dict) -> str:
     return "\n".join(lines)
 
 
-def format_hours(hours) -> str:
+def format_hours(hours: float | None) -> str:
     if hours is None:
         return "n/a"
     return f"{hours:,.0f}" if hours >= 100 else f"{hours:.3g}"
@@ -275,7 +268,7 @@ def config_text(plan: dict, run: dict) -> str:
     return header + yaml.safe_dump(run["flat"], sort_keys=False, default_flow_style=None, width=120)
 
 
-def write_configs(plan: dict):
+def write_configs(plan: dict) -> None:
     """Each run's config; an existing one with other contents is refused (its results would not match)."""
     for run in plan["runs"]:
         text = config_text(plan, run)
@@ -390,7 +383,7 @@ def collect_results(sweep_dir: str) -> tuple[dict, list[dict]]:
     return plan, results
 
 
-def write_results_csv(plan: dict, results: list[dict], path: str):
+def write_results_csv(plan: dict, results: list[dict], path: str) -> None:
     comps, sets = plan["components"], plan["selection_sets"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -401,7 +394,7 @@ def write_results_csv(plan: dict, results: list[dict], path: str):
                         *[r["val"][s] for s in sets], r["selection_loss"], int(r["winner"])])
 
 
-def write_results_md(plan: dict, results: list[dict], path: str, picture: str):
+def write_results_md(plan: dict, results: list[dict], path: str, picture: str) -> None:
     comps, sets = plan["components"], plan["selection_sets"]
     how = ("mean validation loss over " + ", ".join(sets) if plan["selection_metric"] == "mean"
            else f"validation loss on {plan['selection_metric']}")
@@ -424,7 +417,7 @@ def write_results_md(plan: dict, results: list[dict], path: str, picture: str):
         f.write("\n".join(lines))
 
 
-def write_olmix(plan: dict, results: list[dict], out_dir: str):
+def write_olmix(plan: dict, results: list[dict], out_dir: str) -> None:
     """olmix's fitting inputs: ratios.csv (run + one column per domain, rows summing to 1) and
     metrics.csv (run + one column per metric, lower is better), joined on `run`; priors.yaml holds the
     token counts of each domain for olmix's `priors.token_counts`."""
@@ -452,7 +445,7 @@ def ternary_xy(weights: Sequence[float]) -> tuple[float, float]:
     return b + c / 2, c * math.sqrt(3) / 2
 
 
-def plot_results(plan: dict, results: list[dict], path: str):
+def plot_results(plan: dict, results: list[dict], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -481,7 +474,7 @@ def plot_results(plan: dict, results: list[dict], path: str):
     plt.close(fig)
 
 
-def draw_ternary(ax, searched: list[str], results: list[dict], fig):
+def draw_ternary(ax: Any, searched: list[str], results: list[dict], fig: Any) -> None:
     corners = [ternary_xy(w) for w in ([1, 0, 0], [0, 1, 0], [0, 0, 1])]
     ax.plot(*zip(*corners, corners[0]), color="black", linewidth=1)
     for (x, y), name, dy in zip(corners, searched, (-0.06, -0.06, 0.03)):

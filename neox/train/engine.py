@@ -4,6 +4,7 @@ megatron-core mpu, and the learning rate set per update."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,18 +47,18 @@ def build_optimizer(cfg: NeoXConfig, model: torch.nn.Module) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=params["lr"], betas=tuple(params["betas"]), eps=params["eps"], fused=True)
 
 
-def seed_everything(seed: int):
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def set_lr(engine, lr: float):
+def set_lr(engine: Any, lr: float) -> None:
     for group in engine.optimizer.param_groups:
         group["lr"] = lr
 
 
-def build_engine(cfg: NeoXConfig, model: torch.nn.Module):
+def build_engine(cfg: NeoXConfig, model: torch.nn.Module) -> Any:
     """The DeepSpeed engine around the model: our AdamW, ZeRO-1, bf16, the megatron-core mpu."""
     import deepspeed
     from deepspeed.runtime.bf16_optimizer import BF16_Optimizer

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
+from neox.config import GuardArgs
 from neox.errors import NeoxError
 
 
@@ -41,7 +42,7 @@ def batch_of_step(step: int, skip: list[int]) -> int:
 
 
 class LossGuard:
-    def __init__(self, guard_cfg, state: dict | None = None):
+    def __init__(self, guard_cfg: GuardArgs, state: dict | None = None):
         self.cfg = guard_cfg
         state = state or {}
         self.skip_batches = sorted(state.get("skip_batches", []))
@@ -76,7 +77,7 @@ class LossGuard:
         self.history.append((update, loss))
         return "ok", ""
 
-    def spike_threshold(self):
+    def spike_threshold(self) -> float | None:
         k = self.cfg.loss_spike_std_factor
         n = len(self.history)
         if k <= 0 or n < max(self.cfg.loss_spike_min_history, 2):

@@ -7,6 +7,8 @@ stays at ``min_lr`` (GPT-NeoX main's cosine rose again past the horizon; this on
 
 import math
 
+from neox.config import NeoXConfig
+
 
 def learning_rate(step: int, peak: float, min_lr: float, warmup_iters: int, decay_iters: int,
                   style: str = "cosine") -> float:
@@ -24,6 +26,6 @@ def learning_rate(step: int, peak: float, min_lr: float, warmup_iters: int, deca
     raise ValueError(f"unknown lr_decay_style '{style}'")
 
 
-def lr_for_config(cfg, step: int) -> float:
+def lr_for_config(cfg: NeoXConfig, step: int) -> float:
     s = cfg.schedule
     return learning_rate(step, cfg.lr, s.min_lr, s.warmup_iters, s.lr_decay_iters, s.lr_decay_style)

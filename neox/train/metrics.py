@@ -6,9 +6,11 @@ Only global rank 0 creates a logger; the other ranks get ``None`` and skip loggi
 import json
 import os
 
+from neox.config import NeoXConfig
+
 
 class MetricsLogger:
-    def __init__(self, cfg):
+    def __init__(self, cfg: NeoXConfig):
         self.path = os.path.join(cfg.logging.log_dir, "metrics.jsonl")
         os.makedirs(cfg.logging.log_dir, exist_ok=True)
         self.tb = self.wandb = None
@@ -22,7 +24,7 @@ class MetricsLogger:
             self.wandb = wandb.init(project=cfg.logging.wandb_project, group=cfg.logging.wandb_group,
                                     entity=cfg.logging.wandb_entity, config=cfg.to_flat())
 
-    def log(self, record: dict):
+    def log(self, record: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         step = record.get("step", 0)
@@ -34,7 +36,7 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.log(numbers, step=step)
 
-    def close(self):
+    def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:

@@ -30,8 +30,10 @@ from neox.config import NeoXConfig
 from neox.launch import faults
 from neox.launch.distributed import is_rank0, on_rank0_for_all
 from neox.log import get_logger
+from neox.model.llama import LlamaModel
 from neox.model.planner import checkpoint_bytes
 from neox.train.guard import LossGuard, samples_of_batch
+from neox.train.metrics import MetricsLogger
 
 log = get_logger(__name__)
 
@@ -60,7 +62,7 @@ class RunState:
                    neox_config=state["neox_config"], rng=state.get("rng"), guard=state.get("guard"))
 
 
-def find_resume_dir(cfg: NeoXConfig):
+def find_resume_dir(cfg: NeoXConfig) -> tuple[str, str] | tuple[None, None]:
     """(directory, tag) to resume everything from, or (None, None) for a fresh start.
 
     A run's own complete checkpoints (<save>) win: a restarted job continues instead of starting
@@ -81,7 +83,7 @@ def find_resume_dir(cfg: NeoXConfig):
     return None, None
 
 
-def check_resumable(cfg: NeoXConfig, checkpoint: str, data_files: dict):
+def check_resumable(cfg: NeoXConfig, checkpoint: str, data_files: dict) -> None:
     """Before anything expensive: every file of the checkpoint is there with its size, the config
     differs only in RESUME_MAY_CHANGE keys (and the TP/DP layout, which neox.checkpoint.reshard handles under
     ZeRO) and the training data are the ones the run started with."""
@@ -104,7 +106,7 @@ def check_resumable(cfg: NeoXConfig, checkpoint: str, data_files: dict):
                                   "data in a new run (a different save directory)")
 
 
-def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> RunState:
+def resume(engine: Any, cfg: NeoXConfig, directory: str, tag: str) -> RunState:
     """Weights, ZeRO optimizer state, step, RNG and guard state (skip-list); the LR and the data
     position follow the step (load_state)."""
     path, state = load_state(engine, cfg, directory, tag)
@@ -112,7 +114,7 @@ def resume(engine, cfg: NeoXConfig, directory: str, tag: str) -> RunState:
     return state
 
 
-def load_state(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[str, RunState]:
+def load_state(engine: Any, cfg: NeoXConfig, directory: str, tag: str) -> tuple[str, RunState]:
     """The one way a checkpoint is loaded into a running job, at its start (resume) and in a
     rollback: a checkpoint written at another TP/DP layout is resharded into this one
     (neox.checkpoint.reshard), an unreadable file is named, and the RNG state is restored.
@@ -142,7 +144,7 @@ def load_state(engine, cfg: NeoXConfig, directory: str, tag: str) -> tuple[str, 
     return path, run_state
 
 
-def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_files: dict, job: str):
+def save_checkpoint(engine: Any, cfg: NeoXConfig, step: int, guard: LossGuard, data_files: dict, job: str) -> None:
     """GPT-NeoX/DeepSpeed layout, written atomically (neox.checkpoint.atomic): <save>/global_step<N>/
     mp_rank_XX_model_states.pt + ZeRO shards + config.json + complete, then <save>/latest."""
     save = cfg.checkpoint.save
@@ -159,7 +161,8 @@ def save_checkpoint(engine, cfg: NeoXConfig, step: int, guard: LossGuard, data_f
         after_checkpoint(cfg.checkpoint.eval_after_checkpoint, save, step)
 
 
-def rollback(engine, cfg: NeoXConfig, guard: LossGuard, update: int, reason: str, logger) -> int:
+def rollback(engine: Any, cfg: NeoXConfig, guard: LossGuard, update: int, reason: str,
+             logger: MetricsLogger | None) -> int:
     """Reload the newest complete checkpoint of this run; the offending batches join the skip-list.
     Returns the step to continue from. Raises GuardStop past max_rollbacks or with no checkpoint."""
     save = cfg.checkpoint.save
@@ -186,7 +189,7 @@ def lock_save_dir(cfg: NeoXConfig) -> str:
     assert save is not None, "called only when the run saves"
     lock = SaveLock(save, cfg.checkpoint.save_lock_stale_minutes)
 
-    def take():
+    def take() -> None:
         check_save_dir(save, checkpoint_bytes(cfg))
         for w in lock.acquire():
             log.warning(w)
@@ -198,7 +201,7 @@ def lock_save_dir(cfg: NeoXConfig) -> str:
     return token[0]
 
 
-def guarded_start(model, cfg: NeoXConfig, conversion: dict) -> dict:
+def guarded_start(model: LlamaModel, cfg: NeoXConfig, conversion: dict) -> dict:
     """Step 0 from converted weights: the converter's reference batch must give the source model's
     loss at the checkpoint's own RoPE theta; the loss at the training theta is logged beside it."""
     model.eval()
@@ -216,7 +219,8 @@ def guarded_start(model, cfg: NeoXConfig, conversion: dict) -> dict:
 
 
 @torch.no_grad()
-def reference_losses(model, reference: dict, source_theta: float, train_theta: float) -> tuple[float, float]:
+def reference_losses(model: LlamaModel, reference: dict, source_theta: float, train_theta: float
+                     ) -> tuple[float, float]:
     """Loss of the loaded model on the converter's reference batch at the checkpoint's own RoPE
     theta (comparable to the recorded loss) and at the training theta."""
     tokens = torch.tensor([reference["tokens"]])
@@ -231,7 +235,7 @@ def reference_losses(model, reference: dict, source_theta: float, train_theta: f
     return out[0], out[1]
 
 
-def check_reference(loss: float, reference: dict, tolerance: float, load: str):
+def check_reference(loss: float, reference: dict, tolerance: float, load: str) -> None:
     recorded = reference["loss"]
     if not abs(loss - recorded) <= tolerance:
         raise CheckpointError(

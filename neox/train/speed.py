@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from typing import Any
 
 # Measured on the benchmark model of bench/train_throughput.py (2-core CPU, cold cache): compiling
 # costs about 20 s in the first step and saves about 0.5 s per step, so it repays itself after
@@ -87,7 +88,7 @@ def backend_can_compile(device: str) -> tuple[bool, str]:
     return _cpp_compiler_works()
 
 
-def resolve_compile_blocks(setting, train_iters: int, device: str) -> tuple[bool, str]:
+def resolve_compile_blocks(setting: bool | str | None, train_iters: int, device: str) -> tuple[bool, str]:
     """(compile or not, why): true/false as set; auto decided by backend and run length."""
     if setting is not None and setting != "auto":
         return bool(setting), "set in the config"
@@ -122,7 +123,7 @@ def compile_blocks_of_a_long_run(device: str) -> tuple[bool, str]:
     return resolve_compile_blocks("auto", COMPILE_MIN_TRAIN_ITERS, device)
 
 
-def apply(cfg, device: str) -> tuple:
+def apply(cfg: Any, device: str) -> tuple:  # a NeoXConfig; not imported: train.py imports this module first
     """The config with compile_blocks resolved (true or false), the allocator set; and the start-up lines."""
     m = cfg.model
     lines = []

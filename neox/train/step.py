@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from megatron.core import parallel_state as ps
 
 from neox.launch import distributed, faults
+from neox.launch.stop_request import StopSignal
 
 
 @dataclass
@@ -22,7 +23,7 @@ class StepResult:
     out_of_vocab: bool = False  # some rank's micro-batch held a token id outside [0, vocab_size)
 
 
-def train_step(engine, micro_batches: Iterable[dict], update: int, stop,
+def train_step(engine: Any, micro_batches: Iterable[dict], update: int, stop: StopSignal,
                vocab_size: int) -> StepResult:
     """Forward, backward and engine.step per micro-batch (DeepSpeed applies the update after the
     last one), then one all-reduce carrying the summed loss, ``stop.requested`` and the count of

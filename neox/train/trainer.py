@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ from neox.train.step import StepResult, train_step
 log = get_logger(__name__)
 
 
-def train(cfg: NeoXConfig):
+def train(cfg: NeoXConfig) -> None:
     trainer = Trainer(cfg)
     try:
         trainer.run()
@@ -75,7 +76,7 @@ class Trainer:
         self.job = lock_save_dir(cfg) if cfg.checkpoint.save else None  # before anything is written there
         self._write_resolved_config()
         if os.environ.get(DATA_CHECKED_ENV) != "1":  # deepy.py checked before spawning; srun/torchrun did not
-            def warn_about_data():
+            def warn_about_data() -> None:
                 for w in check_data(cfg):
                     log.warning(w)
 
@@ -99,7 +100,7 @@ class Trainer:
         self.consumed = ConsumedSamples(self.train_set, cfg)
         self.consumed.recount(self.step, self.guard)
         faults.arm_loss_faults(rank0=is_rank0())  # test-only switches; no-ops in a real run
-        self.last_step_seconds = None  # the watchdog's measure of a step
+        self.last_step_seconds: float | None = None  # the watchdog's measure of a step
         self.prefetch = Prefetcher(self.train_set, ps.get_data_parallel_rank(),
                                    cfg.batch.train_micro_batch_size_per_gpu, cfg.data_parallel_size,
                                    cfg.batch.train_batch_size)
@@ -159,7 +160,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------- the loop
 
-    def run(self):
+    def run(self) -> None:
         """Update after update until train_iters; a stop request exits for requeue at the next safe
         point, the guard's give-up raises GuardStop."""
         cfg = self.cfg
@@ -180,7 +181,7 @@ class Trainer:
             self.watchdog.expect_step(update, self.last_step_seconds)
             faults.pause("step", update)  # test-only: a slow step, to stop a job in the middle of one
             result = train_step(self.engine, self.micro_batches(batch_index, update), update, self.stop,
-                                cfg.model.vocab_size)
+                                cfg.model.vocab_size)  # type: ignore[arg-type]  # validate() set it (tokenizer)
             self.last_step_seconds = result.seconds
             if result.out_of_vocab:
                 self.stop_for_bad_tokens(update, batch_index)
@@ -207,7 +208,7 @@ class Trainer:
                 self.stop_for_requeue(update)
         self.close()
 
-    def micro_batches(self, batch_index: int, update: int):
+    def micro_batches(self, batch_index: int, update: int) -> Iterator[dict]:
         """This update's micro-batches; fetching one starts the background fetch of the next
         (the next update's first, unless this is the last update)."""
         accum = self.cfg.batch.gradient_accumulation_steps
@@ -218,14 +219,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------- the guard's verdicts
 
-    def roll_back(self, update: int, reason: str):
+    def roll_back(self, update: int, reason: str) -> None:
         """Back to the newest complete checkpoint; the offending batches are on the skip-list now."""
         self.watchdog.expect_slow(f"the rollback at step {update}")
         self.step = rollback(self.engine, self.cfg, self.guard, update, reason, self.logger)
         self.consumed.recount(self.step, self.guard)
         self.saved_step = self.step
 
-    def log_skipped(self, update: int, reason: str, lr: float, batch_index: int):
+    def log_skipped(self, update: int, reason: str, lr: float, batch_index: int) -> None:
         """DeepSpeed already dropped the update on every rank; say which samples it held."""
         record: dict[str, Any] = {"step": update, "skipped": True, "reason": reason, "lr": lr, "batch": batch_index,
                                   "samples": samples_of_batch(batch_index, self.cfg.batch.train_batch_size)}
@@ -265,7 +266,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------- actions
 
-    def log_step(self, update: int, result: StepResult, lr: float, batch_index: int):
+    def log_step(self, update: int, result: StepResult, lr: float, batch_index: int) -> None:
         cfg = self.cfg
         tps = cfg.batch.train_batch_size * cfg.model.seq_length / result.seconds
         record = {"step": update, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
@@ -275,7 +276,7 @@ class Trainer:
         self.logger.log(record)
         log.info(format_line(record, cfg.schedule.train_iters, show_mfu=distributed.device() == "cuda"))
 
-    def evaluate(self, step: int):
+    def evaluate(self, step: int) -> None:
         self.watchdog.expect_slow(f"the evaluation at step {step}")
         faults.pause("eval", step)  # test-only: a slow evaluation, to stop a job in the middle of one
         values = validation.evaluate(self.engine, self.eval_sets, self.cfg)
@@ -283,13 +284,13 @@ class Trainer:
             self.logger.log({"step": step, **values})
             log.info(f"eval at step {step}: " + " | ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
-    def save(self, update: int):
+    def save(self, update: int) -> None:
         self.watchdog.expect_slow(f"the checkpoint of step {update}")
         assert self.job is not None, "save() is called only when the run saves (lock_save_dir gave the job)"
         save_checkpoint(self.engine, self.cfg, update, self.guard, self.data_files, self.job)
         self.saved_step = update
 
-    def stop_for_bad_tokens(self, update: int, batch_index: int):
+    def stop_for_bad_tokens(self, update: int, batch_index: int) -> NoReturn:
         """A batch held token ids outside the vocabulary: stop before this update is saved,
         naming the samples and their data files (found on the host: the slow path, once)."""
         if not is_rank0():  # rank 0 names them; the others stop with it
@@ -303,7 +304,7 @@ class Trainer:
                         f"another tokenizer than vocab_file {self.cfg.data.vocab_file}; no checkpoint of this "
                         f"step was written (the newest is step {self.saved_step})")
 
-    def stop_for_requeue(self, update: int):
+    def stop_for_requeue(self, update: int) -> NoReturn:
         """Checkpoint this update (unless it has one), then exit with the status that requeues."""
         stop_request.ignore_from_now()  # every rank decided: later signals must not turn 75 into 143
         if self.cfg.checkpoint.save and self.saved_step != update:
@@ -313,7 +314,7 @@ class Trainer:
         self.close(last_record={"step": update, "stopped_by_signal": True})
         raise SystemExit(EXIT_REQUEUE)
 
-    def stop_before_training(self):
+    def stop_before_training(self) -> NoReturn:
         """A request before this start's first update: nothing new to save, the same exit status."""
         stop_request.ignore_from_now()
         kept = f"the checkpoint of step {self.step} stays" if self.step else "no step was trained yet"
@@ -322,7 +323,7 @@ class Trainer:
         self.close(last_record={"step": self.step, "stopped_by_signal": True})
         raise SystemExit(EXIT_REQUEUE)
 
-    def close(self, last_record: dict | None = None):
+    def close(self, last_record: dict | None = None) -> None:
         self.watchdog.expect_slow("the end of the run")
         self.prefetch.close()
         if self.logger:
@@ -334,7 +335,7 @@ class Trainer:
         self.watchdog.close()
         distributed.destroy()
 
-    def abandon(self):
+    def abandon(self) -> None:
         """The run stops with an error: stop the prefetch thread and the watchdog and flush the
         logger, with no collective (the other ranks may be gone already). A failure here is one
         warning line: the error that stopped the run is the one to report."""
@@ -350,7 +351,7 @@ class Trainer:
 class ConsumedSamples:
     """Samples trained per data component (skipped batches left out), logged as tokens/<component>."""
 
-    def __init__(self, train_set, cfg: NeoXConfig):
+    def __init__(self, train_set: Any, cfg: NeoXConfig):
         self.components = [component_name(p) for p in cfg.data.train_data_paths]
         self.of_sample = component_of_sample(train_set)
         self.global_batch, self.seq_length = cfg.batch.train_batch_size, cfg.model.seq_length
@@ -360,10 +361,10 @@ class ConsumedSamples:
         g = self.global_batch
         return np.bincount(self.of_sample[batch * g: (batch + 1) * g], minlength=len(self.components))
 
-    def add(self, batch_index: int):
+    def add(self, batch_index: int) -> None:
         self.counts += self._of_batch(batch_index)
 
-    def recount(self, steps: int, guard: LossGuard):
+    def recount(self, steps: int, guard: LossGuard) -> None:
         """The counts after the first ``steps`` steps (at a resume or a rollback)."""
         n = len(self.components)
         if steps == 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from megatron.core import parallel_state as ps
@@ -13,7 +14,7 @@ from neox.launch import distributed
 
 
 @torch.no_grad()
-def evaluate(engine, eval_sets: dict, cfg: NeoXConfig) -> dict:
+def evaluate(engine: Any, eval_sets: dict, cfg: NeoXConfig) -> dict:
     """Mean token loss per validation component over a fixed set of eval_iters micro-batches."""
     engine.eval()
     micro, dp = cfg.batch.train_micro_batch_size_per_gpu, cfg.data_parallel_size
