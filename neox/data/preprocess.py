@@ -1,27 +1,25 @@
-"""Tokenizing json-lines documents into megatron-core indexed datasets (.bin/.idx) with a manifest:
-in worker processes, one shard per input file, merged in input order (byte-identical whatever the
-worker count), resumable. The program is neox.cli.preprocess_data (tools/preprocess_data.py).
+"""Tokenizing documents (JSON lines, Parquet, save_to_disk datasets, hub snapshots: neox.data.readers)
+into megatron-core indexed datasets (.bin/.idx) with a manifest: in worker processes, one shard per
+input file, merged in input order (byte-identical whatever the worker count or the input format),
+resumable. The program is neox.cli.preprocess_data (tools/preprocess_data.py).
 """
 
 import gc
 import glob
-import gzip
 import json
 import multiprocessing
 import os
 import shutil
 import time
 import warnings
-import zlib
 from collections.abc import Iterable, Iterator
 from multiprocessing.queues import SimpleQueue
 from typing import Any
 
-import lm_dataformat
 import numpy
-import zstandard
 from tqdm import tqdm
 
+from neox.data.readers import ReadError, batches, check_readable, resolve_inputs
 from neox.data.tokenizer import HF, TokenizerError, describe, kind_of_file, load_tokenizer
 from neox.errors import NeoxError
 
@@ -29,15 +27,6 @@ with warnings.catch_warnings():
     # megatron.core warns about missing Apex/Transformer Engine, irrelevant here.
     warnings.simplefilter("ignore")
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-
-OWN_FORMATS = (".jsonl", ".jsonl.zst", ".jsonl.gz")  # read line by line here
-
-
-LMD_FORMATS = tuple(lm_dataformat.VALID_EXTENSIONS)  # anything else lm_dataformat reads
-
-
-DIR_FORMATS = OWN_FORMATS + (".jsonl.zst.tar", ".json.zst", ".json.gz")  # picked up in directories
 
 
 BATCH_DOCS = 1000  # documents per batched encode call ...
@@ -51,129 +40,6 @@ SHARD_VERSION = 1  # bump when the shard contents change for the same inputs
 
 class PreprocessError(NeoxError):
     """A user-facing error; the CLI prints it as a single `error: ...` line."""
-
-
-def _walk(directory):
-    found = []
-    for root, dirs, names in os.walk(directory):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]  # e.g. .git of a Hugging Face clone
-        found += [os.path.join(root, n) for n in names if n.endswith(DIR_FORMATS) and not n.startswith(".")]
-    if not found:
-        raise PreprocessError(f"{directory}: directory contains no {', '.join(DIR_FORMATS)} files")
-    return sorted(found)
-
-
-def resolve_inputs(paths: Iterable[str]) -> list[str]:
-    """Expand files, directories (recursive, sorted) and globs (sorted), in argument order."""
-    files, seen = [], set()
-    for path in paths:
-        if os.path.isfile(path):
-            found = [path]
-        elif os.path.isdir(path):
-            found = _walk(path)
-        else:
-            matches = sorted(glob.glob(path, recursive=True))
-            if not matches:
-                raise PreprocessError(f"{path}: no such file, directory or glob match")
-            found = [f for m in matches for f in (_walk(m) if os.path.isdir(m) else [m])]
-        for p in found:
-            if not p.endswith(OWN_FORMATS + LMD_FORMATS):
-                raise PreprocessError(f"{p}: unsupported file type (expected {', '.join(DIR_FORMATS)}, ...)")
-            if p not in seen:
-                seen.add(p)
-                files.append(p)
-    return files
-
-
-def _zst_blocks(raw):
-    """Decompressed blocks of a zstd file that may hold several frames; raises on truncation."""
-    dctx = zstandard.ZstdDecompressor()
-    dobj, in_frame = dctx.decompressobj(), False
-    while chunk := raw.read(1 << 20):
-        while chunk:
-            in_frame = True
-            out = dobj.decompress(chunk)
-            if out:
-                yield out
-            chunk = b""
-            if dobj.eof:  # frame complete; the rest of the chunk starts the next frame
-                chunk, dobj, in_frame = dobj.unused_data, dctx.decompressobj(), False
-    if in_frame:
-        raise zstandard.ZstdError("file ends in the middle of a zstd frame (truncated?)")
-
-
-def _blocks(path, raw):
-    if path.endswith(".zst"):
-        return _zst_blocks(raw)
-    stream = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
-    return iter(lambda: stream.read(1 << 20), b"")
-
-
-def _parse(line, key, path, lineno):
-    try:
-        doc = json.loads(line)
-    except UnicodeDecodeError:
-        raise PreprocessError(f"{path}:{lineno}: line is not valid UTF-8") from None
-    except ValueError as e:
-        raise PreprocessError(f"{path}:{lineno}: line is not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or key not in doc:
-        raise PreprocessError(f"{path}:{lineno}: line has no {key!r} key")
-    text = doc[key]
-    if not isinstance(text, str):
-        raise PreprocessError(f"{path}:{lineno}: {key!r} is not a string but {type(text).__name__}")
-    return text
-
-
-def _jsonl_batches(path, key, batch_docs, batch_bytes):
-    lineno, numbers, texts, size, carry = 0, [], [], 0, b""
-    with open(path, "rb") as raw:
-        try:
-            for block in _blocks(path, raw):
-                lines = (carry + block).split(b"\n")
-                carry = lines.pop()  # incomplete last line, completed by the next block
-                for line in lines:
-                    lineno += 1
-                    if line.strip():
-                        texts.append(_parse(line, key, path, lineno))
-                        numbers.append(lineno)
-                        size += len(line)
-                        if len(texts) >= batch_docs or size >= batch_bytes:
-                            yield numbers, texts, raw.tell()
-                            numbers, texts, size = [], [], 0
-        except (zstandard.ZstdError, gzip.BadGzipFile, zlib.error, EOFError) as e:  # corrupt or truncated
-            raise PreprocessError(f"{path}:{lineno + 1}: cannot decompress: {e}") from None
-        except OSError as e:
-            raise PreprocessError(f"{path}:{lineno + 1}: cannot read: {e}") from None
-        if carry.strip():  # no newline at the end of the file
-            texts.append(_parse(carry, key, path, lineno + 1))
-            numbers.append(lineno + 1)
-        if texts:
-            yield numbers, texts, raw.tell()
-
-
-def _lmd_batches(path, key, batch_docs, batch_bytes):
-    reader = lm_dataformat.Reader(path)
-    # Reader.stream_data() cannot pass the key to .jsonl.zst.tar (lm_dataformat 0.0.20 bug).
-    docs = reader.read_jsonl_tar(path, key=key) if path.endswith(".jsonl.zst.tar") else reader.stream_data()
-    n, numbers, texts, size = 0, [], [], 0
-    try:
-        for item in docs:
-            n += 1
-            text = item.get(key) if isinstance(item, dict) else item
-            if not isinstance(text, str):
-                raise PreprocessError(f"{path}:{n}: document {key!r} is missing or not a string")
-            numbers.append(n)
-            texts.append(text)
-            size += len(text)
-            if len(texts) >= batch_docs or size >= batch_bytes:
-                yield numbers, texts, 0
-                numbers, texts, size = [], [], 0
-    except PreprocessError:
-        raise
-    except Exception as e:  # lm_dataformat raises whatever its decoders raise
-        raise PreprocessError(f"{path}:{n + 1}: cannot read document: {type(e).__name__}: {e}") from None
-    if texts:
-        yield numbers, texts, 0
 
 
 # ---- worker side: one input file -> one shard. Each process loads its own tokenizer once.
@@ -234,17 +100,22 @@ def _tokenize_file(task):
     w, report, pid = _worker, _worker["report"], os.getpid()
     report(("start", index, pid))
     tmp = f"{shard}.tmp-{pid}"
-    batches = _jsonl_batches if path.endswith(OWN_FORMATS) else _lmd_batches
-    counts = dict(records=0, documents=0, tokens=0, skipped_empty_documents=0)
+    counts = dict(records=0, documents=0, tokens=0, skipped_empty_documents=0, skipped_null_texts=0)
     builder = IndexedDatasetBuilder(tmp + ".bin", dtype=numpy.dtype(w["dtype"]).type)
     done_bytes = 0
     try:
         for numbers, texts, pos in batches(path, w["json_key"], w["batch_docs"], w["batch_bytes"]):
-            docs, tokens, skipped = _add_batch(builder, _encode(texts, path, numbers), numbers, path)
             counts["records"] += len(texts)
-            counts["documents"] += docs
-            counts["tokens"] += tokens
-            counts["skipped_empty_documents"] += skipped
+            counts["skipped_null_texts"] += texts.count(None)  # Parquet and Arrow rows without a text
+            if None in texts:
+                numbers, texts = [n for n, t in zip(numbers, texts) if t is not None], [t for t in texts if t is not None]
+            if texts:
+                docs, tokens, skipped = _add_batch(builder, _encode(texts, path, numbers), numbers, path)
+                counts["documents"] += docs
+                counts["tokens"] += tokens
+                counts["skipped_empty_documents"] += skipped
+            else:
+                docs = tokens = 0
             read, done_bytes = (pos - done_bytes, pos) if pos else (0, done_bytes)  # lm_dataformat: pos 0
             report(("progress", docs, read, tokens))
         builder.finalize(tmp + ".idx")
@@ -355,13 +226,24 @@ def _next_result(results, reports, progress, files):
 def preprocess(inputs: Iterable[str], output_prefix: str, tokenizer_model: str, append_eod: bool = True,
                prepend_bos: bool | None = None, key: str = "text", workers: int = 1, progress: bool = True,
                allow_empty: bool = False, batch_docs: int = BATCH_DOCS, batch_bytes: int = BATCH_BYTES) -> dict:
-    """Tokenize `inputs` into `<output_prefix>_<key>_document.{bin,idx,manifest.json}`.
+    """Tokenize `inputs` (files, folders, globs of any format neox.data.readers reads; `key` the
+    text key or column) into `<output_prefix>_<key>_document.{bin,idx,manifest.json}`.
 
     `tokenizer_model`: a SentencePiece .model or a Hugging Face tokenizer.json. `prepend_bos`
     None: BOS exactly when the tokenizer adds it (HFTokenizer.add_bos; never for SentencePiece).
     Returns the manifest dict. Raises PreprocessError on bad input; then no final output
     exists, but finished shards are kept for the next run.
     """
+    try:
+        return _preprocess(inputs, output_prefix, tokenizer_model, append_eod, prepend_bos, key, workers, progress,
+                           allow_empty, batch_docs, batch_bytes)
+    except ReadError as e:  # an input that cannot be read, found by a worker or before any work
+        raise PreprocessError(str(e)) from None
+
+
+def _preprocess(inputs: Iterable[str], output_prefix: str, tokenizer_model: str, append_eod: bool,
+                prepend_bos: bool | None, key: str, workers: int, progress: bool, allow_empty: bool,
+                batch_docs: int, batch_bytes: int) -> dict:
     files = resolve_inputs(inputs)
     tok, tok_info, dtype, options = _tokenizer_options(tokenizer_model, key, append_eod, prepend_bos)
     final = f"{output_prefix}_{key}_document"
@@ -458,8 +340,9 @@ def _plan_shards(files, shards_dir: str, options: dict, itemsize: int):
         except OSError as e:
             raise PreprocessError(f"{path}: cannot read: {e.strerror}") from None
         sizes.append(st.st_size)
+        readable = check_readable(path, options["json_key"])  # a Parquet footer, the text column: before any work
         identity = dict(version=SHARD_VERSION, input=os.path.abspath(path), bytes=st.st_size,
-                        mtime_ns=st.st_mtime_ns, **options)
+                        mtime_ns=st.st_mtime_ns, format=readable["format"], **options)
         infos.append(_load_shard(os.path.join(shards_dir, str(i)), identity, itemsize))
         if infos[i] is None:
             tasks.append((i, path, os.path.join(shards_dir, str(i)), identity))
@@ -486,11 +369,14 @@ def _manifest(final: str, tokenizer_model: str, tok, tok_info: dict, options: di
         "eod_id": options["eos_id"],
         "append_eod": options["append_eod"],
         "prepend_bos": options["prepend_bos"],
-        "inputs": [{"path": rel(p), "bytes": size, "documents": info["documents"], "tokens": info["tokens"],
-                    "empty": info["records"] == 0}
+        "inputs": [{"path": rel(p), "format": info["format"], "bytes": size, "rows": info["records"],
+                    "documents": info["documents"], "tokens": info["tokens"], "empty": info["records"] == 0,
+                    "skipped_null_texts": info["skipped_null_texts"],
+                    "skipped_empty_documents": info["skipped_empty_documents"]}
                    for p, size, info in zip(files, sizes, infos)],
         "documents": sum(info["documents"] for info in infos),
         "tokens": sum(info["tokens"] for info in infos),
+        "skipped_null_texts": sum(info["skipped_null_texts"] for info in infos),
         "skipped_empty_documents": sum(info["skipped_empty_documents"] for info in infos),
         "skipped_empty_files": sum(info["records"] == 0 for info in infos),
         "reused_shards": reused,
