@@ -122,6 +122,25 @@ def test_planted_tokens_found_exactly_and_equal_brute_force(planted_tokens, test
     assert summary["documents_scanned"] == 40
 
 
+def test_a_parquet_test_set_gives_the_same_hits(planted_tokens, test_file, tok, tmp_path):
+    """A benchmark as the hub ships it (Parquet): the same examples, the same hits; its ids are rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    prefix, docs, ex, truth = planted_tokens
+    examples = list(read_lines(test_file).values())
+    pq.write_table(pa.Table.from_pylist(examples), tmp_path / "math_test.parquet", row_group_size=5)
+    overlap.run(str(tmp_path / "math_test.parquet"), ["problem", "solution"], [prefix], tok, str(tmp_path / "p"),
+                n=N, progress=False, log=lambda m: None)
+    lines = sorted(read_lines(test_file))  # the JSON lines file's ids are its line numbers (line 3 is blank)
+    assert {(r["doc"], lines[r["test_id"]], r["key"]) for r in rows_of(str(tmp_path / "p"))} == \
+        {(d, t, k) for d, t, k, _ in truth}
+    pq.write_table(pa.Table.from_pylist([{"question": "x"}]), tmp_path / "other.parquet")
+    with pytest.raises(overlap.OverlapError, match="other.parquet: no column 'problem' .columns: question.; pick one "
+                                                   "with --test-key"):
+        overlap.read_test_file(str(tmp_path / "other.parquet"), ["problem"])
+
+
 def test_hash_match_with_different_ngram_is_not_a_hit(planted_tokens, test_file, tok):
     """A collision (same hash, other tokens) is refused by the comparison of the actual n-gram."""
     prefix, docs, ex, truth = planted_tokens

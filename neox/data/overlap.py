@@ -33,6 +33,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from neox.data import readers
 from neox.data.tokenizer import HFTokenizer, SentencePieceTokenizer
 from neox.errors import NeoxError
 from neox.paths import sha256_of
@@ -151,9 +152,12 @@ class Examples:
 
 
 def read_test_file(path: str, keys: list[str]) -> Examples:
-    """The test examples; one-line errors for a missing file, bad JSON, a missing key, no lines."""
+    """The test examples of a JSON lines file (one per line) or a Parquet file (one per row; a hub
+    benchmark); one-line errors for a missing file, bad JSON, a missing key, no examples."""
     if not os.path.isfile(path):
         raise OverlapError(f"{path}: test file not found")
+    if readers.format_of(path) in ("parquet", "arrow"):
+        return _read_test_table(path, keys)
     texts: dict[str, list[str]] = {k: [] for k in keys}
     lines = []
     with open(path, encoding="utf-8") as f:
@@ -175,6 +179,23 @@ def read_test_file(path: str, keys: list[str]) -> Examples:
     if not lines:
         raise OverlapError(f"{path}: test file is empty (no examples)")
     return Examples(path, list(keys), texts, lines)
+
+
+def _read_test_table(path: str, keys: list[str]) -> Examples:
+    try:
+        columns = readers.table_columns(path, keys)
+    except readers.MissingColumn as e:
+        raise OverlapError(f"{e}; pick one with --test-key") from None
+    except readers.ReadError as e:
+        raise OverlapError(str(e)) from None
+    rows = len(columns[keys[0]]) if keys else 0
+    for k in keys:
+        bad = next((i for i, v in enumerate(columns[k]) if not isinstance(v, str)), None)
+        if bad is not None:
+            raise OverlapError(f"{path}: row {bad + 1}: {k!r} is not a string but {type(columns[k][bad]).__name__}")
+    if not rows:
+        raise OverlapError(f"{path}: test file is empty (no examples)")
+    return Examples(path, list(keys), {k: columns[k] for k in keys}, list(range(rows)))
 
 
 @dataclass

@@ -21,7 +21,7 @@ import gzip
 import json
 import os
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import lm_dataformat
 import pyarrow as pa
@@ -42,6 +42,10 @@ Batch = tuple[list[int], list[str | None], int]
 
 class ReadError(NeoxError):
     """An input that cannot be read as documents; the message is one line naming the file."""
+
+
+class MissingColumn(ReadError):
+    """A Parquet or Arrow file without the column asked for; the message names the columns it has."""
 
 
 def format_of(path: str) -> str:
@@ -137,7 +141,7 @@ def check_readable(path: str, key: str) -> dict:
     else:
         return {"format": fmt}
     if key not in schema.names:
-        raise ReadError(f"{path}: no column {key!r} (columns: {', '.join(schema.names)}); choose the text column "
+        raise MissingColumn(f"{path}: no column {key!r} (columns: {', '.join(schema.names)}); choose the text column "
                         "with --text-key")
     if not (pa.types.is_string(schema.field(key).type) or pa.types.is_large_string(schema.field(key).type)):
         raise ReadError(f"{path}: column {key!r} holds {schema.field(key).type}, not text")
@@ -295,3 +299,29 @@ def _arrow_batches(path: str, key: str, batch_docs: int, batch_bytes: int) -> It
             yield from _record_batches(iter(reader), key, batch_docs, batch_bytes, source.tell)
     except (pa.ArrowException, OSError) as e:
         raise ReadError(f"{path}: cannot read Arrow ({_first_line(e)})") from None
+
+
+def table_columns(path: str, keys: Sequence[str]) -> dict[str, list]:
+    """Columns ``keys`` of a Parquet or Arrow file, whole (a test set, not a corpus): key -> values;
+    a missing column is one line naming the file and the columns it has."""
+    fmt = format_of(path)
+    try:
+        if fmt == "parquet":
+            schema = pq.read_schema(path)
+        else:
+            with pa.memory_map(path) as source:
+                schema = pa.ipc.open_stream(source).schema
+    except (pa.ArrowException, OSError) as e:
+        raise ReadError(f"{path}: not a readable {fmt} file ({_first_line(e)})") from None
+    missing = [k for k in keys if k not in schema.names]
+    if missing:
+        raise MissingColumn(f"{path}: no column {missing[0]!r} (columns: {', '.join(schema.names)})")
+    try:
+        if fmt == "parquet":
+            table = pq.read_table(path, columns=list(keys))
+        else:
+            with pa.memory_map(path) as source:
+                table = pa.ipc.open_stream(source).read_all().select(list(keys))
+    except (pa.ArrowException, OSError) as e:
+        raise ReadError(f"{path}: cannot read {fmt} ({_first_line(e)})") from None
+    return {k: table.column(k).to_pylist() for k in keys}
