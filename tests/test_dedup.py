@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import rensa
 import zstandard
-from conftest import REPO
+from conftest import REPO, job_submitted_by, sbatch, wait_for_sacct
 
 from neox.data import dedup
 from neox.data.readers import ReadError
@@ -147,3 +147,20 @@ def test_the_command_with_workers(tmp_path):
     assert r.stderr.splitlines()[-1].startswith(f"dedup: {record['removed']} of {len(docs)} documents removed")
     one = dedup.run([str(tmp_path / "in")], str(tmp_path / "one"), log=lambda m: None)
     assert (record["kept"], record["clusters"]) == (one["kept"], one["clusters"])
+
+
+@pytest.mark.processes
+def test_slurm_array_and_dependent_merge_keep_what_one_run_keeps(slurm, tmp_path):
+    """The real Slurm: a 2-task array computes the signatures of its files; task 0 submits the merge,
+    which runs after the whole array and keeps the documents one run keeps."""
+    docs, _ = corpus(seed=3, distinct=80, copies=80)
+    files = write_inputs(tmp_path / "in", docs, parts=4)
+    out = str(tmp_path / "out")
+    env = dict(PYTHON=sys.executable, INPUTS=str(tmp_path / "in"), OUT=out, DEDUP_ARGS="--text-key text")
+    job = sbatch("--array=0-1", "--cpus-per-task=1", "--mem=1G", "--time=10", "slurm/dedup.sbatch", env=env)
+    assert wait_for_sacct(job, 2) == ["COMPLETED", "COMPLETED"]
+    merge = job_submitted_by(job, "dedup-merge")
+    assert wait_for_sacct(merge, 1) == ["COMPLETED"]
+    assert "dedup: shard 1/2" in open(os.path.join(REPO, "logs", f"dedup-{job}_1.out")).read()
+    dedup.run([str(tmp_path / "in")], str(tmp_path / "one"), log=lambda m: None)
+    assert kept_texts(out, files) == kept_texts(str(tmp_path / "one"), files)

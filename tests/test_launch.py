@@ -111,6 +111,7 @@ def test_a_fresh_checkout_has_the_directory_slurm_writes_its_logs_to():
     (JobLaunchFailure). The checkout carries it (logs/.gitignore keeps the logs out of git)."""
     tracked = subprocess.run(["git", "ls-files", "logs"], cwd=REPO, capture_output=True, text=True).stdout.split()
     assert tracked == ["logs/.gitignore"]
-    for script in ("llemma_7b.sbatch", "llemma_34b.sbatch", "check_overlap.sbatch", "decontaminate.sbatch", "evaluate.sbatch"):
+    for script in ("llemma_7b.sbatch", "llemma_34b.sbatch", "check_overlap.sbatch", "decontaminate.sbatch", "evaluate.sbatch",
+                   "dedup.sbatch"):
         text = open(os.path.join(REPO, "slurm", script)).read()
         assert "#SBATCH --output=logs/" in text, script
