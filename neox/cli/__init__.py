@@ -17,6 +17,7 @@ COMMANDS = {
     "export_neox": ("neox.interop.export_neox", "trainer checkpoint -> GPT-NeoX checkpoint"),
     "preprocess_data": ("neox.cli.preprocess_data", "JSON lines / Parquet / HF datasets -> tokenized .bin/.idx"),
     "prepare_proof_pile_2": ("neox.cli.prepare_proof_pile_2", "tokenize Proof-Pile-2's components for the recipe"),
+    "prepare_mixture": ("neox.cli.prepare_mixture", "a mixture recipe: dedup, tokenize, decontaminate, config"),
     "build_index_cache": ("neox.cli.build_index_cache", "build the trainer's dataset index caches ahead of a run"),
     "check_overlap": ("neox.cli.check_overlap", "n-gram overlap of test sets with training data"),
     "dedup": ("neox.cli.dedup", "near-duplicate removal before tokenization (MinHash LSH)"),
