@@ -7,7 +7,7 @@ Generates (deterministically, with the toy corpus's generators) --mb MB of text 
 shard with FineMath's columns (text, url, token_count, score, int_score; row groups of 10,000 rows)
 and the same documents as one .jsonl.zst, then measures in the same run, each in a fresh process:
   parquet, jsonl_zst: tools/preprocess_data.py's preprocess() of the one file (--workers: the
-      spare cores are encode threads), seconds, MB/s of text and peak memory (max RSS);
+      spare cores are encode threads), seconds, MB/s of text and peak memory (the process's own VmHWM);
   parquet_small: the same for a --small-mb shard: peak memory must not grow with the shard;
   dedup: neox.data.dedup on the small shard, documents per second, against reading its text
       column alone (neox.data.readers).
@@ -32,13 +32,15 @@ sys.path.insert(0, REPO)
 from neox.data import toy_corpus  # noqa: E402
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {repo!r})
 from neox.data.preprocess import preprocess
 t = time.perf_counter()
 m = preprocess([{path!r}], {prefix!r}, {tok!r}, append_eod=True, workers={workers}, progress=False)
+# VmHWM: this process's own peak (ru_maxrss carries the parent's peak across fork and exec)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({{"seconds": time.perf_counter() - t, "documents": m["documents"], "tokens": m["tokens"],
-                  "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+                  "max_rss_mib": hwm / 1024}}))
 """
 
 DEDUP_CHILD = """
