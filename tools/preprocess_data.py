@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Tokenize json-lines documents into a megatron-core indexed dataset (.bin/.idx).
+"""Tokenize documents (JSON lines, Parquet, Hugging Face datasets) into a megatron-core indexed dataset (.bin/.idx).
 
 The program is neox.cli.preprocess_data; installed, the same is `llemma-neox preprocess_data`.
 """
