@@ -67,10 +67,6 @@ def resumable(default: Any = dataclasses.MISSING, reshard: bool = False) -> Any:
     return field(default=default, metadata={RESUME: "reshard" if reshard else True})
 
 
-def _given(value, default):
-    return default if value is None else value
-
-
 class _Section:
     """A config section: ``resolved()`` returns it checked, with its derived values filled."""
 

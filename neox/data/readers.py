@@ -287,7 +287,8 @@ def _parquet_batches(path: str, key: str, batch_docs: int, batch_bytes: int) -> 
                                for c in range(meta.row_group(g).num_columns))
                 yield from table.to_batches()
 
-        yield from _record_batches(groups(), key, batch_docs, batch_bytes, lambda: min(done[0], os.path.getsize(path)))
+        size = os.path.getsize(path)
+        yield from _record_batches(groups(), key, batch_docs, batch_bytes, lambda: min(done[0], size))
     except (pa.ArrowException, OSError) as e:
         raise ReadError(f"{path}: cannot read Parquet ({_first_line(e)})") from None
 
