@@ -25,6 +25,7 @@ from neox.config.hooks import check_command
 from neox.data.tokenizer import HF, KINDS, TokenizerError, kind_of_file, tokenizer_vocab_size
 from neox.errors import NeoxError
 from neox.exit_status import BAD_INPUT
+from neox.model.attention_pattern import sliding_layers
 from neox.model.planner import memory_per_gpu, plan
 from neox.model.rope_scaling import ROPE_SCALING_KEYS, check_rope_scaling  # noqa: F401 - ROPE_SCALING_KEYS: part of the config's API
 
@@ -110,6 +111,16 @@ class ModelArgs(_Section):
     # {rope_type: llama3, factor, low_freq_factor, high_freq_factor, original_max_position_embeddings}
     rope_scaling: Optional[dict] = None
     hf_model_type: Optional[str] = None  # the Hugging Face family an export writes (None: llama)
+    # options of the 2025-26 bases (Qwen3, OLMo 2, Gemma 3); the defaults are Llama's
+    qk_norm: Optional[str] = None  # RMSNorm of queries and keys before RoPE: per_head (Qwen3, Gemma 3) | full_width (OLMo 2)
+    sublayer_norms: str = "pre"  # pre (Llama) | post (OLMo 2: after each sublayer's output) | pre_and_post (Gemma 3)
+    apply_layernorm_1p: bool = False  # norms multiply by (1 + weight), weights centred at 0 (Gemma; Megatron's key)
+    scale_embeddings: bool = False  # embeddings multiplied by sqrt(hidden_size) (Gemma)
+    mlp_activation: str = "silu"  # the gated MLP's activation: silu (SwiGLU) | gelu_tanh (Gemma's GeGLU)
+    query_pre_attn_scalar: Optional[float] = None  # attention scores scaled by its -1/2 power (None: head_dim's)
+    sliding_window: Optional[int] = None  # sliding layers attend to the last sliding_window positions, their own included
+    sliding_window_pattern: Optional[int] = None  # every N-th layer (N-1, 2N-1, ...) attends fully; None: every layer slides
+    rotary_emb_base_local: Optional[float] = None  # RoPE base of the sliding layers (Gemma 3: 10,000); None: rotary_emb_base
 
     def check(self) -> None:
         _positive(self, "num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "intermediate_size",
@@ -135,6 +146,26 @@ class ModelArgs(_Section):
                               f"by 'num_kv_heads' ({self.num_kv_heads})")
         if self.head_dim % 2:
             raise ConfigError(f"key 'head_dim' ({self.head_dim}) must be even for rotary embeddings")
+        self._check_base_options()
+
+    def _check_base_options(self) -> None:
+        for key, allowed in (("qk_norm", (None, "per_head", "full_width")),
+                             ("sublayer_norms", ("pre", "post", "pre_and_post")),
+                             ("mlp_activation", ("silu", "gelu_tanh"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"key '{key}' must be one of {', '.join(str(a) for a in allowed)}, "
+                                  f"got {getattr(self, key)!r}")
+        _positive(self, "query_pre_attn_scalar", "sliding_window", "sliding_window_pattern", "rotary_emb_base_local")
+        _finite(self, "query_pre_attn_scalar", "rotary_emb_base_local")
+        if self.sliding_window is None:
+            for key in ("sliding_window_pattern", "rotary_emb_base_local"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(f"key '{key}' ({getattr(self, key)}) is set but 'sliding_window' is not; "
+                                      "it applies to the sliding-window layers only")
+
+    def sliding_layers(self) -> list[int]:
+        """Indices of the layers with sliding-window attention (the others attend to every earlier position)."""
+        return sliding_layers(self.num_layers, self.sliding_window, self.sliding_window_pattern)
 
     def _check_checkpoint_layers(self) -> None:
         layers = self.checkpoint_layers

@@ -71,7 +71,7 @@ def check_supported(weights: HFWeights, tp: int) -> dict:
     arch = (c.get("architectures") or [FAMILIES[c.get("model_type", "llama")][0]])[0]
     if arch != FAMILIES[c.get("model_type", "llama")][0]:
         raise CheckpointError(f"{where}: architectures {arch} is not supported "
-                              f"({', '.join(a for a, _ in FAMILIES.values())})")
+                              f"({', '.join(a for a, *_ in FAMILIES.values())})")
     for key in ("num_attention_heads", "num_kv_heads", "intermediate_size"):
         if keys[key] % tp:
             why = " (KV heads are split across TP ranks, not replicated)" if key == "num_kv_heads" else ""

@@ -41,12 +41,13 @@ from neox.data.hf_tokenizer import UnsupportedTokenizer, write_hf_tokenizer
 from neox.data.tokenizer import HF, SPM, HFTokenizer, TokenizerError, kind_of_file
 from neox.interop.publish import publish_dir
 from neox.model import partition
+from neox.model.attention_pattern import sliding_layers
 from neox.model.hf_compat import FAMILIES
 
 
 def hf_config(info: dict, source: dict, dtype: str) -> dict:
-    """config.json for the model's family (``hf_model_type``: llama, mistral or qwen2, the class
-    transformers builds); special-token ids come from the source model if known."""
+    """config.json for the model's family (``hf_model_type``: one of neox.model.hf_compat.FAMILIES,
+    the class transformers builds); special-token ids come from the source model if known."""
     model_type = info.get("hf_model_type") or "llama"
     head_dim = info.get("head_dim") or info["hidden_size"] // info["num_attention_heads"]
     theta = float(info["rotary_emb_base"])
@@ -54,7 +55,7 @@ def hf_config(info: dict, source: dict, dtype: str) -> dict:
     config = {
         "architectures": [FAMILIES[model_type][0]],
         "model_type": model_type,
-        "hidden_act": "silu",
+        "hidden_act": "silu" if model_type != "gemma3_text" else None,
         "vocab_size": int(info["vocab_size"]),
         "hidden_size": info["hidden_size"],
         "intermediate_size": info["intermediate_size"],
@@ -79,13 +80,36 @@ def hf_config(info: dict, source: dict, dtype: str) -> dict:
         "use_cache": True,
         "torch_dtype": {"bf16": "bfloat16", "fp32": "float32"}[dtype],
     }
-    if model_type != "llama":  # Mistral and Qwen2 have no bias keys; full attention everywhere
-        for key in ("attention_bias", "mlp_bias", "pretraining_tp"):
+    if model_type != "llama":  # the other families have no mlp_bias / pretraining_tp keys
+        for key in ("mlp_bias", "pretraining_tp") + (("attention_bias",) if model_type == "mistral" else ()):
             del config[key]
-        config["sliding_window"] = None
-        if model_type == "qwen2":
+        if model_type in ("mistral", "qwen2", "qwen3"):
+            config["sliding_window"] = info.get("sliding_window")
+        if model_type in ("qwen2", "qwen3"):
             config["use_sliding_window"] = False
+    if model_type == "gemma3_text":
+        config.update(gemma3_keys(info, theta, scaling))
     return config
+
+
+def gemma3_keys(info: dict, theta: float, scaling: dict | None) -> dict:
+    """Gemma 3's own keys: GeGLU, the attention scale, which layers slide and their RoPE base (in
+    both spellings: transformers 5's rope_parameters per layer type, 4.x's rope_local_base_freq)."""
+    layers = info["num_layers"]
+    sliding = set(sliding_layers(layers, info.get("sliding_window"), info.get("sliding_window_pattern")))
+    local = float(info.get("rotary_emb_base_local") or theta)
+    head_dim = info.get("head_dim") or info["hidden_size"] // info["num_attention_heads"]
+    return {
+        "hidden_activation": "gelu_pytorch_tanh",
+        "query_pre_attn_scalar": info.get("query_pre_attn_scalar") or head_dim,
+        "sliding_window": info.get("sliding_window"),
+        "layer_types": ["sliding_attention" if i in sliding else "full_attention" for i in range(layers)],
+        "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": theta, **(scaling or {})},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": local}},
+        "rope_local_base_freq": local,
+        "final_logit_softcapping": None,
+        "attn_logit_softcapping": None,
+    }
 
 
 def find_tokenizer(ckpt: str, info: dict) -> tuple[str | None, str | None]:

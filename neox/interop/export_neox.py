@@ -93,8 +93,12 @@ def export(ckpt: str, out: str, step: int | None = None, tp_out: int | None = No
            dtype: str = "auto", divisible_by: int | None = None, force: bool = False,
            reference_tokens: int = 128) -> dict:
     tag, tp, ranks, info = open_checkpoint(ckpt, step)
-    lacking = [k for k in ("head_dim", "qkv_bias", "tie_word_embeddings", "rope_scaling")
-               if info.get(k) and not (k == "head_dim" and info[k] * info["num_attention_heads"] == info["hidden_size"])]
+    llama = {"sublayer_norms": "pre", "mlp_activation": "silu"}  # the options' values GPT-NeoX's Llama has
+    lacking = [k for k in ("head_dim", "qkv_bias", "tie_word_embeddings", "rope_scaling", "qk_norm", "sublayer_norms",
+                           "apply_layernorm_1p", "scale_embeddings", "mlp_activation", "query_pre_attn_scalar",
+                           "sliding_window", "rotary_emb_base_local")
+               if info.get(k) not in (None, False, llama.get(k))
+               and not (k == "head_dim" and info[k] * info["num_attention_heads"] == info["hidden_size"])]
     if lacking:  # GPT-NeoX's Llama layout has none of these (no_weight_tying, use_bias_in_attn_linear ...)
         raise CheckpointError(f"{ckpt}/{tag}: {', '.join(lacking)} cannot be written in GPT-NeoX's Llama format; "
                               "export to Hugging Face instead (tools/export_hf.py)")

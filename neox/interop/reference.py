@@ -1,4 +1,4 @@
-"""The source model's loss (or logits) on a fixed reference batch, computed with transformers' own Llama layers
+"""The source model's loss (or logits) on a fixed reference batch, computed with transformers' own decoder layers
 streamed one at a time from disk (memory: one layer), so even a 34B model can be checked on a CPU
 node. It is recorded by the converter; the trainer's guarded start compares against it."""
 
@@ -72,9 +72,12 @@ def streamed_hf_logits(weights: HFWeights | ShardedWeights, tokens: list[int],
     if rope_theta is not None:  # the theta changes, any frequency scaling stays
         raw["rope_theta"] = rope_theta
         if raw.get("rope_parameters"):
-            raw["rope_parameters"] = {**raw["rope_parameters"], "rope_theta": rope_theta}
-    prefix = FAMILIES[model_type][1]
-    modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+            params = raw["rope_parameters"]
+            raw["rope_parameters"] = ({**params, "full_attention": {**params["full_attention"], "rope_theta": rope_theta}}
+                                      if isinstance(params.get("full_attention"), dict)
+                                      else {**params, "rope_theta": rope_theta})
+    _, prefix, module = FAMILIES[model_type]
+    modeling = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
     DecoderLayer, RMSNorm, RotaryEmbedding = (getattr(modeling, prefix + n)
                                               for n in ("DecoderLayer", "RMSNorm", "RotaryEmbedding"))
     config = transformers.CONFIG_MAPPING[model_type](
@@ -82,16 +85,22 @@ def streamed_hf_logits(weights: HFWeights | ShardedWeights, tokens: list[int],
     config._attn_implementation = "sdpa"
     ids = torch.tensor([tokens])
     hidden = weights.get("model.embed_tokens.weight").float()[ids]
+    if model_type == "gemma3_text":  # Gemma scales its embeddings by sqrt(hidden)
+        hidden = hidden * torch.tensor(config.hidden_size ** 0.5, dtype=hidden.dtype)
     positions = torch.arange(ids.shape[1]).unsqueeze(0)
-    cos_sin = RotaryEmbedding(config)(hidden, positions)
-    mask = causal_mask(config, hidden, positions)
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    rotary = RotaryEmbedding(config)
+    rope = {t: rotary(hidden, positions, t) if model_type == "gemma3_text" else rotary(hidden, positions)
+            for t in set(layer_types)}
+    masks = {t: causal_mask(config, hidden, positions, sliding=t == "sliding_attention") for t in set(layer_types)}
     for i in range(config.num_hidden_layers):
         with torch.device("meta"):
             layer = DecoderLayer(config, i)
         prefix = f"model.layers.{i}."
         state = {k[len(prefix):]: weights.get(k).float() for k in weights.names() if k.startswith(prefix)}
         layer.load_state_dict(state, assign=True, strict=True)
-        out = layer(hidden, attention_mask=mask, position_embeddings=cos_sin, position_ids=positions)
+        out = layer(hidden, attention_mask=masks[layer_types[i]], position_embeddings=rope[layer_types[i]],
+                    position_ids=positions)
         hidden = out[0] if isinstance(out, tuple) else out
         del layer, state
     norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -100,15 +109,18 @@ def streamed_hf_logits(weights: HFWeights | ShardedWeights, tokens: list[int],
     return (norm(hidden) @ weights.get(head).float().T)[0]
 
 
-def causal_mask(config: Any, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
-    """transformers' causal mask without a cache; its keyword names differ between 4.x and 5.x
-    (input_embeds / inputs_embeds, past_key_values / cache, cache_position)."""
-    from transformers.masking_utils import create_causal_mask
+def causal_mask(config: Any, hidden: torch.Tensor, positions: torch.Tensor,
+                sliding: bool = False) -> torch.Tensor | None:
+    """transformers' causal mask (its sliding-window one with ``sliding``) without a cache; its
+    keyword names differ between 4.x and 5.x (input_embeds / inputs_embeds, past_key_values / cache,
+    cache_position)."""
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-    names = inspect.signature(create_causal_mask).parameters
+    make = create_sliding_window_causal_mask if sliding else create_causal_mask
+    names = inspect.signature(make).parameters
     kwargs = {"config": config, "attention_mask": None, "position_ids": positions,
               ("inputs_embeds" if "inputs_embeds" in names else "input_embeds"): hidden,
               ("cache" if "cache" in names else "past_key_values"): None}
     if "cache_position" in names:
         kwargs["cache_position"] = positions[0]
-    return create_causal_mask(**kwargs)
+    return make(**kwargs)

@@ -20,6 +20,9 @@ real run, each costs a set lookup or a dictionary read.
                                    the files are written and before the rename), step (the start
                                    of a training step, before its micro-batches), eval (an
                                    evaluation, before its batches)
+  NEOX_FAULT_SKIP_GRAD_SUM=1       the gradients of partial replicated weights (per-head QK-norms) are
+                                   not summed over the TP group, so each rank's copy drifts (the
+                                   check at each save stops the run naming the weight)
 
 The loss faults fire once each, so a step replayed after a rollback is clean.
 """
@@ -59,6 +62,10 @@ def spike_loss(update: int, loss_sum: Any, accum: int) -> Any:  # a torch.Tensor
         return loss_sum
     _spike_steps.discard(update)
     return loss_sum + 100.0 * accum
+
+
+def skip_partial_gradient_sum() -> bool:
+    return os.environ.get("NEOX_FAULT_SKIP_GRAD_SUM") == "1"
 
 
 def write_error(step: int, rank: int) -> None:

@@ -7,20 +7,18 @@ Activation recomputation is not counted (it is overhead, not useful work), as in
 MFU definition. MFU = tokens/s x FLOPs per token / (GPUs x peak FLOP/s per GPU).
 """
 
+import math
 from typing import Any
+
+from neox.model import partition
 
 
 def parameter_count(cfg: Any, vocab_size: int | None = None) -> int:
+    """Every weight of the model, from the partition table (so each option's weights count)."""
     m = cfg.model
-    v = vocab_size if vocab_size is not None else m.vocab_size
-    head_dim = m.head_dim or m.hidden_size // m.num_attention_heads
-    attn = m.hidden_size * head_dim * (2 * m.num_attention_heads + 2 * m.num_kv_heads)
-    if m.qkv_bias:
-        attn += head_dim * (m.num_attention_heads + 2 * m.num_kv_heads)
-    mlp = 3 * m.hidden_size * m.intermediate_size
-    norms = 2 * m.hidden_size
-    embeddings = (1 if m.tie_word_embeddings else 2) * v * m.hidden_size
-    return m.num_layers * (attn + mlp + norms) + embeddings + m.hidden_size
+    dims = partition.sizes(m, vocab_size if vocab_size is not None else m.vocab_size)
+    return sum(math.prod(shape) for name in partition.expected_names(m.num_layers, m)
+               for shape in partition.hf_shapes(name, dims))
 
 
 def flops_per_token(cfg: Any) -> int:

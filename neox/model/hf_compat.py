@@ -1,4 +1,4 @@
-"""Hugging Face Llama, Mistral and Qwen2 <-> trainer: config keys and per-rank weights (names from
+"""Hugging Face Llama, Mistral, Qwen2, Qwen3, OLMo 2 and Gemma 3 <-> trainer: config keys and per-rank weights (names from
 neox.model.partition)."""
 
 from __future__ import annotations
@@ -11,24 +11,47 @@ import torch
 from neox.model import partition
 from neox.model.rope_scaling import ROPE_SCALING_KEYS
 
-# model_type -> (architecture, transformers' class prefix): the families the converters take.
-# All three are the Llama decoder; Qwen2 adds q/k/v biases (always on: its config has no key).
-FAMILIES = {"llama": ("LlamaForCausalLM", "Llama"), "mistral": ("MistralForCausalLM", "Mistral"),
-            "qwen2": ("Qwen2ForCausalLM", "Qwen2")}
+# model_type -> (architecture, transformers' class prefix, its modeling module): the families the
+# converters take. All are the Llama decoder with the options FAMILY_OPTIONS gives them.
+FAMILIES = {"llama": ("LlamaForCausalLM", "Llama", "llama"), "mistral": ("MistralForCausalLM", "Mistral", "mistral"),
+            "qwen2": ("Qwen2ForCausalLM", "Qwen2", "qwen2"), "qwen3": ("Qwen3ForCausalLM", "Qwen3", "qwen3"),
+            "olmo2": ("Olmo2ForCausalLM", "Olmo2", "olmo2"),
+            "gemma3_text": ("Gemma3ForCausalLM", "Gemma3", "gemma3")}
+# what each family always has that its config.json does not say (our model keys)
+FAMILY_OPTIONS: dict[str, dict] = {
+    "qwen2": {"qkv_bias": True},
+    "qwen3": {"qk_norm": "per_head"},
+    "olmo2": {"qk_norm": "full_width", "sublayer_norms": "post"},
+    "gemma3_text": {"qk_norm": "per_head", "sublayer_norms": "pre_and_post", "apply_layernorm_1p": True,
+                    "scale_embeddings": True},
+}
+# mixture-of-experts families: refused by model_type, with the reason
+MOE_FAMILIES = {"mixtral": "Mixtral", "qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "llama4": "Llama 4",
+                "llama4_text": "Llama 4", "deepseek_v2": "DeepSeek-V2", "deepseek_v3": "DeepSeek-V3",
+                "olmoe": "OLMoE", "gpt_oss": "gpt-oss"}
 # config keys of a model we do not implement: present and not null/false -> refused by name
 REFUSED_KEYS = {
     "mlp_bias": "biases in the MLP", "use_qk_norm": "QK-norm", "qk_layernorm": "QK-norm",
     "num_experts": "mixture of experts", "num_local_experts": "mixture of experts",
     "n_routed_experts": "mixture of experts", "kv_lora_rank": "multi-head latent attention (MLA)",
-    "use_sliding_window": "sliding-window attention",
+    "use_sliding_window": "sliding-window attention on the last layers (Qwen's max_window_layers)",
+    "final_logit_softcapping": "logit soft-capping", "attn_logit_softcapping": "attention soft-capping",
+    "use_bidirectional_attention": "bidirectional attention",
 }
+ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}  # HF's name -> our mlp_activation
 
 
-def rope_parameters(c: dict) -> dict:
-    """{rope_type, rope_theta, ...} from either spelling: transformers 5's rope_parameters, or
-    4.x's rope_theta + rope_scaling (whose type key was once ``type``)."""
-    if c.get("rope_parameters"):
-        params = dict(c["rope_parameters"])
+def rope_parameters(c: dict, layer_type: str = "full_attention") -> dict:
+    """{rope_type, rope_theta, ...} from either spelling: transformers 5's rope_parameters (per layer
+    type for Gemma 3), or 4.x's rope_theta + rope_scaling (whose type key was once ``type``) and
+    Gemma 3's rope_local_base_freq."""
+    params = c.get("rope_parameters")
+    if params and isinstance(params.get(layer_type), dict):  # per layer type (Gemma 3)
+        params = dict(params[layer_type])
+    elif params and "rope_type" in params or params and "rope_theta" in params:
+        params = dict(params)
+    elif layer_type == "sliding_attention":
+        params = {"rope_type": "default", "rope_theta": c.get("rope_local_base_freq", 10000.0)}
     else:
         params = {**(c.get("rope_scaling") or {}), "rope_theta": c.get("rope_theta")}
     params["rope_type"] = params.pop("type", None) or params.get("rope_type") or "default"
@@ -51,28 +74,67 @@ def rope_scaling_key(params: dict, where: str) -> dict | None:
     return {"rope_type": kind, **{k: params[k] for k in sorted(ROPE_SCALING_KEYS[kind])}}
 
 
-def neox_model_keys_from_hf(hf_config: Any, where: str = "config.json") -> dict:
-    """Our model keys for a transformers Llama, Mistral or Qwen2 config, or a ValueError naming
-    the config key we cannot represent."""
-    c = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
-    model_type = c.get("model_type", "llama")
+def _check_family(c: dict, model_type: str, where: str) -> None:
+    """A ValueError naming the model_type or config key this trainer cannot represent."""
+    if model_type in MOE_FAMILIES:
+        raise ValueError(f"{where}: model_type '{model_type}' ({MOE_FAMILIES[model_type]}) is a mixture-of-experts "
+                         f"model, which is not supported: this trainer has dense decoders only ({', '.join(FAMILIES)})")
     if model_type not in FAMILIES:
-        raise ValueError(f"{where}: model_type '{model_type}' is not supported ({', '.join(FAMILIES)})")
+        hint = (": the multimodal Gemma 3; its text decoder is gemma3_text (Gemma 3 1B; the larger ones' "
+                "language_model weights with their text_config)") if model_type == "gemma3" else ""
+        raise ValueError(f"{where}: model_type '{model_type}' is not supported ({', '.join(FAMILIES)}){hint}")
     for key, what in REFUSED_KEYS.items():
         if c.get(key):
             raise ValueError(f"{where}: {key} = {c[key]!r}: {what} is not supported")
-    if c.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"{where}: hidden_act '{c['hidden_act']}' is not supported (silu)")
+    act_key = "hidden_activation" if model_type == "gemma3_text" else "hidden_act"
+    allowed = ("gelu_pytorch_tanh",) if model_type == "gemma3_text" else ("silu",)
+    if c.get(act_key, allowed[0]) not in allowed:
+        raise ValueError(f"{where}: {act_key} '{c[act_key]}' is not supported ({', '.join(allowed)})")
     if c.get("attention_bias"):  # Llama's attention_bias puts a bias on o_proj too
         raise ValueError(f"{where}: attention_bias = true: a bias on o_proj is not supported")
     if c.get("attention_dropout"):
         raise ValueError(f"{where}: attention_dropout = {c['attention_dropout']}: dropout is not supported")
-    window, positions = c.get("sliding_window"), c["max_position_embeddings"]
-    if window is not None and model_type == "mistral" and window < positions:
-        raise ValueError(f"{where}: sliding_window = {window} is shorter than max_position_embeddings = "
-                         f"{positions}: sliding-window attention is not supported")
-    if any(t != "full_attention" for t in c.get("layer_types") or []):
-        raise ValueError(f"{where}: layer_types {sorted(set(c['layer_types']))}: only full_attention is supported")
+
+
+def _sliding_keys(c: dict, model_type: str, where: str) -> dict:
+    """sliding_window, sliding_window_pattern and rotary_emb_base_local for our keys, from the
+    family's way of saying which layers slide (Gemma 3: layer_types or sliding_window_pattern;
+    Mistral: every layer, when sliding_window is set), or a ValueError naming the key."""
+    layers, window = c["num_hidden_layers"], c.get("sliding_window")
+    types = c.get("layer_types")
+    if model_type == "gemma3_text":
+        if not types:  # config.json of transformers 4.x: the pattern (transformers' default 6)
+            n = c.get("sliding_window_pattern") or c.get("_sliding_window_pattern") or 6
+            types = ["full_attention" if (i + 1) % n == 0 else "sliding_attention" for i in range(layers)]
+    elif model_type == "mistral" and window is not None and window < c["max_position_embeddings"]:
+        types = types or ["sliding_attention"] * layers  # (a window as long as the positions changes nothing)
+    if not types or all(t == "full_attention" for t in types):
+        return {}
+    if set(types) - {"full_attention", "sliding_attention"} or window is None or model_type not in (
+            "gemma3_text", "mistral"):
+        raise ValueError(f"{where}: layer_types {sorted(set(types))}: sliding-window layers are supported for "
+                         "gemma3_text and mistral only")
+    full = [i for i, t in enumerate(types) if t == "full_attention"]
+    pattern = full[0] + 1 if full else None
+    if [i for i in range(layers) if pattern and (i + 1) % pattern == 0] != full:
+        raise ValueError(f"{where}: layer_types: full-attention layers {full} are not every N-th layer, which is "
+                         "the pattern supported (sliding_window_pattern)")
+    keys = {"sliding_window": window, "sliding_window_pattern": pattern}
+    local = rope_parameters(c, "sliding_attention") if model_type == "gemma3_text" else None
+    if local is not None:
+        if local["rope_type"] != "default":
+            raise ValueError(f"{where}: rope_parameters.sliding_attention of rope_type '{local['rope_type']}' is "
+                             "not supported (default)")
+        keys["rotary_emb_base_local"] = float(local["rope_theta"])
+    return keys
+
+
+def neox_model_keys_from_hf(hf_config: Any, where: str = "config.json") -> dict:
+    """Our model keys for a transformers config of one of FAMILIES, or a ValueError naming the
+    config key (or model_type) we cannot represent."""
+    c = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
+    model_type = c.get("model_type", "llama")
+    _check_family(c, model_type, where)
     params = rope_parameters(c)
     heads, hidden = c["num_attention_heads"], c["hidden_size"]
     keys = {
@@ -81,17 +143,22 @@ def neox_model_keys_from_hf(hf_config: Any, where: str = "config.json") -> dict:
         "num_attention_heads": heads,
         "num_kv_heads": c.get("num_key_value_heads") or heads,
         "intermediate_size": c["intermediate_size"],
-        "max_position_embeddings": positions,
+        "max_position_embeddings": c["max_position_embeddings"],
         "rotary_emb_base": float(params["rope_theta"]),
         "rms_norm_epsilon": c["rms_norm_eps"],
         "vocab_size": c["vocab_size"],
     }
+    head_dim = c.get("head_dim") or hidden // heads
+    scalar = c.get("query_pre_attn_scalar")
     options = {  # only those that differ from Llama 2's defaults, so older metadata reads the same
-        "head_dim": c.get("head_dim") if c.get("head_dim") not in (None, hidden // heads) else None,
-        "qkv_bias": model_type == "qwen2" or None,
+        "head_dim": head_dim if head_dim != hidden // heads else None,
         "tie_word_embeddings": bool(c.get("tie_word_embeddings")) or None,
         "rope_scaling": rope_scaling_key(params, where),
         "hf_model_type": model_type if model_type != "llama" else None,
+        **FAMILY_OPTIONS.get(model_type, {}),
+        "mlp_activation": "gelu_tanh" if model_type == "gemma3_text" else None,
+        "query_pre_attn_scalar": float(scalar) if scalar is not None and scalar != head_dim else None,
+        **_sliding_keys(c, model_type, where),
     }
     return {**keys, **{k: v for k, v in options.items() if v is not None}}
 

@@ -32,14 +32,51 @@ except ImportError:  # pragma: no cover - depends on the install
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float):
+    """RMSNorm over the last dim, in fp32. ``one_plus``: the gain is (1 + weight), weights centred
+    at 0 (Gemma's convention, Megatron's ``apply_layernorm_1p``), stored as Gemma stores them."""
+
+    def __init__(self, size: int, eps: float, one_plus: bool = False):
         super().__init__()
-        self.eps = eps
+        self.eps, self.one_plus = eps, one_plus
         self.weight = nn.Parameter(torch.ones(size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        gain = 1.0 + self.weight.float() if self.one_plus else self.weight.float()
+        return (normed * gain).to(x.dtype)
+
+
+class _SumOverTP(torch.autograd.Function):
+    """All-reduce (sum) over the TP group, forward and backward: every rank uses the sum for its
+    own part of the data, so each rank's gradient of it is summed too."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = x.clone()
+        torch.distributed.all_reduce(x, group=parallel_state.get_tensor_model_parallel_group())
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _SumOverTP.apply(grad)
+
+
+class FullWidthRMSNorm(RMSNorm):
+    """OLMo 2's QK-norm: one RMS statistic over all heads' queries (or keys) of a token. Under TP
+    each rank holds its heads' slice of the width and of the weight; the sum of squares is
+    all-reduced over the TP group so the statistic is the whole width's."""
+
+    def __init__(self, local_size: int, full_size: int, eps: float, tp: int):
+        super().__init__(local_size, eps)
+        self.full_size, self.tp = full_size, tp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        sum_sq = x32.pow(2).sum(-1, keepdim=True)
+        if self.tp > 1:
+            sum_sq = _SumOverTP.apply(sum_sq)
+        normed = x32 * torch.rsqrt(sum_sq / self.full_size + self.eps)
         return (normed * self.weight.float()).to(x.dtype)
 
 
@@ -100,30 +137,55 @@ def _row(in_f, out_f, mp_config):
                                  tp_group=parallel_state.get_tensor_model_parallel_group())
 
 
+def sliding_window_mask(seq_len: int, window: int, device: torch.device | str) -> torch.Tensor:
+    """[s, s] bool, True where query i may attend key j: causal and i - j < window (the query's
+    own position and the window - 1 before it, as transformers counts it)."""
+    i = torch.arange(seq_len, device=device)
+    distance = i[:, None] - i[None, :]
+    return (distance >= 0) & (distance < window)
+
+
 class Attention(nn.Module):
-    def __init__(self, m: Any, tp: int, mp_config: ModelParallelConfig, impl: str):
+    def __init__(self, m: Any, tp: int, mp_config: ModelParallelConfig, window: int | None):
         super().__init__()
         self.head_dim = m.head_dim
         self.local_heads = m.num_attention_heads // tp
         self.local_kv_heads = m.num_kv_heads // tp
-        self.impl = impl
+        self.impl, self.window = m.attention_impl, window  # window None: full causal attention
+        self.scale = m.query_pre_attn_scalar ** -0.5 if m.query_pre_attn_scalar else None  # None: head_dim's
         # one matmul for q, k and v; this rank's rows are [its q heads; its k heads; its v heads]
         # (the rank-blocked layout of neox.model.partition)
         self.local_sizes = [n * self.head_dim for n in (self.local_heads, self.local_kv_heads, self.local_kv_heads)]
         self.qkv_proj = _column(m.hidden_size, (m.num_attention_heads + 2 * m.num_kv_heads) * self.head_dim,
                                 mp_config, bias=m.qkv_bias)
         self.o_proj = _row(m.num_attention_heads * self.head_dim, m.hidden_size, mp_config)
+        if m.qk_norm == "per_head":  # one weight of head_dim for all heads: replicated, gradient summed over TP
+            self.q_head_norm = RMSNorm(self.head_dim, m.rms_norm_epsilon, m.apply_layernorm_1p)
+            self.k_head_norm = RMSNorm(self.head_dim, m.rms_norm_epsilon, m.apply_layernorm_1p)
+        elif m.qk_norm == "full_width":  # split with the heads; the statistic spans the TP ranks
+            self.q_norm = FullWidthRMSNorm(self.local_sizes[0], m.num_attention_heads * self.head_dim,
+                                           m.rms_norm_epsilon, tp)
+            self.k_norm = FullWidthRMSNorm(self.local_sizes[1], m.num_kv_heads * self.head_dim, m.rms_norm_epsilon, tp)
+        self.qk_norm = m.qk_norm
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
-        q, k, v = (t.reshape(b, s, -1, self.head_dim).transpose(1, 2)
-                   for t in self.qkv_proj(x)[0].split(self.local_sizes, dim=-1))
+        q, k, v = self.qkv_proj(x)[0].split(self.local_sizes, dim=-1)
+        if self.qk_norm == "full_width":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.reshape(b, s, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        if self.qk_norm == "per_head":
+            q, k = self.q_head_norm(q), self.k_head_norm(k)
         q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
         if self._use_flash(q):
-            out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+            window = (-1, -1) if self.window is None else (self.window - 1, 0)
+            out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True,
+                                  softmax_scale=self.scale, window_size=window)
         else:
             gqa = self.local_heads != self.local_kv_heads
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa).transpose(1, 2)
+            mask = None if self.window is None or self.window >= s else sliding_window_mask(s, self.window, q.device)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale,
+                                                 enable_gqa=gqa).transpose(1, 2)
         return self.o_proj(out.reshape(b, s, self.local_heads * self.head_dim))[0]
 
     def _use_flash(self, q) -> bool:
@@ -132,30 +194,49 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """Gated: down(act(gate(x)) * up(x)); act is SiLU (SwiGLU) or tanh-approximated GELU (GeGLU)."""
 
     def __init__(self, m: Any, mp_config: ModelParallelConfig):
         super().__init__()
         # one matmul for gate and up; this rank's rows are [its gate rows; its up rows]
         self.gate_up_proj = _column(m.hidden_size, 2 * m.intermediate_size, mp_config)
         self.down_proj = _row(m.intermediate_size, m.hidden_size, mp_config)
+        self.gelu = m.mlp_activation == "gelu_tanh"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x)[0].chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)[0]
+        act = F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)
+        return self.down_proj(act * up)[0]
 
 
 class Layer(nn.Module):
-    def __init__(self, m: Any, tp: int, mp_config: ModelParallelConfig):
+    """Attention then MLP, each added to the residual stream, with the norms ``sublayer_norms``
+    says: before each sublayer (Llama), after each sublayer's output (OLMo 2), or both (Gemma 3)."""
+
+    def __init__(self, m: Any, tp: int, mp_config: ModelParallelConfig, window: int | None):
         super().__init__()
-        self.input_norm = RMSNorm(m.hidden_size, m.rms_norm_epsilon)
-        self.attention = Attention(m, tp, mp_config, m.attention_impl)
-        self.post_attention_norm = RMSNorm(m.hidden_size, m.rms_norm_epsilon)
+
+        def norm() -> RMSNorm:
+            return RMSNorm(m.hidden_size, m.rms_norm_epsilon, m.apply_layernorm_1p)
+
+        if m.sublayer_norms in ("pre", "pre_and_post"):
+            self.input_norm = norm()
+        self.attention = Attention(m, tp, mp_config, window)
+        if m.sublayer_norms == "pre":
+            self.post_attention_norm = norm()  # Llama's name for the norm before the MLP
+        elif m.sublayer_norms == "pre_and_post":
+            self.pre_mlp_norm = norm()
+        if m.sublayer_norms in ("post", "pre_and_post"):
+            self.attention_out_norm, self.mlp_out_norm = norm(), norm()
         self.mlp = MLP(m, mp_config)
+        self.pre, self.post = m.sublayer_norms != "post", m.sublayer_norms != "pre"
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.input_norm(x), cos, sin)
-        return x + self.mlp(self.post_attention_norm(x))
+        a = self.attention(self.input_norm(x) if self.pre else x, cos, sin)
+        x = x + (self.attention_out_norm(a) if self.post else a)
+        mlp_norm = getattr(self, "post_attention_norm", None) or getattr(self, "pre_mlp_norm", None)
+        m = self.mlp(mlp_norm(x) if mlp_norm is not None else x)
+        return x + (self.mlp_out_norm(m) if self.post else m)
 
 
 class LlamaModel(nn.Module):
@@ -177,11 +258,16 @@ class LlamaModel(nn.Module):
         self.embed = mtp.VocabParallelEmbedding(self.padded_vocab_size, m.hidden_size,
                                                 init_method=nn.init.zeros_, config=mp_config,
                                                 tp_group=parallel_state.get_tensor_model_parallel_group())
-        self.layers = nn.ModuleList(Layer(m, self.tp, mp_config) for _ in range(m.num_layers))
-        self.final_norm = RMSNorm(m.hidden_size, m.rms_norm_epsilon)
+        self.sliding = set(m.sliding_layers())
+        self.layers = nn.ModuleList(Layer(m, self.tp, mp_config, m.sliding_window if i in self.sliding else None)
+                                    for i in range(m.num_layers))
+        self.final_norm = RMSNorm(m.hidden_size, m.rms_norm_epsilon, m.apply_layernorm_1p)
         # tied: the head multiplies by the (vocab-parallel) embedding matrix, one parameter
         self.lm_head = _column(m.hidden_size, self.padded_vocab_size, mp_config, shared_weight=m.tie_word_embeddings)
         self.rotary = Rotary(m.head_dim, m.rotary_emb_base, m.rope_scaling)
+        # the sliding layers' own RoPE base (Gemma 3), unscaled; None: the same tables as the others
+        local_base = m.rotary_emb_base_local
+        self.local_rotary = Rotary(m.head_dim, local_base) if local_base is not None else None
         for name, param in self.named_parameters():
             dim = partition.split_dim(name)
             # DeepSpeed reads these attributes to count each shard once in the global grad norm
@@ -205,7 +291,7 @@ class LlamaModel(nn.Module):
         dims = partition.sizes(self.cfg.model, self.padded_vocab_size)
         for name, param in self.named_parameters():
             if name.endswith("norm.weight"):
-                param.fill_(1.0)
+                param.fill_(0.0 if self.cfg.model.apply_layernorm_1p else 1.0)  # a gain of 1 either way
                 continue
             if name.endswith(".bias"):  # as transformers initialises them
                 param.zero_()
@@ -234,8 +320,12 @@ class LlamaModel(nn.Module):
         tokens, labels, loss_mask = (  # type: ignore[assignment]  # mypy: each item Tensor | None; tokens is a Tensor
             t.to(device, non_blocking=True) if t is not None else None for t in (tokens, labels, loss_mask))
         x = self.embed(tokens)
-        cos, sin = self.rotary.cos_sin(tokens.shape[1], tokens.device)
+        if self.cfg.model.scale_embeddings:  # Gemma: sqrt(hidden), rounded to the weights' dtype as Gemma does
+            x = x * torch.tensor(self.cfg.model.hidden_size ** 0.5, dtype=x.dtype)
+        rope = self.rotary.cos_sin(tokens.shape[1], tokens.device)
+        local_rope = self.local_rotary.cos_sin(tokens.shape[1], tokens.device) if self.local_rotary else rope
         for i, layer in enumerate(self.layers):
+            cos, sin = local_rope if i in self.sliding else rope
             if self.training and i in self.checkpointed:
                 x = checkpoint(layer, x, cos, sin, use_reentrant=False)
             else:
@@ -283,3 +373,40 @@ class LlamaModel(nn.Module):
                                          group=parallel_state.get_tensor_model_parallel_group())
             logits = torch.cat(parts, dim=-1)
         return logits[..., : self.vocab_size]
+
+
+def sum_partial_gradients(model: nn.Module) -> list:
+    """Sum the gradient of every partial replicated weight (``neox.model.partition``: a per-head
+    QK-norm weight, which each TP rank applies to its own heads only) over the TP group, as each
+    micro-batch's gradient arrives, before it is accumulated: every rank then holds the whole
+    gradient and takes the same step. Returns the hook handles (none at TP 1)."""
+    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+        return []
+    group = parallel_state.get_tensor_model_parallel_group()
+
+    def summed(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad, group=group)
+        return grad
+
+    return [p.register_hook(summed) for name, p in model.named_parameters() if partition.is_partial(name)]
+
+
+@torch.no_grad()
+def replicated_mismatch(model: nn.Module) -> list[str]:
+    """Names of the replicated weights whose copy differs, bit for bit, from TP rank 0's in some
+    TP group of the job. Collective over the whole job (every rank gets the same list)."""
+    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+        return []
+    group = parallel_state.get_tensor_model_parallel_group()
+    params = [(n, p) for n, p in model.named_parameters() if partition.split_dim(n) is None]
+    mine = torch.cat([p.detach().reshape(-1).float() for _, p in params])  # the final norm at least
+    first = mine.clone()
+    torch.distributed.broadcast(first, src=torch.distributed.get_global_rank(group, 0), group=group)
+    flags, offset = [], 0
+    for _, p in params:
+        flags.append(0.0 if torch.equal(mine[offset:offset + p.numel()], first[offset:offset + p.numel()]) else 1.0)
+        offset += p.numel()
+    found = torch.tensor(flags, device=mine.device)
+    torch.distributed.all_reduce(found)  # over every TP group of the job
+    return [n for (n, _), f in zip(params, found.tolist()) if f]

@@ -8,7 +8,15 @@ into one rank's weight, ``unshard`` turns every rank's weight back into full HF 
 
 Some weights exist only with a model option (``Weight.option``): the q/k/v biases with
 ``qkv_bias`` (Qwen2), the output head only without ``tie_word_embeddings`` (tied: the head is the
-embedding matrix, one parameter).
+embedding matrix, one parameter), the query/key norms with ``qk_norm`` (per head: Qwen3, Gemma 3;
+full width: OLMo 2), the norms around each sublayer by ``sublayer_norms`` (``pre``: Llama's two;
+``post``: OLMo 2's two after the attention and MLP outputs; ``pre_and_post``: Gemma 3's four).
+
+Replicated weights (dim None) are whole on every rank. Most see the same data on every rank (the
+norms of the full hidden state) and so get the same gradient everywhere. A *partial* one
+(``Weight.partial``) is applied to this rank's heads only (a per-head QK-norm weight): each rank's
+gradient is its heads' share, and the trainer sums it over the TP group before the optimizer step
+(``neox.model.llama.sum_partial_gradients``); without that the copies drift apart.
 
 Unfused weights are split into ``tp`` equal contiguous blocks on their split dim (for q-like
 weights: blocks of whole heads).
@@ -40,6 +48,7 @@ class Weight(NamedTuple):
     dim: Optional[int]  # split dim across TP ranks (None: replicated)
     parts: tuple  # ((HF name, HF shape in the symbols of sizes()), ...) in the order they are fused
     option: Optional[str] = None  # present only when this model option holds (see OPTIONS)
+    partial: bool = False  # replicated, but each rank's gradient covers only its heads: summed over TP
 
 
 def _layer(*parts):
@@ -48,15 +57,32 @@ def _layer(*parts):
 
 WEIGHTS = [
     Weight("embed.weight", 0, (("model.embed_tokens.weight", ("V", "H")),)),
-    Weight("layers.{i}.input_norm.weight", None, _layer(("input_layernorm.weight", ("H",)))),
+    Weight("layers.{i}.input_norm.weight", None, _layer(("input_layernorm.weight", ("H",))), option="pre_norms"),
     Weight("layers.{i}.attention.qkv_proj.weight", 0, _layer(
         ("self_attn.q_proj.weight", ("Q", "H")), ("self_attn.k_proj.weight", ("KV", "H")),
         ("self_attn.v_proj.weight", ("KV", "H")))),
     Weight("layers.{i}.attention.qkv_proj.bias", 0, _layer(
         ("self_attn.q_proj.bias", ("Q",)), ("self_attn.k_proj.bias", ("KV",)), ("self_attn.v_proj.bias", ("KV",))),
         option="qkv_bias"),
+    Weight("layers.{i}.attention.q_head_norm.weight", None, _layer(("self_attn.q_norm.weight", ("D",))),
+           option="qk_norm_per_head", partial=True),
+    Weight("layers.{i}.attention.k_head_norm.weight", None, _layer(("self_attn.k_norm.weight", ("D",))),
+           option="qk_norm_per_head", partial=True),
+    Weight("layers.{i}.attention.q_norm.weight", 0, _layer(("self_attn.q_norm.weight", ("Q",))),
+           option="qk_norm_full_width"),
+    Weight("layers.{i}.attention.k_norm.weight", 0, _layer(("self_attn.k_norm.weight", ("KV",))),
+           option="qk_norm_full_width"),
     Weight("layers.{i}.attention.o_proj.weight", 1, _layer(("self_attn.o_proj.weight", ("H", "Q")))),
-    Weight("layers.{i}.post_attention_norm.weight", None, _layer(("post_attention_layernorm.weight", ("H",)))),
+    # the norm before the MLP: Llama's HF name says "post attention"; Gemma 3 calls it pre-feedforward
+    Weight("layers.{i}.post_attention_norm.weight", None, _layer(("post_attention_layernorm.weight", ("H",))),
+           option="pre_norms_only"),
+    Weight("layers.{i}.pre_mlp_norm.weight", None, _layer(("pre_feedforward_layernorm.weight", ("H",))),
+           option="pre_and_post_norms"),
+    # the norms of the sublayers' outputs, before the residual add (OLMo 2, Gemma 3)
+    Weight("layers.{i}.attention_out_norm.weight", None, _layer(("post_attention_layernorm.weight", ("H",))),
+           option="post_norms"),
+    Weight("layers.{i}.mlp_out_norm.weight", None, _layer(("post_feedforward_layernorm.weight", ("H",))),
+           option="post_norms"),
     Weight("layers.{i}.mlp.gate_up_proj.weight", 0, _layer(
         ("mlp.gate_proj.weight", ("F", "H")), ("mlp.up_proj.weight", ("F", "H")))),
     Weight("layers.{i}.mlp.down_proj.weight", 1, _layer(("mlp.down_proj.weight", ("H", "F")))),
@@ -67,6 +93,12 @@ WEIGHTS = [
 OPTIONS = {
     "qkv_bias": lambda get: bool(get("qkv_bias")),
     "untied": lambda get: not get("tie_word_embeddings"),
+    "qk_norm_per_head": lambda get: get("qk_norm") == "per_head",
+    "qk_norm_full_width": lambda get: get("qk_norm") == "full_width",
+    "pre_norms": lambda get: (get("sublayer_norms") or "pre") in ("pre", "pre_and_post"),
+    "pre_norms_only": lambda get: (get("sublayer_norms") or "pre") == "pre",
+    "pre_and_post_norms": lambda get: get("sublayer_norms") == "pre_and_post",
+    "post_norms": lambda get: get("sublayer_norms") in ("post", "pre_and_post"),
 }
 # weights whose dim 0 is the vocabulary (padded so that it divides by TP)
 VOCAB_WEIGHTS = {"embed.weight", "lm_head.weight"}
@@ -75,12 +107,12 @@ VOCAB_WEIGHTS = {"embed.weight", "lm_head.weight"}
 def sizes(model: Any, padded_vocab: Optional[int] = None) -> dict:
     """Values of the shape symbols for a model: ``model`` is a ModelArgs or a dict of its keys.
     V is the (padded, if given) vocabulary, H hidden, Q heads x head_dim, KV kv_heads x head_dim,
-    F intermediate."""
+    F intermediate, D head_dim."""
     get = _getter(model)
     heads, hidden = get("num_attention_heads"), get("hidden_size")
     head_dim = get("head_dim") or hidden // heads
     return {"V": padded_vocab or get("vocab_size"), "H": hidden, "Q": heads * head_dim,
-            "KV": (get("num_kv_heads") or heads) * head_dim, "F": get("intermediate_size")}
+            "KV": (get("num_kv_heads") or heads) * head_dim, "F": get("intermediate_size"), "D": head_dim}
 
 
 def _getter(model):
@@ -113,6 +145,11 @@ def _lookup(name: str) -> tuple[Weight, Optional[str]]:
 def split_dim(name: str) -> Optional[int]:
     """Dimension along which weight ``name`` is split across TP ranks (None: replicated)."""
     return _lookup(name)[0].dim
+
+
+def is_partial(name: str) -> bool:
+    """Whether replicated weight ``name`` gets only this rank's share of its gradient (sum it over TP)."""
+    return _lookup(name)[0].partial
 
 
 def hf_names(name: str) -> list[str]:

@@ -12,7 +12,8 @@ from megatron.core import parallel_state as ps
 
 from neox import patches
 from neox.config import NeoXConfig
-from neox.launch import distributed
+from neox.launch import distributed, faults
+from neox.model.llama import sum_partial_gradients
 
 
 def deepspeed_config(cfg: NeoXConfig) -> dict:
@@ -59,11 +60,14 @@ def set_lr(engine: Any, lr: float) -> None:
 
 
 def build_engine(cfg: NeoXConfig, model: torch.nn.Module) -> Any:
-    """The DeepSpeed engine around the model: our AdamW, ZeRO-1, bf16, the megatron-core mpu."""
+    """The DeepSpeed engine around the model: our AdamW, ZeRO-1, bf16, the megatron-core mpu; the
+    gradients of partial replicated weights summed over the TP group."""
     import deepspeed
     from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
 
     patches.quiet_bf16_memory_report()
+    if not faults.skip_partial_gradient_sum():  # test-only switch (neox.launch.faults)
+        sum_partial_gradients(model)  # DeepSpeed reduces over data parallel only, never over TP
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(cfg, model),
                                            config=deepspeed_config(cfg), mpu=distributed.MegatronCoreMPU())
     if ps.get_data_parallel_world_size() == 1 and isinstance(engine.optimizer, BF16_Optimizer):

@@ -27,13 +27,14 @@ from neox.data.dataset import (
     mixture_table,
 )
 from neox.data.names import component_name
+from neox.errors import NeoxError
 from neox.exit_status import STOPPED as EXIT_REQUEUE
 from neox.launch import distributed, faults, stop_request
 from neox.launch.distributed import is_rank0
 from neox.launch.watchdog import Watchdog
 from neox.log import get_logger
 from neox.model.flops import mfu
-from neox.model.llama import LlamaModel
+from neox.model.llama import LlamaModel, replicated_mismatch
 from neox.train import speed, validation
 from neox.train.engine import build_engine, seed_everything, set_lr
 from neox.train.guard import LossGuard, samples_of_batch
@@ -60,6 +61,10 @@ def train(cfg: NeoXConfig) -> None:
     except BaseException:
         trainer.abandon()
         raise
+
+
+class ReplicaDrift(NeoxError, RuntimeError):
+    """A weight every tensor-parallel rank holds whole differs between the ranks at a save."""
 
 
 class Trainer:
@@ -287,6 +292,14 @@ class Trainer:
     def save(self, update: int) -> None:
         self.watchdog.expect_slow(f"the checkpoint of step {update}")
         assert self.job is not None, "save() is called only when the run saves (lock_save_dir gave the job)"
+        drifted = replicated_mismatch(self.engine.module)
+        if drifted:  # every rank has the same list: all stop here, nothing of this step is written
+            if not is_rank0():  # rank 0 names the weights; the others stop with it
+                raise SystemExit(1)
+            raise ReplicaDrift(f"step {update}: replicated weight {', '.join(repr(n) for n in drifted[:3])}"
+                               f"{' ...' if len(drifted) > 3 else ''} differs between the tensor-parallel ranks "
+                               f"(each rank must hold the same copy; a gradient was not summed over the TP group); "
+                               f"no checkpoint of this step was written (the newest is step {self.saved_step})")
         save_checkpoint(self.engine, self.cfg, update, self.guard, self.data_files, self.job)
         self.saved_step = update
 
