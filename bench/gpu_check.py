@@ -109,8 +109,9 @@ def correctness_flat(work: str) -> dict:
             "train_data_paths": [os.path.join(work, "unused_text_document")], "gpu_memory_gib": GPU_MEMORY_GIB}
 
 
-# the base models beyond Code Llama (docs/models.md), from transformers' own config classes at the
-# correctness part's shapes: RoPE scaling, q/k/v biases, a tied head, a head_dim apart from hidden/heads
+# the base models beyond Code Llama (docs/converters.md, "Base models"), from transformers' own config
+# classes at the correctness part's shapes: RoPE scaling, q/k/v biases, a tied head, a head_dim apart from hidden/heads,
+# QK-norms per head and full width, post-sublayer norms, Gemma 3's sliding layers, (1 + w) norms and GeGLU
 FAMILY_SHAPE = dict(vocab_size=32016, hidden_size=256, intermediate_size=688, num_hidden_layers=2,
                     num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
                     rms_norm_eps=1e-5, tie_word_embeddings=False, use_cache=False)
@@ -121,6 +122,16 @@ FAMILIES = {
     "qwen2": ("Qwen2Config", dict(rope_theta=1e6)),
     "qwen2_tied": ("Qwen2Config", dict(rope_theta=1e6, tie_word_embeddings=True)),
     "mistral": ("MistralConfig", dict(rope_theta=1e6, head_dim=48, sliding_window=None)),
+    "llama32": ("LlamaConfig", dict(rope_theta=500000.0, tie_word_embeddings=True, rope_scaling={
+        "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 256})),
+    "qwen3": ("Qwen3Config", dict(rope_theta=1e6, head_dim=64, tie_word_embeddings=True)),
+    "olmo2": ("Olmo2Config", dict(rope_theta=5e5)),
+    # layer 0 slides over 256 of the 1,024 positions (the window matters), layer 1 attends fully
+    "gemma3": ("Gemma3TextConfig", dict(head_dim=64, query_pre_attn_scalar=48, sliding_window=256,
+                                        sliding_window_pattern=2, rope_parameters={
+                                            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
 }
 
 

@@ -146,3 +146,11 @@ def test_an_unmarked_test_that_starts_a_process_fails_naming_the_marker(tmp_path
     assert "1 failed, 1 passed" in r.stdout, r.stdout[-2000:]
     assert ("test_planted.py::test_unmarked starts a process: mark it @pytest.mark.processes (docs/tests.md, the quick "
             "set)") in r.stdout
+
+
+def test_the_base_model_options_table_is_the_declared_one():
+    """docs/converters.md's options table is neox.model.hf_compat.BASE_OPTIONS rendered."""
+    from neox.model.hf_compat import markdown_table
+
+    assert markdown_table() in read(os.path.join("docs", "converters.md")), (
+        "paste python -c 'from neox.model.hf_compat import markdown_table; print(markdown_table())'")

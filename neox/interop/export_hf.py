@@ -101,7 +101,7 @@ def gemma3_keys(info: dict, theta: float, scaling: dict | None) -> dict:
     head_dim = info.get("head_dim") or info["hidden_size"] // info["num_attention_heads"]
     return {
         "hidden_activation": "gelu_pytorch_tanh",
-        "query_pre_attn_scalar": info.get("query_pre_attn_scalar") or head_dim,
+        "query_pre_attn_scalar": _int_if_whole(info.get("query_pre_attn_scalar") or head_dim),  # transformers: int
         "sliding_window": info.get("sliding_window"),
         "layer_types": ["sliding_attention" if i in sliding else "full_attention" for i in range(layers)],
         "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": theta, **(scaling or {})},
@@ -110,6 +110,10 @@ def gemma3_keys(info: dict, theta: float, scaling: dict | None) -> dict:
         "final_logit_softcapping": None,
         "attn_logit_softcapping": None,
     }
+
+
+def _int_if_whole(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else x
 
 
 def find_tokenizer(ckpt: str, info: dict) -> tuple[str | None, str | None]:

@@ -54,7 +54,8 @@ def _ours_worker(rank, tp, port, ckpt, tag, tokens, out_path):
         for name, param in model.named_parameters():
             param.copy_(weights[name].float())
     captured = []
-    model.embed.register_forward_hook(lambda m, i, o: captured.append(o.detach().clone()))
+    scale = cfg.model.hidden_size ** 0.5 if cfg.model.scale_embeddings else 1.0  # HF's embedding module scales
+    model.embed.register_forward_hook(lambda m, i, o: captured.append(o.detach().clone() * scale))
     for layer in model.layers:
         layer.register_forward_hook(lambda m, i, o: captured.append(o.detach().clone()))
     with torch.no_grad():

@@ -38,7 +38,53 @@ REFUSED_KEYS = {
     "final_logit_softcapping": "logit soft-capping", "attn_logit_softcapping": "attention soft-capping",
     "use_bidirectional_attention": "bidirectional attention",
 }
-ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}  # HF's name -> our mlp_activation
+# The model options of the bases beyond Llama 2: (our config key, what it does, the Hugging Face
+# config key it comes from, the families that use it). docs/converters.md shows markdown_table().
+BASE_OPTIONS = [
+    ("`head_dim`", "width of one attention head, when it is not `hidden_size / num_attention_heads`",
+     "`head_dim`", "Mistral-Nemo, Qwen3 (small sizes), Gemma 3"),
+    ("`qkv_bias`", "biases on the query, key and value projections, split with their rows under TP",
+     "always on for `qwen2`", "Qwen2, Qwen2.5"),
+    ("`tie_word_embeddings` (GPT-NeoX: `no_weight_tying: false`)", "the output head is the input embedding: one "
+     "parameter, under TP the vocab-parallel embedding shard multiplies the hidden states", "`tie_word_embeddings`",
+     "Llama 3.2 1B/3B, Qwen2.5 0.5B-3B, Qwen3 0.6B-4B, Gemma 3"),
+    ("`rope_scaling`", "RoPE frequency scaling: `{rope_type: linear, factor}` or `{rope_type: llama3, factor, "
+     "low_freq_factor, high_freq_factor, original_max_position_embeddings}` (on the full-attention layers only "
+     "when the sliding ones have their own base)", "`rope_scaling` / `rope_parameters`",
+     "Llama 3.1, 3.2, 3.3; Gemma 3 4B-27B (linear)"),
+    ("`qk_norm`", "`per_head`: an RMSNorm over `head_dim` on every query and key head before RoPE, one weight "
+     "shared by all heads (replicated under TP; its gradient is summed over the TP group); `full_width`: one "
+     "RMSNorm over all query (key) heads of a token, its weight split with the heads and its statistic "
+     "all-reduced over the TP group", "always on for `qwen3`, `gemma3_text` (per head), `olmo2` (full width)",
+     "Qwen3, Gemma 3; OLMo 2"),
+    ("`sublayer_norms`", "`pre` (Llama: before attention and MLP); `post`: on the attention and MLP outputs "
+     "before the residual add, none before; `pre_and_post`: both (four per layer)",
+     "`olmo2` (post), `gemma3_text` (pre and post)", "OLMo 2; Gemma 3"),
+    ("`apply_layernorm_1p` (Megatron's key)", "norms multiply by (1 + weight); the weights are kept as the base "
+     "stores them (centred at 0), so import and export copy them bit for bit and a new norm starts at 0",
+     "`gemma3_text`", "Gemma 3"),
+    ("`scale_embeddings`", "embeddings multiplied by sqrt(`hidden_size`), the factor rounded to the weights' "
+     "dtype as `transformers` does", "`gemma3_text`", "Gemma 3"),
+    ("`mlp_activation`", "the gated MLP's activation: `silu` (SwiGLU) or `gelu_tanh` (GeGLU, tanh-approximated "
+     "GELU)", "`hidden_act` / `hidden_activation: gelu_pytorch_tanh`", "Gemma 3"),
+    ("`query_pre_attn_scalar`", "attention scores scaled by its -1/2 power instead of `head_dim`'s",
+     "`query_pre_attn_scalar`", "Gemma 3"),
+    ("`sliding_window`, `sliding_window_pattern`", "a sliding layer attends to the last `sliding_window` "
+     "positions, its own included; with a pattern N every N-th layer (N-1, 2N-1, ...) attends fully, without one "
+     "every layer slides. SDPA with a mask on CPU (and on GPU without `flash-attn`), `flash-attn`'s window on GPU",
+     "`sliding_window`, `layer_types` (4.x: `sliding_window_pattern`)", "Gemma 3 (5 sliding : 1 full), "
+     "Mistral 7B v0.1"),
+    ("`rotary_emb_base_local`", "RoPE base of the sliding layers; the full layers keep `rotary_emb_base` and "
+     "`rope_scaling`", "`rope_parameters.sliding_attention` (4.x: `rope_local_base_freq`)", "Gemma 3"),
+    ("`hf_model_type`", "the family an export writes (`model_type`, `architectures`), so `transformers` builds "
+     "the same class; changes no number", "`model_type`", "every family but Llama"),
+]
+
+
+def markdown_table() -> str:
+    """BASE_OPTIONS as the Markdown table of docs/converters.md, "Base models"."""
+    rows = ["| config key | what it does | HF config | families |", "|---|---|---|---|"]
+    return "\n".join(rows + [f"| {key} | {what} | {hf} | {families} |" for key, what, hf, families in BASE_OPTIONS])
 
 
 def rope_parameters(c: dict, layer_type: str = "full_attention") -> dict:

@@ -23,6 +23,11 @@ the query and key/value widths and f the MLP width on this rank (each / t), h un
   compile_blocks  e (4 h + 3 q + 3 k + 3 f)          inductor keeps the norms' inputs and outputs
                                                      and recomputes the fp32 and silu values
   both            + 4 (heads / t) + 8                the attention's logsumexp and two rsqrt
+and with the options of the 2025-26 bases (n = 8 for bf16, 4 for fp32: the fp32 copy of the input
+and the normalised value; compiled, only the rsqrt stays):
+  sublayer_norms pre_and_post   + 2 (8 h + 4), compiled + 2 (e h + 4)   two more norms (post: as pre)
+  qk_norm per_head              + n (q + k) + 4 (heads + kv_heads) / t, compiled only the last term
+  qk_norm full_width            + n (q + k) + 8, compiled + 8
 Counted by tests/test_planner_memory.py with autograd's saved-tensor hooks and measured on an
 H200 (docs/gpu_check.md). A fixed overhead covers the CUDA context, communication buffers and
 fragmentation. These are estimates to catch plans that cannot fit; they are not a guarantee.
@@ -59,9 +64,23 @@ def layer_bytes_per_token(cfg: Any) -> int:
     h, head_dim = m.hidden_size, m.head_dim
     q, k, f = m.num_attention_heads * head_dim // tp, m.num_kv_heads * head_dim // tp, m.intermediate_size // tp
     small = 4 * m.num_attention_heads // tp + 8
-    if m.compile_blocks is True:  # "auto" stays eager until neox.train.speed resolves it at start-up
-        return e * (4 * h + 3 * q + 3 * k + 3 * f) + small
-    return 16 * h + e * (2 * h + 3 * q + 3 * k + 4 * f) + small
+    compiled = m.compile_blocks is True  # "auto" stays eager until neox.train.speed resolves it at start-up
+    extra = _option_bytes_per_token(m, tp, e, q, k, compiled)
+    if compiled:
+        return e * (4 * h + 3 * q + 3 * k + 3 * f) + small + extra
+    return 16 * h + e * (2 * h + 3 * q + 3 * k + 4 * f) + small + extra
+
+
+def _option_bytes_per_token(m: Any, tp: int, e: int, q: int, k: int, compiled: bool) -> int:
+    """What the options of the 2025-26 bases add to a layer's saved bytes per token (formula above)."""
+    extra = 0
+    if m.sublayer_norms == "pre_and_post":  # two norms more than Llama's two
+        extra += 2 * ((e if compiled else 8) * m.hidden_size + 4)
+    if m.qk_norm == "per_head":
+        extra += 4 * (m.num_attention_heads + m.num_kv_heads) // tp + (0 if compiled else (8 if e == 2 else 4) * (q + k))
+    elif m.qk_norm == "full_width":
+        extra += 8 + (0 if compiled else (8 if e == 2 else 4) * (q + k))
+    return extra
 
 
 def memory_per_gpu(cfg: Any) -> dict:
