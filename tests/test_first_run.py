@@ -119,17 +119,21 @@ def test_relative_paths_from_elsewhere_say_where_they_were_looked_for(tmp_path):
 
 @pytest.mark.processes
 def test_current_base_configs_plan_on_a_laptop():
-    """The recipe on Llama-3.1-8B and Qwen2.5-7B: the released models' parameter counts, a memory
-    plan that fits 40 GB, and the planner numbers docs/llemma_recipe.md gives."""
+    """The recipe on Llama-3.1-8B, Qwen2.5-7B, Qwen3-8B and OLMo-2-7B: the released models'
+    parameter counts (what transformers counts for their config.json), a memory plan that fits
+    40 GB, and the planner numbers docs/llemma_recipe.md gives."""
     for name, params, gib, hours in (("llama3_8b", 8_030_261_248, 33.1, 24_478),
-                                     ("qwen25_7b", 7_615_616_512, 31.4, 22_686)):
+                                     ("qwen25_7b", 7_615_616_512, 31.4, 22_686),
+                                     ("qwen3_8b", 8_190_735_360, 34.6, 25_270),
+                                     ("olmo2_7b", 7_298_617_344, 31.0, 22_510)):
         r = run("deepy.py", "train.py", f"llemma_configs/{name}.yml", "llemma_configs/data_mixture.yml", "--dry-run")
         assert r.returncode == 0, r.stderr
         d = json.loads(r.stdout)["derived"]
         assert d["num_parameters"] == params and round(d["gpu_hours_at_mfu"]) == hours
         assert d["memory_per_gpu_gib"] == pytest.approx(gib, abs=0.05) and "memory plan skipped" not in r.stderr
     doc = open(os.path.join(REPO, "docs", "llemma_recipe.md")).read()
-    assert "| parameters (equal to the released models') | 8,030,261,248 | 7,615,616,512 |" in doc
+    assert ("| parameters (equal to the released models') | 8,030,261,248 | 7,615,616,512 | 8,190,735,360 | "
+            "7,298,617,344 |") in doc
 
 
 WITHOUT = """import runpy, sys

@@ -319,3 +319,32 @@ def test_a_drifting_qk_norm_stops_the_run_at_the_next_save(tmp_path, toy_data):
             "'layers.0.attention.k_head_norm.weight'") in r.stderr
     assert "no checkpoint of this step was written (the newest is step 0)" in r.stderr
     assert len(losses) == 5 and not (tmp_path / "trained" / "global_step5").exists()
+
+
+# the published config.json files' numbers (no download here), for the recipe configs' bases
+PUBLISHED = {
+    "qwen3_8b": transformers.Qwen3Config(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32,
+                                         num_key_value_heads=8, intermediate_size=12288, head_dim=128,
+                                         vocab_size=151936, max_position_embeddings=40960, rope_theta=1e6,
+                                         rms_norm_eps=1e-6, tie_word_embeddings=False),
+    "olmo2_7b": transformers.Olmo2Config(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                                         num_key_value_heads=32, intermediate_size=11008, vocab_size=100352,
+                                         max_position_embeddings=4096, rope_theta=500000, rms_norm_eps=1e-6,
+                                         tie_word_embeddings=False),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(PUBLISHED))
+def test_recipe_configs_are_the_published_models(recipe):
+    """The recipe's model keys are what the converter reads from the published config, and its
+    parameter count is what transformers counts for that config (built on the meta device)."""
+    from neox.config import load_config
+    from neox.model.flops import parameter_count
+
+    cfg = load_config([os.path.join(REPO, "llemma_configs", f"{recipe}.yml"),
+                       os.path.join(REPO, "llemma_configs", "data_mixture.yml")], dry_run=True)
+    keys = neox_model_keys_from_hf(PUBLISHED[recipe])
+    assert {k: getattr(cfg.model, k) for k in keys} == keys
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(PUBLISHED[recipe])
+    assert parameter_count(cfg) == sum(p.numel() for p in model.parameters())
