@@ -34,6 +34,7 @@ rank-blocked weight there would be re-sliced wrongly, silently. Here only ``part
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 from typing import Any
@@ -63,11 +64,23 @@ def supported(cfg: NeoXConfig) -> bool:
     return int(cfg.optim.zero_optimization.get("stage", 0)) in (1, 2)
 
 
+def saved_stage(directory: str, tag: str) -> int | None:
+    """The ZeRO stage a checkpoint was written with (its config.json), None if it does not say."""
+    path = os.path.join(directory, tag, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return int((json.load(f).get("zero_optimization") or {}).get("stage", 0))
+
+
 def needed(cfg: NeoXConfig, directory: str, tag: str) -> bool:
     """True when the checkpoint's layout differs from this job's in a way a plain load cannot take:
-    another TP size, or (with ZeRO) another DP size."""
+    another TP size, (with ZeRO) another DP size, or another ZeRO stage (stage 1 in bf16 keeps its
+    state in DeepSpeed's BF16_Optimizer files, stage 2 in the ZeRO optimizer's)."""
     tp, dp = saved_layout(directory, tag)
-    return tp != cfg.parallel.model_parallel_size or (dp is not None and dp != cfg.data_parallel_size)
+    stage = saved_stage(directory, tag)
+    return (tp != cfg.parallel.model_parallel_size or (dp is not None and dp != cfg.data_parallel_size)
+            or (stage is not None and stage != int(cfg.optim.zero_optimization.get("stage", 0))))
 
 
 class SavedState:

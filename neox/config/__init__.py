@@ -63,9 +63,9 @@ BoolOrAuto = Union[bool, Literal["auto"]]
 RESUME = "resume"  # field metadata: a resume may change this key ("reshard": where the state can be resharded)
 
 
-def resumable(default: Any = dataclasses.MISSING, reshard: bool = False) -> Any:
+def resumable(default: Any = dataclasses.MISSING, reshard: bool = False, factory: Any = dataclasses.MISSING) -> Any:
     """A field whose value a resume may change (the checkpoint's config is otherwise kept)."""
-    return field(default=default, metadata={RESUME: "reshard" if reshard else True})
+    return field(default=default, default_factory=factory, metadata={RESUME: "reshard" if reshard else True})
 
 
 class _Section:
@@ -191,6 +191,9 @@ class ModelArgs(_Section):
 @dataclass(frozen=True, kw_only=True)
 class ParallelArgs(_Section):
     model_parallel_size: int = resumable(1, reshard=True)  # tensor parallel size
+    # activations outside the TP regions (norms, residual stream) split along the sequence over the
+    # TP ranks (megatron-core's mechanism; GPT-NeoX's key); same numbers, less activation memory
+    sequence_parallel: bool = resumable(False)
     pipe_parallel_size: int = 0  # accepted for GPT-NeoX compatibility; only 0 or 1 supported
     num_gpus: int = resumable(1)  # processes started on this node
     num_nodes: int = resumable(1)
@@ -231,7 +234,8 @@ class OptimizerArgs(_Section):
     )
     weight_decay: float = 0.1
     gradient_clipping: float = 1.0
-    zero_optimization: dict = field(default_factory=lambda: {"stage": 1})
+    # stage 1 or 2 (and DeepSpeed's bucket keys); a resume may change it (neox.checkpoint.reshard)
+    zero_optimization: dict = resumable(reshard=True, factory=lambda: {"stage": 1})
     precision: str = "bf16"  # bf16 | fp32
 
     def resolved(self) -> OptimizerArgs:
@@ -260,8 +264,13 @@ class OptimizerArgs(_Section):
         if precision is None:
             raise ConfigError(f"key 'precision' must be bf16 or fp32, got '{self.precision}'")
         stage = self.zero_optimization.get("stage", 0)
-        if stage not in (0, 1):
-            raise ConfigError(f"key 'zero_optimization.stage' must be 0 or 1, got {stage!r}")
+        if stage == 3:
+            raise ConfigError("key 'zero_optimization.stage' = 3 is not supported: stage 3 shards the weights "
+                              "themselves over data parallel, which this trainer's tensor-parallel layers are not "
+                              "checked against; use stage 2 (gradients and optimizer states sharded) with "
+                              "model_parallel_size and sequence_parallel")
+        if stage not in (0, 1, 2):
+            raise ConfigError(f"key 'zero_optimization.stage' must be 0, 1 or 2, got {stage!r}")
         _gpt_neox_call(check_zero_optimization, self.zero_optimization)
         _finite(self, "gradient_clipping", "weight_decay")
         if self.gradient_clipping < 0 or self.weight_decay < 0:
@@ -813,6 +822,12 @@ def check_tensor_parallel(cfg: NeoXConfig) -> None:
     for key in ("num_attention_heads", "num_kv_heads", "intermediate_size"):
         if getattr(m, key) % tp:
             raise ConfigError(f"key '{key}' ({getattr(m, key)}) must be divisible by 'model_parallel_size' ({tp})")
+    if p.sequence_parallel and m.seq_length % tp:
+        raise ConfigError(f"key 'sequence_parallel' needs 'seq_length' ({m.seq_length}) divisible by "
+                          f"'model_parallel_size' ({tp}): each TP rank holds seq_length / {tp} positions")
+    if p.sequence_parallel and tp == 1:
+        cfg.warnings.append("sequence_parallel has no effect at model_parallel_size 1 (there is no TP group to "
+                            "split the sequence over)")
     if p.num_gpus % tp:
         hint = ""
         if cfg.explicit and "num_gpus" not in cfg.explicit:

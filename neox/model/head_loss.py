@@ -84,14 +84,17 @@ class _HeadLoss(torch.autograd.Function):
 
 
 def head_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor | None,
-              valid_local: int) -> torch.Tensor:
+              valid_local: int, input_grad_summed: bool = False) -> torch.Tensor:
     """Mean token loss (weighted by loss_mask) of hidden [b, s, h] through this rank's vocab slice
     ``weight`` [vocab/tp, h] of the column-parallel output head, whose first ``valid_local`` rows
     are real tokens (the rest padding); equal to lm_head + -inf padding mask +
-    vocab_parallel_cross_entropy."""
+    vocab_parallel_cross_entropy. ``input_grad_summed``: hidden comes from sequence parallelism's
+    gather, whose backward already sums its gradient over TP (no all-reduce here)."""
     local_vocab = weight.shape[0]
     vocab_start = parallel_state.get_tensor_model_parallel_rank() * local_vocab
-    flat_hidden = mtp.copy_to_tensor_model_parallel_region(hidden.reshape(-1, hidden.shape[-1]))
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    if not input_grad_summed:
+        flat_hidden = mtp.copy_to_tensor_model_parallel_region(flat_hidden)
     flat_labels = labels.reshape(-1)
     if loss_mask is None:
         token_weights = torch.full(flat_labels.shape, 1.0 / flat_labels.numel(), device=hidden.device)

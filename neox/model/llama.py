@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from neox import patches
 from neox.model import partition
+from neox.model import sequence_parallel as seq
 from neox.model.head_loss import head_loss
 
 try:  # optional GPU extra
@@ -124,10 +125,13 @@ class Rotary:
         return (x32 * cos + rotated * sin).to(x.dtype)
 
 
-def _column(in_f, out_f, mp_config, bias=False, shared_weight=False):
-    """``shared_weight``: no weight of its own, forward takes one (the tied output head)."""
+def _column(in_f, out_f, mp_config, bias=False, shared_weight=False, sequence_parallel=False):
+    """``shared_weight``: no weight of its own, forward takes one (the tied output head). With
+    sequence parallelism its input comes from ``sequence_parallel.gather``, whose backward sums the
+    input gradient over TP: the layer's own all-reduce of it is skipped."""
     return mtp.ColumnParallelLinear(in_f, out_f, config=mp_config, init_method=nn.init.zeros_,
                                     bias=bias, gather_output=False, skip_weight_param_allocation=shared_weight,
+                                    disable_grad_reduce=sequence_parallel,
                                     tp_group=parallel_state.get_tensor_model_parallel_group())
 
 
@@ -135,6 +139,12 @@ def _row(in_f, out_f, mp_config):
     return mtp.RowParallelLinear(in_f, out_f, config=mp_config, init_method=nn.init.zeros_,
                                  bias=False, input_is_parallel=True, skip_bias_add=False,
                                  tp_group=parallel_state.get_tensor_model_parallel_group())
+
+
+def _row_out(layer: mtp.RowParallelLinear, x: torch.Tensor, sp: bool) -> torch.Tensor:
+    """A row-parallel layer's output: summed over TP (all-reduce), or with sequence parallelism
+    summed and split along the sequence in one reduce-scatter."""
+    return seq.scatter(F.linear(x, layer.weight)) if sp else layer(x)[0]
 
 
 def sliding_window_mask(seq_len: int, window: int, device: torch.device | str) -> torch.Tensor:
@@ -146,8 +156,9 @@ def sliding_window_mask(seq_len: int, window: int, device: torch.device | str) -
 
 
 class Attention(nn.Module):
-    def __init__(self, m: Any, tp: int, mp_config: ModelParallelConfig, window: int | None):
+    def __init__(self, m: Any, tp: int, mp_config: ModelParallelConfig, window: int | None, sp: bool):
         super().__init__()
+        self.sp = sp  # sequence parallel: x holds this rank's positions; gathered here, scattered at the end
         self.head_dim = m.head_dim
         self.local_heads = m.num_attention_heads // tp
         self.local_kv_heads = m.num_kv_heads // tp
@@ -157,7 +168,7 @@ class Attention(nn.Module):
         # (the rank-blocked layout of neox.model.partition)
         self.local_sizes = [n * self.head_dim for n in (self.local_heads, self.local_kv_heads, self.local_kv_heads)]
         self.qkv_proj = _column(m.hidden_size, (m.num_attention_heads + 2 * m.num_kv_heads) * self.head_dim,
-                                mp_config, bias=m.qkv_bias)
+                                mp_config, bias=m.qkv_bias, sequence_parallel=sp)
         self.o_proj = _row(m.num_attention_heads * self.head_dim, m.hidden_size, mp_config)
         if m.qk_norm == "per_head":  # one weight of head_dim for all heads: replicated, gradient summed over TP
             self.q_head_norm = RMSNorm(self.head_dim, m.rms_norm_epsilon, m.apply_layernorm_1p)
@@ -169,6 +180,8 @@ class Attention(nn.Module):
         self.qk_norm = m.qk_norm
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        if self.sp:
+            x = seq.gather(x)
         b, s, _ = x.shape
         q, k, v = self.qkv_proj(x)[0].split(self.local_sizes, dim=-1)
         if self.qk_norm == "full_width":
@@ -186,7 +199,7 @@ class Attention(nn.Module):
             mask = None if self.window is None or self.window >= s else sliding_window_mask(s, self.window, q.device)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale,
                                                  enable_gqa=gqa).transpose(1, 2)
-        return self.o_proj(out.reshape(b, s, self.local_heads * self.head_dim))[0]
+        return _row_out(self.o_proj, out.reshape(b, s, self.local_heads * self.head_dim), self.sp)
 
     def _use_flash(self, q) -> bool:
         wanted = self.impl == "flash" or (self.impl == "auto" and flash_attn_func is not None)
@@ -196,24 +209,24 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """Gated: down(act(gate(x)) * up(x)); act is SiLU (SwiGLU) or tanh-approximated GELU (GeGLU)."""
 
-    def __init__(self, m: Any, mp_config: ModelParallelConfig):
+    def __init__(self, m: Any, mp_config: ModelParallelConfig, sp: bool):
         super().__init__()
         # one matmul for gate and up; this rank's rows are [its gate rows; its up rows]
-        self.gate_up_proj = _column(m.hidden_size, 2 * m.intermediate_size, mp_config)
+        self.gate_up_proj = _column(m.hidden_size, 2 * m.intermediate_size, mp_config, sequence_parallel=sp)
         self.down_proj = _row(m.intermediate_size, m.hidden_size, mp_config)
-        self.gelu = m.mlp_activation == "gelu_tanh"
+        self.gelu, self.sp = m.mlp_activation == "gelu_tanh", sp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x)[0].chunk(2, dim=-1)
+        gate, up = self.gate_up_proj(seq.gather(x) if self.sp else x)[0].chunk(2, dim=-1)
         act = F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)
-        return self.down_proj(act * up)[0]
+        return _row_out(self.down_proj, act * up, self.sp)
 
 
 class Layer(nn.Module):
     """Attention then MLP, each added to the residual stream, with the norms ``sublayer_norms``
     says: before each sublayer (Llama), after each sublayer's output (OLMo 2), or both (Gemma 3)."""
 
-    def __init__(self, m: Any, tp: int, mp_config: ModelParallelConfig, window: int | None):
+    def __init__(self, m: Any, tp: int, mp_config: ModelParallelConfig, window: int | None, sp: bool):
         super().__init__()
 
         def norm() -> RMSNorm:
@@ -221,14 +234,14 @@ class Layer(nn.Module):
 
         if m.sublayer_norms in ("pre", "pre_and_post"):
             self.input_norm = norm()
-        self.attention = Attention(m, tp, mp_config, window)
+        self.attention = Attention(m, tp, mp_config, window, sp)
         if m.sublayer_norms == "pre":
             self.post_attention_norm = norm()  # Llama's name for the norm before the MLP
         elif m.sublayer_norms == "pre_and_post":
             self.pre_mlp_norm = norm()
         if m.sublayer_norms in ("post", "pre_and_post"):
             self.attention_out_norm, self.mlp_out_norm = norm(), norm()
-        self.mlp = MLP(m, mp_config)
+        self.mlp = MLP(m, mp_config, sp)
         self.pre, self.post = m.sublayer_norms != "post", m.sublayer_norms != "pre"
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -259,11 +272,14 @@ class LlamaModel(nn.Module):
                                                 init_method=nn.init.zeros_, config=mp_config,
                                                 tp_group=parallel_state.get_tensor_model_parallel_group())
         self.sliding = set(m.sliding_layers())
-        self.layers = nn.ModuleList(Layer(m, self.tp, mp_config, m.sliding_window if i in self.sliding else None)
-                                    for i in range(m.num_layers))
+        # sequence parallel: the residual stream holds seq / tp positions per rank (neox.model.sequence_parallel)
+        self.sp = cfg.parallel.sequence_parallel and self.tp > 1
+        self.layers = nn.ModuleList(Layer(m, self.tp, mp_config, m.sliding_window if i in self.sliding else None,
+                                          self.sp) for i in range(m.num_layers))
         self.final_norm = RMSNorm(m.hidden_size, m.rms_norm_epsilon, m.apply_layernorm_1p)
         # tied: the head multiplies by the (vocab-parallel) embedding matrix, one parameter
-        self.lm_head = _column(m.hidden_size, self.padded_vocab_size, mp_config, shared_weight=m.tie_word_embeddings)
+        self.lm_head = _column(m.hidden_size, self.padded_vocab_size, mp_config, shared_weight=m.tie_word_embeddings,
+                               sequence_parallel=self.sp)
         self.rotary = Rotary(m.head_dim, m.rotary_emb_base, m.rope_scaling)
         # the sliding layers' own RoPE base (Gemma 3), unscaled; None: the same tables as the others
         local_base = m.rotary_emb_base_local
@@ -322,6 +338,8 @@ class LlamaModel(nn.Module):
         x = self.embed(tokens)
         if self.cfg.model.scale_embeddings:  # Gemma: sqrt(hidden), rounded to the weights' dtype as Gemma does
             x = x * torch.tensor(self.cfg.model.hidden_size ** 0.5, dtype=x.dtype)
+        if self.sp:
+            x = seq.split(x)
         rope = self.rotary.cos_sin(tokens.shape[1], tokens.device)
         local_rope = self.local_rotary.cos_sin(tokens.shape[1], tokens.device) if self.local_rotary else rope
         for i, layer in enumerate(self.layers):
@@ -331,8 +349,11 @@ class LlamaModel(nn.Module):
             else:
                 x = layer(x, cos, sin)
         x = self.final_norm(x)
+        if self.sp:
+            x = seq.gather(x)
         if labels is not None and self.cfg.model.fused_head_loss:  # never materialises all logits
-            return head_loss(x, self.head_weight, labels, loss_mask, self._real_local_vocab())
+            return head_loss(x, self.head_weight, labels, loss_mask, self._real_local_vocab(),
+                             input_grad_summed=self.sp)
         logits = self._mask_vocab_padding(self.lm_head(x, weight=self.head_weight)[0])
         if labels is None:
             return logits
@@ -389,7 +410,9 @@ def sum_partial_gradients(model: nn.Module) -> list:
         torch.distributed.all_reduce(grad, group=group)
         return grad
 
-    return [p.register_hook(summed) for name, p in model.named_parameters() if partition.is_partial(name)]
+    sp = getattr(model, "sp", False)  # sequence parallel: every replicated weight sees this rank's positions only
+    return [p.register_hook(summed) for name, p in model.named_parameters()
+            if partition.is_partial(name) or (sp and partition.split_dim(name) is None)]
 
 
 @torch.no_grad()

@@ -92,7 +92,7 @@ def check_resumable(cfg: NeoXConfig, checkpoint: str, data_files: dict) -> None:
         saved = json.load(f)
     diffs = config_differences(cfg.to_flat(), saved, layout_may_change=reshard.supported(cfg))
     if diffs:
-        hint = ("; changing model_parallel_size at resume needs zero_optimization stage 1"
+        hint = ("; changing model_parallel_size at resume needs zero_optimization stage 1 or 2"
                 if any(d.startswith("model_parallel_size") for d in diffs) else "")
         raise CheckpointError(f"resume from {checkpoint} refused: the config differs in "
                               f"{', '.join(diffs)}; restore those values or save to a new directory{hint}")
@@ -122,10 +122,10 @@ def load_state(engine: Any, cfg: NeoXConfig, directory: str, tag: str) -> tuple[
     faults.pause("resume")  # test-only: a slow load, to stop a job in the middle of it
     try:
         if reshard.needed(cfg, directory, tag):
-            tp, dp = reshard.saved_layout(directory, tag)
-            log.info(f"resharding {os.path.join(directory, tag)}: saved at TP={tp} x DP={dp}, loading at "
-                     f"TP={cfg.parallel.model_parallel_size} x DP={cfg.data_parallel_size} "
-                     "(weights and optimizer state)")
+            (tp, dp), stage = reshard.saved_layout(directory, tag), reshard.saved_stage(directory, tag)
+            log.info(f"resharding {os.path.join(directory, tag)}: saved at TP={tp} x DP={dp} (ZeRO stage {stage}), "
+                     f"loading at TP={cfg.parallel.model_parallel_size} x DP={cfg.data_parallel_size} (ZeRO stage "
+                     f"{cfg.optim.zero_optimization.get('stage', 0)}) (weights and optimizer state)")
             path, state = os.path.join(directory, tag), reshard.load_resharded(engine, cfg, directory, tag)
         else:
             path, state = engine.load_checkpoint(directory, tag=tag)

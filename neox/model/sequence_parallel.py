@@ -1,0 +1,99 @@
+"""Sequence parallelism's three collectives over the tensor-parallel group, along the sequence
+(dim 1 of our [batch, seq, hidden] activations), each with its exact backward.
+
+With ``sequence_parallel``, each TP rank holds seq / t positions of the residual stream, so the
+norms and the residual adds (the work outside the TP regions, which plain TP repeats on every
+rank) run on 1/t of the tokens and their activations take 1/t of the memory (megatron-core's
+mechanism; its functions gather along dim 0 of [seq, batch, hidden], ours along dim 1):
+
+  into a TP region (before q/k/v, gate/up, the output head)   gather     all-gather  | reduce-scatter
+  out of a TP region (after o_proj, down_proj)                 scatter    reduce-scatter | all-gather
+  after the vocab-parallel embedding (already all-reduced)     split      keep this rank's part | all-gather
+
+(forward | backward). The column-parallel layers then skip their own backward all-reduce of the
+input gradient (the gather's reduce-scatter does it), and the row-parallel ones their forward
+all-reduce (the scatter's reduce-scatter does it). Weights whole on every rank that now see only
+their rank's positions (the norms) get only that share of their gradient: the trainer sums it over
+the TP group (``neox.model.llama.sum_partial_gradients``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+
+def _group() -> Any:
+    return parallel_state.get_tensor_model_parallel_group()
+
+
+def _all_gather(x: torch.Tensor) -> torch.Tensor:
+    """[b, s/t, ...] on each rank -> [b, s, ...], rank order along the sequence."""
+    t = dist.get_world_size(_group())
+    local = x.transpose(0, 1).contiguous()
+    out = local.new_empty((local.shape[0] * t, *local.shape[1:]))
+    dist.all_gather_into_tensor(out, local, group=_group())
+    return out.transpose(0, 1)
+
+
+def _reduce_scatter(x: torch.Tensor) -> torch.Tensor:
+    """[b, s, ...] partial sums on each rank -> this rank's [b, s/t, ...] of the sum."""
+    t = dist.get_world_size(_group())
+    full = x.transpose(0, 1).contiguous()
+    out = full.new_empty((full.shape[0] // t, *full.shape[1:]))
+    dist.reduce_scatter_tensor(out, full, group=_group())
+    return out.transpose(0, 1)
+
+
+def _split(x: torch.Tensor) -> torch.Tensor:
+    """This rank's [b, s/t, ...] of a [b, s, ...] every rank holds whole."""
+    t, rank = dist.get_world_size(_group()), dist.get_rank(_group())
+    return x.chunk(t, dim=1)[rank].contiguous()
+
+
+class _Gather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _all_gather(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _reduce_scatter(grad)
+
+
+class _Scatter(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _reduce_scatter(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _all_gather(grad)
+
+
+class _Split(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _split(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _all_gather(grad)
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Into a TP region: every rank's positions, whole sequence (backward: reduce-scatter)."""
+    return _Gather.apply(x)
+
+
+def scatter(x: torch.Tensor) -> torch.Tensor:
+    """Out of a TP region: sum the ranks' partial outputs, keep this rank's positions."""
+    return _Scatter.apply(x)
+
+
+def split(x: torch.Tensor) -> torch.Tensor:
+    """This rank's positions of a tensor every rank holds whole (backward: all-gather)."""
+    return _Split.apply(x)
