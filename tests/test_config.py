@@ -198,7 +198,8 @@ def test_deepy_dry_run_prints_one_json_object(env):
 SHIPPED = [["smoke.yml"], ["7b.yml", "data_mixture.yml"], ["7b.yml", "data_mixture_decontaminated.yml"],
            ["34b.yml", "data_mixture.yml"],
            ["llama3_8b.yml", "data_mixture.yml"], ["qwen25_7b.yml", "data_mixture.yml"],
-           ["qwen3_8b.yml", "data_mixture.yml"], ["olmo2_7b.yml", "data_mixture.yml"]]
+           ["qwen3_8b.yml", "data_mixture.yml"], ["olmo2_7b.yml", "data_mixture.yml"],
+           ["llama3_70b.yml", "data_mixture.yml"]]
 
 
 @pytest.mark.processes

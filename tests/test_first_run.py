@@ -125,7 +125,9 @@ def test_current_base_configs_plan_on_a_laptop():
     for name, params, gib, hours in (("llama3_8b", 8_030_261_248, 33.1, 24_478),
                                      ("qwen25_7b", 7_615_616_512, 31.4, 22_686),
                                      ("qwen3_8b", 8_190_735_360, 34.6, 25_270),
-                                     ("olmo2_7b", 7_298_617_344, 31.0, 22_510)):
+                                     ("olmo2_7b", 7_298_617_344, 31.0, 22_510),
+                                     # past 34B: TP 8 with sequence parallelism and ZeRO stage 2
+                                     ("llama3_70b", 70_553_706_496, 24.7, 58_323)):
         r = run("deepy.py", "train.py", f"llemma_configs/{name}.yml", "llemma_configs/data_mixture.yml", "--dry-run")
         assert r.returncode == 0, r.stderr
         d = json.loads(r.stdout)["derived"]

@@ -109,3 +109,55 @@ def test_fit_to_cluster_keeps_the_global_batch():
     assert (c.batch.train_micro_batch_size_per_gpu, c.batch.gradient_accumulation_steps) == (2, 128)
     with pytest.raises(ConfigError, match="4,194,304 tokens per step cannot be kept exactly"):
         fit_to_cluster(recipe("7b"), 6, 8, dry_run=True)  # DP 24 does not divide 1,024
+
+
+def seventy_b(*overrides):
+    return load_config([os.path.join(CONFIGS, "llama3_70b.yml"), os.path.join(CONFIGS, "data_mixture.yml")],
+                       list(overrides), dry_run=True)
+
+
+def test_70b_recipe_is_llama_3_1_70b_and_fits_40gb_on_256_gpus():
+    """The parameter count transformers gives for the published config (meta device), and the plan
+    on Llemma's cluster: TP 8 x DP 32, sequence parallelism, ZeRO stage 2, under 40 GB."""
+    import torch
+    import transformers
+
+    from neox.model.hf_compat import neox_model_keys_from_hf
+
+    published = transformers.LlamaConfig(
+        hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
+        intermediate_size=28672, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
+        rope_theta=500000.0, tie_word_embeddings=False,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 8192})
+    with torch.device("meta"):
+        count = sum(p.numel() for p in transformers.AutoModelForCausalLM.from_config(published).parameters())
+    c = seventy_b()
+    keys = neox_model_keys_from_hf(published)
+    assert {k: getattr(c.model, k) for k in keys} == keys
+    assert plan(c)["num_parameters"] == count == 70_553_706_496
+    assert (c.world_size, c.parallel.model_parallel_size, c.data_parallel_size) == (256, 8, 32)
+    assert c.parallel.sequence_parallel and c.optim.zero_optimization["stage"] == 2
+    assert memory_per_gpu(c)["total_gib"] == pytest.approx(24.7, abs=0.05)
+
+
+def test_a_plan_that_does_not_fit_says_what_would():
+    """The 70B plan at ZeRO stage 1 without sequence parallelism: 66.1 GiB on a 40 GB card, and the
+    one change that fits (stage 2), with that plan's numbers; with checkpointing off too, the two
+    changes that fit (fewest first). On 4 nodes of 80 GB the cheapest change is sequence parallelism."""
+    with pytest.raises(ConfigError) as e:
+        seventy_b("zero_optimization.stage=1", "sequence_parallel=false")
+    assert str(e.value) == (
+        "plan needs 66.1 GiB per GPU (weights 16.4, gradients 32.9, optimizer 3.1, activations 11.8, overhead "
+        "2.0) but key 'gpu_memory_gib' is 40; it would fit with zero_optimization: {stage: 2} -> 34.3 GiB per "
+        "GPU (weights 16.4, gradients 1.0, optimizer 3.1, activations 11.8, overhead 2.0)")
+    with pytest.raises(ConfigError, match=r"it would fit with zero_optimization: \{stage: 2\}, "
+                                          r"checkpoint_activations: true -> 34\.3 GiB"):
+        seventy_b("zero_optimization.stage=1", "sequence_parallel=false", "checkpoint_activations=false")
+    with pytest.raises(ConfigError, match=r"plan needs 81\.8 GiB .* is 80; it would fit with sequence_parallel: "
+                                          r"true -> 77\.0 GiB"):
+        seventy_b("num_nodes=4", "gpu_memory_gib=80", "zero_optimization.stage=1", "sequence_parallel=false",
+                  "train_micro_batch_size_per_gpu=1", "gradient_accumulation_steps=256")
+    with pytest.raises(ConfigError, match="no change of sequence_parallel, ZeRO stage, checkpointing, micro batch "
+                                          "or model_parallel_size fits it on this many GPUs: use more GPUs"):
+        seventy_b("num_nodes=1", "gradient_accumulation_steps=512")

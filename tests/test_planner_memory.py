@@ -87,3 +87,97 @@ def test_bf16_optimizer_holds_what_the_planner_counts(single_process_group):
     assert nbytes(opt.fp32_groups_flat_partition + adam) == pytest.approx(mem["optimizer_states_gib"] * gib,
                                                                           abs=12 * 64)
     assert all(p.grad is None for p in model.parameters())
+
+
+def _two_rank_worker(rank, port, part, out_path):
+    """Rank 0 of two writes what the planner is checked against: ``part`` "sp", the saved bytes per
+    token of one layer with sequence parallelism at TP 2; "stage2", the ZeRO stage-2 optimizer's
+    gradient tensors at DP 2."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    from neox.launch import distributed
+    from neox.model.llama import LlamaModel
+    from neox.train.engine import build_engine
+
+    results = {}
+    if part == "sp":
+        distributed.init_distributed(2)
+        for case, (precision, compiled, options) in SP_CASES.items():
+            counted = [saved_bytes_sp(precision, compiled, batch, options) for batch in (2, 4)]
+            cfg = counted[0][2]
+            results[case] = ((counted[1][0] - counted[0][0]) / (2 * SHAPE["seq_length"]),
+                             planner.layer_bytes_per_token(cfg))
+    else:
+        distributed.init_distributed(1)
+        cfg = tiny_cfg(precision="bf16", zero_optimization={"stage": 2}, num_gpus=2, gradient_accumulation_steps=2,
+                       train_micro_batch_size_per_gpu=1)
+        model = LlamaModel(cfg, dtype=torch.bfloat16).train()
+        model.init_weights(1)
+        engine = build_engine(cfg, model)
+        opt, storages = engine.optimizer, {}
+        for i in range(2):  # two micro-batches of one update; the partitions are read before the step frees them
+            tokens = torch.randint(0, 101, (1, 17), generator=torch.Generator().manual_seed(i))
+            engine.backward(engine(tokens[:, :-1], tokens[:, 1:]))
+            storages.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                             for grads in opt.averaged_gradients.values() for t in grads})
+            engine.step()
+        results = {"optimizer": type(opt).__name__, "bytes": sum(storages.values()), "mem": planner.memory_per_gpu(cfg)}
+    if rank == 0:
+        torch.save(results, out_path)
+    distributed.destroy()
+
+
+SP_CASES = {"bf16": ("bf16", False, {}), "fp32": ("fp32", False, {}), "bf16_compiled": ("bf16", True, {}),
+            "gemma3_bf16": ("bf16", False, OPTIONS["gemma3"])}
+
+
+def saved_bytes_sp(precision, compiled, batch, options):
+    """saved_bytes_of_one_layer at TP 2 with sequence_parallel: the layer's input is this rank's
+    half of the positions."""
+    from neox.model.llama import LlamaModel
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    cfg = tiny_cfg(**SHAPE, **options, precision=precision, compile_blocks=compiled, model_parallel_size=2,
+                   num_gpus=2, sequence_parallel=True)
+    model = LlamaModel(cfg).to(dtype).train()
+    layer = model.layers[0]
+    cos, sin = model.rotary.cos_sin(SHAPE["seq_length"], "cpu")
+    not_activations = {t.untyped_storage().data_ptr() for t in [cos, sin, *model.parameters()]}
+    x = torch.randn(batch, SHAPE["seq_length"] // 2, SHAPE["hidden_size"], dtype=dtype, requires_grad=True)
+    if compiled:
+        layer(x, cos, sin).sum().backward()
+    storages = {}
+
+    def keep(t):
+        if t.untyped_storage().data_ptr() not in not_activations:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        out = layer(x, cos, sin)
+    out.sum().backward()
+    return sum(storages.values()), batch, cfg
+
+
+def test_sequence_parallel_and_stage2_terms_equal_the_real_tensors(tmp_path):
+    """Two real processes: with sequence_parallel at TP 2 the layer's saved bytes per token equal
+    layer_bytes_per_token (eager bf16 and fp32, compiled, Gemma 3's norms); under ZeRO stage 2 at
+    DP 2 the gradient term equals the fp32 gradient partitions DeepSpeed's ZeRO optimizer holds
+    (half the model: 4 bytes x P / 2)."""
+    import torch.multiprocessing as mp
+    from conftest import free_port
+
+    results = {}
+    for part in ("sp", "stage2"):
+        out = str(tmp_path / f"{part}.pt")
+        mp.start_processes(_two_rank_worker, args=(free_port(), part, out), nprocs=2, start_method="spawn")
+        results[part] = torch.load(out, weights_only=False)
+    for case, (counted, planned) in results["sp"].items():
+        assert counted == planned, (case, counted, planned)
+    stage2 = results["stage2"]
+    assert stage2["optimizer"] == "DeepSpeedZeroOptimizer"
+    mem = stage2["mem"]
+    assert stage2["bytes"] == pytest.approx(mem["gradients_gib"] * planner.GIB, abs=4 * 64)  # alignment padding
+    assert mem["gradients_gib"] * planner.GIB == pytest.approx(4 * mem["parameters_per_gpu"] / 2)

@@ -22,6 +22,7 @@ import yaml
 
 from neox.config.gpt_neox_keys import GPT_NEOX_KEYS, GPTNeoXKeyError, check_zero_optimization, translate
 from neox.config.hooks import check_command
+from neox.config.memory_fit import format_memory, what_would_fit
 from neox.data.tokenizer import HF, KINDS, TokenizerError, kind_of_file, tokenizer_vocab_size
 from neox.errors import NeoxError
 from neox.exit_status import BAD_INPUT
@@ -911,13 +912,12 @@ def check_memory(cfg: NeoXConfig) -> None:
                             "give -o vocab_size=N to plan (32016 for Code Llama 7B, 32000 for 34B)")
         return
     mem = memory_per_gpu(cfg)
-    if mem["total_gib"] > cfg.planner.gpu_memory_gib:
-        raise ConfigError(
-            f"plan needs {mem['total_gib']:.1f} GiB per GPU (weights {mem['weights_gib']:.1f}, gradients "
-            f"{mem['gradients_gib']:.1f}, optimizer {mem['optimizer_states_gib']:.1f}, activations "
-            f"{mem['activations_gib']:.1f}, overhead {mem['overhead_gib']:.1f}) but key 'gpu_memory_gib' is "
-            f"{cfg.planner.gpu_memory_gib:g}: raise model_parallel_size, use zero_optimization stage 1, "
-            "enable checkpoint_activations or lower train_micro_batch_size_per_gpu")
+    limit = cfg.planner.gpu_memory_gib
+    if mem["total_gib"] > limit:
+        fit = what_would_fit(cfg, limit)
+        advice = (f"it would fit with {fit}" if fit else "no change of sequence_parallel, ZeRO stage, "
+                  "checkpointing, micro batch or model_parallel_size fits it on this many GPUs: use more GPUs")
+        raise ConfigError(f"plan needs {format_memory(mem)} but key 'gpu_memory_gib' is {limit:g}; {advice}")
 
 
 def derived(cfg: NeoXConfig) -> dict:

@@ -6,10 +6,12 @@ replicated norms), data-parallel size D, ZeRO stage 1:
          (DeepSpeed's BF16_Optimizer accumulates gradients in one fp32 buffer of the full model
          shard on every rank; the bf16 gradients of the backward are freed before the next one)
   fp32:  weights 4 P_gpu + gradients 4 P_gpu + (master 4 + Adam 8) P_gpu / D
-  (ZeRO stage 0: the optimizer bytes are not divided by D)
+  (ZeRO stage 0: the optimizer bytes are not divided by D; stage 2: the gradients are, 4 P_gpu / D:
+  DeepSpeed's ZeRO optimizer keeps only this rank's fp32 gradient partition)
 Activations at micro batch b, sequence s, hidden h, TP t, vocab V, with C of the L layers
 checkpointed (all, some or none: checkpoint_activations / checkpoint_layers):
-  stored inputs of checkpointed layers   C * s b h * e                      (e: 2 bf16, 4 fp32)
+  stored inputs of checkpointed layers   C * s b h * e / r                  (e: 2 bf16, 4 fp32; r = t with
+                                                                            sequence_parallel, else 1)
   other layers keep what autograd saves  (L - C) * s b * layer_bytes_per_token
   one layer recomputed (if C > 0)        s b * layer_bytes_per_token
   logits gradient (fused_head_loss)      s b V / t * e                      (fp32 chunks are small)
@@ -28,6 +30,10 @@ and the normalised value; compiled, only the rsqrt stays):
   sublayer_norms pre_and_post   + 2 (8 h + 4), compiled + 2 (e h + 4)   two more norms (post: as pre)
   qk_norm per_head              + n (q + k) + 4 (heads + kv_heads) / t, compiled only the last term
   qk_norm full_width            + n (q + k) + 8, compiled + 8
+With sequence_parallel (r = t) the residual stream's norms hold s / t positions: eager 16 h / r and
+8 / r in place of 16 h and 8, compiled e (2 h + 2 h / r ...) (the norms' inputs split, their outputs
+gathered for the TP region, which keeps them whole), Gemma's extra norms / r; the QK-norms work
+inside the TP region and keep every position.
 Counted by tests/test_planner_memory.py with autograd's saved-tensor hooks and measured on an
 H200 (docs/gpu_check.md). A fixed overhead covers the CUDA context, communication buffers and
 fragmentation. These are estimates to catch plans that cannot fit; they are not a guarantee.
@@ -57,30 +63,41 @@ def parameters_per_gpu(cfg: Any) -> int:
     return total
 
 
-def layer_bytes_per_token(cfg: Any) -> int:
-    """Bytes one decoder layer keeps for backward per token on one rank (formula above)."""
-    m, tp = cfg.model, cfg.parallel.model_parallel_size
+def sequence_split(cfg: Any) -> int:
+    """How many ways the residual stream's positions are split: TP with sequence parallelism, else 1."""
+    tp = cfg.parallel.model_parallel_size
+    return tp if cfg.parallel.sequence_parallel and tp > 1 else 1
+
+
+def layer_bytes_per_token(cfg: Any) -> float:
+    """Bytes one decoder layer keeps for backward per token of the sequence on one rank (formula above)."""
+    m, tp, r = cfg.model, cfg.parallel.model_parallel_size, sequence_split(cfg)
     e = 2 if cfg.optim.precision == "bf16" else 4
     h, head_dim = m.hidden_size, m.head_dim
     q, k, f = m.num_attention_heads * head_dim // tp, m.num_kv_heads * head_dim // tp, m.intermediate_size // tp
-    small = 4 * m.num_attention_heads // tp + 8
+    small = 4 * m.num_attention_heads // tp + 8 / r
     compiled = m.compile_blocks is True  # "auto" stays eager until neox.train.speed resolves it at start-up
-    extra = _option_bytes_per_token(m, tp, e, q, k, compiled)
+    extra = _qk_norm_bytes(m, tp, e, q, k, compiled) + _extra_norm_bytes(m, e, compiled) / r
     if compiled:
-        return e * (4 * h + 3 * q + 3 * k + 3 * f) + small + extra
-    return 16 * h + e * (2 * h + 3 * q + 3 * k + 4 * f) + small + extra
+        return e * (2 * h + 2 * h / r + 3 * q + 3 * k + 3 * f) + small + extra
+    return 16 * h / r + e * (2 * h + 3 * q + 3 * k + 4 * f) + small + extra
 
 
-def _option_bytes_per_token(m: Any, tp: int, e: int, q: int, k: int, compiled: bool) -> int:
-    """What the options of the 2025-26 bases add to a layer's saved bytes per token (formula above)."""
-    extra = 0
-    if m.sublayer_norms == "pre_and_post":  # two norms more than Llama's two
-        extra += 2 * ((e if compiled else 8) * m.hidden_size + 4)
+def _extra_norm_bytes(m: Any, e: int, compiled: bool) -> int:
+    """Gemma 3's two norms beyond Llama's two (pre and post each sublayer), per token they hold."""
+    if m.sublayer_norms != "pre_and_post":
+        return 0
+    return 2 * ((e if compiled else 8) * m.hidden_size + 4)
+
+
+def _qk_norm_bytes(m: Any, tp: int, e: int, q: int, k: int, compiled: bool) -> int:
+    """The QK-norms' saved bytes per token: inside the TP region, on every position."""
+    n = 8 if e == 2 else 4  # the fp32 copy of a bf16 input (none in fp32) and the normalised value
     if m.qk_norm == "per_head":
-        extra += 4 * (m.num_attention_heads + m.num_kv_heads) // tp + (0 if compiled else (8 if e == 2 else 4) * (q + k))
-    elif m.qk_norm == "full_width":
-        extra += 8 + (0 if compiled else (8 if e == 2 else 4) * (q + k))
-    return extra
+        return 4 * (m.num_attention_heads + m.num_kv_heads) // tp + (0 if compiled else n * (q + k))
+    if m.qk_norm == "full_width":
+        return 8 + (0 if compiled else n * (q + k))
+    return 0
 
 
 def memory_per_gpu(cfg: Any) -> dict:
@@ -88,16 +105,19 @@ def memory_per_gpu(cfg: Any) -> dict:
     m, tp = cfg.model, cfg.parallel.model_parallel_size
     p = parameters_per_gpu(cfg)
     dp = cfg.data_parallel_size
-    zero = cfg.optim.zero_optimization.get("stage", 0) >= 1
+    stage = cfg.optim.zero_optimization.get("stage", 0)
+    zero = stage >= 1
     bf16 = cfg.optim.precision == "bf16"
     weights = (2 if bf16 else 4) * p
-    grads = 4 * p  # fp32: bf16 runs accumulate in DeepSpeed's fp32 buffer
+    # fp32 (bf16 runs accumulate in DeepSpeed's fp32 buffer); stage 2 keeps only this rank's partition
+    grads = 4 * p / (dp if stage == 2 else 1)
     optimizer = (12 if bf16 else 8) * p / (dp if zero else 1)  # (fp32 master +) Adam m, v
     s, b, h, L = m.seq_length, cfg.batch.train_micro_batch_size_per_gpu, m.hidden_size, m.num_layers
     act_bytes = 2 if bf16 else 4
     layer_working = s * b * layer_bytes_per_token(cfg)
     c = len(m.checkpointed_layers())
-    activations = c * s * b * h * act_bytes + (L - c) * layer_working + (layer_working if c else 0)
+    stored_input = s * b * h * act_bytes / sequence_split(cfg)  # each checkpointed layer keeps its input
+    activations = c * stored_input + (L - c) * layer_working + (layer_working if c else 0)
     logits = (s * b * cfg.padded_vocab_size / tp * act_bytes if m.fused_head_loss
               else 2 * s * b * cfg.padded_vocab_size / tp * 4)
     parts = {"weights": weights, "gradients": grads, "optimizer_states": optimizer,

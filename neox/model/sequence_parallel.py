@@ -25,6 +25,10 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+# torch 2.13's names (the *_into_tensor / *_tensor ones warn that they are deprecated there)
+_ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 
 def _group() -> Any:
     return parallel_state.get_tensor_model_parallel_group()
@@ -35,7 +39,7 @@ def _all_gather(x: torch.Tensor) -> torch.Tensor:
     t = dist.get_world_size(_group())
     local = x.transpose(0, 1).contiguous()
     out = local.new_empty((local.shape[0] * t, *local.shape[1:]))
-    dist.all_gather_into_tensor(out, local, group=_group())
+    _ALL_GATHER(out, local, group=_group())
     return out.transpose(0, 1)
 
 
@@ -44,7 +48,7 @@ def _reduce_scatter(x: torch.Tensor) -> torch.Tensor:
     t = dist.get_world_size(_group())
     full = x.transpose(0, 1).contiguous()
     out = full.new_empty((full.shape[0] // t, *full.shape[1:]))
-    dist.reduce_scatter_tensor(out, full, group=_group())
+    _REDUCE_SCATTER(out, full, group=_group())
     return out.transpose(0, 1)
 
 

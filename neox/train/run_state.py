@@ -123,9 +123,10 @@ def load_state(engine: Any, cfg: NeoXConfig, directory: str, tag: str) -> tuple[
     try:
         if reshard.needed(cfg, directory, tag):
             (tp, dp), stage = reshard.saved_layout(directory, tag), reshard.saved_stage(directory, tag)
-            log.info(f"resharding {os.path.join(directory, tag)}: saved at TP={tp} x DP={dp} (ZeRO stage {stage}), "
-                     f"loading at TP={cfg.parallel.model_parallel_size} x DP={cfg.data_parallel_size} (ZeRO stage "
-                     f"{cfg.optim.zero_optimization.get('stage', 0)}) (weights and optimizer state)")
+            now = int(cfg.optim.zero_optimization.get("stage", 0))
+            log.info(f"resharding {os.path.join(directory, tag)}: saved at TP={tp} x DP={dp}, loading at "
+                     f"TP={cfg.parallel.model_parallel_size} x DP={cfg.data_parallel_size} (weights and optimizer "
+                     f"state{f'; ZeRO stage {stage} -> {now}' if stage not in (None, now) else ''})")
             path, state = os.path.join(directory, tag), reshard.load_resharded(engine, cfg, directory, tag)
         else:
             path, state = engine.load_checkpoint(directory, tag=tag)
