@@ -279,6 +279,9 @@ class OptimizerArgs(_Section):
         return dataclasses.replace(self, optimizer=opt, precision=precision)
 
 
+WSD_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")  # neox.train.lr_schedule.WSD_SHAPES
+
+
 @dataclass(frozen=True, kw_only=True)
 class ScheduleArgs(_Section):
     train_iters: int = resumable()
@@ -286,17 +289,59 @@ class ScheduleArgs(_Section):
     lr_decay_iters: int  # derived when not given: train_iters
     warmup_iters: int = 0
     min_lr: float = 0.0
+    # warmup-stable-decay (lr_decay_style: wsd, Megatron's names): the peak until the last
+    # lr_wsd_decay_iters steps before lr_decay_iters (or that fraction of lr_decay_iters), then down to min_lr
+    lr_wsd_decay_style: str = "linear"  # linear | cosine | exponential | minus_sqrt
+    lr_wsd_decay_iters: Optional[int] = None
+    lr_wsd_decay_fraction: Optional[float] = None
 
     def check(self) -> None:
         _positive(self, "train_iters", "lr_decay_iters")
         _finite(self, "min_lr")
-        if self.lr_decay_style not in ("cosine", "linear", "constant"):
-            raise ConfigError(f"key 'lr_decay_style' must be cosine, linear or constant, got '{self.lr_decay_style}'")
+        if self.lr_decay_style not in ("cosine", "linear", "constant", "wsd"):
+            raise ConfigError(f"key 'lr_decay_style' must be cosine, linear, constant or wsd, got "
+                              f"'{self.lr_decay_style}'")
+        self._check_wsd()
         if self.min_lr < 0 or self.warmup_iters < 0:
             raise ConfigError("keys 'min_lr' and 'warmup_iters' must be >= 0")
         if self.warmup_iters >= self.lr_decay_iters:
             raise ConfigError(f"key 'warmup_iters' ({self.warmup_iters}) must be < 'lr_decay_iters' "
                               f"({self.lr_decay_iters})")
+
+    def _check_wsd(self) -> None:
+        wsd_keys = [k for k in ("lr_wsd_decay_iters", "lr_wsd_decay_fraction") if getattr(self, k) is not None]
+        if self.lr_decay_style != "wsd":
+            if wsd_keys:
+                raise ConfigError(f"key '{wsd_keys[0]}' is set but 'lr_decay_style' is '{self.lr_decay_style}', not wsd")
+            return
+        if self.lr_wsd_decay_style not in WSD_STYLES:
+            raise ConfigError(f"key 'lr_wsd_decay_style' must be one of {', '.join(WSD_STYLES)}, got "
+                              f"'{self.lr_wsd_decay_style}'")
+        fraction = self.lr_wsd_decay_fraction
+        if not wsd_keys:
+            raise ConfigError("lr_decay_style wsd needs 'lr_wsd_decay_iters' (steps) or 'lr_wsd_decay_fraction' "
+                              "(of lr_decay_iters): the length of the decay")
+        if fraction is not None and not 0 < fraction <= 1:
+            raise ConfigError(f"key 'lr_wsd_decay_fraction' must be in (0, 1], got {fraction}")
+        if len(wsd_keys) == 2 and self.lr_wsd_decay_iters != round(fraction * self.lr_decay_iters):  # type: ignore[operator]
+            raise ConfigError(f"keys 'lr_wsd_decay_iters' ({self.lr_wsd_decay_iters}) and 'lr_wsd_decay_fraction' "
+                              f"({fraction} of {self.lr_decay_iters}) disagree: give one")
+        iters = self.wsd_decay_iters()
+        if not 0 < iters <= self.lr_decay_iters - self.warmup_iters:
+            raise ConfigError(f"key 'lr_wsd_decay_iters' ({iters}) must be positive and at most lr_decay_iters - "
+                              f"warmup_iters ({self.lr_decay_iters - self.warmup_iters}): the decay follows the warmup")
+
+    def wsd_decay_iters(self) -> int:
+        """The WSD decay's length in steps (from the fraction when that is what was given)."""
+        if self.lr_wsd_decay_iters is not None:
+            return self.lr_wsd_decay_iters
+        return round((self.lr_wsd_decay_fraction or 0.0) * self.lr_decay_iters)
+
+    def resolved(self) -> ScheduleArgs:
+        self.check()
+        if self.lr_decay_style == "wsd":
+            return dataclasses.replace(self, lr_wsd_decay_iters=self.wsd_decay_iters())
+        return self
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -345,6 +390,10 @@ class CheckpointArgs(_Section):
     reference_loss_tolerance: float = resumable(1e-3)  # guarded start: |loss - converter's loss| allowed
     eval_after_checkpoint: Optional[str] = resumable(None)  # shell command started after each complete checkpoint
     save_lock_stale_minutes: float = resumable(30.0)  # a lock of another host not refreshed this long is stale
+    load_step: Optional[int] = resumable(None)  # which complete step of `load` to start from (None: its latest)
+    # a branch of the run in `load` (an anneal): its own schedule and data mixture from that step on,
+    # weights, optimizer, step and RNG from the checkpoint; `load` is only read
+    anneal: bool = resumable(False)
 
     def check(self) -> None:
         _finite(self, "reference_loss_tolerance")
@@ -363,6 +412,15 @@ class CheckpointArgs(_Section):
             raise ConfigError(f"key 'checkpoint_factor' must be positive, got {self.checkpoint_factor}")
         if self.finetune and not self.load:
             raise ConfigError("key 'finetune' is true but 'load' is not set (which checkpoint to start from?)")
+        for key in ("load_step", "anneal"):
+            if getattr(self, key) not in (None, False) and (not self.load or self.finetune):
+                raise ConfigError(f"key '{key}' needs 'load' (a run's save directory) without 'finetune': it starts "
+                                  "from that run's checkpoint, optimizer state included")
+        if self.anneal and self.save and self.load and os.path.abspath(self.save) == os.path.abspath(self.load):
+            raise ConfigError(f"key 'anneal': 'save' must be another directory than 'load' ({self.load}): the "
+                              "source run is never written")
+        if self.load_step is not None and self.load_step < 1:
+            raise ConfigError(f"key 'load_step' must be a positive step, got {self.load_step}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,6 +14,8 @@ import torch
 
 from neox.checkpoint import reshard
 from neox.checkpoint.atomic import (
+    COMPLETE,
+    complete_tags,
     config_differences,
     find_corrupt_file,
     latest_complete_tag,
@@ -26,7 +28,7 @@ from neox.checkpoint.files import CheckpointError
 from neox.checkpoint.hooks import after_checkpoint
 from neox.checkpoint.lock import SaveLock, check_save_dir
 from neox.checkpoint.rng import restore_rng, rng_state
-from neox.config import NeoXConfig
+from neox.config import NeoXConfig, ScheduleArgs
 from neox.launch import faults
 from neox.launch.distributed import is_rank0, on_rank0_for_all
 from neox.log import get_logger
@@ -75,6 +77,9 @@ def find_resume_dir(cfg: NeoXConfig) -> tuple[str, str] | tuple[None, None]:
         if tag:
             return save, tag
     if load and not cfg.checkpoint.finetune and os.path.abspath(load) != os.path.abspath(save or ""):
+        step = cfg.checkpoint.load_step
+        if step is not None:
+            return load, complete_step_tag(load, step)
         tag = latest_complete_tag(load) if os.path.isdir(load) else None
         if tag is None:
             raise CheckpointError(f"load: no complete checkpoint in {load} (no global_step*/complete); "
@@ -83,19 +88,42 @@ def find_resume_dir(cfg: NeoXConfig) -> tuple[str, str] | tuple[None, None]:
     return None, None
 
 
-def check_resumable(cfg: NeoXConfig, checkpoint: str, data_files: dict) -> None:
+def complete_step_tag(load: str, step: int) -> str:
+    """The tag of ``load``'s complete checkpoint of ``step``, or an error naming the steps it has."""
+    tag = f"global_step{step}"
+    if not os.path.isfile(os.path.join(load, tag, COMPLETE)):
+        have = complete_tags(load) if os.path.isdir(load) else []
+        raise CheckpointError(f"key 'load_step': {load} has no complete checkpoint of step {step} (complete: "
+                              f"{', '.join(t.removeprefix('global_step') for t in have) or 'none'})")
+    return tag
+
+
+# what an anneal (a branch of another run) may change besides what any resume may: its schedule,
+# its data mixture and what it is evaluated on
+ANNEAL_MAY_CHANGE = frozenset(f.name for f in dataclasses.fields(ScheduleArgs)) | {
+    "train_data_paths", "train_data_weights", "valid_data_paths", "test_data_paths", "anneal", "load_step"}
+
+
+def check_resumable(cfg: NeoXConfig, checkpoint: str, data_files: dict, anneal: bool = False) -> None:
     """Before anything expensive: every file of the checkpoint is there with its size, the config
     differs only in RESUME_MAY_CHANGE keys (and the TP/DP layout, which neox.checkpoint.reshard handles under
-    ZeRO) and the training data are the ones the run started with."""
+    ZeRO; an anneal also in ANNEAL_MAY_CHANGE) and the training data are the ones the run started
+    with (an anneal's may be new)."""
     verify_manifest(checkpoint)
     with open(os.path.join(checkpoint, "config.json")) as f:
         saved = json.load(f)
-    diffs = config_differences(cfg.to_flat(), saved, layout_may_change=reshard.supported(cfg))
+    current = cfg.to_flat()
+    if anneal:
+        current = {k: v for k, v in current.items() if k not in ANNEAL_MAY_CHANGE}
+        saved = {k: v for k, v in saved.items() if k not in ANNEAL_MAY_CHANGE}
+    diffs = config_differences(current, saved, layout_may_change=reshard.supported(cfg))
     if diffs:
         hint = ("; changing model_parallel_size at resume needs zero_optimization stage 1 or 2"
                 if any(d.startswith("model_parallel_size") for d in diffs) else "")
         raise CheckpointError(f"resume from {checkpoint} refused: the config differs in "
                               f"{', '.join(diffs)}; restore those values or save to a new directory{hint}")
+    if anneal:
+        return
     with open(os.path.join(checkpoint, "data.json")) as f:
         saved_files = json.load(f)
     for path, now in data_files.items():

@@ -98,7 +98,8 @@ class Trainer:
         saved = resume(self.engine, cfg, *resume_from) if resume_from[0] else None
         self.step = saved.step if saved else 0
         self.saved_step = self.step  # the newest step with a checkpoint of this run
-        self.guard = LossGuard(cfg.guard, saved.guard if saved else None)
+        # an anneal's guard starts fresh: the source's skip-list names batches of the source's data order
+        self.guard = LossGuard(cfg.guard, saved.guard if saved and not self.annealing(resume_from[0]) else None)
         self.train_set = build_train_dataset(cfg, tokenizer)
         self.eval_sets = self._eval_sets(tokenizer)
         self.logger = self._logger()
@@ -135,7 +136,10 @@ class Trainer:
         cfg = self.cfg
         if resume_dir:
             assert resume_tag is not None, "find_resume_dir gives a directory with its tag"
-            check_resumable(cfg, os.path.join(resume_dir, resume_tag), self.data_files)
+            check_resumable(cfg, os.path.join(resume_dir, resume_tag), self.data_files, anneal=self.annealing(resume_dir))
+            if self.annealing(resume_dir):
+                log.info(f"anneal: a branch of {resume_dir} at its {resume_tag}: weights, optimizer state, step and "
+                         f"RNG from there; this run's own schedule and data mixture; {resume_dir} is only read")
             return None
         if not cfg.checkpoint.finetune:
             return None
@@ -144,6 +148,12 @@ class Trainer:
         if conversion and conversion.get("reference"):
             return guarded_start(model, cfg, conversion)
         return None
+
+    def annealing(self, resume_dir: str | None) -> bool:
+        """Whether this start branches off another run (anneal: true, starting from `load`, not from
+        this run's own checkpoints)."""
+        c = self.cfg.checkpoint
+        return bool(c.anneal and resume_dir and c.load and os.path.abspath(resume_dir) == os.path.abspath(c.load))
 
     def _eval_sets(self, tokenizer) -> dict:
         cfg = self.cfg
