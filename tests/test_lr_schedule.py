@@ -93,3 +93,14 @@ def test_wsd_config_keys():
         with pytest.raises(ConfigError) as e:
             tiny_cfg(**bad)
         assert str(e.value).startswith(message), str(e.value)
+
+
+def test_the_schedule_picture_is_drawn_from_the_schedule(tmp_path):
+    import os
+
+    from conftest import REPO
+
+    from neox.train.lr_schedule import plot_schedules
+
+    plot_schedules(str(tmp_path / "lr.png"))
+    assert (tmp_path / "lr.png").stat().st_size > 10_000 and os.path.isfile(os.path.join(REPO, "docs", "lr_schedules.png"))

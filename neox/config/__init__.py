@@ -122,6 +122,10 @@ class ModelArgs(_Section):
     sliding_window: Optional[int] = None  # sliding layers attend to the last sliding_window positions, their own included
     sliding_window_pattern: Optional[int] = None  # every N-th layer (N-1, 2N-1, ...) attends fully; None: every layer slides
     rotary_emb_base_local: Optional[float] = None  # RoPE base of the sliding layers (Gemma 3: 10,000); None: rotary_emb_base
+    # packed documents (GPT-NeoX's keys): an EOD token ends a document inside a sequence
+    reset_attention_mask: bool = resumable(False)  # attention stays within each document (block-causal)
+    reset_position_ids: bool = resumable(False)  # RoPE positions restart at 0 after each EOD
+    eod_mask_loss: bool = resumable(False)  # no loss where the input token is the EOD (predicting the next document)
 
     def check(self) -> None:
         _positive(self, "num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "intermediate_size",

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,7 +79,7 @@ def cache_dir(cfg: Any, prefixes: Iterable[str]) -> str:
 def _dataset_config(cfg, tokenizer, prefixes) -> dict:
     return dict(random_seed=cfg.misc.seed, sequence_length=cfg.model.seq_length,
                 path_to_cache=cache_dir(cfg, prefixes), tokenizer=tokenizer, reset_position_ids=False,
-                reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False)
+                reset_attention_mask=False, eod_mask_loss=cfg.model.eod_mask_loss, create_attention_mask=False)
 
 
 def build_train_dataset(cfg: Any, tokenizer: Any) -> Any:
@@ -108,8 +109,43 @@ def build_eval_datasets(cfg: Any, tokenizer: Any, num_samples: int) -> dict:
     return out
 
 
-def collate(samples: list[dict]) -> dict:
-    return {k: torch.stack([s[k] for s in samples]) for k in ("tokens", "labels", "loss_mask")}
+def collate(samples: list[dict], packing: Packing | None = None) -> dict:
+    batch = {k: torch.stack([s[k] for s in samples]) for k in ("tokens", "labels", "loss_mask")}
+    if packing is not None:
+        batch.update(document_fields(batch["tokens"], packing))
+    return batch
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How packed documents are told apart (the model keys reset_attention_mask / reset_position_ids)."""
+    eod: int  # the tokenizer's end-of-document id: it ends its document
+    attention: bool  # segment_ids: attention stays within a document
+    positions: bool  # position_ids: positions restart at each document
+
+
+def packing_of(cfg: Any, tokenizer: Any) -> Packing | None:
+    m = cfg.model
+    if not (m.reset_attention_mask or m.reset_position_ids):
+        return None
+    return Packing(eod=tokenizer.eod, attention=m.reset_attention_mask, positions=m.reset_position_ids)
+
+
+def document_fields(tokens: torch.Tensor, packing: Packing) -> dict:
+    """segment_ids [b, s] (the index of each position's document: an EOD belongs to the document it
+    ends) and/or position_ids [b, s] (0 at each document's first position), as GPT-NeoX and Megatron
+    derive them from the EOD tokens of the input."""
+    ends = (tokens == packing.eod).long()
+    segments = torch.cumsum(ends, dim=1) - ends  # EODs strictly before each position
+    out = {}
+    if packing.attention:
+        out["segment_ids"] = segments
+    if packing.positions:
+        b, s = tokens.shape
+        index = torch.arange(s).expand(b, s)
+        starts = torch.cat([torch.ones(b, 1, dtype=torch.long), ends[:, :-1]], dim=1).bool()
+        out["position_ids"] = index - torch.cummax(torch.where(starts, index, 0), dim=1).values
+    return out
 
 
 def micro_batch_indices(step: int, micro_index: int, dp_rank: int, micro: int, dp: int,
@@ -119,9 +155,9 @@ def micro_batch_indices(step: int, micro_index: int, dp_rank: int, micro: int, d
 
 
 def get_micro_batch(dataset: Any, step: int, micro_index: int, dp_rank: int, micro: int, dp: int,
-                    global_batch: int) -> dict:
+                    global_batch: int, packing: Packing | None = None) -> dict:
     idx = micro_batch_indices(step, micro_index, dp_rank, micro, dp, global_batch)
-    return collate([dataset[i] for i in idx])
+    return collate([dataset[i] for i in idx], packing)
 
 
 # ----------------------------------------------------------------------------- mixture accounting
@@ -170,10 +206,11 @@ class Prefetcher:
     (batch index, micro index) pair) and starts on ``next_key``; a prefetch for a key that is not
     asked for next (after a rollback) is dropped."""
 
-    def __init__(self, dataset: Any, dp_rank: int, micro: int, dp: int, global_batch: int):
+    def __init__(self, dataset: Any, dp_rank: int, micro: int, dp: int, global_batch: int,
+                 packing: Packing | None = None):
         from concurrent.futures import Future, ThreadPoolExecutor
 
-        self.fetch = lambda key: get_micro_batch(dataset, key[0], key[1], dp_rank, micro, dp, global_batch)
+        self.fetch = lambda key: get_micro_batch(dataset, key[0], key[1], dp_rank, micro, dp, global_batch, packing)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self.pending: tuple[tuple[int, int], Future[dict]] | None = None  # (key, future)
 

@@ -147,6 +147,15 @@ def _row_out(layer: mtp.RowParallelLinear, x: torch.Tensor, sp: bool) -> torch.T
     return seq.scatter(F.linear(x, layer.weight)) if sp else layer(x)[0]
 
 
+def document_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """[b, 1, s, s] bool from [b, s] document ids: query i may attend key j when j <= i and both
+    are in the same document (a block-causal mask: packed documents do not see each other)."""
+    s = segment_ids.shape[1]
+    causal = torch.ones(s, s, dtype=torch.bool, device=segment_ids.device).tril()
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return (same & causal).unsqueeze(1)
+
+
 def sliding_window_mask(seq_len: int, window: int, device: torch.device | str) -> torch.Tensor:
     """[s, s] bool, True where query i may attend key j: causal and i - j < window (the query's
     own position and the window - 1 before it, as transformers counts it)."""
@@ -179,7 +188,10 @@ class Attention(nn.Module):
             self.k_norm = FullWidthRMSNorm(self.local_sizes[1], m.num_kv_heads * self.head_dim, m.rms_norm_epsilon, tp)
         self.qk_norm = m.qk_norm
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                documents: torch.Tensor | None = None) -> torch.Tensor:
+        """``documents``: [b, 1, s, s] bool, where a query may attend a key of its own document
+        (causal included); None: causal over the whole sequence."""
         if self.sp:
             x = seq.gather(x)
         b, s, _ = x.shape
@@ -190,13 +202,15 @@ class Attention(nn.Module):
         if self.qk_norm == "per_head":
             q, k = self.q_head_norm(q), self.k_head_norm(k)
         q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
-        if self._use_flash(q):
+        if documents is None and self._use_flash(q):
             window = (-1, -1) if self.window is None else (self.window - 1, 0)
             out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True,
                                   softmax_scale=self.scale, window_size=window)
         else:
             gqa = self.local_heads != self.local_kv_heads
             mask = None if self.window is None or self.window >= s else sliding_window_mask(s, self.window, q.device)
+            if documents is not None:
+                mask = documents if mask is None else documents & mask
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale,
                                                  enable_gqa=gqa).transpose(1, 2)
         return _row_out(self.o_proj, out.reshape(b, s, self.local_heads * self.head_dim), self.sp)
@@ -244,8 +258,9 @@ class Layer(nn.Module):
         self.mlp = MLP(m, mp_config, sp)
         self.pre, self.post = m.sublayer_norms != "post", m.sublayer_norms != "pre"
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        a = self.attention(self.input_norm(x) if self.pre else x, cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                documents: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.attention(self.input_norm(x) if self.pre else x, cos, sin, documents)
         x = x + (self.attention_out_norm(a) if self.post else a)
         mlp_norm = getattr(self, "post_attention_norm", None) or getattr(self, "pre_mlp_norm", None)
         m = self.mlp(mlp_norm(x) if mlp_norm is not None else x)
@@ -328,26 +343,33 @@ class LlamaModel(nn.Module):
     # ---- forward
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
-                loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+                loss_mask: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``segment_ids`` [b, s]: the document of each position (reset_attention_mask: attention stays
+        inside it); ``position_ids`` [b, s]: RoPE positions (reset_position_ids: restarting at each
+        document); None: one causal sequence, positions 0 .. s-1 (neox.data.dataset.document_fields)."""
         # batches are built on the CPU (neox.data.dataset, the prefetch thread, evaluation, the guarded
         # start's reference batch) and neither the trainer nor DeepSpeed's engine moves them: on
         # CUDA the embedding lookup would fail. A no-op when they are already on the weights' device.
         device = self.embed.weight.device
-        tokens, labels, loss_mask = (  # type: ignore[assignment]  # mypy: each item Tensor | None; tokens is a Tensor
-            t.to(device, non_blocking=True) if t is not None else None for t in (tokens, labels, loss_mask))
+        tokens, labels, loss_mask, segment_ids, position_ids = (  # type: ignore[assignment]  # tokens is a Tensor
+            t.to(device, non_blocking=True) if t is not None else None
+            for t in (tokens, labels, loss_mask, segment_ids, position_ids))
         x = self.embed(tokens)
         if self.cfg.model.scale_embeddings:  # Gemma: sqrt(hidden), rounded to the weights' dtype as Gemma does
             x = x * torch.tensor(self.cfg.model.hidden_size ** 0.5, dtype=x.dtype)
         if self.sp:
             x = seq.split(x)
-        rope = self.rotary.cos_sin(tokens.shape[1], tokens.device)
-        local_rope = self.local_rotary.cos_sin(tokens.shape[1], tokens.device) if self.local_rotary else rope
+        rope = self._rope(self.rotary, tokens.shape[1], tokens.device, position_ids)
+        local_rope = self._rope(self.local_rotary, tokens.shape[1], tokens.device, position_ids) \
+            if self.local_rotary else rope
+        documents = document_mask(segment_ids) if segment_ids is not None else None
         for i, layer in enumerate(self.layers):
             cos, sin = local_rope if i in self.sliding else rope
             if self.training and i in self.checkpointed:
-                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, documents, use_reentrant=False)
             else:
-                x = layer(x, cos, sin)
+                x = layer(x, cos, sin, documents)
         x = self.final_norm(x)
         if self.sp:
             x = seq.gather(x)
@@ -358,6 +380,15 @@ class LlamaModel(nn.Module):
         if labels is None:
             return logits
         return self.loss(logits, labels, loss_mask)
+
+    @staticmethod
+    def _rope(rotary: Rotary, seq_len: int, device: torch.device, position_ids: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for positions 0 .. s-1 ([s, d]), or per sample for given positions ([b, 1, s, d])."""
+        cos, sin = rotary.cos_sin(seq_len, device)
+        if position_ids is None:
+            return cos, sin
+        return cos[position_ids].unsqueeze(1), sin[position_ids].unsqueeze(1)
 
     @property
     def head_weight(self) -> torch.Tensor:

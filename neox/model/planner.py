@@ -16,6 +16,8 @@ checkpointed (all, some or none: checkpoint_activations / checkpoint_layers):
   one layer recomputed (if C > 0)        s b * layer_bytes_per_token
   logits gradient (fused_head_loss)      s b V / t * e                      (fp32 chunks are small)
   logits and their gradient (unfused)    2 * s b V / t * 4                  (fp32 for the cross entropy)
+  document mask (reset_attention_mask)   s s b                              (bool [b, 1, s, s], one for all
+                                                                            layers, saved by attention)
 layer_bytes_per_token is what one layer of neox.model.llama saves for backward, per token, with q, k
 the query and key/value widths and f the MLP width on this rank (each / t), h unsplit:
   eager           16 h + e (2 h + 3 q + 3 k + 4 f)   norms: fp32 input and normalised value (8 h
@@ -120,8 +122,9 @@ def memory_per_gpu(cfg: Any) -> dict:
     activations = c * stored_input + (L - c) * layer_working + (layer_working if c else 0)
     logits = (s * b * cfg.padded_vocab_size / tp * act_bytes if m.fused_head_loss
               else 2 * s * b * cfg.padded_vocab_size / tp * 4)
+    documents = s * s * b if m.reset_attention_mask else 0  # the block-causal mask, bool, shared by the layers
     parts = {"weights": weights, "gradients": grads, "optimizer_states": optimizer,
-             "activations": activations + logits, "overhead": OVERHEAD_GIB * GIB}
+             "activations": activations + logits + documents, "overhead": OVERHEAD_GIB * GIB}
     return {**{f"{k}_gib": v / GIB for k, v in parts.items()}, "total_gib": sum(parts.values()) / GIB,
             "parameters_per_gpu": p}
 

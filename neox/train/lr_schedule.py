@@ -55,3 +55,28 @@ def lr_for_config(cfg: NeoXConfig, step: int) -> float:
     s = cfg.schedule
     return learning_rate(step, cfg.lr, s.min_lr, s.warmup_iters, s.lr_decay_iters, s.lr_decay_style,
                          s.lr_wsd_decay_iters or 0, s.lr_wsd_decay_style)
+
+
+def plot_schedules(path: str) -> None:
+    """docs/lr_schedules.png: Llemma's cosine and the four WSD decays on one axis (needs matplotlib):
+    python -c "from neox.train.lr_schedule import plot_schedules; plot_schedules('docs/lr_schedules.png')"."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = range(0, 1001)
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
+    ax.plot(steps, [learning_rate(s, 1.0, 0.1, 50, 1000, "cosine") for s in steps], color="0.6", lw=1.5, ls="--",
+            label="cosine (Llemma)")
+    for shape in WSD_SHAPES:
+        ax.plot(steps, [learning_rate(s, 1.0, 0.1, 50, 1000, "wsd", 200, shape) for s in steps], lw=1.5,
+                label=f"wsd, {shape}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("LR / peak")
+    ax.set_title("warmup 50, lr_decay_iters 1000, lr_wsd_decay_iters 200, min_lr 0.1 x peak", fontsize=9)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

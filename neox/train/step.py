@@ -34,7 +34,8 @@ def train_step(engine: Any, micro_batches: Iterable[dict], update: int, stop: St
     out_of_vocab = torch.zeros(1, device=device)
     for accum, batch in enumerate(micro_batches, start=1):
         out_of_vocab += _out_of_vocab(batch, vocab_size, device)
-        loss = engine(batch["tokens"], batch["labels"], batch["loss_mask"])
+        loss = engine(batch["tokens"], batch["labels"], batch["loss_mask"], batch.get("segment_ids"),
+                      batch.get("position_ids"))
         if accum == 1:
             loss = faults.nan_loss(update, loss)  # test-only switches (neox.launch.faults)
         engine.backward(loss)

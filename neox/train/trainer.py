@@ -25,6 +25,7 @@ from neox.data.dataset import (
     data_identity,
     format_mixture,
     mixture_table,
+    packing_of,
 )
 from neox.data.names import component_name
 from neox.errors import NeoxError
@@ -107,9 +108,10 @@ class Trainer:
         self.consumed.recount(self.step, self.guard)
         faults.arm_loss_faults(rank0=is_rank0())  # test-only switches; no-ops in a real run
         self.last_step_seconds: float | None = None  # the watchdog's measure of a step
+        self.packing = packing_of(cfg, tokenizer)  # packed documents told apart (reset_attention_mask ...)
         self.prefetch = Prefetcher(self.train_set, ps.get_data_parallel_rank(),
                                    cfg.batch.train_micro_batch_size_per_gpu, cfg.data_parallel_size,
-                                   cfg.batch.train_batch_size)
+                                   cfg.batch.train_batch_size, self.packing)
 
     @staticmethod
     def _with_process_policies(cfg: NeoXConfig) -> NeoXConfig:
@@ -294,7 +296,7 @@ class Trainer:
     def evaluate(self, step: int) -> None:
         self.watchdog.expect_slow(f"the evaluation at step {step}")
         faults.pause("eval", step)  # test-only: a slow evaluation, to stop a job in the middle of one
-        values = validation.evaluate(self.engine, self.eval_sets, self.cfg)
+        values = validation.evaluate(self.engine, self.eval_sets, self.cfg, self.packing)
         if self.logger:
             self.logger.log({"step": step, **values})
             log.info(f"eval at step {step}: " + " | ".join(f"{k} {v:.4f}" for k, v in values.items()))

@@ -9,21 +9,23 @@ import torch
 from megatron.core import parallel_state as ps
 
 from neox.config import NeoXConfig
-from neox.data.dataset import get_micro_batch
+from neox.data.dataset import Packing, get_micro_batch
 from neox.launch import distributed
 
 
 @torch.no_grad()
-def evaluate(engine: Any, eval_sets: dict, cfg: NeoXConfig) -> dict:
-    """Mean token loss per validation component over a fixed set of eval_iters micro-batches."""
+def evaluate(engine: Any, eval_sets: dict, cfg: NeoXConfig, packing: Packing | None = None) -> dict:
+    """Mean token loss per validation component over a fixed set of eval_iters micro-batches
+    (packed documents told apart as in training)."""
     engine.eval()
     micro, dp = cfg.batch.train_micro_batch_size_per_gpu, cfg.data_parallel_size
     out = {}
     for name, dataset in eval_sets.items():
         total = torch.zeros(1)
         for i in range(cfg.logging.eval_iters):
-            batch = get_micro_batch(dataset, 0, i, ps.get_data_parallel_rank(), micro, dp, micro * dp)
-            total += engine(batch["tokens"], batch["labels"], batch["loss_mask"]).float().cpu()
+            batch = get_micro_batch(dataset, 0, i, ps.get_data_parallel_rank(), micro, dp, micro * dp, packing)
+            total += engine(batch["tokens"], batch["labels"], batch["loss_mask"], batch.get("segment_ids"),
+                            batch.get("position_ids")).float().cpu()
         total = dp_mean(total) / cfg.logging.eval_iters
         out[f"val/{name}/loss"] = total.item()
         out[f"val/{name}/ppl"] = math.exp(min(total.item(), 50.0))
