@@ -358,18 +358,17 @@ class DataArgs(_Section):
     tokenizer_type: str = "SPMTokenizer"
     data_cache_dir: Optional[str] = resumable(None)  # where sample-index caches go (None: beside the data)
     data_without_manifest: bool = resumable(False)  # data with no preprocessing manifest: tokenizer not checked
+    # the mixture by phase: [{after_step: N, weights: [...]}, ...]: from batch N on these weights
+    # replace train_data_weights (each component continues where the previous phase left it)
+    data_phases: Optional[list] = None
 
     def resolved(self) -> DataArgs:
-        """With train_data_weights as floats."""
+        """With train_data_weights (and the phases' weights) as floats."""
         if not self.train_data_paths:
             raise ConfigError("key 'train_data_paths' is required (tokenized .bin/.idx prefixes)")
+        weights = None
         if self.train_data_weights is not None:
-            if len(self.train_data_weights) != len(self.train_data_paths):
-                raise ConfigError(f"key 'train_data_weights' has {len(self.train_data_weights)} entries "
-                                  f"but 'train_data_paths' has {len(self.train_data_paths)}")
-            weights = [_coerce("train_data_weights", w, float) for w in self.train_data_weights]
-            if any(not (w >= 0 and math.isfinite(w)) for w in weights) or sum(weights) <= 0:
-                raise ConfigError("key 'train_data_weights' must be non-negative with a positive sum")
+            weights = self._weights("train_data_weights", self.train_data_weights)
         if self.tokenizer_type not in ("SPMTokenizer", "SentencePieceTokenizer", "HFTokenizer"):
             raise ConfigError(f"key 'tokenizer_type' must be SPMTokenizer (a SentencePiece .model) or HFTokenizer "
                               f"(a tokenizer.json), got '{self.tokenizer_type}'")
@@ -379,9 +378,31 @@ class DataArgs(_Section):
                 raise ConfigError(f"key 'vocab_file': {self.vocab_file} is a "
                                   f"{'tokenizer.json' if found == HF else 'SentencePiece model'}, but tokenizer_type "
                                   f"is {self.tokenizer_type} (use {found})")
-        if self.train_data_weights is None:
-            return self
-        return dataclasses.replace(self, train_data_weights=weights)
+        return dataclasses.replace(self, train_data_weights=weights, data_phases=self._phases())
+
+    def _weights(self, key: str, given: Any) -> list[float]:
+        if not isinstance(given, list) or len(given) != len(self.train_data_paths):
+            raise ConfigError(f"key '{key}' has {len(given) if isinstance(given, list) else given!r} entries "
+                              f"but 'train_data_paths' has {len(self.train_data_paths)}")
+        weights = [_coerce(key, w, float) for w in given]
+        if any(not (w >= 0 and math.isfinite(w)) for w in weights) or sum(weights) <= 0:
+            raise ConfigError(f"key '{key}' must be non-negative with a positive sum")
+        return weights
+
+    def _phases(self) -> Optional[list]:
+        if self.data_phases is None:
+            return None
+        phases, last = [], 0
+        for i, phase in enumerate(self.data_phases):
+            if not isinstance(phase, dict) or set(phase) != {"after_step", "weights"}:
+                raise ConfigError(f"key 'data_phases[{i}]' must be {{after_step: N, weights: [...]}}, got {phase!r}")
+            after = _coerce(f"data_phases[{i}].after_step", phase["after_step"], int)
+            if after <= last:
+                raise ConfigError(f"key 'data_phases[{i}].after_step' ({after}) must be positive and later than the "
+                                  f"previous phase's ({last})")
+            phases.append({"after_step": after, "weights": self._weights(f"data_phases[{i}].weights", phase["weights"])})
+            last = after
+        return phases
 
 
 @dataclass(frozen=True, kw_only=True)

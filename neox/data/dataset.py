@@ -83,18 +83,72 @@ def _dataset_config(cfg, tokenizer, prefixes) -> dict:
 
 
 def build_train_dataset(cfg: Any, tokenizer: Any) -> Any:
-    """A blended dataset with at least train_iters x global batch samples."""
+    """A blended dataset with at least train_iters x global batch samples (by phase with data_phases)."""
     d = cfg.data
     weights = d.train_data_weights or [1.0] * len(d.train_data_paths)
     # room for the batches the NaN/spike guard may put on its skip-list (neox.train.guard)
     spare_batches = cfg.guard.max_rollbacks * cfg.guard.max_bad_steps_in_a_row
     num_samples = (cfg.schedule.train_iters + spare_batches) * cfg.batch.train_batch_size
+    faults.pause("index")  # test-only: a slow build, to stop a job in the middle of it
+    if d.data_phases:
+        return build_phased_dataset(cfg, tokenizer, weights, num_samples)
     config = GPTDatasetConfig(blend_per_split=[(list(d.train_data_paths), list(weights)), None, None],
                               **_dataset_config(cfg, tokenizer, d.train_data_paths))
-    faults.pause("index")  # test-only: a slow build, to stop a job in the middle of it
     train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, None, None],
                                                 lambda: True, config).build()
     return train
+
+
+class PhasedBlend(torch.utils.data.Dataset):
+    """Samples of several components mixed by phase: phase p covers global samples
+    [first_p, first_{p+1}) and draws them with its own weights, in megatron-core's blending order
+    (each component as close to its weight as the samples so far allow). A component continues
+    where the previous phase left it: no document is drawn twice because the weights changed.
+    ``dataset_index`` / ``dataset_sample_index`` as in megatron-core's BlendedDataset."""
+
+    def __init__(self, phases: list[tuple[int, list[float]]], total: int):
+        from megatron.core.datasets import helpers
+
+        self.datasets: list[Any] = []
+        k = len(phases[0][1])
+        index, within = [], []
+        used = np.zeros(k, dtype=np.int64)
+        ends = [first for first, _ in phases[1:]] + [total]
+        for (first, weights), end in zip(phases, ends):
+            n = max(0, end - first)
+            di, dsi = np.zeros(n, dtype=np.int16), np.zeros(n, dtype=np.int64)
+            w = np.asarray(weights, dtype=np.float64)
+            helpers.build_blending_indices(di, dsi, w / w.sum(), k, n, False)
+            index.append(di)
+            within.append(dsi + used[di])
+            used += np.bincount(di, minlength=k)
+        self.dataset_index = np.concatenate(index)
+        self.dataset_sample_index = np.concatenate(within)
+        self.samples_per_component = used  # how many samples each component must hold
+
+    def __len__(self) -> int:
+        return len(self.dataset_index)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.datasets[self.dataset_index[i]][int(self.dataset_sample_index[i])]
+
+
+def phase_starts(cfg: Any, weights: list[float]) -> list[tuple[int, list[float]]]:
+    """(first global sample, weights) of each phase: the first from sample 0 with train_data_weights."""
+    g = cfg.batch.train_batch_size
+    return [(0, list(weights))] + [(p["after_step"] * g, p["weights"]) for p in cfg.data.data_phases]
+
+
+def build_phased_dataset(cfg: Any, tokenizer: Any, weights: list[float], num_samples: int) -> PhasedBlend:
+    """PhasedBlend over one megatron-core GPTDataset per component, each as long as its phases need."""
+    blend = PhasedBlend(phase_starts(cfg, weights), num_samples)
+    for prefix, need in zip(cfg.data.train_data_paths, blend.samples_per_component):
+        config = GPTDatasetConfig(blend_per_split=[([prefix], None), None, None],
+                                  **_dataset_config(cfg, tokenizer, [prefix]))
+        part, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [max(1, int(need)), None, None],
+                                                   lambda: True, config).build()
+        blend.datasets.append(part)
+    return blend
 
 
 def build_eval_datasets(cfg: Any, tokenizer: Any, num_samples: int) -> dict:
@@ -173,30 +227,44 @@ def component_of_sample(dataset: Any) -> np.ndarray:
 
 
 def mixture_table(dataset: Any, cfg: Any) -> list[dict]:
-    """Per component: tokens available, tokens the run will draw, epochs, and share of samples."""
-    import numpy as np
-
+    """Per component: tokens available, tokens the run will draw, epochs, and share of samples
+    (with data_phases, also each phase's weight and share: ``phases``)."""
     paths = cfg.data.train_data_paths
     parts = dataset.datasets if hasattr(dataset, "datasets") else [dataset]
     total = cfg.schedule.train_iters * cfg.batch.train_batch_size
-    drawn = np.bincount(component_of_sample(dataset)[:total], minlength=len(paths))
+    of_sample = component_of_sample(dataset)[:total]
+    drawn = np.bincount(of_sample, minlength=len(paths))
     weights = cfg.data.train_data_weights or [1.0] * len(paths)
+    starts = phase_starts(cfg, weights) if cfg.data.data_phases else []
     rows = []
     for i, (prefix, part) in enumerate(zip(paths, parts)):
         available = int(part.dataset.sequence_lengths.sum())
         tokens = int(drawn[i]) * cfg.model.seq_length
-        rows.append({"component": component_name(prefix), "path": prefix,
-                     "weight": weights[i] / sum(weights), "tokens_available": available,
-                     "tokens_drawn": tokens, "epochs": tokens / max(available, 1),
-                     "share": int(drawn[i]) / total})
+        row = {"component": component_name(prefix), "path": prefix,
+               "weight": weights[i] / sum(weights), "tokens_available": available,
+               "tokens_drawn": tokens, "epochs": tokens / max(available, 1),
+               "share": int(drawn[i]) / total}
+        if starts:
+            bounds = [first for first, _ in starts[1:]] + [total]
+            row["phases"] = [{"from_sample": first, "weight": w[i] / sum(w),
+                              "share": float(np.mean(of_sample[first:end] == i)) if end > first else 0.0}
+                             for (first, w), end in zip(starts, bounds)]
+        rows.append(row)
     return rows
 
 
 def format_mixture(rows: Iterable[dict]) -> str:
-    lines = [f"{'component':<20} {'weight':>7} {'available':>15} {'drawn':>15} {'epochs':>7} {'share':>7}"]
+    rows = list(rows)
+    phases = len(rows[0].get("phases", [])) if rows else 0
+    head = "".join(f" {f'phase {p}':>15}" for p in range(phases))
+    lines = [f"{'component':<20} {'weight':>7} {'available':>15} {'drawn':>15} {'epochs':>7} {'share':>7}{head}"]
     for r in rows:
+        cells = "".join(f" {ph['weight']:>7.4f}/{ph['share']:<7.4f}" for ph in r.get("phases", []))
         lines.append(f"{r['component']:<20} {r['weight']:>7.4f} {r['tokens_available']:>15,} "
-                     f"{r['tokens_drawn']:>15,} {r['epochs']:>7.3f} {r['share']:>7.4f}")
+                     f"{r['tokens_drawn']:>15,} {r['epochs']:>7.3f} {r['share']:>7.4f}{cells}")
+    if phases:
+        lines.append("(phase columns: weight / share of that phase's samples; the phases start at global samples "
+                     + ", ".join(f"{ph['from_sample']:,}" for ph in rows[0]["phases"]) + ")")
     return "\n".join(lines)
 
 

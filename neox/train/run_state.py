@@ -101,7 +101,8 @@ def complete_step_tag(load: str, step: int) -> str:
 # what an anneal (a branch of another run) may change besides what any resume may: its schedule,
 # its data mixture and what it is evaluated on
 ANNEAL_MAY_CHANGE = frozenset(f.name for f in dataclasses.fields(ScheduleArgs)) | {
-    "train_data_paths", "train_data_weights", "valid_data_paths", "test_data_paths", "anneal", "load_step"}
+    "train_data_paths", "train_data_weights", "data_phases", "valid_data_paths", "test_data_paths", "anneal",
+    "load_step"}
 
 
 def check_resumable(cfg: NeoXConfig, checkpoint: str, data_files: dict, anneal: bool = False) -> None:
