@@ -275,6 +275,10 @@ def test_schedule_scaling_keeps_the_llemma_7b_shape():
      "mixture names must be unique"),
     ({"mixtures": {"grid": {"steps": 2}}}, "mixtures.grid.steps must be an integer >= 3"),
     ({"selection": {"metric": "gsm8k"}}, "selection.metric 'gsm8k' is neither 'mean' nor one of"),
+    ({"anneal_from": {"load": "runs/stable", "step": 6, "decay_iters": 3}},
+     "key 'tokens_per_run' does not go with anneal_from (the runs start from runs/stable at step 6"),
+    ({"anneal_from": {"load": "runs/stable", "step": 0, "decay_iters": 3}},
+     "anneal_from.step must be a positive integer, got 0"),
     ({"overrides": {"num_layrs": 2}}, "unknown key 'num_layrs' in -o overrides (did you mean 'num_layers'?)"),
 ])
 def test_bad_sweep_files_are_one_line_errors(tmp_path, capsys, extra, message):
@@ -283,3 +287,37 @@ def test_bad_sweep_files_are_one_line_errors(tmp_path, capsys, extra, message):
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("error: ") and message in captured.err, captured.err
     assert captured.err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.processes
+def test_anneal_mode_branches_every_mixture_off_one_stable_checkpoint(tmp_path, toy_data):
+    """Two anneals from step 6 of a stable WSD smoke run, each decaying over 3 steps on its own
+    mixture: both run, the source is only read, and the comparison writes its table and picture."""
+    stable = tmp_path / "stable"
+    r = subprocess.run([sys.executable, "deepy.py", "train.py", "llemma_configs/smoke.yml", "-o", "num_gpus=1",
+                        "-o", "model_parallel_size=1", "-o", "train_iters=6", "-o", "lr_decay_iters=100",
+                        "-o", "lr_decay_style=wsd", "-o", "lr_wsd_decay_iters=10", "-o", "eval_iters=0",
+                        "-o", f"save={stable}/ckpt", "-o", f"log_dir={stable}/logs", "-o", "checkpoint_factor=6",
+                        "-o", f"data_cache_dir={tmp_path}/cache"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    source_files = sorted(p.name for p in (stable / "ckpt" / "global_step6").iterdir())
+    spec = {"base_configs": ["llemma_configs/smoke.yml"],
+            "overrides": {**SMOKE_OVERRIDES, "data_cache_dir": str(tmp_path / "cache"), "lr_decay_style": "wsd",
+                          "lr_wsd_decay_iters": 10, "lr_decay_iters": 100},
+            "anneal_from": {"load": str(stable / "ckpt"), "step": 6, "decay_iters": 3},
+            "mixtures": {"list": [{"name": "web-heavy", "weights": [1, 4, 1]},
+                                  {"name": "code-heavy", "weights": [1, 1, 4]}]}}
+    (tmp_path / "anneal.yml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    first = sweep_cli("mixture", str(tmp_path / "anneal.yml"), "--out", str(out))
+    assert first.returncode == 0, first.stderr[-4000:]
+    for name in ("web-heavy", "code-heavy"):
+        rows = metrics_rows(out, name)
+        assert [r["step"] for r in rows if "loss" in r] == [7, 8, 9]  # a branch: its steps continue the source's
+        cfg = yaml.safe_load(open(out / "runs" / name / "config.yml"))
+        assert (cfg["load_step"], cfg["anneal"], cfg["lr_decay_iters"], cfg["lr_wsd_decay_iters"]) == (6, True, 9, 3)
+    assert sorted(p.name for p in (stable / "ckpt" / "global_step6").iterdir()) == source_files
+    compare = sweep_cli("compare", str(out))
+    assert compare.returncode == 0, compare.stderr[-4000:]
+    table = (out / "results.md").read_text()
+    assert "web-heavy" in table and "code-heavy" in table and (out / "results.png").stat().st_size > 10_000

@@ -40,6 +40,9 @@ SWEEP_KEYS = {
     "overrides": "mapping of config keys (dotted keys allowed) applied to every run, like deepy.py -o",
     "initial_checkpoint": "checkpoint every run starts from (load + finetune: true); omit for random init",
     "tokens_per_run": "training tokens of each run; train_iters = ceil(tokens / tokens per step)",
+    "anneal_from": "anneal mode: {load: a stable run's save directory, step: N, decay_iters: K, decay_style: "
+                   "linear}: every run branches off step N (anneal: true) and decays over K steps on its "
+                   "mixture (WSD); replaces tokens_per_run and initial_checkpoint",
     "components": "the train components searched over (names as in metrics, e.g. arxiv); default: all not fixed",
     "fixed": "mapping component -> share of every mixture kept constant (e.g. general data)",
     "mixtures": "list: [{name, weights}], grid: {steps: N}, dirichlet: {n, seed, alpha}; any of them",
@@ -74,15 +77,43 @@ def load_sweep(path: str) -> dict:
     unknown = sorted(set(sweep) - set(SWEEP_KEYS))
     if unknown:
         raise SweepError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(SWEEP_KEYS)})")
-    for key in ("base_configs", "tokens_per_run", "mixtures"):
+    anneal = "anneal_from" in sweep
+    for key in ("base_configs", "mixtures") + (() if anneal else ("tokens_per_run",)):
         if key not in sweep:
             raise SweepError(f"{path}: key '{key}' is required ({SWEEP_KEYS[key]})")
-    if not isinstance(sweep["tokens_per_run"], (int, float)) or sweep["tokens_per_run"] <= 0:
+    if anneal:
+        check_anneal_from(sweep, path)
+    elif not isinstance(sweep["tokens_per_run"], (int, float)) or sweep["tokens_per_run"] <= 0:
         raise SweepError(f"{path}: key 'tokens_per_run' must be a positive number, got {sweep['tokens_per_run']!r}")
     if not isinstance(sweep["mixtures"], dict) or not sweep["mixtures"] or set(sweep["mixtures"]) - set(MIXTURE_KINDS):
         raise SweepError(f"{path}: key 'mixtures' must be a mapping with any of {', '.join(MIXTURE_KINDS)}")
     sweep["_path"] = path
     return sweep
+
+
+ANNEAL_KEYS = {"load", "step", "decay_iters", "decay_style"}
+
+
+def check_anneal_from(sweep: dict, path: str) -> None:
+    spec = sweep["anneal_from"]
+    if not isinstance(spec, dict) or set(spec) - ANNEAL_KEYS or not {"load", "step", "decay_iters"} <= set(spec):
+        raise SweepError(f"{path}: key 'anneal_from' must be {{load: DIR, step: N, decay_iters: K[, decay_style: "
+                         f"linear]}}, got {spec!r}")
+    for key in ("step", "decay_iters"):
+        if not isinstance(spec[key], int) or isinstance(spec[key], bool) or spec[key] < 1:
+            raise SweepError(f"{path}: anneal_from.{key} must be a positive integer, got {spec[key]!r}")
+    for key in ("tokens_per_run", "initial_checkpoint"):
+        if key in sweep:
+            raise SweepError(f"{path}: key '{key}' does not go with anneal_from (the runs start from "
+                             f"{spec['load']} at step {spec['step']} and train decay_iters steps)")
+
+
+def anneal_keys(spec: dict) -> dict:
+    """An anneal run's keys: a branch off step N of the stable run, WSD with a K-step decay."""
+    n, k = spec["step"], spec["decay_iters"]
+    return {"load": spec["load"], "load_step": n, "anneal": True, "finetune": False, "train_iters": n + k,
+            "lr_decay_style": "wsd", "lr_decay_iters": n + k, "lr_wsd_decay_iters": k,
+            "lr_wsd_decay_fraction": None, "lr_wsd_decay_style": spec.get("decay_style", "linear")}
 
 
 def repo_path(p: str) -> str:
@@ -208,12 +239,14 @@ def plan_sweep(sweep: dict, out: str, dry_run: bool) -> dict:
         raise SweepError(f"{sweep['_path']}: selection.metric '{metric}' is neither 'mean' nor one of "
                          f"{', '.join(set_names)}")
     tokens_per_step = base.batch.train_batch_size * base.model.seq_length
-    train_iters = math.ceil(sweep["tokens_per_run"] / tokens_per_step)
+    anneal = sweep.get("anneal_from")
+    train_iters = anneal_keys(anneal)["train_iters"] if anneal else math.ceil(sweep["tokens_per_run"] / tokens_per_step)
     runs = []
     for name, weights in mixture_points(sweep, searched):
         run_dir = os.path.join(out, "runs", name)
         shares = full_weights(weights, searched, fixed, train_components)
-        keys = {**scaled_schedule(base, train_iters), "train_data_weights": shares, "valid_data_paths": list(sets),
+        schedule = anneal_keys(anneal) if anneal else scaled_schedule(base, train_iters)
+        keys = {**schedule, "train_data_weights": shares, "valid_data_paths": list(sets),
                 "eval_interval": train_iters, "log_dir": os.path.join(run_dir, "logs"),
                 "save": os.path.join(run_dir, "checkpoints"), "keep_last_n_checkpoints": 1}
         if sweep.get("initial_checkpoint"):
@@ -224,10 +257,13 @@ def plan_sweep(sweep: dict, out: str, dry_run: bool) -> dict:
         except ConfigError as e:
             raise ConfigError(f"run {name}: {e}") from None
         info = derived(cfg)
+        # an anneal trains only its decay_iters steps: the steps before the branch are the source run's
+        trained = anneal["decay_iters"] / train_iters if anneal else 1.0
+        hours = info.get("gpu_hours_at_mfu")
         runs.append({"name": name, "dir": run_dir, "config": os.path.join(run_dir, "config.yml"),
                      "flat": run_flat, "weights": dict(zip(train_components, shares)),
-                     "train_iters": train_iters, "tokens": info["total_tokens"],
-                     "gpu_hours": info.get("gpu_hours_at_mfu"), "num_nodes": cfg.parallel.num_nodes,
+                     "train_iters": train_iters, "tokens": round(info["total_tokens"] * trained),
+                     "gpu_hours": hours * trained if hours is not None else None, "num_nodes": cfg.parallel.num_nodes,
                      "num_gpus": cfg.parallel.num_gpus, "warnings": cfg.warnings})
     hours = [r["gpu_hours"] for r in runs]
     return {"sweep_file": os.path.abspath(sweep["_path"]), "out": out, "components": train_components,
