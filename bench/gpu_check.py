@@ -191,7 +191,7 @@ def llemma_flat(work: str, prefix: str, num_layers: int, peak_tflops: float) -> 
 def all_configs(work: str, prefix: str, peak_tflops: float) -> dict:
     """{part: {run: flat config}}: every config the run launches or builds."""
     return {
-        "correctness": {"paired_models": correctness_flat(work)}
+        "correctness": {"paired_models": correctness_flat(work), "document_masking": masking_flat(work)}
         | {f"family_{f}": family_flat(work, f) for f in FAMILIES},
         "training": {run: training_flat(work, run) for run in ("uninterrupted", "uninterrupted_repeat", "resumed")}
         | {"sigterm": training_flat(work, "sigterm", train_iters=200, lr_decay_iters=200, checkpoint_factor=1000)},
@@ -531,6 +531,7 @@ def part_correctness(p: Part, args):
     tol = 2 * hf_err
     p.set(bf16_tolerance=tol, bf16_tolerance_note="twice transformers' own bf16-vs-fp32 max logit error")
     p.check("bf16_logits_vs_transformers_fp32", ours_err <= tol, ours_err, tol)
+    check_document_masking(p, masking_flat(args.out), tokens)
     try:
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):  # only flash: a fallback raises instead
             with torch.no_grad():
@@ -551,6 +552,44 @@ def part_correctness(p: Part, args):
         fa = ours16.gather_logits(ours16(tokens)).float()
     diff = (fa - math_logits).abs().max().item()
     p.check("flash_attn_package", diff <= tol, diff, tol, "attention_impl flash vs SDPA math backend")
+
+
+def masking_flat(work: str) -> dict:
+    """The correctness config with document masking (reset_attention_mask, reset_position_ids)."""
+    return {**correctness_flat(work), "reset_attention_mask": True, "reset_position_ids": True}
+
+
+def check_document_masking(p: Part, flat: dict, tokens):
+    """Document masking on the GPU: the packed sequences (EODs planted every ~100 tokens) give, in
+    fp32, the CPU's masked logits (1e-4) and, for one document, its logits alone; in bf16 the
+    masked logits are within twice the same model's unmasked bf16 error."""
+    import torch
+
+    from neox.data.dataset import Packing, document_fields
+    from neox.model.llama import LlamaModel
+
+    cfg = validated(flat, dry_run=True)
+    packed = tokens.cpu().clone()
+    packed[:, 99::100] = 2  # an EOD (id 2) ends a document every 100 tokens
+    fields = document_fields(packed, Packing(eod=2, attention=True, positions=True))
+    model = LlamaModel(cfg).eval()
+    model.init_weights(3)
+    with torch.no_grad():
+        cpu = model.gather_logits(model(packed, **fields))
+        model.to(CORRECTNESS_DEVICE)
+        gpu = model.gather_logits(model(packed, **fields)).cpu()
+        plain = model.gather_logits(model(packed)).cpu()
+        alone = model.gather_logits(model(packed[:1, 100:200])).cpu()
+        model.to(torch.bfloat16)
+        bf16 = model.gather_logits(model(packed, **fields)).float().cpu()
+        plain16 = model.gather_logits(model(packed)).float().cpu()
+    diff = (gpu - cpu).abs().max().item()
+    p.check("document_masking_fp32_vs_cpu", diff <= 1e-4, diff, 1e-4, "masked logits, GPU vs CPU")
+    doc = (gpu[0, 100:200] - alone[0]).abs().max().item()
+    p.check("document_masking_document_alone", doc <= 1e-4, doc, 1e-4, "second document packed vs alone")
+    tol = 2 * (plain16 - plain).abs().max().item()
+    err = (bf16 - cpu).abs().max().item()
+    p.check("document_masking_bf16", err <= tol, err, tol, "vs fp32; twice the unmasked bf16 error")
 
 
 def check_family(p: Part, family: str, flat: dict, tokens):
