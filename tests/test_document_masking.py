@@ -96,3 +96,19 @@ if __name__ == "__main__":  # re-record the fixture (only for an intended change
                       LOCAL_RANK="0")
     distributed.init_distributed(1)
     torch.save(max_difference_per_document(1)[1], FIXTURE)
+
+
+def test_eod_mask_loss_drops_the_loss_where_the_input_is_the_eod(single_process_group, toy_data, tmp_path,
+                                                                monkeypatch):
+    """megatron-core's dataset option, as GPT-NeoX meant it: no loss where the input token is the EOD."""
+    from neox.config import load_config
+    from neox.data.dataset import build_tokenizer, build_train_dataset, get_micro_batch
+
+    monkeypatch.chdir(REPO)  # smoke.yml's data paths are relative to the repository
+    cfg = load_config([os.path.join(REPO, "llemma_configs", "smoke.yml")],
+                      ["eod_mask_loss=true", "train_iters=2", "lr_decay_iters=2", "warmup_iters=1",
+                       f"data_cache_dir={tmp_path}", "num_gpus=1", "model_parallel_size=1"])
+    tokenizer = build_tokenizer(cfg)
+    batch = get_micro_batch(build_train_dataset(cfg, tokenizer), 0, 0, 0, 4, 1, 8)
+    eod = batch["tokens"] == tokenizer.eod
+    assert eod.any() and (batch["loss_mask"][eod] == 0).all() and (batch["loss_mask"][~eod] == 1).all()
