@@ -19,7 +19,10 @@ SHAPE = dict(num_layers=1, hidden_size=64, num_attention_heads=4, num_kv_heads=2
 # the options of the 2025-26 bases, as their converters set them
 OPTIONS = {"llama": {}, "qwen3": {"qk_norm": "per_head"}, "olmo2": {"qk_norm": "full_width", "sublayer_norms": "post"},
            "gemma3": {"qk_norm": "per_head", "sublayer_norms": "pre_and_post", "apply_layernorm_1p": True,
-                      "mlp_activation": "gelu_tanh", "query_pre_attn_scalar": 24.0, "sliding_window": 8}}
+                      "mlp_activation": "gelu_tanh", "query_pre_attn_scalar": 24.0, "sliding_window": 8},
+           # selective recomputation (Megatron's names): the attention core and the MLP's activation
+           "selective": {"recompute_granularity": "selective", "recompute_modules": ["core_attn", "mlp_act"]},
+           "selective_core_attn": {"recompute_granularity": "selective"}}
 
 
 def saved_bytes_of_one_layer(precision: str, compile_blocks: bool, batch: int, options: dict | None = None) -> tuple:

@@ -80,6 +80,9 @@ class _Section:
         return self
 
 
+RECOMPUTE_MODULES = ("core_attn", "mlp_act")  # what recompute_granularity: selective may recompute
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelArgs(_Section):
     # required keys have no default; derived ones (DERIVED) are filled by NeoXConfig.from_flat
@@ -98,6 +101,9 @@ class ModelArgs(_Section):
     init_method_std: float = 0.02
     checkpoint_activations: bool = resumable(False)  # recompute layer activations in backward (all layers ...)
     checkpoint_layers: Optional[list] = resumable(None)  # ... or only these layer indices (None: all)
+    # Megatron's names: full (= checkpoint_activations) or selective: only recompute_modules again in backward
+    recompute_granularity: Optional[str] = resumable(None)
+    recompute_modules: Optional[list] = resumable(None)  # selective: core_attn (RoPE + attention), mlp_act
     attention_impl: str = resumable("auto")  # auto | sdpa | flash
     # torch.compile each transformer block; auto: when the backend compiles here and train_iters
     # repays it (neox.train.speed, decided at start-up)
@@ -141,6 +147,7 @@ class ModelArgs(_Section):
         if self.attention_impl not in ("auto", "sdpa", "flash"):
             raise ConfigError(f"key 'attention_impl' must be auto, sdpa or flash, got '{self.attention_impl}'")
         self._check_checkpoint_layers()
+        self._check_recompute()
         _positive(self, "head_dim")
         try:
             check_rope_scaling(self.rope_scaling)
@@ -184,9 +191,30 @@ class ModelArgs(_Section):
             raise ConfigError(f"key 'checkpoint_layers' must be a non-empty list of distinct layer indices in "
                               f"0..{self.num_layers - 1} (num_layers is {self.num_layers}), got {layers!r}")
 
+    def _check_recompute(self) -> None:
+        g, modules = self.recompute_granularity, self.recompute_modules
+        if g not in (None, "full", "selective"):
+            raise ConfigError(f"key 'recompute_granularity' must be full or selective, got {g!r}")
+        if g == "selective" and self.checkpoint_activations:
+            raise ConfigError("keys 'recompute_granularity: selective' and 'checkpoint_activations: true' (every "
+                              "layer recomputed whole) exclude each other: choose one")
+        if modules is not None:
+            if g != "selective":
+                raise ConfigError("key 'recompute_modules' is set but 'recompute_granularity' is not selective")
+            bad = [x for x in modules if x not in RECOMPUTE_MODULES]
+            if bad or not modules:
+                raise ConfigError(f"key 'recompute_modules' must list some of {', '.join(RECOMPUTE_MODULES)}, "
+                                  f"got {modules!r}")
+
+    def selective_recompute(self) -> list:
+        """The modules recomputed in backward under recompute_granularity: selective (default core_attn)."""
+        if self.recompute_granularity != "selective":
+            return []
+        return list(self.recompute_modules or ["core_attn"])
+
     def checkpointed_layers(self) -> list:
-        """Indices of the layers whose activations are recomputed in backward."""
-        if not self.checkpoint_activations:
+        """Indices of the layers whose activations are recomputed in backward (whole layers)."""
+        if not (self.checkpoint_activations or self.recompute_granularity == "full"):
             return []
         if self.checkpoint_layers is None:
             return list(range(self.num_layers))

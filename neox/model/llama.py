@@ -187,6 +187,7 @@ class Attention(nn.Module):
                                            m.rms_norm_epsilon, tp)
             self.k_norm = FullWidthRMSNorm(self.local_sizes[1], m.num_kv_heads * self.head_dim, m.rms_norm_epsilon, tp)
         self.qk_norm = m.qk_norm
+        self.recompute_core = "core_attn" in m.selective_recompute()
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 documents: torch.Tensor | None = None) -> torch.Tensor:
@@ -201,19 +202,27 @@ class Attention(nn.Module):
         q, k, v = (t.reshape(b, s, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
         if self.qk_norm == "per_head":
             q, k = self.q_head_norm(q), self.k_head_norm(k)
+        if self.recompute_core and self.training:  # selective recomputation: RoPE + attention again in backward
+            out = checkpoint(self.core, q, k, v, cos, sin, documents, use_reentrant=False)
+        else:
+            out = self.core(q, k, v, cos, sin, documents)
+        return _row_out(self.o_proj, out.reshape(b, s, self.local_heads * self.head_dim), self.sp)
+
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+             documents: torch.Tensor | None) -> torch.Tensor:
+        """RoPE and the attention itself: [b, heads, s, d] in, [b, s, heads, d] out (core_attn)."""
+        s = q.shape[2]
         q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
         if documents is None and self._use_flash(q):
             window = (-1, -1) if self.window is None else (self.window - 1, 0)
-            out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True,
-                                  softmax_scale=self.scale, window_size=window)
-        else:
-            gqa = self.local_heads != self.local_kv_heads
-            mask = None if self.window is None or self.window >= s else sliding_window_mask(s, self.window, q.device)
-            if documents is not None:
-                mask = documents if mask is None else documents & mask
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale,
-                                                 enable_gqa=gqa).transpose(1, 2)
-        return _row_out(self.o_proj, out.reshape(b, s, self.local_heads * self.head_dim), self.sp)
+            return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True,
+                                   softmax_scale=self.scale, window_size=window)
+        gqa = self.local_heads != self.local_kv_heads
+        mask = None if self.window is None or self.window >= s else sliding_window_mask(s, self.window, q.device)
+        if documents is not None:
+            mask = documents if mask is None else documents & mask
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale,
+                                              enable_gqa=gqa).transpose(1, 2)
 
     def _use_flash(self, q) -> bool:
         wanted = self.impl == "flash" or (self.impl == "auto" and flash_attn_func is not None)
@@ -229,11 +238,18 @@ class MLP(nn.Module):
         self.gate_up_proj = _column(m.hidden_size, 2 * m.intermediate_size, mp_config, sequence_parallel=sp)
         self.down_proj = _row(m.intermediate_size, m.hidden_size, mp_config)
         self.gelu, self.sp = m.mlp_activation == "gelu_tanh", sp
+        self.recompute_act = "mlp_act" in m.selective_recompute()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(seq.gather(x) if self.sp else x)[0].chunk(2, dim=-1)
-        act = F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)
-        return _row_out(self.down_proj, act * up, self.sp)
+        gate_up = self.gate_up_proj(seq.gather(x) if self.sp else x)[0]
+        if self.recompute_act and self.training:  # selective recomputation: the activation again in backward
+            return _row_out(self.down_proj, checkpoint(self.activation, gate_up, use_reentrant=False), self.sp)
+        return _row_out(self.down_proj, self.activation(gate_up), self.sp)
+
+    def activation(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """act(gate) * up from the fused gate/up output (mlp_act)."""
+        gate, up = gate_up.chunk(2, dim=-1)
+        return (F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)) * up
 
 
 class Layer(nn.Module):

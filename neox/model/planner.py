@@ -32,6 +32,9 @@ and the normalised value; compiled, only the rsqrt stays):
   sublayer_norms pre_and_post   + 2 (8 h + 4), compiled + 2 (e h + 4)   two more norms (post: as pre)
   qk_norm per_head              + n (q + k) + 4 (heads + kv_heads) / t, compiled only the last term
   qk_norm full_width            + n (q + k) + 8, compiled + 8
+With recompute_granularity: selective, core_attn keeps neither the rotated q and k nor the
+logsumexp (- e (q + k) - 4 heads / t; RoPE and the attention run again in backward), and mlp_act
+not act(gate) (- e f, eager only: compiled blocks recompute it anyway).
 With sequence_parallel (r = t) the residual stream's norms hold s / t positions: eager 16 h / r and
 8 / r in place of 16 h and 8, compiled e (2 h + 2 h / r ...) (the norms' inputs split, their outputs
 gathered for the TP region, which keeps them whole), Gemma's extra norms / r; the QK-norms work
@@ -80,6 +83,11 @@ def layer_bytes_per_token(cfg: Any) -> float:
     small = 4 * m.num_attention_heads // tp + 8 / r
     compiled = m.compile_blocks is True  # "auto" stays eager until neox.train.speed resolves it at start-up
     extra = _qk_norm_bytes(m, tp, e, q, k, compiled) + _extra_norm_bytes(m, e, compiled) / r
+    recomputed = m.selective_recompute()  # what selective recomputation does not keep
+    if "core_attn" in recomputed:
+        extra -= e * (q + k) + 4 * m.num_attention_heads // tp  # rotated q and k, the logsumexp
+    if "mlp_act" in recomputed and not compiled:  # compiled blocks recompute the activation already
+        extra -= e * f  # act(gate) (the product stays: down_proj keeps its input)
     if compiled:
         return e * (2 * h + 2 * h / r + 3 * q + 3 * k + 3 * f) + small + extra
     return 16 * h / r + e * (2 * h + 3 * q + 3 * k + 4 * f) + small + extra
