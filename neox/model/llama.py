@@ -278,9 +278,15 @@ class Layer(nn.Module):
                 documents: torch.Tensor | None = None) -> torch.Tensor:
         a = self.attention(self.input_norm(x) if self.pre else x, cos, sin, documents)
         x = x + (self.attention_out_norm(a) if self.post else a)
-        mlp_norm = getattr(self, "post_attention_norm", None) or getattr(self, "pre_mlp_norm", None)
-        m = self.mlp(mlp_norm(x) if mlp_norm is not None else x)
+        m = self.mlp(self.mlp_input(x))
         return x + (self.mlp_out_norm(m) if self.post else m)
+
+    def mlp_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream normalised for the MLP (Llama's post_attention_norm, Gemma's
+        pre_mlp_norm), or as it is (OLMo 2 normalises outputs only)."""
+        if hasattr(self, "post_attention_norm"):
+            return self.post_attention_norm(x)
+        return self.pre_mlp_norm(x) if hasattr(self, "pre_mlp_norm") else x
 
 
 class LlamaModel(nn.Module):
