@@ -562,7 +562,8 @@ def masking_flat(work: str) -> dict:
 def check_document_masking(p: Part, flat: dict, tokens):
     """Document masking on the GPU: the packed sequences (EODs planted every ~100 tokens) give, in
     fp32, the CPU's masked logits (1e-4) and, for one document, its logits alone; in bf16 the
-    masked logits are within twice the same model's unmasked bf16 error."""
+    masked logits are within twice the same model's unmasked bf16 error; FlexAttention's gradients
+    (the CUDA path) equal those through SDPA's dense mask."""
     import torch
 
     from neox.data.dataset import Packing, document_fields
@@ -590,6 +591,16 @@ def check_document_masking(p: Part, flat: dict, tokens):
     tol = 2 * (plain16 - plain).abs().max().item()
     err = (bf16 - cpu).abs().max().item()
     p.check("document_masking_bf16", err <= tol, err, tol, "vs fp32; twice the unmasked bf16 error")
+    model.float().train()
+    grads = {}
+    for flex in (True, False):  # FlexAttention's block masks (the CUDA default) against SDPA's dense mask
+        model.use_flex_for_documents = flex
+        model.zero_grad(set_to_none=True)
+        model(packed[:, :-1], packed[:, 1:], None, fields["segment_ids"][:, :-1],
+              fields["position_ids"][:, :-1]).backward()
+        grads[flex] = {n: q.grad.detach().clone() for n, q in model.named_parameters()}
+    rel = max_rel_grad_diff(grads[True], grads[False])
+    p.check("document_masking_flex_grads", rel <= 1e-4, rel, 1e-4, "FlexAttention vs dense mask, fp32 backward")
 
 
 def check_family(p: Part, family: str, flat: dict, tokens):

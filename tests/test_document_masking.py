@@ -112,3 +112,24 @@ def test_eod_mask_loss_drops_the_loss_where_the_input_is_the_eod(single_process_
     batch = get_micro_batch(build_train_dataset(cfg, tokenizer), 0, 0, 0, 4, 1, 8)
     eod = batch["tokens"] == tokenizer.eod
     assert eod.any() and (batch["loss_mask"][eod] == 0).all() and (batch["loss_mask"][~eod] == 1).all()
+
+
+def test_flex_attention_path_equals_the_dense_mask(single_process_group):
+    """On CUDA packed documents go through FlexAttention's block masks; here (eager, forward only:
+    uncompiled FlexAttention has no exact backward) its logits equal SDPA with the dense mask, for a
+    sliding layer (window 8) and a full one."""
+    from neox.model.llama import LlamaModel
+
+    cfg = tiny_cfg(seq_length=32, max_position_embeddings=32, reset_attention_mask=True, reset_position_ids=True,
+                   num_layers=2, sliding_window=8, sliding_window_pattern=2)
+    assert cfg.model.sliding_layers() == [0]
+    model = LlamaModel(cfg).eval()
+    model.init_weights(7)
+    _, packed = packed_documents()
+    fields = document_fields(packed, Packing(eod=EOD, attention=True, positions=True))
+    logits = {}
+    for flex in (False, True):
+        model.use_flex_for_documents = flex
+        with torch.no_grad():
+            logits[flex] = model.gather_logits(model(packed, **fields))
+    assert (logits[True] - logits[False]).abs().max().item() < 1e-5

@@ -147,6 +147,50 @@ def _row_out(layer: mtp.RowParallelLinear, x: torch.Tensor, sp: bool) -> torch.T
     return seq.scatter(F.linear(x, layer.weight)) if sp else layer(x)[0]
 
 
+class Documents:
+    """Packed documents' attention, built once per forward from [b, s] segment ids and shared by
+    the layers: a dense [b, 1, s, s] bool mask for SDPA, or (``flex``: on CUDA) FlexAttention block
+    masks, one per window, which skip whole blocks across documents instead of masking them."""
+
+    def __init__(self, segment_ids: torch.Tensor, flex: bool):
+        self.segment_ids, self.flex = segment_ids, flex
+        self._dense: torch.Tensor | None = None
+        self._blocks: dict[int | None, Any] = {}
+
+    def dense(self) -> torch.Tensor:
+        if self._dense is None:
+            self._dense = document_mask(self.segment_ids)
+        return self._dense
+
+    def block_mask(self, window: int | None) -> Any:
+        """FlexAttention's block mask: causal, same document, and within ``window`` if one."""
+        if window not in self._blocks:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            seg = self.segment_ids
+
+            def allowed(b, h, q, k):  # noqa: ANN001 - FlexAttention's mask_mod signature
+                keep = (k <= q) & (seg[b, q] == seg[b, k])
+                return keep & (q - k < window) if window is not None else keep
+
+            b, s = seg.shape
+            self._blocks[window] = create_block_mask(allowed, b, None, s, s, device=seg.device)
+        return self._blocks[window]
+
+
+_flex_attention: Any = None
+
+
+def flex_attention(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """torch's FlexAttention, compiled once (uncompiled it materialises the scores)."""
+    global _flex_attention
+    if _flex_attention is None:
+        from torch.nn.attention.flex_attention import flex_attention as flex
+
+        _flex_attention = torch.compile(flex, dynamic=False) if torch.cuda.is_available() else flex
+    return _flex_attention(*args, **kwargs)
+
+
 def document_mask(segment_ids: torch.Tensor) -> torch.Tensor:
     """[b, 1, s, s] bool from [b, s] document ids: query i may attend key j when j <= i and both
     are in the same document (a block-causal mask: packed documents do not see each other)."""
@@ -190,9 +234,9 @@ class Attention(nn.Module):
         self.recompute_core = "core_attn" in m.selective_recompute()
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                documents: torch.Tensor | None = None) -> torch.Tensor:
-        """``documents``: [b, 1, s, s] bool, where a query may attend a key of its own document
-        (causal included); None: causal over the whole sequence."""
+                documents: Documents | None = None) -> torch.Tensor:
+        """``documents``: packed documents that do not see each other (Documents); None: causal over
+        the whole sequence."""
         if self.sp:
             x = seq.gather(x)
         b, s, _ = x.shape
@@ -209,7 +253,7 @@ class Attention(nn.Module):
         return _row_out(self.o_proj, out.reshape(b, s, self.local_heads * self.head_dim), self.sp)
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-             documents: torch.Tensor | None) -> torch.Tensor:
+             documents: Documents | None) -> torch.Tensor:
         """RoPE and the attention itself: [b, heads, s, d] in, [b, s, heads, d] out (core_attn)."""
         s = q.shape[2]
         q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
@@ -218,9 +262,13 @@ class Attention(nn.Module):
             return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True,
                                    softmax_scale=self.scale, window_size=window)
         gqa = self.local_heads != self.local_kv_heads
+        if documents is not None and documents.flex:
+            out = flex_attention(q, k, v, block_mask=documents.block_mask(self.window), scale=self.scale,
+                                 enable_gqa=gqa)
+            return out.transpose(1, 2)
         mask = None if self.window is None or self.window >= s else sliding_window_mask(s, self.window, q.device)
         if documents is not None:
-            mask = documents if mask is None else documents & mask
+            mask = documents.dense() if mask is None else documents.dense() & mask
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale,
                                               enable_gqa=gqa).transpose(1, 2)
 
@@ -275,7 +323,7 @@ class Layer(nn.Module):
         self.pre, self.post = m.sublayer_norms != "post", m.sublayer_norms != "pre"
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                documents: torch.Tensor | None = None) -> torch.Tensor:
+                documents: Documents | None = None) -> torch.Tensor:
         a = self.attention(self.input_norm(x) if self.pre else x, cos, sin, documents)
         x = x + (self.attention_out_norm(a) if self.post else a)
         m = self.mlp(self.mlp_input(x))
@@ -311,6 +359,7 @@ class LlamaModel(nn.Module):
         self.sliding = set(m.sliding_layers())
         # sequence parallel: the residual stream holds seq / tp positions per rank (neox.model.sequence_parallel)
         self.sp = cfg.parallel.sequence_parallel and self.tp > 1
+        self.use_flex_for_documents: bool | None = None  # None: decided per batch (flex_documents)
         self.layers = nn.ModuleList(Layer(m, self.tp, mp_config, m.sliding_window if i in self.sliding else None,
                                           self.sp) for i in range(m.num_layers))
         self.final_norm = RMSNorm(m.hidden_size, m.rms_norm_epsilon, m.apply_layernorm_1p)
@@ -385,7 +434,7 @@ class LlamaModel(nn.Module):
         rope = self._rope(self.rotary, tokens.shape[1], tokens.device, position_ids)
         local_rope = self._rope(self.local_rotary, tokens.shape[1], tokens.device, position_ids) \
             if self.local_rotary else rope
-        documents = document_mask(segment_ids) if segment_ids is not None else None
+        documents = Documents(segment_ids, self.flex_documents(segment_ids)) if segment_ids is not None else None
         for i, layer in enumerate(self.layers):
             cos, sin = local_rope if i in self.sliding else rope
             if self.training and i in self.checkpointed:
@@ -402,6 +451,13 @@ class LlamaModel(nn.Module):
         if labels is None:
             return logits
         return self.loss(logits, labels, loss_mask)
+
+    def flex_documents(self, segment_ids: torch.Tensor) -> bool:
+        """Packed documents through FlexAttention (on CUDA, unless attention_impl is sdpa), else SDPA
+        with a dense mask. ``use_flex_for_documents`` overrides (tests)."""
+        if self.use_flex_for_documents is not None:
+            return self.use_flex_for_documents
+        return segment_ids.is_cuda and self.cfg.model.attention_impl != "sdpa"
 
     @staticmethod
     def _rope(rotary: Rotary, seq_len: int, device: torch.device, position_ids: torch.Tensor | None
