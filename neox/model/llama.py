@@ -169,7 +169,7 @@ class Documents:
 
             seg = self.segment_ids
 
-            def allowed(b, h, q, k):  # noqa: ANN001 - FlexAttention's mask_mod signature
+            def allowed(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
                 keep = (k <= q) & (seg[b, q] == seg[b, k])
                 return keep & (q - k < window) if window is not None else keep
 
