@@ -49,21 +49,6 @@ class RMSNorm(nn.Module):
         return (normed * gain).to(x.dtype)
 
 
-class _SumOverTP(torch.autograd.Function):
-    """All-reduce (sum) over the TP group, forward and backward: every rank uses the sum for its
-    own part of the data, so each rank's gradient of it is summed too."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        x = x.clone()
-        torch.distributed.all_reduce(x, group=parallel_state.get_tensor_model_parallel_group())
-        return x
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return _SumOverTP.apply(grad)
-
-
 class FullWidthRMSNorm(RMSNorm):
     """OLMo 2's QK-norm: one RMS statistic over all heads' queries (or keys) of a token. Under TP
     each rank holds its heads' slice of the width and of the weight; the sum of squares is
@@ -77,7 +62,7 @@ class FullWidthRMSNorm(RMSNorm):
         x32 = x.float()
         sum_sq = x32.pow(2).sum(-1, keepdim=True)
         if self.tp > 1:
-            sum_sq = _SumOverTP.apply(sum_sq)
+            sum_sq = seq.sum_over_tp(sum_sq)
         normed = x32 * torch.rsqrt(sum_sq / self.full_size + self.eps)
         return (normed * self.weight.float()).to(x.dtype)
 

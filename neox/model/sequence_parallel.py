@@ -19,7 +19,7 @@ the TP group (``neox.model.llama.sum_partial_gradients``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -58,46 +58,41 @@ def _split(x: torch.Tensor) -> torch.Tensor:
     return x.chunk(t, dim=1)[rank].contiguous()
 
 
-class _Gather(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return _all_gather(x)
+def _all_reduce(x: torch.Tensor) -> torch.Tensor:
+    x = x.clone()
+    dist.all_reduce(x, group=_group())
+    return x
+
+
+class _Collective(torch.autograd.Function):
+    """One of the collectives above in forward, its given partner in backward."""
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return _reduce_scatter(grad)
-
-
-class _Scatter(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return _reduce_scatter(x)
+    def forward(ctx: Any, x: torch.Tensor, forward: Callable, backward: Callable) -> torch.Tensor:  # type: ignore[override]
+        ctx.backward_collective = backward
+        return forward(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return _all_gather(grad)
-
-
-class _Split(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return _split(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return _all_gather(grad)
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        return ctx.backward_collective(grad), None, None
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:
     """Into a TP region: every rank's positions, whole sequence (backward: reduce-scatter)."""
-    return _Gather.apply(x)
+    return _Collective.apply(x, _all_gather, _reduce_scatter)
 
 
 def scatter(x: torch.Tensor) -> torch.Tensor:
     """Out of a TP region: sum the ranks' partial outputs, keep this rank's positions."""
-    return _Scatter.apply(x)
+    return _Collective.apply(x, _reduce_scatter, _all_gather)
 
 
 def split(x: torch.Tensor) -> torch.Tensor:
     """This rank's positions of a tensor every rank holds whole (backward: all-gather)."""
-    return _Split.apply(x)
+    return _Collective.apply(x, _split, _all_gather)
+
+
+def sum_over_tp(x: torch.Tensor) -> torch.Tensor:
+    """The sum over the TP ranks, forward and backward: each rank uses the sum for its own part of
+    the data, so each rank's gradient of it is summed too (OLMo 2's full-width QK-norm statistic)."""
+    return _Collective.apply(x, _all_reduce, _all_reduce)
